@@ -1,0 +1,123 @@
+"""The endpointer: a pure state machine that turns per-frame speech decisions into turns.
+
+Fed one boolean per fixed-size frame, it answers with `SpeechStarted` / `SpeechEnded` carrying
+sample offsets. It never reads a clock and never sees a socket: its only notion of time is the
+number of frames it has been fed, so a WAV file replays to exactly the same turns every time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EndpointerConfig:
+    frame_samples: int = 480  # 30 ms at 16 kHz
+    min_speech_frames: int = 7  # voiced run needed to start a turn (shorter blips are dropped)
+    silence_frames: int = 20  # unvoiced run that ends a turn
+    padding_frames: int = 10  # audio kept before the first voiced frame
+    max_turn_frames: int = 1000  # a turn this long is ended by force
+
+    @classmethod
+    def from_ms(
+        cls,
+        *,
+        frame_ms: int = 30,
+        sample_rate: int = 16000,
+        min_speech_ms: int = 200,
+        silence_ms: int = 600,
+        padding_ms: int = 300,
+        max_turn_ms: int = 30000,
+    ) -> EndpointerConfig:
+        def frames(ms: int) -> int:
+            return max(1, -(-ms // frame_ms))  # ceil: never shorter than asked
+
+        return cls(
+            frame_samples=sample_rate * frame_ms // 1000,
+            min_speech_frames=frames(min_speech_ms),
+            silence_frames=frames(silence_ms),
+            padding_frames=ms_floor(padding_ms, frame_ms),
+            max_turn_frames=frames(max_turn_ms),
+        )
+
+
+def ms_floor(ms: int, frame_ms: int) -> int:
+    return max(0, ms // frame_ms)
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    start: int  # first sample of the turn, prefix padding included
+    speech_start: int  # first sample of the first voiced frame
+
+
+@dataclass(frozen=True)
+class SpeechEnded:
+    start: int  # same as the matching SpeechStarted.start
+    end: int  # sample at which the end was decided: the turn's audio is [start, end)
+    speech_end: int  # end of the last voiced frame
+    forced: bool = False  # True when max_turn_frames cut the turn
+
+
+class Endpointer:
+    """IDLE → (min_speech_frames voiced in a row) → SPEAKING → (silence_frames unvoiced in a row,
+    or max_turn_frames since start) → IDLE."""
+
+    def __init__(self, config: EndpointerConfig | None = None) -> None:
+        self.config = config or EndpointerConfig()
+        self.frames = 0  # frames consumed so far
+        self.speaking = False
+        self._voiced_run = 0
+        self._silent_run = 0
+        self._turn_start = 0
+        self._last_voiced_end = 0
+        self._floor = 0  # a turn never starts before the previous one ended
+
+    @property
+    def position(self) -> int:
+        return self.frames * self.config.frame_samples
+
+    def push(self, is_speech: bool) -> SpeechStarted | SpeechEnded | None:
+        cfg = self.config
+        self.frames += 1
+        if not self.speaking:
+            self._voiced_run = self._voiced_run + 1 if is_speech else 0
+            if self._voiced_run < cfg.min_speech_frames:
+                return None
+            first_voiced = self.frames - self._voiced_run
+            start_frame = max(first_voiced - cfg.padding_frames, self._floor)
+            self.speaking = True
+            self._silent_run = 0
+            self._turn_start = start_frame * cfg.frame_samples
+            self._last_voiced_end = self.position
+            return SpeechStarted(self._turn_start, first_voiced * cfg.frame_samples)
+
+        if is_speech:
+            self._silent_run = 0
+            self._last_voiced_end = self.position
+        else:
+            self._silent_run += 1
+        if self._silent_run >= cfg.silence_frames:
+            return self._end(forced=False)
+        if self.position - self._turn_start >= cfg.max_turn_frames * cfg.frame_samples:
+            return self._end(forced=True)
+        return None
+
+    def end_now(self) -> SpeechEnded | None:
+        """End the current turn here (a client commit while speech is still going on)."""
+        return self._end(forced=False) if self.speaking else None
+
+    def reset(self) -> None:
+        """Forget any turn in progress; later turns start no earlier than here."""
+        self.speaking = False
+        self._voiced_run = 0
+        self._silent_run = 0
+        self._floor = self.frames
+
+    def _end(self, *, forced: bool) -> SpeechEnded:
+        event = SpeechEnded(self._turn_start, self.position, self._last_voiced_end, forced)
+        self.speaking = False
+        self._voiced_run = 0
+        self._silent_run = 0
+        self._floor = self.frames
+        return event

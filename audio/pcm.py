@@ -1,0 +1,71 @@
+"""PCM16 helpers: validating client chunks, cutting them into fixed frames, packing WAV.
+
+Kept free of numpy where plain bytes do: the hot path touches every chunk of every session.
+"""
+
+from __future__ import annotations
+
+import io
+import wave
+
+SAMPLE_WIDTH = 2  # bytes per PCM16 sample
+VAD_RATE = 16000  # the rate the VAD, the endpointer and transcription work at
+
+
+class AudioFormatError(ValueError):
+    """A chunk that cannot be PCM16 mono; `code` is the protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def check_pcm16(chunk: bytes) -> None:
+    if len(chunk) % SAMPLE_WIDTH:
+        raise AudioFormatError(
+            "invalid_audio_length",
+            f"PCM16 audio must have an even number of bytes; got {len(chunk)}",
+        )
+
+
+def samples_to_ms(samples: int, rate: int = VAD_RATE) -> int:
+    return samples * 1000 // rate
+
+
+def ms_to_samples(ms: int, rate: int = VAD_RATE) -> int:
+    return ms * rate // 1000
+
+
+class Reframer:
+    """Cuts a stream of arbitrarily sized chunks into frames of exactly `frame_bytes`.
+
+    The remainder is kept for the next call, so no sample is lost or duplicated.
+    """
+
+    def __init__(self, frame_bytes: int) -> None:
+        self.frame_bytes = frame_bytes
+        self._pending = bytearray()
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._pending += chunk
+        n = len(self._pending) // self.frame_bytes
+        if not n:
+            return []
+        cut = n * self.frame_bytes
+        view = bytes(self._pending[:cut])
+        del self._pending[:cut]
+        return [view[i : i + self.frame_bytes] for i in range(0, cut, self.frame_bytes)]
+
+    def clear(self) -> None:
+        self._pending.clear()
+
+
+def wav_bytes(pcm: bytes, rate: int = VAD_RATE) -> bytes:
+    """Wrap mono PCM16 in a WAV container, the upload format every transcription API takes."""
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(SAMPLE_WIDTH)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return out.getvalue()

@@ -1,0 +1,131 @@
+"""Session audio input: client-rate PCM16 in, user turns (with their 16 kHz audio) out.
+
+Chains resampling → 30 ms framing → webrtcvad → `Endpointer`, and keeps just enough audio to
+hand each finished turn to transcription: while nobody speaks only the prefix padding is kept,
+so an idle session holds a few kilobytes. With turn detection off (manual commits) it simply
+buffers until the client commits or clears.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .endpointer import Endpointer, EndpointerConfig, SpeechEnded, SpeechStarted
+from .pcm import SAMPLE_WIDTH, VAD_RATE, AudioFormatError, Reframer, check_pcm16, samples_to_ms
+from .resample import Resampler
+from .vad import FRAME_BYTES, FRAME_MS, SpeechClassifier
+
+
+@dataclass(frozen=True)
+class VadSettings:
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 600
+    min_speech_ms: int = 200
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    start_ms: int
+
+
+@dataclass(frozen=True)
+class TurnEnded:
+    start_ms: int
+    end_ms: int
+    audio: bytes  # PCM16 mono at 16 kHz
+    forced: bool = False  # cut at the maximum turn length
+
+
+class AudioInput:
+    def __init__(self, *, input_rate: int, vad: VadSettings | None, max_turn_ms: int) -> None:
+        self.input_rate = input_rate
+        self.vad = vad
+        self.max_turn_ms = max_turn_ms
+        self._resampler = Resampler(input_rate, VAD_RATE)
+        self._buf = bytearray()  # 16 kHz audio from sample self._buf_start on
+        self._buf_start = 0
+        self._samples = 0  # 16 kHz samples appended so far (for manual mode offsets)
+        if vad is not None:
+            cfg = EndpointerConfig.from_ms(
+                frame_ms=FRAME_MS,
+                min_speech_ms=vad.min_speech_ms,
+                silence_ms=vad.silence_duration_ms,
+                padding_ms=vad.prefix_padding_ms,
+                max_turn_ms=max_turn_ms,
+            )
+            self._endpointer: Endpointer | None = Endpointer(cfg)
+            self._classifier = SpeechClassifier(vad.threshold)
+            self._reframer = Reframer(FRAME_BYTES)
+            self._keep_idle = (cfg.padding_frames + cfg.min_speech_frames) * FRAME_BYTES
+        else:
+            self._endpointer = None
+
+    @property
+    def speaking(self) -> bool:
+        return self._endpointer is not None and self._endpointer.speaking
+
+    @property
+    def buffered_ms(self) -> int:
+        return samples_to_ms(len(self._buf) // SAMPLE_WIDTH)
+
+    def feed(self, pcm: bytes) -> list[TurnStarted | TurnEnded]:
+        """Take one client chunk (PCM16 at the input rate). Raises AudioFormatError if unusable."""
+        check_pcm16(pcm)
+        audio = self._resampler.feed(pcm)
+        if self._endpointer is None:
+            if self.buffered_ms + samples_to_ms(len(audio) // SAMPLE_WIDTH) > self.max_turn_ms:
+                raise AudioFormatError(
+                    "input_audio_buffer_full",
+                    f"the uncommitted audio would exceed the maximum turn of {self.max_turn_ms} ms; "
+                    "commit or clear the buffer",
+                )
+            self._buf += audio
+            self._samples += len(audio) // SAMPLE_WIDTH
+            return []
+        events: list[TurnStarted | TurnEnded] = []
+        ep = self._endpointer
+        for frame in self._reframer.feed(audio):
+            self._buf += frame
+            decision = ep.push(self._classifier.is_speech(frame))
+            if isinstance(decision, SpeechStarted):
+                events.append(TurnStarted(samples_to_ms(decision.start)))
+            elif isinstance(decision, SpeechEnded):
+                events.append(self._take_turn(decision))
+        if not ep.speaking and len(self._buf) > 2 * self._keep_idle:
+            self._drop_before(ep.position * SAMPLE_WIDTH - self._keep_idle)
+        return events
+
+    def commit(self) -> TurnEnded | None:
+        """End the current turn now: in VAD mode the turn in progress, else all buffered audio."""
+        if self._endpointer is None:
+            if not self._buf:
+                return None
+            end = self._samples
+            start = end - len(self._buf) // SAMPLE_WIDTH
+            turn = TurnEnded(samples_to_ms(start), samples_to_ms(end), bytes(self._buf))
+            self._buf.clear()
+            return turn
+        ended = self._endpointer.end_now()
+        return self._take_turn(ended) if ended else None
+
+    def clear(self) -> None:
+        if self._endpointer is not None:
+            self._endpointer.reset()
+            self._buf_start = self._endpointer.position * SAMPLE_WIDTH
+        self._buf.clear()
+
+    def _take_turn(self, ended: SpeechEnded) -> TurnEnded:
+        lo = ended.start * SAMPLE_WIDTH - self._buf_start
+        hi = ended.end * SAMPLE_WIDTH - self._buf_start
+        turn = TurnEnded(
+            samples_to_ms(ended.start), samples_to_ms(ended.end), bytes(self._buf[lo:hi]), ended.forced
+        )
+        self._drop_before(ended.end * SAMPLE_WIDTH)
+        return turn
+
+    def _drop_before(self, byte_offset: int) -> None:
+        cut = byte_offset - self._buf_start
+        if cut > 0:
+            del self._buf[:cut]
+            self._buf_start = byte_offset
