@@ -1,0 +1,42 @@
+"""One small protocol per capability; adapters implement them over a vendor SDK.
+
+Failures cross this boundary as `ProviderError` with a protocol error `code`, so callers can
+tell the client precisely what went wrong without knowing the SDK's exception tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterator, Protocol
+
+
+class ProviderError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    seconds: float  # audio duration billed / transcribed
+
+
+class Transcriber(Protocol):
+    async def transcribe(
+        self, wav: bytes, *, model: str | None = None, language: str | None = None
+    ) -> Transcript: ...
+
+
+class ChatModel(Protocol):
+    def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
+        """Yield text deltas as they are generated; raise ProviderError on failure."""
+        ...
+
+
+@dataclass(frozen=True)
+class Providers:
+    transcriber: Transcriber | None
+    chat: ChatModel | None
+    problem: str | None = None  # why a provider is missing: told to clients, never a traceback

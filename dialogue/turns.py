@@ -1,0 +1,162 @@
+"""Turn-taking: a pure state machine deciding when the tutor answers and when it must stop.
+
+It is told what happened (speech started, a turn was transcribed, a response was asked for, a
+delta arrived) and answers with what to do (`StartResponse`, `CancelResponse`). It reads no
+clock and does no I/O. The bounded conversation history lives here, because what goes into
+the next prompt is a turn-taking decision (an interrupted answer is kept as far as it got).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Callable
+
+from .prompts import chat_messages
+
+
+class TurnState(str, Enum):
+    LISTENING = "listening"
+    TRANSCRIBING = "transcribing"
+    RESPONDING = "responding"
+
+
+@dataclass(frozen=True)
+class StartResponse:
+    response_id: str
+    messages: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class CancelResponse:
+    response_id: str
+    reason: str  # "turn_detected" (barge-in) or "client_cancelled"
+    text: str  # what had been generated when it was cut
+
+
+class ResponseAlreadyActive(Exception):
+    pass
+
+
+@dataclass
+class _Response:
+    id: str
+    parts: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+class TurnTaker:
+    def __init__(
+        self,
+        *,
+        instructions: str,
+        new_response_id: Callable[[], str],
+        history_messages: int = 20,
+        auto_respond: bool = True,
+        interrupt: bool = True,
+    ) -> None:
+        self.instructions = instructions
+        self.auto_respond = auto_respond  # answer each transcribed turn without response.create
+        self.interrupt = interrupt  # speech during an answer cancels it (barge-in)
+        self._new_response_id = new_response_id
+        self.history: deque[dict[str, str]] = deque(maxlen=history_messages)
+        self.user_speaking = False
+        self.pending_transcripts: set[str] = set()
+        self.response: _Response | None = None
+        self._response_wanted = False
+
+    @property
+    def state(self) -> TurnState:
+        if self.response is not None:
+            return TurnState.RESPONDING
+        if self.pending_transcripts:
+            return TurnState.TRANSCRIBING
+        return TurnState.LISTENING
+
+    # -- what the student did --------------------------------------------------------------
+    def speech_started(self) -> CancelResponse | None:
+        self.user_speaking = True
+        if self.response is not None and self.interrupt:
+            return self._cancel("turn_detected")
+        return None
+
+    def turn_committed(self, item_id: str) -> None:
+        """A turn's audio went to transcription; no answer starts before its text is known."""
+        self.user_speaking = False
+        self.pending_transcripts.add(item_id)
+
+    def speech_discarded(self) -> None:
+        self.user_speaking = False
+
+    def transcribed(self, item_id: str, text: str) -> StartResponse | None:
+        self.pending_transcripts.discard(item_id)
+        if text.strip():
+            self.history.append({"role": "user", "content": text})
+            if self.auto_respond:
+                self._response_wanted = True
+        return self._maybe_start()
+
+    def transcription_failed(self, item_id: str) -> StartResponse | None:
+        self.pending_transcripts.discard(item_id)
+        return self._maybe_start()
+
+    def user_text(self, text: str) -> None:
+        self.history.append({"role": "user", "content": text})
+
+    def request_response(self) -> StartResponse | None:
+        """An explicit `response.create`; it waits for pending transcripts, then starts."""
+        if self.response is not None:
+            raise ResponseAlreadyActive(self.response.id)
+        self._response_wanted = True
+        return self._maybe_start()
+
+    def cancel(self) -> CancelResponse | None:
+        return self._cancel("client_cancelled") if self.response is not None else None
+
+    # -- what the model did ----------------------------------------------------------------
+    def delta(self, response_id: str, text: str) -> bool:
+        """Record a text delta; False when it belongs to a response that is no longer live."""
+        if self.response is None or self.response.id != response_id:
+            return False
+        self.response.parts.append(text)
+        return True
+
+    def finished(self, response_id: str) -> tuple[str, StartResponse | None] | None:
+        if self.response is None or self.response.id != response_id:
+            return None
+        text = self.response.text
+        self.history.append({"role": "assistant", "content": text})
+        self.response = None
+        return text, self._maybe_start()
+
+    def failed(self, response_id: str) -> str | None:
+        if self.response is None or self.response.id != response_id:
+            return None
+        text = self.response.text
+        self.response = None
+        return text
+
+    # -- internals -------------------------------------------------------------------------
+    def _cancel(self, reason: str) -> CancelResponse:
+        assert self.response is not None
+        cut = CancelResponse(self.response.id, reason, self.response.text)
+        if cut.text:
+            self.history.append({"role": "assistant", "content": cut.text})
+        self.response = None
+        return cut
+
+    def _maybe_start(self) -> StartResponse | None:
+        if (
+            not self._response_wanted
+            or self.response is not None
+            or self.pending_transcripts
+            or self.user_speaking
+        ):
+            return None
+        self._response_wanted = False
+        self.response = _Response(self._new_response_id())
+        return StartResponse(self.response.id, chat_messages(self.instructions, list(self.history)))

@@ -1,0 +1,488 @@
+"""The Realtime protocol for one session, sans I/O: client messages in, actions out.
+
+`RealtimeSession` is fed text messages, binary audio and provider results, each with the time
+the shell saw it, and answers with a list of actions: `Send` an event, `Transcribe` a turn,
+`Generate` an answer, `Cancel` one. It owns validation and error codes, the session config,
+the audio input (VAD/endpointing) and the turn-taker; it never awaits, reads a clock, or
+touches a socket, so tests drive it with plain calls and the shell in `server.voice` stays a
+loop that moves bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Union
+
+from audio.pcm import SAMPLE_WIDTH, AudioFormatError, wav_bytes
+from audio.turns import AudioInput, TurnEnded, TurnStarted, VadSettings
+from dialogue.turns import CancelResponse, ResponseAlreadyActive, StartResponse, TurnTaker
+
+from . import events as ev
+
+SUPPORTED_RATES = (16000, 24000)
+
+
+@dataclass(frozen=True)
+class Send:
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Transcribe:
+    item_id: str
+    wav: bytes
+    model: str
+    language: str | None
+
+
+@dataclass(frozen=True)
+class Generate:
+    response_id: str
+    messages: list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Cancel:
+    response_id: str
+
+
+Action = Union[Send, Transcribe, Generate, Cancel]
+
+
+@dataclass(frozen=True)
+class TurnDetection:
+    threshold: float = 0.5
+    prefix_padding_ms: int = 300
+    silence_duration_ms: int = 600
+    create_response: bool = True
+    interrupt_response: bool = True
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    instructions: str
+    model: str
+    input_rate: int = 24000
+    turn_detection: TurnDetection | None = TurnDetection()
+    transcription_model: str = "gpt-4o-mini-transcribe"
+    transcription_language: str | None = None
+    min_speech_ms: int = 200
+    max_turn_ms: int = 30000
+    history_messages: int = 20
+    audio_burst_ms: int = 3000
+    max_message_bytes: int = 256 * 1024
+
+
+class ClientError(Exception):
+    """A client event we refuse; becomes an `error` event, the session goes on."""
+
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+# OpenAI client events we recognise but do not implement (yet): refused with a clear reason.
+UNSUPPORTED = {
+    "conversation.item.delete", "conversation.item.retrieve", "conversation.item.truncate",
+    "output_audio_buffer.clear",
+}
+
+
+class RealtimeSession:
+    def __init__(self, config: SessionConfig, *, provider_problem: str | None = None) -> None:
+        self.config = config
+        self.provider_problem = provider_problem
+        self.ids = ev.Ids()
+        self.id = self.ids("sess")
+        self.turns = TurnTaker(
+            instructions=config.instructions,
+            new_response_id=lambda: self.ids("resp"),
+            history_messages=config.history_messages,
+        )
+        self._apply_turn_detection()
+        self.audio = self._new_audio_input()
+        self._tokens_ms = float(config.audio_burst_ms)  # token bucket for audio ahead of real time
+        self._last_audio_at: float | None = None
+        self._last_item_id: str | None = None
+        self._speech_item_id: str | None = None
+        self._response_items: dict[str, str] = {}  # response id → its assistant item id
+        self._handlers: dict[str, Callable[[dict[str, Any], float], list[Action]]] = {
+            "session.update": self._session_update,
+            "input_audio_buffer.append": self._append,
+            "input_audio_buffer.commit": self._commit,
+            "input_audio_buffer.clear": self._clear,
+            "conversation.item.create": self._item_create,
+            "response.create": self._response_create,
+            "response.cancel": self._response_cancel,
+        }
+
+    # -- entry points ----------------------------------------------------------------------
+    def open(self) -> list[Action]:
+        out = [self._send("session.created", session=self._session_object())]
+        if self.provider_problem:
+            out.append(self._error("provider_not_configured", self.provider_problem,
+                                   type="server_error"))
+        return out
+
+    def receive_text(self, text: str, now: float) -> list[Action]:
+        if len(text) > self.config.max_message_bytes or (
+            len(text) * 4 > self.config.max_message_bytes
+            and len(text.encode()) > self.config.max_message_bytes
+        ):
+            return [self._too_large(len(text.encode()))]
+        try:
+            message = json.loads(text)
+        except ValueError as exc:
+            return [self._error("invalid_json", f"message is not valid JSON: {exc}")]
+        if not isinstance(message, dict):
+            return [self._error("invalid_json", "message must be a JSON object")]
+        event_id = message.get("event_id") if isinstance(message.get("event_id"), str) else None
+        kind = message.get("type")
+        try:
+            if not isinstance(kind, str):
+                raise ClientError("missing_required_parameter", "event has no string 'type'", "type")
+            handler = self._handlers.get(kind)
+            if handler is None:
+                if kind in UNSUPPORTED:
+                    raise ClientError("unsupported_event", f"'{kind}' is not supported by this server")
+                raise ClientError("unknown_event_type", f"unknown event type '{kind}'", "type")
+            return handler(message, now)
+        except ClientError as exc:
+            return [self._error(exc.code, exc.message, event_id=event_id, param=exc.param)]
+
+    def receive_audio(self, pcm: bytes, now: float, *, event_id: str | None = None) -> list[Action]:
+        if len(pcm) > self.config.max_message_bytes:
+            return [self._too_large(len(pcm), event_id)]
+        chunk_ms = len(pcm) / SAMPLE_WIDTH * 1000 / self.config.input_rate
+        if self._last_audio_at is not None:
+            refill = (now - self._last_audio_at) * 1000
+            self._tokens_ms = min(float(self.config.audio_burst_ms), self._tokens_ms + refill)
+        self._last_audio_at = now
+        if chunk_ms > self._tokens_ms:
+            return [self._error(
+                "input_audio_rate_exceeded",
+                f"audio is arriving faster than real time (more than {self.config.audio_burst_ms}"
+                " ms ahead); this chunk was dropped",
+                event_id=event_id)]
+        try:
+            turn_events = self.audio.feed(pcm)
+        except AudioFormatError as exc:
+            return [self._error(exc.code, str(exc), event_id=event_id)]
+        self._tokens_ms -= chunk_ms
+        out: list[Action] = []
+        for turn_event in turn_events:
+            if isinstance(turn_event, TurnStarted):
+                out += self._speech_started(turn_event)
+            else:
+                out += self._speech_stopped(turn_event)
+        return out
+
+    def transcription_completed(self, item_id: str, text: str, seconds: float) -> list[Action]:
+        out: list[Action] = [self._send(
+            "conversation.item.input_audio_transcription.completed",
+            item_id=item_id, content_index=0, transcript=text,
+            usage={"type": "duration", "seconds": round(seconds, 3)})]
+        return out + self._start(self.turns.transcribed(item_id, text))
+
+    def transcription_failed(self, item_id: str, code: str, message: str) -> list[Action]:
+        out: list[Action] = [
+            self._send("conversation.item.input_audio_transcription.failed", item_id=item_id,
+                       content_index=0,
+                       error={"type": "server_error", "code": code, "message": message}),
+            self._error(code, f"transcription of {item_id} failed: {message}", type="server_error"),
+        ]
+        return out + self._start(self.turns.transcription_failed(item_id))
+
+    def response_delta(self, response_id: str, delta: str) -> list[Action]:
+        if not self.turns.delta(response_id, delta):
+            return []  # a late delta of a response already cancelled
+        return [self._send("response.output_text.delta", delta=delta,
+                           **ev.text_part(response_id, self._response_items[response_id]))]
+
+    def response_completed(self, response_id: str) -> list[Action]:
+        result = self.turns.finished(response_id)
+        if result is None:
+            return []
+        text, next_response = result
+        return self._close_response(response_id, text, "completed") + self._start(next_response)
+
+    def response_failed(self, response_id: str, code: str, message: str) -> list[Action]:
+        text = self.turns.failed(response_id)
+        if text is None:
+            return []
+        details = {"type": "failed", "error": {"type": "server_error", "code": code,
+                                                "message": message}}
+        return [self._error(code, message, type="server_error"),
+                *self._close_response(response_id, text, "failed", details)]
+
+    # -- client events ---------------------------------------------------------------------
+    def _session_update(self, message: dict[str, Any], now: float) -> list[Action]:
+        session = message.get("session")
+        if not isinstance(session, dict):
+            raise ClientError("missing_required_parameter", "session.update needs a 'session' object",
+                              "session")
+        old = self.config
+        self.config = _updated_config(old, session)
+        self._apply_turn_detection()
+        if (old.input_rate, old.turn_detection, old.min_speech_ms) != (
+            self.config.input_rate, self.config.turn_detection, self.config.min_speech_ms
+        ):
+            self.audio = self._new_audio_input()
+            self._speech_item_id = None
+            self.turns.speech_discarded()
+        return [self._send("session.updated", session=self._session_object())]
+
+    def _append(self, message: dict[str, Any], now: float) -> list[Action]:
+        audio = message.get("audio")
+        if not isinstance(audio, str):
+            raise ClientError("missing_required_parameter",
+                              "input_audio_buffer.append needs 'audio' (base64 PCM16)", "audio")
+        try:
+            pcm = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ClientError("invalid_base64", f"'audio' is not valid base64: {exc}", "audio")
+        return self.receive_audio(pcm, now, event_id=message.get("event_id"))
+
+    def _commit(self, message: dict[str, Any], now: float) -> list[Action]:
+        turn = self.audio.commit()
+        if turn is None or not turn.audio:
+            raise ClientError("input_audio_buffer_commit_empty",
+                              "nothing to commit: the input audio buffer holds no speech")
+        if self.config.turn_detection is None:
+            return self._committed(turn, self.ids("item"))
+        return self._speech_stopped(turn)
+
+    def _clear(self, message: dict[str, Any], now: float) -> list[Action]:
+        self.audio.clear()
+        if self._speech_item_id is not None:
+            self._speech_item_id = None
+            self.turns.speech_discarded()
+        return [self._send("input_audio_buffer.cleared")]
+
+    def _item_create(self, message: dict[str, Any], now: float) -> list[Action]:
+        item = message.get("item")
+        if not isinstance(item, dict):
+            raise ClientError("missing_required_parameter", "conversation.item.create needs 'item'",
+                              "item")
+        if item.get("type") != "message" or item.get("role") != "user":
+            raise ClientError("unsupported_item",
+                              "only user messages can be created (type 'message', role 'user')",
+                              "item.role")
+        content = item.get("content")
+        texts = [part.get("text") for part in content or [] if isinstance(part, dict)
+                 and part.get("type") == "input_text"] if isinstance(content, list) else []
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ClientError("missing_required_parameter",
+                              "a user message needs content [{type: 'input_text', text: ...}]",
+                              "item.content")
+        text = "\n".join(texts)
+        item_id = item["id"] if isinstance(item.get("id"), str) else self.ids("item")
+        self.turns.user_text(text)
+        return [self._item_created(ev.user_text_item(item_id, text))]
+
+    def _response_create(self, message: dict[str, Any], now: float) -> list[Action]:
+        try:
+            start = self.turns.request_response()
+        except ResponseAlreadyActive as exc:
+            raise ClientError("conversation_already_has_active_response",
+                              f"response {exc} is still in progress; cancel it first")
+        return self._start(start)
+
+    def _response_cancel(self, message: dict[str, Any], now: float) -> list[Action]:
+        cut = self.turns.cancel()
+        if cut is None:
+            raise ClientError("response_cancel_not_active", "there is no response to cancel")
+        return self._cancelled(cut)
+
+    # -- turns and responses ---------------------------------------------------------------
+    def _speech_started(self, started: TurnStarted) -> list[Action]:
+        self._speech_item_id = self.ids("item")
+        out: list[Action] = [self._send("input_audio_buffer.speech_started",
+                                        audio_start_ms=started.start_ms,
+                                        item_id=self._speech_item_id)]
+        cut = self.turns.speech_started()
+        return out + (self._cancelled(cut) if cut else [])
+
+    def _speech_stopped(self, turn: TurnEnded) -> list[Action]:
+        item_id = self._speech_item_id or self.ids("item")
+        self._speech_item_id = None
+        out: list[Action] = []
+        if turn.forced:
+            out.append(self._error("input_audio_turn_too_long",
+                                   f"the turn reached the maximum of {self.config.max_turn_ms} ms "
+                                   "and was ended there"))
+        out.append(self._send("input_audio_buffer.speech_stopped", audio_end_ms=turn.end_ms,
+                              item_id=item_id))
+        return out + self._committed(turn, item_id)
+
+    def _committed(self, turn: TurnEnded, item_id: str) -> list[Action]:
+        previous = self._last_item_id
+        self.turns.turn_committed(item_id)
+        return [
+            self._send("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous),
+            self._item_created(ev.user_audio_item(item_id)),
+            Transcribe(item_id, wav_bytes(turn.audio), self.config.transcription_model,
+                       self.config.transcription_language),
+        ]
+
+    def _start(self, start: StartResponse | None) -> list[Action]:
+        if start is None:
+            return []
+        rid = start.response_id
+        item_id = self._response_items[rid] = self.ids("item")
+        item = ev.assistant_item(item_id, "in_progress")
+        return [
+            self._send("response.created", response=ev.response(rid, "in_progress", [])),
+            self._send("response.output_item.added", response_id=rid, output_index=0, item=item),
+            self._item_created(item),
+            self._send("response.content_part.added", part={"type": "text", "text": ""},
+                       **ev.text_part(rid, item_id)),
+            Generate(rid, start.messages),
+        ]
+
+    def _cancelled(self, cut: CancelResponse) -> list[Action]:
+        details = {"type": "cancelled", "reason": cut.reason}
+        return [Cancel(cut.response_id),
+                *self._close_response(cut.response_id, cut.text, "cancelled", details)]
+
+    def _close_response(self, rid: str, text: str, status: str,
+                        details: dict[str, Any] | None = None) -> list[Action]:
+        item_id = self._response_items.pop(rid)
+        part = ev.text_part(rid, item_id)
+        item = ev.assistant_item(item_id, "completed" if status == "completed" else "incomplete",
+                                 text)
+        return [
+            self._send("response.output_text.done", text=text, **part),
+            self._send("response.content_part.done", part={"type": "text", "text": text}, **part),
+            self._send("response.output_item.done", response_id=rid, output_index=0, item=item),
+            self._send("response.done",
+                       response=ev.response(rid, status, [item], status_details=details)),
+        ]
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _item_created(self, item: dict[str, Any]) -> Send:
+        previous, self._last_item_id = self._last_item_id, item["id"]
+        return self._send("conversation.item.created", previous_item_id=previous, item=item)
+
+    def _send(self, kind: str, **fields: Any) -> Send:
+        return Send({"type": kind, "event_id": self.ids("event"), **fields})
+
+    def _error(self, code: str, message: str, *, type: str = "invalid_request_error",
+               event_id: str | None = None, param: str | None = None) -> Send:
+        event = ev.error(code, message, type=type, event_id=event_id, param=param)
+        event["event_id"] = self.ids("event")
+        return Send(event)
+
+    def _too_large(self, size: int, event_id: str | None = None) -> Send:
+        return self._error("message_too_large",
+                           f"message of {size} bytes exceeds the limit of "
+                           f"{self.config.max_message_bytes} bytes; it was dropped",
+                           event_id=event_id)
+
+    def _apply_turn_detection(self) -> None:
+        td = self.config.turn_detection
+        self.turns.instructions = self.config.instructions
+        self.turns.auto_respond = td.create_response if td else False
+        self.turns.interrupt = td.interrupt_response if td else False
+
+    def _new_audio_input(self) -> AudioInput:
+        td = self.config.turn_detection
+        vad = None if td is None else VadSettings(
+            threshold=td.threshold, prefix_padding_ms=td.prefix_padding_ms,
+            silence_duration_ms=td.silence_duration_ms, min_speech_ms=self.config.min_speech_ms)
+        return AudioInput(input_rate=self.config.input_rate, vad=vad,
+                          max_turn_ms=self.config.max_turn_ms)
+
+    def _session_object(self) -> dict[str, Any]:
+        cfg = self.config
+        td = cfg.turn_detection
+        transcription: dict[str, Any] = {"model": cfg.transcription_model}
+        if cfg.transcription_language:
+            transcription["language"] = cfg.transcription_language
+        return {
+            "type": "realtime", "object": "realtime.session", "id": self.id, "model": cfg.model,
+            "output_modalities": ["text"], "instructions": cfg.instructions,
+            "audio": {"input": {
+                "format": {"type": "audio/pcm", "rate": cfg.input_rate},
+                "transcription": transcription,
+                "turn_detection": None if td is None else {"type": "server_vad", **vars(td)},
+            }},
+        }
+
+
+def _updated_config(config: SessionConfig, session: dict[str, Any]) -> SessionConfig:
+    """Validate a `session.update` payload as a whole and return the new config (or raise)."""
+    if session.get("type", "realtime") != "realtime":
+        raise ClientError("invalid_value", "only 'realtime' sessions are supported", "session.type")
+    changes: dict[str, Any] = {}
+    if "instructions" in session:
+        instructions = session["instructions"]
+        if not isinstance(instructions, str):
+            raise ClientError("invalid_value", "instructions must be a string",
+                              "session.instructions")
+        changes["instructions"] = instructions
+    audio_in = _object(session, "audio", "session.audio")
+    audio_in = _object(audio_in, "input", "session.audio.input")
+    if "format" in audio_in:
+        fmt = audio_in["format"]
+        if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm":
+            raise ClientError("unsupported_audio_format",
+                              "input audio must be {type: 'audio/pcm', rate: 16000 or 24000}",
+                              "session.audio.input.format")
+        rate = fmt.get("rate", 24000)
+        if rate not in SUPPORTED_RATES:
+            raise ClientError("unsupported_sample_rate",
+                              f"input rate {rate!r} is not supported; use 16000 or 24000",
+                              "session.audio.input.format.rate")
+        changes["input_rate"] = rate
+    if "transcription" in audio_in:
+        tr = audio_in["transcription"] or {}
+        if not isinstance(tr, dict):
+            raise ClientError("invalid_value", "transcription must be an object",
+                              "session.audio.input.transcription")
+        if isinstance(tr.get("model"), str):
+            changes["transcription_model"] = tr["model"]
+        if tr.get("language") is None or isinstance(tr.get("language"), str):
+            changes["transcription_language"] = tr.get("language")
+    if "turn_detection" in audio_in:
+        changes["turn_detection"] = _turn_detection(audio_in["turn_detection"],
+                                                    config.turn_detection)
+    return replace(config, **changes)
+
+
+def _object(parent: dict[str, Any], key: str, param: str) -> dict[str, Any]:
+    value = parent.get(key) or {}
+    if not isinstance(value, dict):
+        raise ClientError("invalid_value", f"{param} must be an object", param)
+    return value
+
+
+def _turn_detection(value: Any, current: TurnDetection | None) -> TurnDetection | None:
+    param = "session.audio.input.turn_detection"
+    if value is None:
+        return None
+    if not isinstance(value, dict) or value.get("type", "server_vad") != "server_vad":
+        raise ClientError("unsupported_turn_detection",
+                          "turn_detection must be {type: 'server_vad', ...} or null", param)
+    base = current or TurnDetection()
+    fields: dict[str, Any] = {}
+    for name, kind, lo, hi in (("threshold", (int, float), 0.0, 1.0),
+                               ("prefix_padding_ms", int, 0, 5000),
+                               ("silence_duration_ms", int, 30, 10000)):
+        if value.get(name) is not None:
+            v = value[name]
+            if isinstance(v, bool) or not isinstance(v, kind) or not lo <= v <= hi:
+                raise ClientError("invalid_value", f"{name} must be a number in [{lo}, {hi}]",
+                                  f"{param}.{name}")
+            fields[name] = v
+    for name in ("create_response", "interrupt_response"):
+        if value.get(name) is not None:
+            if not isinstance(value[name], bool):
+                raise ClientError("invalid_value", f"{name} must be a boolean", f"{param}.{name}")
+            fields[name] = value[name]
+    return replace(base, **fields)

@@ -1,0 +1,122 @@
+"""The Realtime WebSocket endpoint (`/api/voice`, `/v1/realtime`): a thin loop around the core.
+
+It reads messages, hands them to `RealtimeSession` with the loop's clock, and carries out the
+actions it gets back: events go to one writer task (so they leave in the order they were
+decided), provider calls run as tasks whose results are fed back to the core. Cancelling a
+response cancels its task, which closes the provider's HTTP stream at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from dialogue.providers import ProviderError, Providers
+
+from .protocol import Action, Cancel, Generate, RealtimeSession, Send, Transcribe
+
+log = logging.getLogger("tutor.voice")
+
+
+async def realtime_endpoint(websocket: WebSocket) -> None:
+    state = websocket.app.state
+    await websocket.accept()
+    session = RealtimeSession(state.session_config, provider_problem=state.providers.problem)
+    await SessionRunner(websocket, session, state.providers).run()
+
+
+class SessionRunner:
+    def __init__(self, websocket: WebSocket, session: RealtimeSession, providers: Providers) -> None:
+        self.websocket = websocket
+        self.session = session
+        self.providers = providers
+        self.outbox: asyncio.Queue[str] = asyncio.Queue()
+        self.responses: dict[str, asyncio.Task[None]] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.loop = asyncio.get_running_loop()
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._write())
+        self.execute(self.session.open())
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                now = self.loop.time()
+                if message.get("text") is not None:
+                    self.execute(self.session.receive_text(message["text"], now))
+                elif message.get("bytes") is not None:
+                    self.execute(self.session.receive_audio(message["bytes"], now))
+        except WebSocketDisconnect:
+            pass
+        finally:
+            for task in (*self.tasks, writer):
+                task.cancel()
+
+    def execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.outbox.put_nowait(json.dumps(action.event))
+            elif isinstance(action, Transcribe):
+                self._spawn(self._transcribe(action))
+            elif isinstance(action, Generate):
+                self.responses[action.response_id] = self._spawn(self._generate(action))
+            elif isinstance(action, Cancel):
+                task = self.responses.pop(action.response_id, None)
+                if task is not None:
+                    task.cancel()
+
+    def _spawn(self, coro) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self.websocket.send_text(await self.outbox.get())
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the client went away; the reader loop sees the disconnect
+
+    async def _transcribe(self, job: Transcribe) -> None:
+        transcriber = self.providers.transcriber
+        if transcriber is None:
+            self.execute(self.session.transcription_failed(
+                job.item_id, "provider_not_configured", self.providers.problem or "no transcriber"))
+            return
+        try:
+            result = await transcriber.transcribe(job.wav, model=job.model, language=job.language)
+        except ProviderError as exc:
+            self.execute(self.session.transcription_failed(job.item_id, exc.code, exc.message))
+        except Exception:
+            log.exception("transcription of %s failed", job.item_id)
+            self.execute(self.session.transcription_failed(
+                job.item_id, "internal_error", "transcription failed on the server"))
+        else:
+            self.execute(self.session.transcription_completed(job.item_id, result.text,
+                                                              result.seconds))
+
+    async def _generate(self, job: Generate) -> None:
+        rid = job.response_id
+        chat = self.providers.chat
+        try:
+            if chat is None:
+                raise ProviderError("provider_not_configured", self.providers.problem or "no chat model")
+            async for delta in chat.stream(job.messages):
+                self.execute(self.session.response_delta(rid, delta))
+        except ProviderError as exc:
+            self.execute(self.session.response_failed(rid, exc.code, exc.message))
+        except Exception:
+            log.exception("response %s failed", rid)
+            self.execute(self.session.response_failed(rid, "internal_error",
+                                                      "the answer failed on the server"))
+        else:
+            self.execute(self.session.response_completed(rid))
+        finally:
+            if self.responses.get(rid) is asyncio.current_task():
+                del self.responses[rid]

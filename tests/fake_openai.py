@@ -1,0 +1,164 @@
+"""A loopback stand-in for an OpenAI-compatible API, speaking the real wire protocol.
+
+`POST /v1/audio/transcriptions` takes the SDK's multipart upload, parses the WAV and answers
+with what it received (duration and rate, unless a transcript is queued);
+`POST /v1/chat/completions` streams SSE chunks with a set time to first token and inter-token
+delay. It fails on demand: queue "500", "timeout", "cut" (connection dropped mid-stream) or
+"stall" (stops sending mid-stream). Used by the tests (in-process) and by bench/ (as a
+subprocess: `python -m tests.fake_openai --port 9100 --stt-latency 0.3 --ttft 0.4`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import re
+import socket
+import time
+import wave
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+
+@dataclass
+class Behaviour:
+    stt_latency: float = 0.0
+    ttft: float = 0.0
+    token_delay: float = 0.0
+    reply: str | None = None  # None: a short reply quoting the student's last message
+    transcripts: list[str] = field(default_factory=list)  # consumed one per transcription
+    chat_failures: list[str] = field(default_factory=list)  # consumed one per chat request
+    stt_failures: list[str] = field(default_factory=list)  # "500" | "timeout"
+    hang_seconds: float = 3600.0
+
+
+class FakeOpenAI:
+    def __init__(self, behaviour: Behaviour | None = None) -> None:
+        self.behaviour = behaviour or Behaviour()
+        self.transcriptions: list[dict[str, Any]] = []
+        self.chats: list[dict[str, Any]] = []
+        self.app = Starlette(routes=[
+            Route("/v1/audio/transcriptions", self._transcribe, methods=["POST"]),
+            Route("/v1/chat/completions", self._chat, methods=["POST"]),
+        ])
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> None:
+        self._server, self._task, self.port = await serve_in_loop(self.app)
+
+    async def stop(self) -> None:
+        assert self._server is not None and self._task is not None
+        self._server.should_exit = True
+        await self._task
+
+    # -- endpoints -------------------------------------------------------------------------
+    async def _transcribe(self, request: Request) -> Response:
+        b = self.behaviour
+        form = await request.form()
+        upload = form["file"]
+        data = await upload.read()  # type: ignore[union-attr]
+        with wave.open(io.BytesIO(data)) as w:
+            rate, frames, channels = w.getframerate(), w.getnframes(), w.getnchannels()
+        seconds = frames / rate
+        self.transcriptions.append({"model": form.get("model"), "seconds": seconds, "rate": rate,
+                                    "channels": channels, "filename": upload.filename,  # type: ignore[union-attr]
+                                    "language": form.get("language")})
+        failure = b.stt_failures.pop(0) if b.stt_failures else None
+        if failure == "500":
+            return JSONResponse({"error": {"message": "fake upstream failure", "type": "server_error"}},
+                                status_code=500)
+        await asyncio.sleep(b.hang_seconds if failure == "timeout" else b.stt_latency)
+        text = b.transcripts.pop(0) if b.transcripts else f"[{seconds:.2f} s of audio at {rate} Hz]"
+        return JSONResponse({"text": text, "usage": {"type": "duration", "seconds": seconds}})
+
+    async def _chat(self, request: Request) -> Response:
+        b = self.behaviour
+        body = await request.json()
+        self.chats.append(body)
+        failure = b.chat_failures.pop(0) if b.chat_failures else None
+        if failure == "500":
+            return JSONResponse({"error": {"message": "fake upstream failure", "type": "server_error"}},
+                                status_code=500)
+        if failure == "timeout":
+            await asyncio.sleep(b.hang_seconds)
+        last_user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+        reply = b.reply if b.reply is not None else f"Good question! Let us work it out. You said: {last_user}"
+        tokens = re.findall(r"\S+\s*", reply)
+        model = body.get("model", "fake")
+        if not body.get("stream"):
+            return JSONResponse(_completion(model, reply))
+        return StreamingResponse(self._stream(model, tokens, failure), media_type="text/event-stream")
+
+    async def _stream(self, model: str, tokens: list[str], failure: str | None) -> AsyncIterator[bytes]:
+        b = self.behaviour
+        yield _chunk(model, {"role": "assistant", "content": ""})
+        await asyncio.sleep(b.ttft)
+        for i, token in enumerate(tokens):
+            if i and b.token_delay:
+                await asyncio.sleep(b.token_delay)
+            if i == 2 and failure == "cut":
+                raise ConnectionAbortedError("fake provider drops the connection mid-stream")
+            if i == 2 and failure == "stall":
+                await asyncio.sleep(b.hang_seconds)
+            yield _chunk(model, {"content": token})
+        yield _chunk(model, {}, finish_reason="stop")
+        yield b"data: [DONE]\n\n"
+
+
+def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+    payload = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+               "model": model,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+def _completion(model: str, text: str) -> dict[str, Any]:
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [{"index": 0, "finish_reason": "stop",
+                                         "message": {"role": "assistant", "content": text}}]}
+
+
+async def serve_in_loop(app: Any, **options: Any) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """Run `app` under uvicorn in the current event loop on a free loopback port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, **options)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    return server, task, sock.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    parser.add_argument("--stt-latency", type=float, default=0.3)
+    parser.add_argument("--ttft", type=float, default=0.4)
+    parser.add_argument("--token-delay", type=float, default=0.02)
+    args = parser.parse_args()
+    fake = FakeOpenAI(Behaviour(stt_latency=args.stt_latency, ttft=args.ttft,
+                                token_delay=args.token_delay))
+    uvicorn.run(fake.app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
