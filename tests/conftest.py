@@ -1,0 +1,92 @@
+"""Shared fixtures: the speech corpus, the loopback fake provider, and the real app under uvicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import wave
+from pathlib import Path
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from dialogue.providers import Providers
+from server.app import build_providers, create_app
+from server.cli import uvicorn_options
+from server.config import Settings
+from tests.fake_openai import FakeOpenAI, serve_in_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = Path(os.environ.get("TUTOR_SPEECH_CORPUS", ROOT.parent / "shared" / "audio"))
+
+
+def _corpus_manifest() -> dict[str, Any]:
+    path = CORPUS / "manifest.json"
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            raise RuntimeError(f"speech corpus not found at {CORPUS} (set TUTOR_SPEECH_CORPUS)")
+        pytest.skip(f"speech corpus not found at {CORPUS}", allow_module_level=True)
+    return json.loads(path.read_text())
+
+
+MANIFEST = _corpus_manifest()
+CORPUS_FILES = sorted(MANIFEST["files"])
+
+
+def read_pcm(name: str) -> bytes:
+    with wave.open(str(CORPUS / name)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+        return w.readframes(w.getnframes())
+
+
+def expected_turns(name: str) -> int:
+    return MANIFEST["files"][name]["utterances"]
+
+
+def make_settings(fake: FakeOpenAI | None = None, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        openai_api_key="test-key" if fake else None,
+        openai_base_url=fake.base_url if fake else None,
+        llm_api_key=None, llm_base_url=None,
+        audio_burst_ms=10**9,  # tests stream faster than real time unless they test the bound
+        provider_timeout_s=1.0,
+        provider_max_retries=0,
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+Server = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[Server]:
+    """Start the real app under uvicorn on a free port; returns its base URL (http://...)."""
+    running = []
+
+    async def start(settings: Settings, providers: Providers | None = None) -> str:
+        app = create_app(settings, providers=providers)
+        server, task, port = await serve_in_loop(app, **uvicorn_options(settings))
+        running.append((server, task))
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for server, task in running:
+        server.should_exit = True
+        await task
+
+
+@pytest.fixture
+async def server(fake: FakeOpenAI, start_server: Server) -> str:
+    return await start_server(make_settings(fake))
+
+
+__all__ = ["build_providers", "read_pcm", "expected_turns", "make_settings", "CORPUS_FILES"]

@@ -1,0 +1,107 @@
+"""Test-side helpers for talking to the Realtime socket like a browser would."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from typing import Any
+
+import numpy as np
+import soxr
+from pydantic import TypeAdapter
+
+from openai.types.realtime import RealtimeServerEvent
+
+SERVER_EVENTS = TypeAdapter(RealtimeServerEvent)
+CHUNK_MS = 20
+
+
+def to_rate(pcm16k: bytes, rate: int) -> bytes:
+    if rate == 16000:
+        return pcm16k
+    samples = np.frombuffer(pcm16k, dtype="<i2")
+    return soxr.resample(samples, 16000, rate).astype("<i2").tobytes()
+
+
+def chunks(pcm: bytes, rate: int, ms: int = CHUNK_MS) -> list[bytes]:
+    size = rate * ms // 1000 * 2
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+
+
+def session_update(rate: int = 16000, **turn_detection: Any) -> str:
+    session: dict[str, Any] = {"type": "realtime",
+                               "audio": {"input": {"format": {"type": "audio/pcm", "rate": rate}}}}
+    if turn_detection:
+        session["audio"]["input"]["turn_detection"] = turn_detection.get("value", turn_detection)
+    return json.dumps({"type": "session.update", "session": session})
+
+
+def append_event(chunk: bytes) -> str:
+    return json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(chunk).decode()})
+
+
+def check_shape(event: dict[str, Any]) -> None:
+    """Every OpenAI-named event must validate against the SDK's own pydantic types."""
+    if event["type"].startswith("tutor."):
+        return
+    if event["type"] in ("session.created", "session.updated"):
+        rate = event["session"]["audio"]["input"]["format"]["rate"]
+        if rate != 24000:  # the SDK types the rate as Literal[24000]; 16000 is our extension
+            event = json.loads(json.dumps(event))
+            event["session"]["audio"]["input"]["format"]["rate"] = 24000
+    SERVER_EVENTS.validate_python(event)
+
+
+class Conversation:
+    """A plain `websockets` client that records every event and checks its shape."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.events: list[dict[str, Any]] = []
+
+    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
+        event = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        check_shape(event)
+        self.events.append(event)
+        return event
+
+    async def until(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+        while True:
+            event = await self.next(timeout)
+            if event["type"] == kind:
+                return event
+
+    async def drain(self) -> None:
+        """Read whatever has already arrived, without waiting."""
+        while True:
+            try:
+                event = json.loads(await asyncio.wait_for(self.ws.recv(), 0.001))
+            except (asyncio.TimeoutError, TimeoutError):
+                return
+            check_shape(event)
+            self.events.append(event)
+
+    async def sync(self) -> None:
+        """Round-trip a no-op session.update: all earlier input has then been processed."""
+        await self.ws.send(json.dumps({"type": "session.update", "session": {}}))
+        await self.until("session.updated")
+
+    async def stream(self, pcm: bytes, rate: int, *, binary: bool = True, polite: bool = True) -> None:
+        """Send audio in 20 ms chunks as fast as the socket takes it. A polite student waits
+        for the tutor's answer after each turn, as a person would, before speaking on."""
+        for chunk in chunks(pcm, rate):
+            await self.ws.send(chunk if binary else append_event(chunk))
+            await self.drain()
+            if polite and self.count("input_audio_buffer.speech_stopped") > self.count("response.done"):
+                await self.until("response.done")
+        await self.sync()
+
+    def count(self, kind: str) -> int:
+        return sum(1 for e in self.events if e["type"] == kind)
+
+    def types(self) -> list[str]:
+        return [e["type"] for e in self.events]
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]

@@ -1,0 +1,102 @@
+"""The Realtime protocol core driven by plain calls: time is a parameter, nothing is awaited."""
+
+from __future__ import annotations
+
+import json
+
+from server.protocol import Cancel, Generate, RealtimeSession, Send, SessionConfig, Transcribe
+from tests.conftest import read_pcm
+from tests.realtime_client import check_shape
+
+
+def session(**kw) -> RealtimeSession:
+    s = RealtimeSession(SessionConfig(instructions="tutor", model="m", input_rate=16000, **kw))
+    s.open()
+    return s
+
+
+def sent(actions) -> list[dict]:
+    events = [a.event for a in actions if isinstance(a, Send)]
+    for e in events:
+        check_shape(e)
+    return events
+
+
+def feed(s: RealtimeSession, pcm: bytes, t0: float = 0.0, chunk: int = 640) -> list:
+    out = []
+    for k, i in enumerate(range(0, len(pcm), chunk)):
+        out += s.receive_audio(pcm[i : i + chunk], t0 + k * 0.02)
+    return out
+
+
+def test_a_spoken_turn_is_committed_then_transcribed_then_answered():
+    s = session()
+    actions = feed(s, read_pcm("q_war.wav"))
+    assert [e["type"] for e in sent(actions)] == [
+        "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
+        "input_audio_buffer.committed", "conversation.item.created"]
+    job = next(a for a in actions if isinstance(a, Transcribe))
+    after = s.transcription_completed(job.item_id, "When did the war end?", 3.3)
+    assert [e["type"] for e in sent(after)][:2] == [
+        "conversation.item.input_audio_transcription.completed", "response.created"]
+    gen = next(a for a in after if isinstance(a, Generate))
+    assert gen.messages[-1] == {"role": "user", "content": "When did the war end?"}
+    deltas = sent(s.response_delta(gen.response_id, "In 1945."))
+    assert deltas[0]["delta"] == "In 1945."
+    done = sent(s.response_completed(gen.response_id))
+    assert done[-1]["type"] == "response.done" and done[-1]["response"]["status"] == "completed"
+
+
+def test_barge_in_cancels_the_answer_with_reason_turn_detected():
+    s = session()
+    job = next(a for a in feed(s, read_pcm("q_war.wav")) if isinstance(a, Transcribe))
+    gen = next(a for a in s.transcription_completed(job.item_id, "q", 1) if isinstance(a, Generate))
+    s.response_delta(gen.response_id, "Well")
+    actions = feed(s, read_pcm("q_french.wav")[:64000], t0=10)
+    assert Cancel(gen.response_id) in actions
+    done = [e for e in sent(actions) if e["type"] == "response.done"][0]
+    assert done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"]["reason"] == "turn_detected"
+    assert s.response_delta(gen.response_id, "late") == []
+
+
+def test_audio_faster_than_real_time_beyond_the_burst_is_dropped():
+    s = session(audio_burst_ms=200)
+    chunk = b"\x00\x00" * 320  # 20 ms
+    results = [s.receive_audio(chunk, now=0.0) for _ in range(12)]
+    assert all(r == [] for r in results[:10])
+    assert sent(results[10])[0]["error"]["code"] == "input_audio_rate_exceeded"
+    assert s.receive_audio(chunk, now=0.1) == []  # time passing refills the allowance
+
+
+def test_a_turn_longer_than_the_maximum_is_cut_reported_and_still_answered():
+    s = session(max_turn_ms=1500)
+    actions = feed(s, read_pcm("hesitation.wav"))
+    events = sent(actions)
+    codes = [e["error"]["code"] for e in events if e["type"] == "error"]
+    # ~5 s of speech cut every 1.5 s: each cut is reported, and each piece is still transcribed
+    assert codes == ["input_audio_turn_too_long"] * 3
+    assert sum(isinstance(a, Transcribe) for a in actions) >= len(codes)
+
+
+def test_text_turn_then_response_create():
+    s = session()
+    out = s.receive_text(json.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}), 0)
+    assert sent(out)[0]["item"]["content"][0]["text"] == "hi"
+    gen = next(a for a in s.receive_text('{"type": "response.create"}', 0) if isinstance(a, Generate))
+    assert gen.messages[-1] == {"role": "user", "content": "hi"}
+    again = sent(s.receive_text('{"type": "response.create", "event_id": "e9"}', 0))
+    assert again[0]["error"]["code"] == "conversation_already_has_active_response"
+    assert again[0]["error"]["event_id"] == "e9"
+
+
+def test_failed_answer_reports_error_and_failed_status():
+    s = session()
+    s.receive_text(json.dumps({"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}}), 0)
+    gen = next(a for a in s.receive_text('{"type": "response.create"}', 0) if isinstance(a, Generate))
+    events = sent(s.response_failed(gen.response_id, "provider_timeout", "too slow"))
+    assert events[0]["error"]["code"] == "provider_timeout"
+    assert events[-1]["response"]["status"] == "failed"
+    assert events[-1]["response"]["status_details"]["error"]["code"] == "provider_timeout"
