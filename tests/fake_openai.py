@@ -101,15 +101,17 @@ class FakeOpenAI:
         model = body.get("model", "fake")
         if not body.get("stream"):
             return JSONResponse(_completion(model, reply))
-        return StreamingResponse(self._stream(model, tokens, failure), media_type="text/event-stream")
+        stream = self._stream(model, tokens, failure, b.ttft, b.token_delay)
+        return StreamingResponse(stream, media_type="text/event-stream")
 
-    async def _stream(self, model: str, tokens: list[str], failure: str | None) -> AsyncIterator[bytes]:
+    async def _stream(self, model: str, tokens: list[str], failure: str | None, ttft: float,
+                      token_delay: float) -> AsyncIterator[bytes]:
         b = self.behaviour
         yield _chunk(model, {"role": "assistant", "content": ""})
-        await asyncio.sleep(b.ttft)
+        await asyncio.sleep(ttft)
         for i, token in enumerate(tokens):
-            if i and b.token_delay:
-                await asyncio.sleep(b.token_delay)
+            if i and token_delay:
+                await asyncio.sleep(token_delay)
             if i == 2 and failure == "cut":
                 raise ConnectionAbortedError("fake provider drops the connection mid-stream")
             if i == 2 and failure == "stall":

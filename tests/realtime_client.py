@@ -59,6 +59,7 @@ class Conversation:
     def __init__(self, ws: Any) -> None:
         self.ws = ws
         self.events: list[dict[str, Any]] = []
+        self.cursor = 0  # events before this index were already matched by `until`
 
     async def next(self, timeout: float = 5.0) -> dict[str, Any]:
         event = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
@@ -67,10 +68,14 @@ class Conversation:
         return event
 
     async def until(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The next event of this type not matched before, whether already read or still to come."""
         while True:
-            event = await self.next(timeout)
-            if event["type"] == kind:
-                return event
+            for i in range(self.cursor, len(self.events)):
+                if self.events[i]["type"] == kind:
+                    self.cursor = i + 1
+                    return self.events[i]
+            self.cursor = len(self.events)
+            await self.next(timeout)
 
     async def drain(self) -> None:
         """Read whatever has already arrived, without waiting."""
@@ -84,8 +89,10 @@ class Conversation:
 
     async def sync(self) -> None:
         """Round-trip a no-op session.update: all earlier input has then been processed."""
+        seen = self.count("session.updated")
         await self.ws.send(json.dumps({"type": "session.update", "session": {}}))
-        await self.until("session.updated")
+        while self.count("session.updated") == seen:
+            await self.next()
 
     async def stream(self, pcm: bytes, rate: int, *, binary: bool = True, polite: bool = True) -> None:
         """Send audio in 20 ms chunks as fast as the socket takes it. A polite student waits

@@ -27,14 +27,14 @@ def make_client(*, api_key: str, base_url: str | None, timeout: float, connect_t
     )
 
 
-def _provider_error(exc: BaseException, what: str) -> ProviderError:
+def _provider_error(exc: BaseException, what: str, *, streaming: bool = False) -> ProviderError:
     if isinstance(exc, openai.APITimeoutError):
         return ProviderError("provider_timeout", f"{what} provider did not answer in time")
     if isinstance(exc, openai.APIStatusError):
         return ProviderError(
             "provider_error", f"{what} provider answered HTTP {exc.status_code}: {exc.message}"
         )
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, openai.APIConnectionError) and not streaming:
         return ProviderError("provider_unreachable", f"{what} provider could not be reached")
     return ProviderError("provider_stream_interrupted", f"{what} provider stream broke: {exc!r}")
 
@@ -66,11 +66,12 @@ class OpenAIChatModel:
 
     async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
         extra = {"max_tokens": self.max_tokens} if self.max_tokens else {}
-        finished = False
+        finished = streaming = False
         try:
             stream = await self.client.chat.completions.create(
                 model=self.model, messages=messages, stream=True, **extra  # type: ignore[arg-type]
             )
+            streaming = True  # from here on a broken connection means a cut stream
             async with stream:
                 async for chunk in stream:
                     for choice in chunk.choices:
@@ -78,12 +79,10 @@ class OpenAIChatModel:
                             yield choice.delta.content
                         if choice.finish_reason:
                             finished = True
-        except openai.OpenAIError as exc:
-            raise _provider_error(exc, "chat") from exc
-        except Exception as exc:  # httpx transport errors surface raw while iterating a stream
-            if isinstance(exc, ProviderError):
-                raise
-            raise _provider_error(exc, "chat") from exc
+        except ProviderError:
+            raise
+        except Exception as exc:  # SDK errors, and transport errors some versions leave raw
+            raise _provider_error(exc, "chat", streaming=streaming) from exc
         if not finished:
             # A stream that stops without a finish_reason was cut, even if the socket closed cleanly.
             raise ProviderError("provider_stream_interrupted", "chat provider stream ended early")
