@@ -111,6 +111,7 @@ class AudioInput:
 
     def clear(self) -> None:
         if self._endpointer is not None:
+            self._reframer.clear()  # a partial frame is uncommitted audio too
             self._endpointer.reset()
             self._buf_start = self._endpointer.position * SAMPLE_WIDTH
         self._buf.clear()

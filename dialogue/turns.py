@@ -102,6 +102,8 @@ class TurnTaker:
 
     def transcription_failed(self, item_id: str) -> StartResponse | None:
         self.pending_transcripts.discard(item_id)
+        if not self.history or self.history[-1]["role"] != "user":
+            self._response_wanted = False  # nothing the student said is left to answer
         return self._maybe_start()
 
     def user_text(self, text: str) -> None:
@@ -115,7 +117,13 @@ class TurnTaker:
         return self._maybe_start()
 
     def cancel(self) -> CancelResponse | None:
+        """Cancel the answer in progress; a requested answer not yet started is dropped too."""
+        self._response_wanted = False
         return self._cancel("client_cancelled") if self.response is not None else None
+
+    def next_response(self) -> StartResponse | None:
+        """After a cancel or a failure: start an answer that was queued behind it, if any."""
+        return self._maybe_start()
 
     # -- what the model did ----------------------------------------------------------------
     def delta(self, response_id: str, text: str) -> bool:

@@ -25,15 +25,17 @@ from .voice import realtime_endpoint
 
 
 def session_config(settings: Settings) -> SessionConfig:
+    vad = TurnDetection(
+        threshold=settings.vad_threshold,
+        prefix_padding_ms=settings.vad_prefix_padding_ms,
+        silence_duration_ms=settings.vad_silence_ms,
+    )
     return SessionConfig(
         instructions=settings.instructions or TUTOR_INSTRUCTIONS,
         model=settings.llm_model,
         input_rate=settings.input_sample_rate,
-        turn_detection=TurnDetection(
-            threshold=settings.vad_threshold,
-            prefix_padding_ms=settings.vad_prefix_padding_ms,
-            silence_duration_ms=settings.vad_silence_ms,
-        ),
+        turn_detection=vad,
+        default_turn_detection=vad,
         transcription_model=settings.transcription_model,
         min_speech_ms=settings.vad_min_speech_ms,
         max_turn_ms=settings.max_turn_ms,

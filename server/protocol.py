@@ -67,6 +67,7 @@ class SessionConfig:
     model: str
     input_rate: int = 24000
     turn_detection: TurnDetection | None = TurnDetection()
+    default_turn_detection: TurnDetection = TurnDetection()  # what re-enabling VAD starts from
     transcription_model: str = "gpt-4o-mini-transcribe"
     transcription_language: str | None = None
     min_speech_ms: int = 200
@@ -218,7 +219,12 @@ class RealtimeSession:
         details = {"type": "failed", "error": {"type": "server_error", "code": code,
                                                 "message": message}}
         return [self._error(code, message, type="server_error"),
-                *self._close_response(response_id, text, "failed", details)]
+                *self._close_response(response_id, text, "failed", details),
+                *self._start(self.turns.next_response())]
+
+    def response_metrics(self, response_id: str, metrics: dict[str, float]) -> Send:
+        """`tutor.response.metrics`: stage latencies of a finished response, measured by the shell."""
+        return self._send("tutor.response.metrics", response_id=response_id, **metrics)
 
     # -- client events ---------------------------------------------------------------------
     def _session_update(self, message: dict[str, Any], now: float) -> list[Action]:
@@ -246,7 +252,8 @@ class RealtimeSession:
             pcm = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ClientError("invalid_base64", f"'audio' is not valid base64: {exc}", "audio")
-        return self.receive_audio(pcm, now, event_id=message.get("event_id"))
+        event_id = message.get("event_id")
+        return self.receive_audio(pcm, now, event_id=event_id if isinstance(event_id, str) else None)
 
     def _commit(self, message: dict[str, Any], now: float) -> list[Action]:
         turn = self.audio.commit()
@@ -348,7 +355,8 @@ class RealtimeSession:
     def _cancelled(self, cut: CancelResponse) -> list[Action]:
         details = {"type": "cancelled", "reason": cut.reason}
         return [Cancel(cut.response_id),
-                *self._close_response(cut.response_id, cut.text, "cancelled", details)]
+                *self._close_response(cut.response_id, cut.text, "cancelled", details),
+                *self._start(self.turns.next_response())]
 
     def _close_response(self, rid: str, text: str, status: str,
                         details: dict[str, Any] | None = None) -> list[Action]:
@@ -435,23 +443,25 @@ def _updated_config(config: SessionConfig, session: dict[str, Any]) -> SessionCo
                               "input audio must be {type: 'audio/pcm', rate: 16000 or 24000}",
                               "session.audio.input.format")
         rate = fmt.get("rate", 24000)
-        if rate not in SUPPORTED_RATES:
+        if isinstance(rate, bool) or rate not in SUPPORTED_RATES:
             raise ClientError("unsupported_sample_rate",
                               f"input rate {rate!r} is not supported; use 16000 or 24000",
                               "session.audio.input.format.rate")
-        changes["input_rate"] = rate
+        changes["input_rate"] = int(rate)
     if "transcription" in audio_in:
         tr = audio_in["transcription"] or {}
         if not isinstance(tr, dict):
             raise ClientError("invalid_value", "transcription must be an object",
                               "session.audio.input.transcription")
-        if isinstance(tr.get("model"), str):
-            changes["transcription_model"] = tr["model"]
-        if tr.get("language") is None or isinstance(tr.get("language"), str):
-            changes["transcription_language"] = tr.get("language")
+        for key, field in (("model", "transcription_model"), ("language", "transcription_language")):
+            if key in tr:
+                if not isinstance(tr[key], str) and not (key == "language" and tr[key] is None):
+                    raise ClientError("invalid_value", f"transcription.{key} must be a string",
+                                      f"session.audio.input.transcription.{key}")
+                changes[field] = tr[key]
     if "turn_detection" in audio_in:
-        changes["turn_detection"] = _turn_detection(audio_in["turn_detection"],
-                                                    config.turn_detection)
+        changes["turn_detection"] = _turn_detection(
+            audio_in["turn_detection"], config.turn_detection or config.default_turn_detection)
     return replace(config, **changes)
 
 
@@ -462,14 +472,14 @@ def _object(parent: dict[str, Any], key: str, param: str) -> dict[str, Any]:
     return value
 
 
-def _turn_detection(value: Any, current: TurnDetection | None) -> TurnDetection | None:
+def _turn_detection(value: Any, current: TurnDetection) -> TurnDetection | None:
     param = "session.audio.input.turn_detection"
     if value is None:
         return None
     if not isinstance(value, dict) or value.get("type", "server_vad") != "server_vad":
         raise ClientError("unsupported_turn_detection",
                           "turn_detection must be {type: 'server_vad', ...} or null", param)
-    base = current or TurnDetection()
+    base = current
     fields: dict[str, Any] = {}
     for name, kind, lo, hi in (("threshold", (int, float), 0.0, 1.0),
                                ("prefix_padding_ms", int, 0, 5000),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -19,6 +21,15 @@ from dialogue.providers import ProviderError, Providers
 from .protocol import Action, Cancel, Generate, RealtimeSession, Send, Transcribe
 
 log = logging.getLogger("tutor.voice")
+
+
+@dataclass
+class TurnClock:
+    """Stage timestamps of one turn (perf_counter seconds), reported as `tutor.response.metrics`."""
+
+    ended: float  # when the end of the turn was decided
+    stt_start: float = 0.0
+    stt_end: float = 0.0
 
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
@@ -37,6 +48,7 @@ class SessionRunner:
         self.responses: dict[str, asyncio.Task[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
+        self._answering: TurnClock | None = None  # the turn whose transcript is being handled
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())
@@ -62,9 +74,10 @@ class SessionRunner:
             if isinstance(action, Send):
                 self.outbox.put_nowait(json.dumps(action.event))
             elif isinstance(action, Transcribe):
-                self._spawn(self._transcribe(action))
+                self._spawn(self._transcribe(action, TurnClock(time.perf_counter())))
             elif isinstance(action, Generate):
-                self.responses[action.response_id] = self._spawn(self._generate(action))
+                task = self._spawn(self._generate(action, self._answering))
+                self.responses[action.response_id] = task
             elif isinstance(action, Cancel):
                 task = self.responses.pop(action.response_id, None)
                 if task is not None:
@@ -83,14 +96,16 @@ class SessionRunner:
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client went away; the reader loop sees the disconnect
 
-    async def _transcribe(self, job: Transcribe) -> None:
+    async def _transcribe(self, job: Transcribe, clock: TurnClock) -> None:
         transcriber = self.providers.transcriber
         if transcriber is None:
             self.execute(self.session.transcription_failed(
                 job.item_id, "provider_not_configured", self.providers.problem or "no transcriber"))
             return
         try:
+            clock.stt_start = time.perf_counter()
             result = await transcriber.transcribe(job.wav, model=job.model, language=job.language)
+            clock.stt_end = time.perf_counter()
         except ProviderError as exc:
             self.execute(self.session.transcription_failed(job.item_id, exc.code, exc.message))
         except Exception:
@@ -98,17 +113,27 @@ class SessionRunner:
             self.execute(self.session.transcription_failed(
                 job.item_id, "internal_error", "transcription failed on the server"))
         else:
-            self.execute(self.session.transcription_completed(job.item_id, result.text,
-                                                              result.seconds))
+            self._answering = clock  # an answer started by this transcript is timed from it
+            try:
+                self.execute(self.session.transcription_completed(job.item_id, result.text,
+                                                                  result.seconds))
+            finally:
+                self._answering = None
 
-    async def _generate(self, job: Generate) -> None:
+    async def _generate(self, job: Generate, clock: TurnClock | None) -> None:
         rid = job.response_id
         chat = self.providers.chat
+        started = time.perf_counter()
+        first_token = first_sent = 0.0
         try:
             if chat is None:
                 raise ProviderError("provider_not_configured", self.providers.problem or "no chat model")
             async for delta in chat.stream(job.messages):
+                if not first_token:
+                    first_token = time.perf_counter()
                 self.execute(self.session.response_delta(rid, delta))
+                if not first_sent:
+                    first_sent = time.perf_counter()
         except ProviderError as exc:
             self.execute(self.session.response_failed(rid, exc.code, exc.message))
         except Exception:
@@ -116,7 +141,23 @@ class SessionRunner:
             self.execute(self.session.response_failed(rid, "internal_error",
                                                       "the answer failed on the server"))
         else:
-            self.execute(self.session.response_completed(rid))
+            actions = self.session.response_completed(rid)
+            if first_token:
+                actions.append(self.session.response_metrics(
+                    rid, _metrics(clock, started, first_token, first_sent)))
+            self.execute(actions)
         finally:
             if self.responses.get(rid) is asyncio.current_task():
                 del self.responses[rid]
+
+
+def _metrics(clock: TurnClock | None, started: float, first_token: float,
+             first_sent: float) -> dict[str, float]:
+    """Stage latencies in ms. `server_ms` is our own share of end-of-turn → first delta: the
+    time not spent waiting on the transcription or chat provider (including their SDK calls)."""
+    ms = {"llm_first_token_ms": (first_token - started) * 1000}
+    if clock is not None:
+        ms["stt_ms"] = (clock.stt_end - clock.stt_start) * 1000
+        ms["end_of_turn_to_first_delta_ms"] = (first_sent - clock.ended) * 1000
+        ms["server_ms"] = ms["end_of_turn_to_first_delta_ms"] - ms["stt_ms"] - ms["llm_first_token_ms"]
+    return {k: round(v, 3) for k, v in ms.items()}

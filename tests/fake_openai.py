@@ -67,6 +67,9 @@ class FakeOpenAI:
 
     # -- endpoints -------------------------------------------------------------------------
     async def _transcribe(self, request: Request) -> Response:
+        # Latencies count from the request's arrival, so the fake's own parsing is inside them
+        # and a benchmark subtracting them measures the server, not this stand-in.
+        arrived = time.perf_counter()
         b = self.behaviour
         form = await request.form()
         upload = form["file"]
@@ -81,11 +84,13 @@ class FakeOpenAI:
         if failure == "500":
             return JSONResponse({"error": {"message": "fake upstream failure", "type": "server_error"}},
                                 status_code=500)
-        await asyncio.sleep(b.hang_seconds if failure == "timeout" else b.stt_latency)
+        await asyncio.sleep(b.hang_seconds if failure == "timeout"
+                            else b.stt_latency - (time.perf_counter() - arrived))
         text = b.transcripts.pop(0) if b.transcripts else f"[{seconds:.2f} s of audio at {rate} Hz]"
         return JSONResponse({"text": text, "usage": {"type": "duration", "seconds": seconds}})
 
     async def _chat(self, request: Request) -> Response:
+        arrived = time.perf_counter()
         b = self.behaviour
         body = await request.json()
         self.chats.append(body)
@@ -101,14 +106,14 @@ class FakeOpenAI:
         model = body.get("model", "fake")
         if not body.get("stream"):
             return JSONResponse(_completion(model, reply))
-        stream = self._stream(model, tokens, failure, b.ttft, b.token_delay)
+        stream = self._stream(model, tokens, failure, arrived + b.ttft, b.token_delay)
         return StreamingResponse(stream, media_type="text/event-stream")
 
-    async def _stream(self, model: str, tokens: list[str], failure: str | None, ttft: float,
-                      token_delay: float) -> AsyncIterator[bytes]:
+    async def _stream(self, model: str, tokens: list[str], failure: str | None,
+                      first_token_at: float, token_delay: float) -> AsyncIterator[bytes]:
         b = self.behaviour
         yield _chunk(model, {"role": "assistant", "content": ""})
-        await asyncio.sleep(ttft)
+        await asyncio.sleep(first_token_at - time.perf_counter())
         for i, token in enumerate(tokens):
             if i and token_delay:
                 await asyncio.sleep(token_delay)

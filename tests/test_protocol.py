@@ -100,3 +100,35 @@ def test_failed_answer_reports_error_and_failed_status():
     assert events[0]["error"]["code"] == "provider_timeout"
     assert events[-1]["response"]["status"] == "failed"
     assert events[-1]["response"]["status_details"]["error"]["code"] == "provider_timeout"
+
+
+def test_reenabling_turn_detection_starts_from_the_server_defaults():
+    from server.protocol import TurnDetection
+    server_vad = TurnDetection(threshold=0.8, silence_duration_ms=900)
+    s = RealtimeSession(SessionConfig(instructions="t", model="m", turn_detection=server_vad,
+                                      default_turn_detection=server_vad))
+    s.receive_text(json.dumps({"type": "session.update", "session": {"audio": {"input": {
+        "turn_detection": None}}}}), 0)
+    out = sent(s.receive_text(json.dumps({"type": "session.update", "session": {"audio": {
+        "input": {"turn_detection": {"type": "server_vad", "prefix_padding_ms": 100}}}}}), 0))
+    td = out[0]["session"]["audio"]["input"]["turn_detection"]
+    assert (td["threshold"], td["silence_duration_ms"], td["prefix_padding_ms"]) == (0.8, 900, 100)
+
+
+def test_transcription_settings_persist_until_changed():
+    s = session()
+    update = {"type": "session.update", "session": {"audio": {"input": {
+        "transcription": {"model": "whisper-1", "language": "fr"}}}}}
+    s.receive_text(json.dumps(update), 0)
+    update["session"]["audio"]["input"]["transcription"] = {"model": "gpt-4o-transcribe"}
+    out = sent(s.receive_text(json.dumps(update), 0))
+    assert out[0]["session"]["audio"]["input"]["transcription"] == {
+        "model": "gpt-4o-transcribe", "language": "fr"}
+
+
+def test_non_string_event_ids_are_not_echoed():
+    s = session()
+    out = sent(s.receive_text('{"type": "input_audio_buffer.append", "audio": "AAEC", '
+                              '"event_id": 5}', 0))
+    assert out[0]["error"]["code"] == "invalid_audio_length"
+    assert out[0]["error"]["event_id"] is None

@@ -27,7 +27,7 @@ TURN_EVENTS = [
     "response.content_part.added",
 ]
 TURN_END = ["response.output_text.done", "response.content_part.done",
-            "response.output_item.done", "response.done"]
+            "response.output_item.done", "response.done", "tutor.response.metrics"]
 
 
 def check_turns(conv: Conversation, n: int, rate_note: str = "16000 Hz") -> None:
@@ -54,6 +54,11 @@ def check_turns(conv: Conversation, n: int, rate_note: str = "16000 Hz") -> None
         seconds = (stop["audio_end_ms"] - start["audio_start_ms"]) / 1000
         assert text["transcript"] == f"[{seconds:.2f} s of audio at 16000 Hz]"
     assert one_turn or n == 0
+    for metrics in conv.of("tutor.response.metrics"):  # stage latencies of each spoken turn
+        assert metrics["end_of_turn_to_first_delta_ms"] >= metrics["stt_ms"] > 0
+        assert metrics["server_ms"] == pytest.approx(
+            metrics["end_of_turn_to_first_delta_ms"] - metrics["stt_ms"]
+            - metrics["llm_first_token_ms"], abs=0.01)
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "append"])

@@ -90,3 +90,31 @@ def test_finished_answer_joins_history_and_a_queued_request_starts():
     text, nxt = t.finished(first.response_id)
     assert text == "a1" and nxt is not None
     assert [m["content"] for m in nxt.messages[1:]] == ["q1", "q2", "a1"]
+
+
+def test_a_failed_transcript_leaves_nothing_to_answer():
+    t = taker(auto_respond=False)
+    t.turn_committed("i1")
+    assert t.request_response() is None  # waits for the transcript
+    assert t.transcription_failed("i1") is None  # ... which never comes: no empty answer
+    t.user_text("typed instead")
+    assert t.request_response() is not None
+
+
+def test_cancel_drops_a_requested_answer_that_had_not_started():
+    t = taker(auto_respond=False)
+    t.turn_committed("i1")
+    t.request_response()
+    assert t.cancel() is None
+    assert t.transcribed("i1", "hello") is None  # the dropped request does not fire later
+
+
+def test_an_answer_queued_behind_a_failed_one_starts_at_once():
+    t = taker(interrupt=False)
+    t.turn_committed("i1")
+    first = t.transcribed("i1", "q1")
+    t.turn_committed("i2")
+    t.transcribed("i2", "q2")
+    assert t.failed(first.response_id) == ""
+    nxt = t.next_response()
+    assert nxt is not None and nxt.messages[-1]["content"] == "q2"
