@@ -33,9 +33,7 @@ import httpx
 import psutil
 import websockets
 
-from audio.endpointer import Endpointer, EndpointerConfig, SpeechEnded
 from audio.turns import AudioInput, VadSettings
-from audio.vad import SpeechClassifier
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("TUTOR_SPEECH_CORPUS", ROOT.parent / "shared" / "audio"))
@@ -53,75 +51,78 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def load(name: str) -> tuple[bytes, int]:
-    """The file's PCM and the index of the chunk that carries its last voiced frame."""
+def load(name: str) -> bytes:
     with wave.open(str(CORPUS / name)) as w:
-        pcm = w.readframes(w.getnframes())
-    ep = Endpointer(EndpointerConfig.from_ms(silence_ms=SILENCE_MS))
-    vad = SpeechClassifier(0.5)
-    speech_end = None
-    for i in range(0, len(pcm) - 959, 960):
-        event = ep.push(vad.is_speech(pcm[i : i + 960]))
-        if isinstance(event, SpeechEnded):
-            speech_end = event.speech_end
-    assert speech_end is not None, name
-    return pcm, -(-speech_end * 2 // CHUNK_BYTES) - 1
+        return w.readframes(w.getnframes())
 
 
-async def session(url: str, files: list[tuple[bytes, int]], start_delay: float,
-                  out: list[tuple[float, float, float | None]], errors: list[str]) -> None:
+async def session(url: str, files: list[bytes], start_delay: float,
+                  out: list[tuple[float, float, dict]], errors: list[str]) -> None:
+    """Stream the files one after another in real time, as one student asking in turn.
+
+    Which frame carried the last speech is known exactly from the server's own
+    `speech_stopped.audio_end_ms`: the end was decided one silence threshold after the last
+    voiced frame, so that frame ends at `audio_end_ms - SILENCE_MS` of the session's audio."""
     await asyncio.sleep(start_delay)
+    sent_at: list[float] = []  # send time of every chunk of the session, by index
     async with websockets.connect(url, compression=None, max_size=None) as ws:
         await ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {
             "format": {"type": "audio/pcm", "rate": 16000}}}}}))
-        for pcm, last_speech_chunk in files:
-            first_delta = asyncio.get_running_loop().create_future()
-            done = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        for pcm in files:
+            first_delta: asyncio.Future[float] = loop.create_future()
+            done: asyncio.Future[dict | None] = loop.create_future()
+            audio_end_ms: list[int] = []
 
             async def reader() -> None:
                 async for message in ws:
                     event = json.loads(message)
-                    if event["type"] == "response.output_text.delta" and not first_delta.done():
+                    kind = event["type"]
+                    if kind == "response.output_text.delta" and not first_delta.done():
                         first_delta.set_result(time.perf_counter())
-                    elif event["type"] == "error":
+                    elif kind == "input_audio_buffer.speech_stopped":
+                        audio_end_ms.append(event["audio_end_ms"])
+                    elif kind == "error":
                         errors.append(event["error"]["code"])
-                    elif event["type"] == "response.done" and event["response"]["status"] != "completed":
+                    elif kind == "response.done" and event["response"]["status"] != "completed":
                         errors.append(event["response"]["status"])
                         done.set_result(None)
                         return
-                    elif event["type"] == "tutor.response.metrics":  # follows response.done
-                        done.set_result(event.get("server_ms"))
+                    elif kind == "tutor.response.metrics":  # follows response.done
+                        done.set_result(event)
                         return
 
             read = asyncio.create_task(reader())
             t0 = time.perf_counter()
-            sent_at = decided_at = None
-            end_chunk = last_speech_chunk + SILENCE_MS // CHUNK_MS  # completes the silence
             for k in range(0, len(pcm) // CHUNK_BYTES):
                 await asyncio.sleep(max(0.0, t0 + k * CHUNK_MS / 1000 - time.perf_counter()))
                 await ws.send(pcm[k * CHUNK_BYTES : (k + 1) * CHUNK_BYTES])
-                if k == last_speech_chunk:
-                    sent_at = time.perf_counter()
-                elif k == end_chunk:
-                    decided_at = time.perf_counter()
+                sent_at.append(time.perf_counter())
                 if done.done():
                     break
             try:
-                await asyncio.wait_for(asyncio.shield(done), 10)
+                metrics = await asyncio.wait_for(asyncio.shield(done), 10)
             except asyncio.TimeoutError:
                 errors.append("no_response")
                 read.cancel()
                 continue
-            if first_delta.done() and sent_at is not None and decided_at is not None:
-                out.append(((first_delta.result() - sent_at) * 1000 - SILENCE_MS,
-                            (first_delta.result() - decided_at) * 1000, done.result()))
+            if metrics is None or len(audio_end_ms) != 1:
+                errors.append(f"turns={len(audio_end_ms)}")
+                continue
+            decided = -(-audio_end_ms[0] // CHUNK_MS) - 1  # chunk that completed the silence
+            last_speech = -(-(audio_end_ms[0] - SILENCE_MS) // CHUNK_MS) - 1
+            out.append(((first_delta.result() - sent_at[last_speech]) * 1000 - SILENCE_MS,
+                        (first_delta.result() - sent_at[decided]) * 1000, metrics))
 
 
 async def run_level(url: str, n: int, turns: int, proc: psutil.Process,
-                    provider_ms: float) -> dict:
+                    stt_ms: float, ttft_ms: float) -> dict:
+    provider_ms = stt_ms + ttft_ms
     rng = random.Random(n)
     corpus = {name: load(name) for name in QUESTIONS}
-    latencies: list[tuple[float, float, float | None]] = []
+    # make every file a whole number of chunks, so chunk k of a session starts at k * 20 ms
+    corpus = {name: pcm[: len(pcm) // CHUNK_BYTES * CHUNK_BYTES] for name, pcm in corpus.items()}
+    latencies: list[tuple[float, float, dict]] = []
     errors: list[str] = []
     rss0 = proc.memory_info().rss
     cpu0 = proc.cpu_times()
@@ -161,7 +162,12 @@ async def run_level(url: str, n: int, turns: int, proc: psutil.Process,
         "overhead_from_end_frame_ms": summary([b - provider_ms for _, b, _ in latencies]),
         # the server's own share, as it reports in tutor.response.metrics: end of turn → first
         # delta, minus the time spent in the provider calls (SDK request + fake's answer)
-        "server_internal_ms": summary([c for _, _, c in latencies if c is not None]),
+        "server_internal_ms": summary([c["server_ms"] for _, _, c in latencies]),
+        # time spent in provider calls beyond the fake's set latency: the SDK's request and
+        # response handling, loopback HTTP, and the fake's own scheduling
+        "stt_call_overhead_ms": summary([c["stt_ms"] - stt_ms for _, _, c in latencies]),
+        "llm_call_overhead_ms": summary([c["llm_first_token_ms"] - ttft_ms
+                                         for _, _, c in latencies]),
         "server_cpu_s_per_session": round(cpu / n, 4),
         "server_cpu_utilisation": round(cpu / wall, 3),
         "server_rss_mb_per_session": round((peak - rss0) / n / 2**20, 3),
@@ -171,7 +177,7 @@ async def run_level(url: str, n: int, turns: int, proc: psutil.Process,
 
 def vad_cost_us() -> float:
     """Mean time of AudioInput.feed per 20 ms chunk (resample-free path: VAD + endpointer)."""
-    pcm, _ = load("conversation.wav")
+    pcm = load("conversation.wav")
     ai = AudioInput(input_rate=16000, vad=VadSettings(), max_turn_ms=30000)
     chunks = [pcm[i : i + CHUNK_BYTES] for i in range(0, len(pcm), CHUNK_BYTES)]
     t = time.perf_counter()
@@ -226,18 +232,19 @@ async def main() -> None:
                 except httpx.TransportError:
                     await asyncio.sleep(0.1)
         proc = psutil.Process(server.pid)
-        provider_ms = (args.stt_latency + args.ttft) * 1000
+        latency = (args.stt_latency * 1000, args.ttft * 1000)
         # warm-up (not reported): the first request opens the server's provider connections
-        await run_level(f"ws://127.0.0.1:{port}/api/voice", 2, 1, proc, provider_ms)
+        await run_level(f"ws://127.0.0.1:{port}/api/voice", 2, 1, proc, *latency)
         results = []
         for n in args.sessions:
-            r = await run_level(f"ws://127.0.0.1:{port}/api/voice", n, args.turns, proc, provider_ms)
+            r = await run_level(f"ws://127.0.0.1:{port}/api/voice", n, args.turns, proc, *latency)
             results.append(r)
             o = r["overhead_ms"]
             e = r["overhead_from_end_frame_ms"]
             i = r["server_internal_ms"]
+            st, ll = r["stt_call_overhead_ms"], r["llm_call_overhead_ms"]
             print(f"N={n:4d}  turns={r['turns']:4d}  overhead p50={o['p50']} ms  p95={o['p95']} ms  "
-                  f"p99={o['p99']} ms  (from end frame: p50={e['p50']} p99={e['p99']}; server internal: p50={i['p50']} p99={i['p99']})  cpu/session={r['server_cpu_s_per_session']} s  "
+                  f"p99={o['p99']} ms  (from end frame: p50={e['p50']} p99={e['p99']}; server internal: p50={i['p50']} p99={i['p99']}; stt call +{st['p50']}/+{st['p99']}; llm call +{ll['p50']}/+{ll['p99']})  cpu/session={r['server_cpu_s_per_session']} s  "
                   f"server cpu={r['server_cpu_utilisation']:.0%}  "
                   f"mem/session={r['server_rss_mb_per_session']} MB  errors={len(r['errors'])}",
                   flush=True)

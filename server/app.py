@@ -16,7 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from dialogue.prompts import TUTOR_INSTRUCTIONS
 from dialogue.providers import Providers
-from dialogue.providers.openai import OpenAIChatModel, OpenAITranscriber, make_client
+from dialogue.providers.openai import OpenAIChatModel, OpenAITranscriber, make_client, warm_up
 
 from .chat import chat_endpoint
 from .config import Settings
@@ -94,6 +94,8 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
         clients: list = []
         if providers is None:
             app.state.providers, clients = build_providers(settings)
+            if clients:
+                await warm_up()
         else:
             app.state.providers = providers
         app.state.settings = settings

@@ -7,12 +7,23 @@ sessions. SDK exceptions are mapped to `ProviderError` codes here and nowhere el
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import AsyncIterator
 
 import openai
 from openai import AsyncOpenAI
 
+from audio.pcm import wav_bytes
+
 from . import ProviderError, Transcript
+
+try:  # the HTTP library the SDK is built on (httpx2 in openai 3.x)
+    import httpx2 as _http
+except ImportError:  # pragma: no cover
+    import httpx as _http  # type: ignore[no-redef]
+
+log = logging.getLogger("tutor.providers")
 
 _WAV_HEADER = 44
 
@@ -86,3 +97,30 @@ class OpenAIChatModel:
         if not finished:
             # A stream that stops without a finish_reason was cut, even if the socket closed cleanly.
             raise ProviderError("provider_stream_interrupted", "chat provider stream ended early")
+
+
+async def warm_up() -> float:
+    """Run one transcription and one streamed chat through the SDK against an in-memory
+    transport (nothing leaves the process), so its lazy imports and type caches are built at
+    startup rather than in the first student's turn (~35 ms saved, see bench/). Returns ms."""
+    started = time.perf_counter()
+
+    def answer(request: _http.Request) -> _http.Response:
+        if request.url.path.endswith("/audio/transcriptions"):
+            return _http.Response(200, json={"text": ""})
+        chunk = ('data: {"id": "w", "object": "chat.completion.chunk", "created": 0, "model": "w", '
+                 '"choices": [{"index": 0, "delta": {"content": "w"}, "finish_reason": "stop"}]}'
+                 "\n\ndata: [DONE]\n\n")
+        return _http.Response(200, content=chunk.encode(),
+                              headers={"content-type": "text/event-stream"})
+
+    try:
+        async with _http.AsyncClient(transport=_http.MockTransport(answer)) as http:
+            client = AsyncOpenAI(api_key="warm-up", base_url="http://warm-up.invalid/v1",
+                                 http_client=http, max_retries=0)
+            await OpenAITranscriber(client, "w").transcribe(wav_bytes(b"\0\0" * 160))
+            async for _ in OpenAIChatModel(client, "w").stream([{"role": "user", "content": "w"}]):
+                pass
+    except Exception:  # best effort: a warm-up must never stop the server from starting
+        log.warning("provider warm-up failed", exc_info=True)
+    return (time.perf_counter() - started) * 1000
