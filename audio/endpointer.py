@@ -36,13 +36,9 @@ class EndpointerConfig:
             frame_samples=sample_rate * frame_ms // 1000,
             min_speech_frames=frames(min_speech_ms),
             silence_frames=frames(silence_ms),
-            padding_frames=ms_floor(padding_ms, frame_ms),
+            padding_frames=padding_ms // frame_ms,  # floor: never more padding than asked
             max_turn_frames=frames(max_turn_ms),
         )
-
-
-def ms_floor(ms: int, frame_ms: int) -> int:
-    return max(0, ms // frame_ms)
 
 
 @dataclass(frozen=True)

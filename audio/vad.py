@@ -1,7 +1,7 @@
 """Frame-level speech detection with webrtcvad, and the mapping from Realtime's `threshold`.
 
-webrtcvad is a small, deterministic C classifier: ~10 µs per 30 ms frame, cheap enough to run
-inline on the event loop for every session (bench/ measures it).
+webrtcvad is a small, deterministic C classifier: a few µs per 30 ms frame, cheap enough to run
+inline on the event loop for every session (`make bench` prints the measured cost).
 """
 
 from __future__ import annotations
