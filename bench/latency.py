@@ -194,8 +194,12 @@ def plot(results: list[dict], path: Path) -> None:
     ns = [r["sessions"] for r in results]
     fig, ax = plt.subplots(figsize=(6, 4))
     for key in ("p50", "p95", "p99"):
-        ax.plot(ns, [r["overhead_ms"][key] for r in results], marker="o", label=key)
+        ax.plot(ns, [r["overhead_ms"][key] for r in results], marker="o", label=f"overhead {key}")
+    for key in ("p50", "p99"):
+        ax.plot(ns, [r["server_internal_ms"][key] for r in results], marker=".", linestyle="--",
+                label=f"server's own share {key}")
     ax.set_xscale("log")
+    ax.set_xticks(ns, [str(n) for n in ns])
     ax.set_xlabel("concurrent sessions")
     ax.set_ylabel("server overhead (ms)")
     ax.set_title("Last speech frame → first text delta, minus fixed waits")
