@@ -265,7 +265,9 @@ async def test_oversized_messages(fake, start_server):
         await ws.send(json.dumps({"type": "input_audio_buffer.append",
                                   "audio": base64.b64encode(b"\x00" * 4000).decode()}))
         assert (await conv.until("error"))["error"]["code"] == "message_too_large"
-        await conv.sync()
+        await ws.send(session_update(16000))
+        await conv.stream(read_pcm("q_war.wav"), 16000)  # the session still works
+        assert conv.of("response.done")[-1]["response"]["status"] == "completed"
         await ws.send(b"\x00" * 20000)  # over the WebSocket layer's hard cap: closed with 1009
         with pytest.raises(websockets.ConnectionClosed) as info:
             while True:
@@ -287,6 +289,14 @@ async def test_audio_faster_than_real_time_is_refused(fake, start_server):
         assert errors and {e["error"]["code"] for e in errors} == {"input_audio_rate_exceeded"}
         accepted_ms = (len(chunks(pcm, 16000)) - len(errors)) * 20
         assert 1000 <= accepted_ms < 1300  # the burst, plus what real time added meanwhile
+        # streamed in real time, as a microphone does, the next question goes through whole
+        start = asyncio.get_running_loop().time()
+        for k, chunk in enumerate(chunks(read_pcm("q_french.wav"), 16000)):
+            await asyncio.sleep(max(0, start + k * 0.02 - asyncio.get_running_loop().time()))
+            await ws.send(chunk)
+        done = await conv.until("response.done")
+        assert done["response"]["status"] == "completed"
+        assert len(conv.of("error")) == len(errors)
 
 
 async def test_turn_longer_than_maximum(fake, start_server):
