@@ -26,6 +26,7 @@ class TurnState(str, Enum):
 class StartResponse:
     response_id: str
     messages: list[dict[str, str]]
+    question: str = ""  # what the student said or typed since the previous answer
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class TurnTaker:
         self.pending_transcripts: set[str] = set()
         self.response: _Response | None = None
         self._response_wanted = False
+        self._unanswered: list[str] = []
 
     @property
     def state(self) -> TurnState:
@@ -95,7 +97,7 @@ class TurnTaker:
     def transcribed(self, item_id: str, text: str) -> StartResponse | None:
         self.pending_transcripts.discard(item_id)
         if text.strip():
-            self.history.append({"role": "user", "content": text})
+            self.user_text(text)
             if self.auto_respond:
                 self._response_wanted = True
         return self._maybe_start()
@@ -108,6 +110,7 @@ class TurnTaker:
 
     def user_text(self, text: str) -> None:
         self.history.append({"role": "user", "content": text})
+        self._unanswered.append(text)
 
     def request_response(self) -> StartResponse | None:
         """An explicit `response.create`; it waits for pending transcripts, then starts."""
@@ -167,4 +170,6 @@ class TurnTaker:
             return None
         self._response_wanted = False
         self.response = _Response(self._new_response_id())
-        return StartResponse(self.response.id, chat_messages(self.instructions, list(self.history)))
+        question, self._unanswered = "\n".join(self._unanswered), []
+        return StartResponse(self.response.id, chat_messages(self.instructions, list(self.history)),
+                             question)

@@ -6,13 +6,28 @@ settings or providers; nothing here reads the environment except through `Settin
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
+import asyncio
+import logging
+import secrets
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
+
+from accounts import routes as account_routes
+from accounts.google import google_oauth
+from accounts.identity import Authenticator
+from accounts.secrets import SecretBox
+from accounts.supabase import SupabaseVerifier
+from accounts.tickets import MemoryTickets, RedisTickets
+from store.db import Database, migrate, sqlite_url
+from store.writer import InteractionWriter
 
 from dialogue.prompts import TUTOR_INSTRUCTIONS
 from dialogue.providers import Providers
@@ -21,7 +36,10 @@ from dialogue.providers.openai import OpenAIChatModel, OpenAITranscriber, make_c
 from .chat import chat_endpoint
 from .config import Settings
 from .protocol import SessionConfig, TurnDetection
+from . import rights
 from .voice import realtime_endpoint
+
+log = logging.getLogger("tutor")
 
 
 def session_config(settings: Settings) -> SessionConfig:
@@ -86,32 +104,93 @@ async def healthz(request: Request) -> JSONResponse:
     })
 
 
+async def open_storage(settings: Settings, stack: AsyncExitStack) -> Database:
+    db = Database(settings.database_url or sqlite_url(settings.data_dir))
+    stack.push_async_callback(db.close)
+    if settings.auto_migrate:
+        await asyncio.to_thread(migrate, db.url)  # Alembic is synchronous
+    return db
+
+
+async def open_accounts(settings: Settings, db: Database, stack: AsyncExitStack) -> Authenticator:
+    if settings.redis_url:
+        import redis.asyncio as redis
+
+        client = redis.from_url(settings.redis_url)
+        stack.push_async_callback(client.aclose)
+        tickets: RedisTickets | MemoryTickets = RedisTickets(client)
+    else:
+        tickets = MemoryTickets()
+    supabase = None
+    if settings.supabase_url or settings.supabase_jwt_secret:
+        supabase = (SupabaseVerifier.from_project_url(settings.supabase_url,
+                                                      settings.supabase_jwt_secret)
+                    if settings.supabase_url else
+                    SupabaseVerifier(jwks_url=None, issuer=None,
+                                     legacy_secret=settings.supabase_jwt_secret))
+        stack.push_async_callback(supabase.aclose)
+    if settings.guest_allowed:
+        log.warning("DEV MODE: no sign-in is configured and the server listens on loopback only, "
+                    "so every caller is the local guest user. Configure Google or Supabase "
+                    "sign-in before exposing this server.")
+    return Authenticator(db, supabase=supabase, tickets=tickets,
+                         guest_allowed=settings.guest_allowed,
+                         allowed_origins=settings.allowed_origins)
+
+
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    codes = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+             503: "not_configured"}
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse({"error": {"code": codes.get(exc.status_code, "error"),
+                                   "message": exc.detail}},
+                        status_code=exc.status_code, headers=headers)
+
+
 def create_app(settings: Settings | None = None, *, providers: Providers | None = None) -> Starlette:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        clients: list = []
-        if providers is None:
-            app.state.providers, clients = build_providers(settings)
-            if clients:
-                await warm_up()
-        else:
-            app.state.providers = providers
-        app.state.settings = settings
-        app.state.session_config = session_config(settings)
-        try:
+        async with AsyncExitStack() as stack:
+            if providers is None:
+                app.state.providers, clients = build_providers(settings)
+                for client in clients:
+                    stack.push_async_callback(client.close)
+                if clients:
+                    await warm_up()
+            else:
+                app.state.providers = providers
+            app.state.settings = settings
+            app.state.session_config = session_config(settings)
+            app.state.db = await open_storage(settings, stack)
+            app.state.writer = InteractionWriter(app.state.db)
+            app.state.writer.start()
+            stack.push_async_callback(app.state.writer.stop)
+            app.state.auth = await open_accounts(settings, app.state.db, stack)
+            app.state.secret_box = SecretBox(settings.secret_keys) if settings.secret_keys else None
+            app.state.oauth = (google_oauth(client_id=settings.google_client_id,
+                                            client_secret=settings.google_client_secret or "",
+                                            discovery_url=settings.google_discovery_url)
+                               if settings.google_client_id else None)
             yield
-        finally:
-            for client in clients:
-                await client.close()
 
+    session_secret = settings.session_secret or secrets.token_urlsafe(32)
+    if not settings.session_secret:
+        log.info("TUTOR_SESSION_SECRET is not set: sign-in cookies last until the server restarts")
     return Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/api/ai/chat", chat_endpoint, methods=["POST"]),
             WebSocketRoute("/api/voice", realtime_endpoint),
             WebSocketRoute("/v1/realtime", realtime_endpoint),
+            *account_routes.routes,
+            *rights.routes,
         ],
+        middleware=[Middleware(SessionMiddleware, secret_key=session_secret,
+                               session_cookie="tutor_session", max_age=settings.session_max_age_s,
+                               same_site="lax", https_only=settings.cookie_secure)],
+        exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )

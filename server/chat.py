@@ -7,13 +7,15 @@ Same prompt assembly and chat provider as a voice turn. Events: `delta` ({"delta
 from __future__ import annotations
 
 import json
+import secrets
 from typing import Any, AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from accounts.routes import require_user
 from dialogue.prompts import chat_messages
-from dialogue.providers import ProviderError
+from dialogue.providers import ProviderError, Usage
 
 MAX_HISTORY = 50
 
@@ -46,6 +48,7 @@ def _parse(body: Any) -> tuple[str | None, list[dict[str, str]]]:
 
 async def chat_endpoint(request: Request) -> Response:
     state = request.app.state
+    user = await require_user(request)
     try:
         instructions, history = _parse(await request.json())
     except ValueError as exc:
@@ -54,17 +57,30 @@ async def chat_endpoint(request: Request) -> Response:
     if chat is None:
         return _error(503, "provider_not_configured", state.providers.problem or "no chat model")
     messages = chat_messages(instructions or state.session_config.instructions, history)
+    session_id = "chat_" + secrets.token_hex(8)
 
     async def stream() -> AsyncIterator[bytes]:
         parts: list[str] = []
+        usage: Usage | None = None
+        status = "completed"
         try:
             async for delta in chat.stream(messages):
+                if isinstance(delta, Usage):
+                    usage = delta
+                    continue
                 parts.append(delta)
                 yield _sse("delta", {"delta": delta})
         except ProviderError as exc:
+            status = "failed"
             yield _sse("error", {"code": exc.code, "message": exc.message})
-            return
-        yield _sse("done", {"text": "".join(parts)})
+        else:
+            yield _sse("done", {"text": "".join(parts)})
+        finally:
+            state.writer.submit({
+                "session_id": session_id, "user_id": user.id, "kind": "text",
+                "transcript": history[-1]["content"], "answer": "".join(parts),
+                "status": status, "cancelled": False, "tokens_in": usage.tokens_in if usage else None,
+                "tokens_out": usage.tokens_out if usage else None})
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

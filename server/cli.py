@@ -25,15 +25,23 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default=None, help="bind address (default TUTOR_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default TUTOR_PORT or 8000)")
     serve.add_argument("--log-level", default="info")
+    sub.add_parser("migrate", help="bring the database schema up to date (serve also does this)")
     args = parser.parse_args(argv)
 
     settings = Settings()
     if args.command == "serve":
         logging.basicConfig(level=args.log_level.upper())
-        host = args.host or settings.host
-        port = args.port or settings.port
-        uvicorn.run(create_app(settings), host=host, port=port, log_level=args.log_level,
-                    **uvicorn_options(settings))
+        # The bind address is a setting too: guest mode depends on it being loopback-only.
+        settings.host = args.host or settings.host
+        settings.port = args.port or settings.port
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                    log_level=args.log_level, **uvicorn_options(settings))
+    elif args.command == "migrate":
+        from store.db import migrate, sqlite_url
+
+        url = settings.database_url or sqlite_url(settings.data_dir)
+        migrate(url)
+        print(f"migrated {url.split('@')[-1]}")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,16 @@ have set: `OPENAI_API_KEY` / `OPENAI_BASE_URL` for everything, and `LLM_BASE_URL
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from ipaddress import ip_address
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+def _split(value: object) -> object:
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
 
 
 class Settings(BaseSettings):
@@ -46,6 +54,46 @@ class Settings(BaseSettings):
     max_message_bytes: int = 256 * 1024  # larger messages get a `message_too_large` error event
     ws_max_size: int = 1024 * 1024  # hard cap in the WebSocket layer: larger closes with 1009
 
+    # Storage
+    data_dir: Path = Path("data")
+    database_url: str | None = None  # default: SQLite file data_dir/tutor.db
+    auto_migrate: bool = True  # bring the schema up to date at startup
+    redis_url: str | None = None  # shared tickets (and later caches, quotas) across processes
+
+    # Sign-in
+    session_secret: str | None = None  # signs the session cookie; random per process if unset
+    cookie_secure: bool = False  # set true behind HTTPS
+    session_max_age_s: int = 14 * 24 * 3600
+    secret_keys: str | None = None  # comma-separated Fernet keys for secrets at rest; first encrypts
+    google_client_id: str | None = None
+    google_client_secret: str | None = None
+    google_discovery_url: str = "https://accounts.google.com/.well-known/openid-configuration"
+    public_url: str | None = None  # e.g. https://tutor.example.com, for OAuth redirect URIs
+    supabase_url: str | None = None  # https://<project>.supabase.co: JWKS and issuer
+    supabase_jwt_secret: str | None = None  # legacy HS256 shared secret, if the project uses it
+    api_token_ttl_days: int = 90
+    ticket_ttl_s: float = 60.0
+    # Origins allowed to open the voice socket with a ticket (browsers); empty: same host only
+    allowed_origins: Annotated[list[str], NoDecode] = []
+    dev_guest: bool | None = None  # None: on when no sign-in is configured and bound to loopback
+
+    @property
+    def sign_in_configured(self) -> bool:
+        return bool(self.google_client_id or self.supabase_url or self.supabase_jwt_secret)
+
+    @property
+    def loopback_only(self) -> bool:
+        try:
+            return ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+    @property
+    def guest_allowed(self) -> bool:
+        if self.dev_guest is not None:
+            return self.dev_guest and self.loopback_only
+        return not self.sign_in_configured and self.loopback_only
+
     @property
     def chat_api_key(self) -> str | None:
         # A local server (Ollama, vLLM) needs no key, but the SDK wants a non-empty string.
@@ -55,3 +103,9 @@ class Settings(BaseSettings):
     @property
     def chat_base_url(self) -> str | None:
         return self.llm_base_url or self.openai_base_url
+
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        return _split(value)

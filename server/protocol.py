@@ -49,7 +49,19 @@ class Cancel:
     response_id: str
 
 
-Action = Union[Send, Transcribe, Generate, Cancel]
+@dataclass(frozen=True)
+class Record:
+    """A finished turn (answered, cancelled or failed), for the interactions table."""
+
+    response_id: str
+    kind: str  # voice | text
+    transcript: str
+    answer: str
+    status: str
+    audio_seconds: float | None
+
+
+Action = Union[Send, Transcribe, Generate, Cancel, Record]
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,8 @@ class RealtimeSession:
         self._last_item_id: str | None = None
         self._speech_item_id: str | None = None
         self._response_items: dict[str, str] = {}  # response id → its assistant item id
+        self._unanswered_audio_s = 0.0  # audio of the turns the next answer will answer
+        self._response_turns: dict[str, tuple[str, float]] = {}  # id → (question, audio s)
         self._handlers: dict[str, Callable[[dict[str, Any], float], list[Action]]] = {
             "session.update": self._session_update,
             "input_audio_buffer.append": self._append,
@@ -330,6 +344,7 @@ class RealtimeSession:
     def _committed(self, turn: TurnEnded, item_id: str) -> list[Action]:
         previous = self._last_item_id
         self.turns.turn_committed(item_id)
+        self._unanswered_audio_s += len(turn.audio) / SAMPLE_WIDTH / 16000
         return [
             self._send("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous),
             self._item_created(ev.user_audio_item(item_id)),
@@ -342,6 +357,8 @@ class RealtimeSession:
             return []
         rid = start.response_id
         item_id = self._response_items[rid] = self.ids("item")
+        self._response_turns[rid] = (start.question, self._unanswered_audio_s)
+        self._unanswered_audio_s = 0.0
         item = ev.assistant_item(item_id, "in_progress")
         return [
             self._send("response.created", response=ev.response(rid, "in_progress", [])),
@@ -361,6 +378,7 @@ class RealtimeSession:
     def _close_response(self, rid: str, text: str, status: str,
                         details: dict[str, Any] | None = None) -> list[Action]:
         item_id = self._response_items.pop(rid)
+        question, audio_s = self._response_turns.pop(rid)
         part = ev.text_part(rid, item_id)
         item = ev.assistant_item(item_id, "completed" if status == "completed" else "incomplete",
                                  text)
@@ -370,6 +388,8 @@ class RealtimeSession:
             self._send("response.output_item.done", response_id=rid, output_index=0, item=item),
             self._send("response.done",
                        response=ev.response(rid, status, [item], status_details=details)),
+            Record(rid, "voice" if audio_s else "text", question, text, status,
+                   round(audio_s, 3) if audio_s else None),
         ]
 
     # -- helpers ---------------------------------------------------------------------------

@@ -16,9 +16,13 @@ from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from dialogue.providers import ProviderError, Providers
+from typing import Any, Callable
 
-from .protocol import Action, Cancel, Generate, RealtimeSession, Send, Transcribe
+from accounts.errors import AuthError
+from dialogue.providers import ProviderError, Providers, Usage
+
+from . import events as ev
+from .protocol import Action, Cancel, Generate, RealtimeSession, Record, Send, Transcribe
 
 log = logging.getLogger("tutor.voice")
 
@@ -34,16 +38,32 @@ class TurnClock:
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
     state = websocket.app.state
+    try:
+        user = await state.auth.socket_user(websocket)
+    except AuthError as exc:
+        # Accepted only to say why, in the protocol's own terms, then closed: no audio is read.
+        await websocket.accept()
+        await websocket.send_text(json.dumps(ev.error(exc.code, exc.message,
+                                                      type="authentication_error")))
+        await websocket.close(code=1008, reason=exc.code)
+        return
     await websocket.accept()
     session = RealtimeSession(state.session_config, provider_problem=state.providers.problem)
-    await SessionRunner(websocket, session, state.providers).run()
+    await SessionRunner(websocket, session, state.providers, user_id=user.id,
+                        record=state.writer.submit).run()
 
 
 class SessionRunner:
-    def __init__(self, websocket: WebSocket, session: RealtimeSession, providers: Providers) -> None:
+    def __init__(self, websocket: WebSocket, session: RealtimeSession, providers: Providers, *,
+                 user_id: str | None = None,
+                 record: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.websocket = websocket
         self.session = session
         self.providers = providers
+        self.user_id = user_id
+        self.record = record  # hands a finished turn to the background writer (never awaits)
+        self._usage: dict[str, Usage] = {}
+        self._metrics: dict[str, dict[str, float]] = {}
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
         self.responses: dict[str, asyncio.Task[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
@@ -82,6 +102,26 @@ class SessionRunner:
                 task = self.responses.pop(action.response_id, None)
                 if task is not None:
                     task.cancel()
+            elif isinstance(action, Record):
+                self._record(action)
+
+    def _record(self, turn: Record) -> None:
+        usage = self._usage.pop(turn.response_id, None)
+        metrics = self._metrics.pop(turn.response_id, {})
+        if self.record is None:
+            return
+        self.record({
+            "session_id": self.session.id, "user_id": self.user_id, "kind": turn.kind,
+            "response_id": turn.response_id, "transcript": turn.transcript,
+            "answer": turn.answer, "status": turn.status,
+            "cancelled": turn.status == "cancelled", "audio_seconds": turn.audio_seconds,
+            "tokens_in": usage.tokens_in if usage else None,
+            "tokens_out": usage.tokens_out if usage else None,
+            "stt_ms": metrics.get("stt_ms"),
+            "llm_first_token_ms": metrics.get("llm_first_token_ms"),
+            "end_of_turn_to_first_delta_ms": metrics.get("end_of_turn_to_first_delta_ms"),
+            "server_ms": metrics.get("server_ms"),
+        })
 
     def _spawn(self, coro) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
         task = asyncio.create_task(coro)
@@ -129,6 +169,9 @@ class SessionRunner:
             if chat is None:
                 raise ProviderError("provider_not_configured", self.providers.problem or "no chat model")
             async for delta in chat.stream(job.messages):
+                if isinstance(delta, Usage):
+                    self._usage[rid] = delta
+                    continue
                 if not first_token:
                     first_token = time.perf_counter()
                 self.execute(self.session.response_delta(rid, delta))
@@ -141,11 +184,11 @@ class SessionRunner:
             self.execute(self.session.response_failed(rid, "internal_error",
                                                       "the answer failed on the server"))
         else:
-            actions = self.session.response_completed(rid)
+            extra: list[Action] = []
             if first_token:
-                actions.append(self.session.response_metrics(
-                    rid, _metrics(clock, started, first_token, first_sent)))
-            self.execute(actions)
+                self._metrics[rid] = _metrics(clock, started, first_token, first_sent)
+                extra.append(self.session.response_metrics(rid, self._metrics[rid]))
+            self.execute(self.session.response_completed(rid) + extra)
         finally:
             if self.responses.get(rid) is asyncio.current_task():
                 del self.responses[rid]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import wave
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -51,6 +52,8 @@ def make_settings(fake: FakeOpenAI | None = None, **overrides: Any) -> Settings:
         audio_burst_ms=10**9,  # tests stream faster than real time unless they test the bound
         provider_timeout_s=1.0,
         provider_max_retries=0,
+        database_url=f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='tutor-test-')}/tutor.db",
+        google_client_id=None, supabase_url=None, supabase_jwt_secret=None, redis_url=None,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

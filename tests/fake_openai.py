@@ -106,11 +106,14 @@ class FakeOpenAI:
         model = body.get("model", "fake")
         if not body.get("stream"):
             return JSONResponse(_completion(model, reply))
-        stream = self._stream(model, tokens, failure, arrived + b.ttft, b.token_delay)
+        usage = (body.get("stream_options") or {}).get("include_usage")
+        stream = self._stream(model, tokens, failure, arrived + b.ttft, b.token_delay,
+                              _prompt_tokens(body["messages"]) if usage else None)
         return StreamingResponse(stream, media_type="text/event-stream")
 
     async def _stream(self, model: str, tokens: list[str], failure: str | None,
-                      first_token_at: float, token_delay: float) -> AsyncIterator[bytes]:
+                      first_token_at: float, token_delay: float,
+                      prompt_tokens: int | None) -> AsyncIterator[bytes]:
         b = self.behaviour
         yield _chunk(model, {"role": "assistant", "content": ""})
         await asyncio.sleep(first_token_at - time.perf_counter())
@@ -123,6 +126,12 @@ class FakeOpenAI:
                 await asyncio.sleep(b.hang_seconds)
             yield _chunk(model, {"content": token})
         yield _chunk(model, {}, finish_reason="stop")
+        if prompt_tokens is not None:  # OpenAI's last chunk with stream_options.include_usage
+            payload = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
+                       "model": model, "choices": [],
+                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
+                                 "total_tokens": prompt_tokens + len(tokens)}}
+            yield f"data: {json.dumps(payload)}\n\n".encode()
         yield b"data: [DONE]\n\n"
 
 
@@ -131,6 +140,11 @@ def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) 
                "model": model,
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
     return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
+    """A stand-in token count: one per word of every message."""
+    return sum(len(str(m.get("content", "")).split()) for m in messages)
 
 
 def _completion(model: str, text: str) -> dict[str, Any]:

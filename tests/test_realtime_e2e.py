@@ -8,12 +8,21 @@ import asyncio
 import base64
 import json
 
+import httpx
 import pytest
 import websockets
 from openai import AsyncOpenAI
 
 from tests.conftest import CORPUS_FILES, expected_turns, make_settings, read_pcm
 from tests.realtime_client import Conversation, check_shape, chunks, session_update, to_rate
+
+async def api_token(server: str) -> str:
+    """An API token of the local guest (dev mode), as a program would use for the SDK."""
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"http://{server}/api/auth/token", json={"name": "sdk test"})
+    assert r.status_code == 201
+    return r.json()["token"]
+
 
 TURN_EVENTS = [
     "input_audio_buffer.speech_started",
@@ -75,7 +84,7 @@ async def test_corpus_over_websocket(server, name, binary):
 
 @pytest.mark.parametrize("name", CORPUS_FILES)
 async def test_corpus_through_the_openai_sdk(server, fake, name):
-    client = AsyncOpenAI(api_key="anything", websocket_base_url=f"ws://{server}/v1")
+    client = AsyncOpenAI(api_key=await api_token(server), websocket_base_url=f"ws://{server}/v1")
     async with client.realtime.connect(model="gpt-realtime") as conn:
         first = await conn.recv()
         assert first.type == "session.created" and first.session.type == "realtime"
@@ -112,7 +121,7 @@ async def test_corpus_through_the_openai_sdk(server, fake, name):
 
 
 async def test_sdk_text_turn(server):
-    client = AsyncOpenAI(api_key="anything", websocket_base_url=f"ws://{server}/v1")
+    client = AsyncOpenAI(api_key=await api_token(server), websocket_base_url=f"ws://{server}/v1")
     async with client.realtime.connect(model="gpt-realtime") as conn:
         await conn.conversation.item.create(item={"type": "message", "role": "user",
                                                   "content": [{"type": "input_text", "text": "2+2?"}]})

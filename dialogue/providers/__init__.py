@@ -23,6 +23,14 @@ class Transcript:
     seconds: float  # audio duration billed / transcribed
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one answer, yielded last by `ChatModel.stream` when the provider reports them."""
+
+    tokens_in: int
+    tokens_out: int
+
+
 class Transcriber(Protocol):
     async def transcribe(
         self, wav: bytes, *, model: str | None = None, language: str | None = None
@@ -30,8 +38,9 @@ class Transcriber(Protocol):
 
 
 class ChatModel(Protocol):
-    def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
-        """Yield text deltas as they are generated; raise ProviderError on failure."""
+    def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str | Usage]:
+        """Yield text deltas as they are generated, then a `Usage` if known; raise ProviderError
+        on failure."""
         ...
 
 

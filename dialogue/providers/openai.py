@@ -16,7 +16,7 @@ from openai import AsyncOpenAI
 
 from audio.pcm import wav_bytes
 
-from . import ProviderError, Transcript
+from . import ProviderError, Transcript, Usage
 
 try:  # the HTTP library the SDK is built on (httpx2 in openai 3.x)
     import httpx2 as _http
@@ -78,13 +78,17 @@ class OpenAITranscriber:
 
 
 class OpenAIChatModel:
-    def __init__(self, client: AsyncOpenAI, model: str, max_tokens: int | None = None) -> None:
+    def __init__(self, client: AsyncOpenAI, model: str, max_tokens: int | None = None,
+                 stream_usage: bool = True) -> None:
         self.client = client
         self.model = model
         self.max_tokens = max_tokens
+        self.stream_usage = stream_usage  # some compatible servers refuse stream_options
 
-    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str]:
-        extra = {"max_tokens": self.max_tokens} if self.max_tokens else {}
+    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str | Usage]:
+        extra: dict = {"max_tokens": self.max_tokens} if self.max_tokens else {}
+        if self.stream_usage:
+            extra["stream_options"] = {"include_usage": True}
         finished = streaming = False
         try:
             stream = await self.client.chat.completions.create(
@@ -93,6 +97,8 @@ class OpenAIChatModel:
             streaming = True  # from here on a broken connection means a cut stream
             async with stream:
                 async for chunk in stream:
+                    if chunk.usage is not None:
+                        yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                     for choice in chunk.choices:
                         if choice.delta.content:
                             yield choice.delta.content

@@ -1,0 +1,114 @@
+"""HTTP routes of sign-in: Google login/callback, API tokens, logout, me, voice tickets.
+
+`require_user(request, roles)` is what every protected route calls first: 401 without (valid)
+credentials, 403 for the wrong role.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from authlib.integrations.starlette_client import OAuthError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from store import queries
+from store.models import User
+
+from .errors import AuthError
+from .google import sealed_refresh_token
+from .identity import user_json
+
+log = logging.getLogger("tutor.accounts")
+
+
+async def require_user(request: Request, roles: tuple[str, ...] = ()) -> User:
+    try:
+        user = await request.app.state.auth.user_of(request)
+    except AuthError as exc:
+        raise HTTPException(401, f"{exc.code}: {exc.message}") from exc
+    if user is None:
+        raise HTTPException(401, "sign in required")
+    if roles and user.role not in roles:
+        raise HTTPException(403, f"this needs the role {' or '.join(roles)}")
+    return user
+
+
+async def google_login(request: Request) -> Response:
+    oauth = request.app.state.oauth
+    if oauth is None:
+        raise HTTPException(503, "Google sign-in is not configured (TUTOR_GOOGLE_CLIENT_ID)")
+    public = request.app.state.settings.public_url
+    redirect_uri = (f"{public.rstrip('/')}/api/auth/google/callback" if public
+                    else str(request.url_for("google_callback")))
+    return await oauth.google.authorize_redirect(request, redirect_uri)
+
+
+async def google_callback(request: Request) -> Response:
+    oauth = request.app.state.oauth
+    if oauth is None:
+        raise HTTPException(503, "Google sign-in is not configured")
+    try:
+        token = await oauth.google.authorize_access_token(request)
+    except (OAuthError, ValueError) as exc:  # bad state, code, or ID token (authlib raises both)
+        log.warning("Google sign-in refused: %s", exc)
+        raise HTTPException(401, f"Google sign-in failed: {exc}") from exc
+    claims = token.get("userinfo") or {}
+    if not claims.get("sub"):
+        raise HTTPException(401, "Google sign-in failed: no ID token")
+    async with request.app.state.db.session() as s, s.begin():
+        user = await queries.upsert_user(s, provider="google", subject=claims["sub"],
+                                         email=claims.get("email"), name=claims.get("name"))
+        sealed = sealed_refresh_token(token, request.app.state.secret_box)
+        if sealed:
+            user.oauth_refresh_token = sealed
+    request.session.clear()
+    request.session["uid"] = user.id
+    return RedirectResponse("/", status_code=303)
+
+
+async def create_token(request: Request) -> Response:
+    user = await require_user(request)
+    body = await request.json() if await request.body() else {}
+    name = body.get("name") if isinstance(body, dict) else None
+    days = request.app.state.settings.api_token_ttl_days
+    async with request.app.state.db.session() as s, s.begin():
+        token, row = await queries.issue_api_token(s, user.id, name=name, ttl=timedelta(days=days))
+    return JSONResponse({"token": token, "token_type": "Bearer",
+                         "expires_at": row.expires_at.isoformat() if row.expires_at else None},
+                        status_code=201)
+
+
+async def logout(request: Request) -> Response:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer tt_"):  # a program logging out ends its token
+        async with request.app.state.db.session() as s, s.begin():
+            await queries.revoke_api_token(s, header.split(" ", 1)[1].strip())
+    request.session.clear()
+    return Response(status_code=204)
+
+
+async def me(request: Request) -> Response:
+    return JSONResponse(user_json(await require_user(request)))
+
+
+async def voice_ticket(request: Request) -> Response:
+    """A single-use ticket for `?ticket=` on the voice socket (browsers cannot set headers)."""
+    user = await require_user(request)
+    ttl = request.app.state.settings.ticket_ttl_s
+    ticket = await request.app.state.auth.tickets.issue(user.id, ttl)
+    return JSONResponse({"ticket": ticket, "expires_in": ttl,
+                         "url": f"/api/voice?ticket={ticket}"}, status_code=201)
+
+
+routes = [
+    Route("/api/auth/google/login", google_login, methods=["GET"]),
+    Route("/api/auth/google/callback", google_callback, methods=["GET"], name="google_callback"),
+    Route("/api/auth/token", create_token, methods=["POST"]),
+    Route("/api/auth/logout", logout, methods=["POST"]),
+    Route("/api/auth/me", me, methods=["GET"]),
+    Route("/api/voice/session", voice_ticket, methods=["POST"]),
+]

@@ -1,0 +1,161 @@
+"""Routes for data rights and roles: a student's own history, export and account deletion;
+teachers' classes and their students' transcripts; admins' user management.
+
+Every route starts with `require_user(request, roles)`, so a missing or wrong role is refused
+before anything is read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from accounts.identity import user_json
+from accounts.routes import require_user
+from store import queries
+from store.models import ROLES, Classroom, Interaction
+
+MAX_PAGE = 200
+
+
+def interaction_json(row: Interaction) -> dict[str, Any]:
+    return {"id": row.id, "session_id": row.session_id, "user_id": row.user_id,
+            "kind": row.kind, "course": row.course, "transcript": row.transcript,
+            "answer": row.answer, "status": row.status, "audio_seconds": row.audio_seconds,
+            "tokens_in": row.tokens_in, "tokens_out": row.tokens_out,
+            "latency_ms": {"stt": row.stt_ms, "llm_first_token": row.llm_first_token_ms,
+                           "end_of_turn_to_first_delta": row.end_of_turn_to_first_delta_ms,
+                           "server": row.server_ms},
+            "created_at": row.created_at.isoformat()}
+
+
+def _page_args(request: Request) -> tuple[int, int | None]:
+    try:
+        limit = min(MAX_PAGE, max(1, int(request.query_params.get("limit", 50))))
+        before = request.query_params.get("before")
+        return limit, int(before) if before is not None else None
+    except ValueError as exc:
+        raise HTTPException(400, "limit and before must be integers") from exc
+
+
+async def _page(request: Request, user_ids: list[str]) -> JSONResponse:
+    limit, before = _page_args(request)
+    async with request.app.state.db.session() as s:
+        rows = await queries.interactions_page(s, user_ids, limit=limit, before_id=before)
+    return JSONResponse({"items": [interaction_json(r) for r in rows],
+                         "next_before": rows[-1].id if len(rows) == limit else None})
+
+
+async def my_interactions(request: Request) -> Response:
+    user = await require_user(request)
+    return await _page(request, [user.id])
+
+
+async def my_export(request: Request) -> Response:
+    user = await require_user(request)
+    async with request.app.state.db.session() as s:
+        rows = await queries.all_interactions(s, user.id)
+    return JSONResponse({"user": user_json(user), "interactions": [interaction_json(r) for r in rows]},
+                        headers={"Content-Disposition": 'attachment; filename="tutor-export.json"'})
+
+
+async def delete_me(request: Request) -> Response:
+    user = await require_user(request)
+    if user.auth_provider == "guest":
+        raise HTTPException(403, "the local guest account cannot be deleted")
+    async with request.app.state.db.session() as s, s.begin():
+        await queries.delete_user(s, user.id)
+    request.session.clear()
+    return Response(status_code=204)
+
+
+async def create_class(request: Request) -> Response:
+    user = await require_user(request, ("teacher", "admin"))
+    body = await _json(request)
+    if not isinstance(body.get("name"), str) or not body["name"].strip():
+        raise HTTPException(400, "a class needs a 'name'")
+    async with request.app.state.db.session() as s, s.begin():
+        room = await queries.create_class(s, user.id, body["name"].strip())
+    return JSONResponse({"id": room.id, "name": room.name, "teacher_id": room.teacher_id},
+                        status_code=201)
+
+
+async def _own_class(request: Request) -> str:
+    user = await require_user(request, ("teacher", "admin"))
+    class_id = request.path_params["class_id"]
+    async with request.app.state.db.session() as s:
+        room = await s.get(Classroom, class_id)
+    if room is None or (user.role != "admin" and room.teacher_id != user.id):
+        raise HTTPException(404, "no such class of yours")
+    return class_id
+
+
+async def add_student(request: Request) -> Response:
+    class_id = await _own_class(request)
+    body = await _json(request)
+    async with request.app.state.db.session() as s, s.begin():
+        student = await queries.get_user(s, str(body.get("user_id")))
+        if student is None:
+            raise HTTPException(404, "no such user")
+        await queries.add_student(s, class_id, student.id)
+    return Response(status_code=204)
+
+
+async def class_interactions(request: Request) -> Response:
+    class_id = await _own_class(request)
+    async with request.app.state.db.session() as s:
+        students = await queries.class_student_ids(s, class_id)
+    return await _page(request, students)
+
+
+async def list_users(request: Request) -> Response:
+    await require_user(request, ("admin",))
+    limit, _ = _page_args(request)
+    offset = int(request.query_params.get("offset", 0) or 0)
+    async with request.app.state.db.session() as s:
+        users = await queries.list_users(s, limit=limit, offset=offset)
+    return JSONResponse({"items": [user_json(u) for u in users]})
+
+
+async def update_user(request: Request) -> Response:
+    await require_user(request, ("admin",))
+    body = await _json(request)
+    async with request.app.state.db.session() as s, s.begin():
+        user = await queries.get_user(s, request.path_params["user_id"])
+        if user is None:
+            raise HTTPException(404, "no such user")
+        if "role" in body:
+            if body["role"] not in ROLES:
+                raise HTTPException(400, f"role must be one of {', '.join(ROLES)}")
+            user.role = body["role"]
+        if "tier" in body:
+            if not isinstance(body["tier"], str) or not body["tier"]:
+                raise HTTPException(400, "tier must be a non-empty string")
+            user.tier = body["tier"]
+    return JSONResponse(user_json(user))
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise HTTPException(400, "body must be JSON") from exc
+    if not isinstance(body, dict):
+        raise HTTPException(400, "body must be a JSON object")
+    return body
+
+
+routes = [
+    Route("/api/me/interactions", my_interactions, methods=["GET"]),
+    Route("/api/me/export", my_export, methods=["GET"]),
+    Route("/api/me", delete_me, methods=["DELETE"]),
+    Route("/api/classes", create_class, methods=["POST"]),
+    Route("/api/classes/{class_id}/students", add_student, methods=["POST"]),
+    Route("/api/classes/{class_id}/interactions", class_interactions, methods=["GET"]),
+    Route("/api/admin/users", list_users, methods=["GET"]),
+    Route("/api/admin/users/{user_id}", update_user, methods=["PATCH"]),
+]

@@ -1,0 +1,106 @@
+"""The interaction writer: turns are handed over without awaiting, and written in the background.
+
+`submit()` only appends to an in-memory queue, so the voice loop never waits on the database.
+A single task writes batches; when the database is unreachable it keeps the batch and retries with
+exponential backoff, so nothing accepted is lost while the process lives. A row the database
+refuses for good (for example, its user was deleted meanwhile) is logged and dropped, so one bad
+row cannot stall every later one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from sqlalchemy import insert
+from sqlalchemy.exc import DataError, IntegrityError
+
+from .db import Database
+from .models import Interaction
+
+log = logging.getLogger("tutor.store.writer")
+
+
+class InteractionWriter:
+    def __init__(self, db: Database, *, batch_size: int = 200, retry_initial_s: float = 0.1,
+                 retry_max_s: float = 5.0) -> None:
+        self.db = db
+        self.batch_size = batch_size
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self._queue: deque[dict[str, Any]] = deque()
+        self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        self.failures = 0  # failed write attempts (each retried)
+        self.dropped = 0  # rows refused for good
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def submit(self, row: dict[str, Any]) -> None:
+        self._queue.append(row)
+        self._idle.clear()
+        self._wakeup.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="interaction-writer")
+
+    async def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far is written; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        if not await self.flush(timeout):
+            log.error("stopping with %d interactions not written (database unreachable)",
+                      self.pending)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        delay = self.retry_initial_s
+        while True:
+            if not self._queue:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+            try:
+                await self._write(batch)
+            except (IntegrityError, DataError):
+                await self._write_one_by_one(batch)
+            except Exception as exc:  # unreachable, restarting, locked: keep the batch, retry
+                self.failures += 1
+                log.warning("writing %d interactions failed (%s); retrying in %.1f s",
+                            len(batch), exc.__class__.__name__, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max_s)
+                continue
+            for _ in batch:
+                self._queue.popleft()
+            delay = self.retry_initial_s
+
+    async def _write(self, rows: list[dict[str, Any]]) -> None:
+        async with self.db.session() as session, session.begin():
+            await session.execute(insert(Interaction), rows)
+        self.written += len(rows)
+
+    async def _write_one_by_one(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            try:
+                await self._write([row])
+            except (IntegrityError, DataError) as exc:
+                self.dropped += 1
+                log.error("interaction refused by the database, dropped: %s (%s)",
+                          {k: row.get(k) for k in ("session_id", "user_id", "response_id")}, exc)

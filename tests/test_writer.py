@@ -1,0 +1,309 @@
+"""The background interaction writer, on SQLite and on PostgreSQL: it never makes the voice loop
+wait, writes in batches, survives the database going away and coming back without losing or
+duplicating a row, drops only the rows the database refuses for good, and flushes on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import secrets
+import sqlite3
+import time
+from typing import Any, AsyncIterator
+
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.sql import Insert
+
+from store import queries as q
+from store.db import Database
+from store.models import Interaction
+from store.writer import InteractionWriter
+from tests.storage_fixtures import db  # noqa: F401  (fixture)
+
+FAST = dict(retry_initial_s=0.05, retry_max_s=0.2)
+
+
+def turn(i: int, user_id: str | None = None, tag: str = "t") -> dict[str, Any]:
+    return dict(session_id="sess-1", user_id=user_id, response_id=f"{tag}-{i}",
+                transcript=f"question {i}", answer=f"answer {i}", stt_ms=12.5, server_ms=300.0)
+
+
+async def response_ids(db: Database) -> list[str]:
+    async with db.session() as s:
+        return list((await s.execute(select(Interaction.response_id))).scalars())
+
+
+async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+# --- making the database unavailable, for real -----------------------------------------------
+
+class TcpProxy:
+    """127.0.0.1:<port> → target. `cut()` drops every connection and refuses new ones (nothing
+    listens on the port any more); `restore()` listens on the same port again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._transports: set[asyncio.BaseTransport] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            upstream_r, upstream_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_w.transport.abort()
+            return
+        self._transports |= {client_w.transport, upstream_w.transport}
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.transport.abort()
+
+        await asyncio.gather(pump(client_r, upstream_w), pump(upstream_r, client_w))
+        self._transports -= {client_w.transport, upstream_w.transport}
+
+    def cut(self) -> None:
+        """Synchronous, so it can also be called from inside an engine event."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for transport in list(self._transports):
+            transport.abort()  # an abrupt close: the client sees its connection die
+        self._transports.clear()
+
+    async def restore(self) -> None:
+        await self.start()
+
+
+class Outage:
+    """A second handle on the test database for the writer, plus a way to take it away.
+
+    PostgreSQL: the writer connects through a TcpProxy, and the outage is at the network level.
+    SQLite: another connection holds `BEGIN EXCLUSIVE` on the file, so writes fail with
+    "database is locked" once the busy timeout (lowered to 50 ms here, see below) runs out.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.writer_db: Database
+        self._proxy: TcpProxy | None = None
+        self._lock: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> "Outage":
+        if self.db.is_sqlite:
+            self.writer_db = Database(self.db.url)
+            # store.db sets busy_timeout=5000 on every connection; a listener registered after it
+            # lowers it, so a locked write fails in 50 ms instead of 5 s.
+            event.listen(self.writer_db.engine.sync_engine, "connect", _short_busy_timeout)
+        else:
+            url = make_url(self.db.url)
+            self._proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+            await self._proxy.start()
+            self.writer_db = Database(url.set(host="127.0.0.1", port=self._proxy.port)
+                                      .render_as_string(hide_password=False))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.writer_db.close()
+        self.release_lock()
+        if self._proxy is not None:
+            self._proxy.cut()
+
+    def cut(self) -> None:
+        if self._proxy is not None:
+            self._proxy.cut()
+        else:
+            self._lock = sqlite3.connect(make_url(self.db.url).database, timeout=5,
+                                         isolation_level=None)
+            self._lock.execute("BEGIN EXCLUSIVE")
+
+    def release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.execute("COMMIT")
+            self._lock.close()
+            self._lock = None
+
+    async def restore(self) -> None:
+        if self._proxy is not None:
+            await self._proxy.restore()
+        else:
+            self.release_lock()
+
+
+def _short_busy_timeout(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=50")
+    cursor.close()
+
+
+@pytest.fixture
+async def outage(db: Database) -> AsyncIterator[Outage]:
+    async with Outage(db) as o:
+        yield o
+
+
+def record_insert_batches(database: Database) -> list[int]:
+    """The number of rows in each INSERT INTO interactions the writer sends."""
+    sizes: list[int] = []
+
+    @event.listens_for(database.engine.sync_engine, "before_execute")
+    def _count(conn, clause, multiparams, params, options):  # type: ignore[no-untyped-def]
+        if isinstance(clause, Insert) and clause.table.name == "interactions":
+            sizes.append(len(multiparams) if multiparams else 1)
+
+    return sizes
+
+
+# --- the tests -------------------------------------------------------------------------------
+
+async def test_submit_never_waits_and_rows_appear_after_flush(db: Database) -> None:
+    assert not inspect.iscoroutinefunction(InteractionWriter.submit)
+    writer = InteractionWriter(db, **FAST)
+    assert writer.submit(turn(0)) is None  # accepted before start: written once started
+    writer.start()
+    for i in range(1, 5):
+        writer.submit(turn(i))
+    assert writer.pending == 5  # nothing awaited yet, so nothing written yet
+    assert await writer.flush(timeout=5)
+    assert writer.pending == 0 and writer.written == 5
+    assert sorted(await response_ids(db)) == [f"t-{i}" for i in range(5)]
+    async with db.session() as s:
+        row = (await s.execute(select(Interaction).where(Interaction.response_id == "t-3"))).scalar_one()
+    assert (row.session_id, row.transcript, row.answer, row.kind, row.status, row.cancelled) == \
+        ("sess-1", "question 3", "answer 3", "voice", "completed", False)
+    await writer.stop()
+
+
+async def test_a_burst_of_1000_is_written_completely_in_batches(db: Database) -> None:
+    batches = record_insert_batches(db)
+    writer = InteractionWriter(db, batch_size=200, **FAST)
+    writer.start()
+    started = time.perf_counter()
+    for i in range(1000):
+        writer.submit(turn(i))
+    assert time.perf_counter() - started < 0.5  # submitting is only a queue append
+    assert await writer.flush(timeout=20)
+    await writer.stop()
+
+    async with db.session() as s:
+        total = (await s.execute(select(func.count()).select_from(Interaction))).scalar_one()
+        distinct = (await s.execute(select(func.count(Interaction.response_id.distinct())))).scalar_one()
+    assert total == distinct == writer.written == 1000
+    assert batches == [200] * 5
+    assert (writer.failures, writer.dropped) == (0, 0)
+
+
+async def test_nothing_is_lost_while_the_database_is_unavailable(db: Database,
+                                                                 outage: Outage) -> None:
+    writer = InteractionWriter(outage.writer_db, **FAST)
+    writer.start()
+    for i in range(10):
+        writer.submit(turn(i, tag="before"))
+    assert await writer.flush(timeout=5)
+    assert writer.failures == 0
+
+    outage.cut()
+    started = time.perf_counter()
+    for i in range(20):
+        writer.submit(turn(i, tag="during"))
+    assert time.perf_counter() - started < 0.05  # the voice loop never waits on the database
+    await wait_for(lambda: writer.failures >= 2)  # tried, failed, backed off, tried again
+    assert writer.pending == 20
+    assert not await writer.flush(timeout=0.2)
+    for i in range(5):
+        writer.submit(turn(i, tag="late"))
+
+    await outage.restore()
+    assert await writer.flush(timeout=10)
+    await writer.stop()
+
+    expected = ([f"before-{i}" for i in range(10)] + [f"during-{i}" for i in range(20)]
+                + [f"late-{i}" for i in range(5)])
+    assert sorted(await response_ids(db)) == sorted(expected)  # each exactly once
+    assert writer.written == 35 and writer.dropped == 0 and writer.pending == 0
+
+
+async def test_a_refused_row_is_dropped_and_the_rest_of_its_batch_written(db: Database) -> None:
+    async with db.session() as s, s.begin():
+        user = await q.upsert_user(s, provider="google", subject="s", email=None, name=None)
+    writer = InteractionWriter(db, **FAST)
+    writer.start()
+    for i in range(10):  # one batch: all submitted before the writer task runs
+        writer.submit(turn(i, user.id, "good") if i != 4 else turn(i, "no-such-user", "bad"))
+    assert await writer.flush(timeout=5)
+    for i in range(10, 13):  # and the writer carries on afterwards
+        writer.submit(turn(i, user.id, "good"))
+    assert await writer.flush(timeout=5)
+    await writer.stop()
+
+    assert sorted(await response_ids(db)) == sorted(f"good-{i}" for i in range(13) if i != 4)
+    assert (writer.dropped, writer.written, writer.failures) == (1, 12, 0)
+
+
+@pytest.mark.xfail(strict=True, reason="store/writer.py: an error other than IntegrityError/"
+                   "DataError while re-writing a refused batch one row at a time escapes _run and "
+                   "kills the writer task (see the storage report)")
+async def test_an_outage_while_isolating_a_refused_row_loses_nothing(db: Database,
+                                                                     outage: Outage) -> None:
+    async with db.session() as s, s.begin():
+        user = await q.upsert_user(s, provider="google", subject="s", email=None, name=None)
+    writer = InteractionWriter(outage.writer_db, **FAST)
+    writer.start()
+    writer.submit(turn(0, user.id, "warmup"))
+    assert await writer.flush(timeout=5)
+
+    armed = []
+    loop = asyncio.get_running_loop()
+
+    @event.listens_for(outage.writer_db.engine.sync_engine, "handle_error")
+    def _refused(context) -> None:  # type: ignore[no-untyped-def]
+        if not armed and "foreign" in str(context.original_exception).lower():
+            armed.append(True)
+
+    @event.listens_for(outage.writer_db.engine.sync_engine.pool, "checkout")
+    def _then_go_away(*_: object) -> None:
+        if armed == [True]:  # the first connection taken to write the batch row by row
+            armed.append(False)
+            outage.cut()
+            loop.call_later(0.3, lambda: loop.create_task(outage.restore()))
+
+    for i in range(6):
+        writer.submit(turn(i, user.id, "good") if i != 2 else turn(i, "no-such-user", "bad"))
+    # Back 0.3 s after the cut, retried every <= 0.2 s; a writer task that dies is the failure.
+    flushed = asyncio.ensure_future(writer.flush(timeout=2))
+    await asyncio.wait({flushed, writer._task}, return_when=asyncio.FIRST_COMPLETED)  # type: ignore[arg-type]
+    assert armed == [True, False]
+    assert writer._task is not None and not writer._task.done(), "the writer task died"
+    assert await flushed
+    await writer.stop()
+    assert sorted(await response_ids(db)) == sorted(["warmup-0"] + [f"good-{i}" for i in range(6)
+                                                                    if i != 2])
+    assert writer.dropped == 1
+
+
+async def test_stop_flushes_what_is_pending(db: Database) -> None:
+    writer = InteractionWriter(db, **FAST)
+    writer.start()
+    for i in range(50):
+        writer.submit(turn(i))
+    assert writer.pending == 50
+    await writer.stop()
+    assert writer.pending == 0
+    assert sorted(await response_ids(db)) == sorted(f"t-{i}" for i in range(50))
