@@ -10,6 +10,7 @@ import logging
 from datetime import timedelta
 
 from authlib.integrations.starlette_client import OAuthError
+from joserfc.errors import JoseError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -52,8 +53,14 @@ async def google_callback(request: Request) -> Response:
     if oauth is None:
         raise HTTPException(503, "Google sign-in is not configured")
     try:
-        token = await oauth.google.authorize_access_token(request)
-    except (OAuthError, ValueError) as exc:  # bad state, code, or ID token (authlib raises both)
+        metadata = await oauth.google.load_server_metadata()
+        # authlib checks `aud` only when told to (without it, a token for another client whose
+        # `azp` names us would pass), so the issuer and audience are spelled out here.
+        token = await oauth.google.authorize_access_token(request, claims_options={
+            "iss": {"essential": True, "values": [metadata["issuer"]]},
+            "aud": {"essential": True, "values": [oauth.google.client_id]},
+        })
+    except (OAuthError, JoseError, ValueError, KeyError) as exc:  # state, code or ID token
         log.warning("Google sign-in refused: %s", exc)
         raise HTTPException(401, f"Google sign-in failed: {exc}") from exc
     claims = token.get("userinfo") or {}

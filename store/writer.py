@@ -77,18 +77,20 @@ class InteractionWriter:
                 continue
             batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
             try:
-                await self._write(batch)
-            except (IntegrityError, DataError):
-                await self._write_one_by_one(batch)
-            except Exception as exc:  # unreachable, restarting, locked: keep the batch, retry
+                try:
+                    await self._write(batch)
+                except (IntegrityError, DataError):
+                    await self._write_one_by_one(len(batch))
+                else:
+                    for _ in batch:
+                        self._queue.popleft()
+            except Exception as exc:  # unreachable, restarting, locked: keep the rows, retry
                 self.failures += 1
                 log.warning("writing %d interactions failed (%s); retrying in %.1f s",
                             len(batch), exc.__class__.__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
                 continue
-            for _ in batch:
-                self._queue.popleft()
             delay = self.retry_initial_s
 
     async def _write(self, rows: list[dict[str, Any]]) -> None:
@@ -96,11 +98,15 @@ class InteractionWriter:
             await session.execute(insert(Interaction), rows)
         self.written += len(rows)
 
-    async def _write_one_by_one(self, rows: list[dict[str, Any]]) -> None:
-        for row in rows:
+    async def _write_one_by_one(self, count: int) -> None:
+        """Isolate the refused row(s) of a batch: each row leaves the queue once written or
+        refused for good; any other error propagates, and the rest is retried later."""
+        for _ in range(count):
+            row = self._queue[0]
             try:
                 await self._write([row])
             except (IntegrityError, DataError) as exc:
                 self.dropped += 1
                 log.error("interaction refused by the database, dropped: %s (%s)",
                           {k: row.get(k) for k in ("session_id", "user_id", "response_id")}, exc)
+            self._queue.popleft()

@@ -79,8 +79,10 @@ async def start_server() -> AsyncIterator[Server]:
         app = create_app(settings, providers=providers)
         server, task, port = await serve_in_loop(app, **uvicorn_options(settings))
         running.append((server, task))
+        start.apps.append(app)  # type: ignore[attr-defined]
         return f"127.0.0.1:{port}"
 
+    start.apps = []  # type: ignore[attr-defined]  # the apps, for tests that look at app.state
     yield start
     for server, task in running:
         server.should_exit = True
