@@ -6,6 +6,7 @@ a plain `postgresql://` or `postgres://` URL (as Supabase shows it) is given the
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 from alembic import command
@@ -31,7 +32,8 @@ def sqlite_url(data_dir: Path) -> str:
 
 
 class Database:
-    def __init__(self, url: str, **engine_options) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, url: str, *, sqlite_busy_timeout_ms: int = 5000,
+                 **engine_options) -> None:  # type: ignore[no-untyped-def]
         self.url = normalise_url(url)
         self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
         if self.is_sqlite:
@@ -42,18 +44,19 @@ class Database:
             engine_options.setdefault("pool_pre_ping", True)
         self.engine: AsyncEngine = create_async_engine(self.url, **engine_options)
         if self.is_sqlite:
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine.sync_engine, "connect",
+                         partial(_sqlite_pragmas, busy_timeout_ms=sqlite_busy_timeout_ms))
         self.session = async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession)
 
     async def close(self) -> None:
         await self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_connection, _record, *, busy_timeout_ms: int) -> None:  # type: ignore[no-untyped-def]
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")  # off by default in SQLite; we rely on cascades
     cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the background writer
-    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.close()
 
 

@@ -12,7 +12,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Sequence
 
 from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import ROLES, ApiToken, ClassMember, Classroom, Interaction, User, now
@@ -26,12 +27,14 @@ async def upsert_user(s: AsyncSession, *, provider: str, subject: str, email: st
     query = select(User).where(User.auth_provider == provider, User.auth_subject == subject)
     user = (await s.execute(query)).scalar_one_or_none()
     if user is None:
-        user = User(auth_provider=provider, auth_subject=subject, email=email, name=name, role=role)
-        try:
-            async with s.begin_nested():
-                s.add(user)
-        except IntegrityError:  # created concurrently by another request: use that one
-            user = (await s.execute(query)).scalar_one()
+        # INSERT … ON CONFLICT DO NOTHING: two first sign-ins at once end with one row, and no
+        # savepoint is needed (SQLite's driver would commit one outside the caller's transaction).
+        dialect = s.get_bind().dialect.name
+        insert = pg_insert if dialect == "postgresql" else sqlite_insert
+        await s.execute(insert(User).values(auth_provider=provider, auth_subject=subject,
+                                            email=email, name=name, role=role)
+                        .on_conflict_do_nothing(index_elements=["auth_provider", "auth_subject"]))
+        user = (await s.execute(query)).scalar_one()
     else:
         user.email = email or user.email
         user.name = name or user.name

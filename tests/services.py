@@ -6,6 +6,7 @@ skipping) and skips them, with the reason, on a developer's machine.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from typing import AsyncIterator, NoReturn
 from urllib.parse import urlsplit
@@ -68,3 +69,51 @@ async def require_postgres() -> str:
         unavailable(f"PostgreSQL at {redacted(dsn)}", type(error).__name__ + ": " + str(error))
     await connection.close()
     return url
+
+
+class TcpProxy:
+    """127.0.0.1:<port> → target. `cut()` drops every connection and refuses new ones (nothing
+    listens on the port any more); `restore()` listens on the same port again."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._transports: set[asyncio.BaseTransport] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            upstream_r, upstream_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            client_w.transport.abort()
+            return
+        self._transports |= {client_w.transport, upstream_w.transport}
+
+        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.transport.abort()
+
+        await asyncio.gather(pump(client_r, upstream_w), pump(upstream_r, client_w))
+        self._transports -= {client_w.transport, upstream_w.transport}
+
+    def cut(self) -> None:
+        """Synchronous, so it can also be called from inside an engine event."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for transport in list(self._transports):
+            transport.abort()  # an abrupt close: the client sees its connection die
+        self._transports.clear()
+
+    async def restore(self) -> None:
+        await self.start()

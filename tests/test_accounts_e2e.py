@@ -309,3 +309,19 @@ async def test_interactions_are_paginated_newest_first(app_server, jwks):
             if before is None:
                 break
     assert seen == [f"question {i}" for i in reversed(range(5))]
+
+
+@pytest.mark.parametrize("host, configured, guest", [
+    ("127.0.0.1", False, True), ("::1", False, True), ("localhost", False, True),
+    ("0.0.0.0", False, False), ("192.0.2.10", False, False), ("127.0.0.1", True, False)])
+def test_guest_mode_only_on_loopback_without_sign_in(host, configured, guest):
+    settings = make_settings(None, host=host, google_client_id="id" if configured else None)
+    assert settings.guest_allowed is guest
+
+
+async def test_a_server_reachable_from_the_network_has_no_guest(fake, start_server):
+    address = await start_server(make_settings(fake, host="0.0.0.0"))  # the setting, not the bind
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"http://{address}/api/auth/me")).status_code == 401
+    async with websockets.connect(f"ws://{address}/api/voice") as ws:
+        assert json.loads(await ws.recv())["error"]["code"] == "unauthorized"

@@ -103,12 +103,7 @@ async def test_upsert_user_creates_once_and_refreshes_on_next_sign_in(db: Databa
     assert await count(db, User) == 2
 
 
-async def test_upsert_user_leaves_committing_to_the_caller(db: Database,
-                                                          request: pytest.FixtureRequest) -> None:
-    if db.is_sqlite:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "store: on SQLite the pysqlite driver opens no transaction before SAVEPOINT, so "
-            "upsert_user's begin_nested() RELEASE commits the new user (see the storage report)")))
+async def test_upsert_user_leaves_committing_to_the_caller(db: Database) -> None:
     with pytest.raises(RuntimeError):
         async with db.session() as s, s.begin():
             await q.upsert_user(s, provider="google", subject="rolled-back", email=None, name=None)

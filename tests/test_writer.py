@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import secrets
 import sqlite3
 import time
 from typing import Any, AsyncIterator
@@ -20,6 +19,7 @@ from store import queries as q
 from store.db import Database
 from store.models import Interaction
 from store.writer import InteractionWriter
+from tests.services import TcpProxy
 from tests.storage_fixtures import db  # noqa: F401  (fixture)
 
 FAST = dict(retry_initial_s=0.05, retry_max_s=0.2)
@@ -44,54 +44,6 @@ async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-
 
 # --- making the database unavailable, for real -----------------------------------------------
 
-class TcpProxy:
-    """127.0.0.1:<port> → target. `cut()` drops every connection and refuses new ones (nothing
-    listens on the port any more); `restore()` listens on the same port again."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self._server: asyncio.AbstractServer | None = None
-        self._transports: set[asyncio.BaseTransport] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            upstream_r, upstream_w = await asyncio.open_connection(*self.target)
-        except OSError:
-            client_w.transport.abort()
-            return
-        self._transports |= {client_w.transport, upstream_w.transport}
-
-        async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while data := await reader.read(65536):
-                    writer.write(data)
-                    await writer.drain()
-            except (OSError, asyncio.IncompleteReadError):
-                pass
-            finally:
-                writer.transport.abort()
-
-        await asyncio.gather(pump(client_r, upstream_w), pump(upstream_r, client_w))
-        self._transports -= {client_w.transport, upstream_w.transport}
-
-    def cut(self) -> None:
-        """Synchronous, so it can also be called from inside an engine event."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        for transport in list(self._transports):
-            transport.abort()  # an abrupt close: the client sees its connection die
-        self._transports.clear()
-
-    async def restore(self) -> None:
-        await self.start()
-
-
 class Outage:
     """A second handle on the test database for the writer, plus a way to take it away.
 
@@ -108,10 +60,8 @@ class Outage:
 
     async def __aenter__(self) -> "Outage":
         if self.db.is_sqlite:
-            self.writer_db = Database(self.db.url)
-            # store.db sets busy_timeout=5000 on every connection; a listener registered after it
-            # lowers it, so a locked write fails in 50 ms instead of 5 s.
-            event.listen(self.writer_db.engine.sync_engine, "connect", _short_busy_timeout)
+            # a locked write fails after 50 ms instead of the default 5 s
+            self.writer_db = Database(self.db.url, sqlite_busy_timeout_ms=50)
         else:
             url = make_url(self.db.url)
             self._proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
@@ -145,12 +95,6 @@ class Outage:
             await self._proxy.restore()
         else:
             self.release_lock()
-
-
-def _short_busy_timeout(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA busy_timeout=50")
-    cursor.close()
 
 
 @pytest.fixture
