@@ -43,8 +43,9 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     except AuthError as exc:
         # Accepted only to say why, in the protocol's own terms, then closed: no audio is read.
         await websocket.accept()
-        await websocket.send_text(json.dumps(ev.error(exc.code, exc.message,
-                                                      type="authentication_error")))
+        refusal = ev.error(exc.code, exc.message, type="authentication_error")
+        refusal["event_id"] = ev.Ids()("event")
+        await websocket.send_text(json.dumps(refusal))
         await websocket.close(code=1008, reason=exc.code)
         return
     await websocket.accept()

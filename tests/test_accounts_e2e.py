@@ -16,7 +16,7 @@ from store import queries
 from store.models import ApiToken, Interaction, User
 from tests.conftest import make_settings, read_pcm
 from tests.fake_oidc import FakeJWKS, FakeOIDC
-from tests.realtime_client import Conversation, session_update
+from tests.realtime_client import Conversation, check_shape, session_update
 from tests.services import redis_client  # noqa: F401
 
 KEY = generate_key()
@@ -144,6 +144,7 @@ async def test_nothing_works_without_credentials_when_sign_in_is_configured(app_
         assert (await client.post(f"http://{address}/api/voice/session")).status_code == 401
     async with websockets.connect(f"ws://{address}/api/voice") as ws:
         event = json.loads(await ws.recv())
+        check_shape(event)
         assert event["type"] == "error" and event["error"]["code"] == "unauthorized"
         with pytest.raises(websockets.ConnectionClosed) as info:
             await ws.recv()
