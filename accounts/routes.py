@@ -79,8 +79,13 @@ async def google_callback(request: Request) -> Response:
 
 async def create_token(request: Request) -> Response:
     user = await require_user(request)
-    body = await request.json() if await request.body() else {}
+    try:
+        body = await request.json() if await request.body() else {}
+    except ValueError as exc:
+        raise HTTPException(400, "body must be JSON, e.g. {\"name\": \"my script\"}") from exc
     name = body.get("name") if isinstance(body, dict) else None
+    if name is not None and (not isinstance(name, str) or len(name) > 100):
+        raise HTTPException(400, "name must be a string of at most 100 characters")
     days = request.app.state.settings.api_token_ttl_days
     async with request.app.state.db.session() as s, s.begin():
         token, row = await queries.issue_api_token(s, user.id, name=name, ttl=timedelta(days=days))

@@ -25,6 +25,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import wave
 from pathlib import Path
@@ -225,8 +226,10 @@ async def main() -> None:
 
     fake_port, port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "TUTOR_"))}
+    data_dir = tempfile.mkdtemp(prefix="tutor-bench-")  # the server records every turn here
     env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fake_port}/v1",
-               TUTOR_PROVIDER_MAX_RETRIES="0", TUTOR_VAD_SILENCE_MS=str(SILENCE_MS))
+               TUTOR_PROVIDER_MAX_RETRIES="0", TUTOR_VAD_SILENCE_MS=str(SILENCE_MS),
+               TUTOR_DATA_DIR=data_dir)
     fake = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--port", str(fake_port),
                              "--stt-latency", str(args.stt_latency), "--ttft", str(args.ttft)],
                             cwd=ROOT, env=env)

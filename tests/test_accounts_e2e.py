@@ -326,3 +326,12 @@ async def test_a_server_reachable_from_the_network_has_no_guest(fake, start_serv
         assert (await client.get(f"http://{address}/api/auth/me")).status_code == 401
     async with websockets.connect(f"ws://{address}/api/voice") as ws:
         assert json.loads(await ws.recv())["error"]["code"] == "unauthorized"
+
+
+async def test_token_request_with_a_bad_body_is_a_400(server):
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"http://{server}/api/auth/token", content=b"{nope",
+                              headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+        r = await client.post(f"http://{server}/api/auth/token", json={"name": 5})
+        assert r.status_code == 400
