@@ -77,6 +77,19 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = []
     dev_guest: bool | None = None  # None: on when no sign-in is configured and bound to loopback
 
+    # Course knowledge (RAG)
+    embedding_model: str = "text-embedding-3-small"
+    embedding_base_url: str | None = None  # default: OPENAI_BASE_URL
+    embedding_api_key: str | None = None  # default: OPENAI_API_KEY
+    embedding_batch_size: int = 64
+    rag_max_document_bytes: int = 10 * 1024 * 1024
+    rag_chunk_chars: int = 900
+    rag_chunk_overlap_chars: int = 150
+    rag_top_k: int = 4
+    rag_memory_k: int = 3  # the student's own earlier turns retrieved with each question
+    default_course: str | None = None  # course a session uses when it names none
+    load_sample_course: bool = True  # ingest rag/sample_course at startup (skipped if unchanged)
+
     @property
     def sign_in_configured(self) -> bool:
         return bool(self.google_client_id or self.supabase_url or self.supabase_jwt_secret)
