@@ -1,4 +1,5 @@
-"""The tutor's default system prompt and how a chat request's messages are assembled."""
+"""The tutor's default system prompt and how a chat request's messages are assembled,
+including the course passages and the student's own earlier turns retrieved for a question."""
 
 from __future__ import annotations
 
@@ -11,5 +12,34 @@ no lists, tables or markdown. If the student asks for the answer outright after 
 explain it step by step. If you are not sure of something, say so."""
 
 
+GROUNDING = """
+Course material for this question follows, each passage with its id in brackets. Base your answer
+on it and mention the id of a passage you use, like [c12]. If the material does not cover the
+question, say that the course does not cover it before helping from general knowledge."""
+
+NO_MATERIAL = """
+No course material matched this question: say that the course does not seem to cover it, then
+help from general knowledge."""
+
+MEMORY = """
+What this student asked you before (most relevant first), in case they refer back to it:"""
+
+
 def chat_messages(instructions: str, history: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{"role": "system", "content": instructions}, *history]
+
+
+def grounded(messages: list[dict[str, str]], passages: list[tuple[str, str, str]],
+             memories: list[tuple[str, str]] = (), *, course_has_material: bool = True
+             ) -> list[dict[str, str]]:
+    """`messages` with the system prompt extended by course passages (id, heading, text) and the
+    student's earlier turns (question, answer). Only the system message changes."""
+    system = messages[0]["content"]
+    if passages:
+        system += GROUNDING + "".join(f"\n\n[{pid}] {heading}\n{text}" if heading else
+                                      f"\n\n[{pid}]\n{text}" for pid, heading, text in passages)
+    elif course_has_material:
+        system += NO_MATERIAL
+    if memories:
+        system += MEMORY + "".join(f"\n- Student: {q}\n  Tutor: {a}" for q, a in memories)
+    return [{"role": "system", "content": system}, *messages[1:]]

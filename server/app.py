@@ -10,6 +10,7 @@ import asyncio
 import logging
 import secrets
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
@@ -26,6 +27,12 @@ from accounts.identity import Authenticator
 from accounts.secrets import SecretBox
 from accounts.supabase import SupabaseVerifier
 from accounts.tickets import MemoryTickets, RedisTickets
+from rag import routes as rag_routes
+from rag.embed import OpenAIEmbedder
+from rag.grounding import Grounding, ground
+from rag.ingest import IngestError, ingest_paths
+from rag.search import MemoryQueryCache, RedisQueryCache, Retriever
+from rag.vectors import VectorIndex
 from store.db import Database, migrate, sqlite_url
 from store.writer import InteractionWriter
 
@@ -40,6 +47,8 @@ from . import rights
 from .voice import realtime_endpoint
 
 log = logging.getLogger("tutor")
+SAMPLE_COURSE = Path(__file__).resolve().parent.parent / "rag" / "sample_course"
+SAMPLE_COURSE_NAME = "sample"
 
 
 def session_config(settings: Settings) -> SessionConfig:
@@ -112,15 +121,19 @@ async def open_storage(settings: Settings, stack: AsyncExitStack) -> Database:
     return db
 
 
-async def open_accounts(settings: Settings, db: Database, stack: AsyncExitStack) -> Authenticator:
-    if settings.redis_url:
-        import redis.asyncio as redis
+def open_redis(settings: Settings, stack: AsyncExitStack):  # type: ignore[no-untyped-def]
+    if not settings.redis_url:
+        return None
+    import redis.asyncio as redis
 
-        client = redis.from_url(settings.redis_url)
-        stack.push_async_callback(client.aclose)
-        tickets: RedisTickets | MemoryTickets = RedisTickets(client)
-    else:
-        tickets = MemoryTickets()
+    client = redis.from_url(settings.redis_url)
+    stack.push_async_callback(client.aclose)
+    return client
+
+
+async def open_accounts(settings: Settings, db: Database, redis_client,  # type: ignore[no-untyped-def]
+                        stack: AsyncExitStack) -> Authenticator:
+    tickets = RedisTickets(redis_client) if redis_client is not None else MemoryTickets()
     supabase = None
     if settings.supabase_url or settings.supabase_jwt_secret:
         supabase = (SupabaseVerifier.from_project_url(settings.supabase_url,
@@ -148,6 +161,40 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
                         status_code=exc.status_code, headers=headers)
 
 
+def embedder_for(settings: Settings, stack: AsyncExitStack) -> OpenAIEmbedder | None:
+    base_url = settings.embedding_base_url or settings.openai_base_url
+    key = settings.embedding_api_key or settings.openai_api_key or ("unused" if base_url else None)
+    if not key:
+        return None  # retrieval is then full-text only
+    client = make_client(api_key=key, base_url=base_url, timeout=settings.provider_timeout_s,
+                         connect_timeout=settings.provider_connect_timeout_s,
+                         max_retries=settings.provider_max_retries)
+    stack.push_async_callback(client.close)
+    return OpenAIEmbedder(client, settings.embedding_model, settings.embedding_batch_size)
+
+
+async def open_knowledge(settings: Settings, db: Database, redis_client,  # type: ignore[no-untyped-def]
+                         stack: AsyncExitStack) -> Retriever:
+    cache = RedisQueryCache(redis_client) if redis_client is not None else MemoryQueryCache()
+    retriever = Retriever(db, embedder_for(settings, stack), vectors=VectorIndex(),
+                          query_cache=cache)
+    if settings.load_sample_course:
+        await load_sample_course(settings, retriever)
+    return retriever
+
+
+async def load_sample_course(settings: Settings, retriever: Retriever) -> None:
+    """So a new server can answer about something at once; unchanged files cost nothing."""
+    args = dict(paths=[SAMPLE_COURSE], course=SAMPLE_COURSE_NAME,
+                max_bytes=settings.rag_max_document_bytes, max_chars=settings.rag_chunk_chars,
+                overlap_chars=settings.rag_chunk_overlap_chars)
+    results = await ingest_paths(retriever.db, retriever.embedder, **args)
+    if retriever.embedder is not None and any(isinstance(r, IngestError) for r in results):
+        log.warning("sample course: embedding failed; loading it for full-text search only")
+        await ingest_paths(retriever.db, None, **args)
+    await retriever.vectors.refresh(retriever.db, SAMPLE_COURSE_NAME)
+
+
 def create_app(settings: Settings | None = None, *, providers: Providers | None = None) -> Starlette:
     settings = settings or Settings()
 
@@ -168,7 +215,18 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             app.state.writer = InteractionWriter(app.state.db)
             app.state.writer.start()
             stack.push_async_callback(app.state.writer.stop)
-            app.state.auth = await open_accounts(settings, app.state.db, stack)
+            redis_client = open_redis(settings, stack)
+            app.state.auth = await open_accounts(settings, app.state.db, redis_client, stack)
+            app.state.retriever = await open_knowledge(settings, app.state.db, redis_client, stack)
+
+            def knowledge(course: str | None):  # type: ignore[no-untyped-def]
+                async def lookup(question: str, user_id: str | None) -> Grounding:
+                    return await ground(app.state.retriever, question, course=course,
+                                        user_id=user_id, k=settings.rag_top_k,
+                                        memory_k=settings.rag_memory_k)
+                return lookup
+
+            app.state.knowledge = knowledge
             app.state.secret_box = SecretBox(settings.secret_keys) if settings.secret_keys else None
             app.state.oauth = (google_oauth(client_id=settings.google_client_id,
                                             client_secret=settings.google_client_secret or "",
@@ -187,6 +245,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             WebSocketRoute("/v1/realtime", realtime_endpoint),
             *account_routes.routes,
             *rights.routes,
+            *rag_routes.routes,
         ],
         middleware=[Middleware(SessionMiddleware, secret_key=session_secret,
                                session_cookie="tutor_session", max_age=settings.session_max_age_s,

@@ -1,7 +1,8 @@
 """`POST /api/ai/chat`: a typed question in, the tutor's answer out as Server-Sent Events.
 
-Same prompt assembly and chat provider as a voice turn. Events: `delta` ({"delta"}), then
-`done` ({"text"}) or `error` ({"code", "message"}) when the provider fails mid-answer.
+Same grounding, prompt assembly and chat provider as a voice turn. Events: `citations`
+({"citations": [...]}, the course passages used), `delta` ({"delta"}) as the answer is generated,
+then `done` ({"text"}) or `error` ({"code", "message"}) when the provider fails mid-answer.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def _parse(body: Any) -> tuple[str | None, list[dict[str, str]]]:
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise ValueError("'instructions' must be a string")
+    if body.get("course") is not None and not isinstance(body.get("course"), str):
+        raise ValueError("'course' must be a string")
     messages = [{"role": m["role"], "content": m["content"]} for m in history]
     return instructions, [*messages, {"role": "user", "content": body["message"]}]
 
@@ -50,16 +53,21 @@ async def chat_endpoint(request: Request) -> Response:
     state = request.app.state
     user = await require_user(request)
     try:
-        instructions, history = _parse(await request.json())
+        body = await request.json()
+        instructions, history = _parse(body)
     except ValueError as exc:
         return _error(400, "invalid_request", str(exc))
     chat = state.providers.chat
     if chat is None:
         return _error(503, "provider_not_configured", state.providers.problem or "no chat model")
-    messages = chat_messages(instructions or state.session_config.instructions, history)
+    course = body.get("course") or state.settings.default_course
+    grounding = await state.knowledge(course)(history[-1]["content"], user.id)
+    messages = grounding.apply(chat_messages(instructions or state.session_config.instructions,
+                                             history))
     session_id = "chat_" + secrets.token_hex(8)
 
     async def stream() -> AsyncIterator[bytes]:
+        yield _sse("citations", {"citations": grounding.citations()})
         parts: list[str] = []
         usage: Usage | None = None
         status = "completed"
@@ -77,7 +85,7 @@ async def chat_endpoint(request: Request) -> Response:
             yield _sse("done", {"text": "".join(parts)})
         finally:
             state.writer.submit({
-                "session_id": session_id, "user_id": user.id, "kind": "text",
+                "session_id": session_id, "user_id": user.id, "kind": "text", "course": course,
                 "transcript": history[-1]["content"], "answer": "".join(parts),
                 "status": status, "cancelled": False, "tokens_in": usage.tokens_in if usage else None,
                 "tokens_out": usage.tokens_out if usage else None})

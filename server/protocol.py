@@ -42,6 +42,7 @@ class Transcribe:
 class Generate:
     response_id: str
     messages: list[dict[str, str]]
+    question: str = ""  # what the answer answers: retrieval looks this up first
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,10 @@ class RealtimeSession:
                 *self._close_response(response_id, text, "failed", details),
                 *self._start(self.turns.next_response())]
 
+    def response_citations(self, response_id: str, citations: list[dict[str, Any]]) -> Send:
+        """`tutor.citations`: the course passages an answer is grounded in, before its text."""
+        return self._send("tutor.citations", response_id=response_id, citations=citations)
+
     def response_metrics(self, response_id: str, metrics: dict[str, float]) -> Send:
         """`tutor.response.metrics`: stage latencies of a finished response, measured by the shell."""
         return self._send("tutor.response.metrics", response_id=response_id, **metrics)
@@ -366,7 +371,7 @@ class RealtimeSession:
             self._item_created(item),
             self._send("response.content_part.added", part={"type": "text", "text": ""},
                        **ev.text_part(rid, item_id)),
-            Generate(rid, start.messages),
+            Generate(rid, start.messages, start.question),
         ]
 
     def _cancelled(self, cut: CancelResponse) -> list[Action]:

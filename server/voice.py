@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from accounts.errors import AuthError
 from dialogue.providers import ProviderError, Providers, Usage
+from rag.grounding import Grounding
 
 from . import events as ev
 from .protocol import Action, Cancel, Generate, RealtimeSession, Record, Send, Transcribe
@@ -50,19 +51,25 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         return
     await websocket.accept()
     session = RealtimeSession(state.session_config, provider_problem=state.providers.problem)
+    course = websocket.query_params.get("course") or state.settings.default_course
     await SessionRunner(websocket, session, state.providers, user_id=user.id,
-                        record=state.writer.submit).run()
+                        record=state.writer.submit, course=course,
+                        knowledge=state.knowledge(course)).run()
 
 
 class SessionRunner:
     def __init__(self, websocket: WebSocket, session: RealtimeSession, providers: Providers, *,
                  user_id: str | None = None,
-                 record: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 record: Callable[[dict[str, Any]], None] | None = None,
+                 knowledge: Callable[[str, str | None], Awaitable[Grounding]] | None = None,
+                 course: str | None = None) -> None:
         self.websocket = websocket
         self.session = session
         self.providers = providers
         self.user_id = user_id
         self.record = record  # hands a finished turn to the background writer (never awaits)
+        self.knowledge = knowledge  # (question, user id) → course passages and memories
+        self.course = course
         self._usage: dict[str, Usage] = {}
         self._metrics: dict[str, dict[str, float]] = {}
         self.outbox: asyncio.Queue[str] = asyncio.Queue()
@@ -113,6 +120,7 @@ class SessionRunner:
             return
         self.record({
             "session_id": self.session.id, "user_id": self.user_id, "kind": turn.kind,
+            "course": self.course,
             "response_id": turn.response_id, "transcript": turn.transcript,
             "answer": turn.answer, "status": turn.status,
             "cancelled": turn.status == "cancelled", "audio_seconds": turn.audio_seconds,
@@ -164,12 +172,20 @@ class SessionRunner:
     async def _generate(self, job: Generate, clock: TurnClock | None) -> None:
         rid = job.response_id
         chat = self.providers.chat
-        started = time.perf_counter()
         first_token = first_sent = 0.0
+        retrieval_ms = None
+        messages = job.messages
         try:
             if chat is None:
                 raise ProviderError("provider_not_configured", self.providers.problem or "no chat model")
-            async for delta in chat.stream(job.messages):
+            if self.knowledge is not None and job.question:
+                # Retrieval starts as soon as the answer does: the transcript is known by now.
+                grounding = await self.knowledge(job.question, self.user_id)
+                retrieval_ms = grounding.retrieval_ms
+                messages = grounding.apply(messages)
+                self.execute([self.session.response_citations(rid, grounding.citations())])
+            started = time.perf_counter()
+            async for delta in chat.stream(messages):
                 if isinstance(delta, Usage):
                     self._usage[rid] = delta
                     continue
@@ -187,7 +203,8 @@ class SessionRunner:
         else:
             extra: list[Action] = []
             if first_token:
-                self._metrics[rid] = _metrics(clock, started, first_token, first_sent)
+                self._metrics[rid] = _metrics(clock, started, first_token, first_sent,
+                                              retrieval_ms)
                 extra.append(self.session.response_metrics(rid, self._metrics[rid]))
             self.execute(self.session.response_completed(rid) + extra)
         finally:
@@ -196,12 +213,15 @@ class SessionRunner:
 
 
 def _metrics(clock: TurnClock | None, started: float, first_token: float,
-             first_sent: float) -> dict[str, float]:
+             first_sent: float, retrieval_ms: float | None) -> dict[str, float]:
     """Stage latencies in ms. `server_ms` is our own share of end-of-turn → first delta: the
-    time not spent waiting on the transcription or chat provider (including their SDK calls)."""
+    time not spent in transcription, retrieval, or waiting for the chat model's first token."""
     ms = {"llm_first_token_ms": (first_token - started) * 1000}
+    if retrieval_ms is not None:
+        ms["retrieval_ms"] = retrieval_ms
     if clock is not None:
         ms["stt_ms"] = (clock.stt_end - clock.stt_start) * 1000
         ms["end_of_turn_to_first_delta_ms"] = (first_sent - clock.ended) * 1000
-        ms["server_ms"] = ms["end_of_turn_to_first_delta_ms"] - ms["stt_ms"] - ms["llm_first_token_ms"]
+        ms["server_ms"] = (ms["end_of_turn_to_first_delta_ms"] - ms["stt_ms"]
+                           - ms["llm_first_token_ms"] - (retrieval_ms or 0.0))
     return {k: round(v, 3) for k, v in ms.items()}

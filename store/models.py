@@ -183,3 +183,12 @@ class EmailNotification(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+def described_by_models(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
+    """Autogenerate's `include_name`: False for the full-text search objects of migration 0002
+    (dialect-specific SQL the models cannot describe): `fts_*` tables (with FTS5's shadow
+    tables) and indexes, and the `search` columns of content and interactions."""
+    if type_ == "column":
+        return not (name == "search" and parent_names.get("table_name") in ("content", "interactions"))
+    return not (name or "").startswith("fts_")

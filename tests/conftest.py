@@ -54,6 +54,7 @@ def make_settings(fake: FakeOpenAI | None = None, **overrides: Any) -> Settings:
         provider_max_retries=0,
         database_url=f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='tutor-test-')}/tutor.db",
         google_client_id=None, supabase_url=None, supabase_jwt_secret=None, redis_url=None,
+        load_sample_course=False,  # the tests that want it say so
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -4,18 +4,24 @@
 with what it received (duration and rate, unless a transcript is queued);
 `POST /v1/chat/completions` streams SSE chunks with a set time to first token and inter-token
 delay. It fails on demand: queue "500", "timeout", "cut" (connection dropped mid-stream) or
-"stall" (stops sending mid-stream). Used by the tests (in-process) and by bench/ (as a
-subprocess: `python -m tests.fake_openai --port 9100 --stt-latency 0.3 --ttft 0.4`).
+"stall" (stops sending mid-stream). `POST /v1/embeddings` answers deterministic
+feature-hashing vectors (texts sharing words are similar), as floats or base64 as asked. Used by
+the tests (in-process) and by bench/ (as a subprocess:
+`python -m tests.fake_openai --port 9100 --stt-latency 0.3 --ttft 0.4`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import io
 import json
+import math
 import re
 import socket
+import struct
 import time
 import wave
 from dataclasses import dataclass, field
@@ -37,6 +43,7 @@ class Behaviour:
     transcripts: list[str] = field(default_factory=list)  # consumed one per transcription
     chat_failures: list[str] = field(default_factory=list)  # consumed one per chat request
     stt_failures: list[str] = field(default_factory=list)  # "500" | "timeout"
+    embedding_failures: list[str] = field(default_factory=list)  # "500" | "timeout", per request
     hang_seconds: float = 3600.0
 
 
@@ -45,9 +52,11 @@ class FakeOpenAI:
         self.behaviour = behaviour or Behaviour()
         self.transcriptions: list[dict[str, Any]] = []
         self.chats: list[dict[str, Any]] = []
+        self.embeddings: list[dict[str, Any]] = []  # model, inputs (count), encoding_format
         self.app = Starlette(routes=[
             Route("/v1/audio/transcriptions", self._transcribe, methods=["POST"]),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
+            Route("/v1/embeddings", self._embeddings, methods=["POST"]),
         ])
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
@@ -111,6 +120,33 @@ class FakeOpenAI:
                               _prompt_tokens(body["messages"]) if usage else None)
         return StreamingResponse(stream, media_type="text/event-stream")
 
+    async def _embeddings(self, request: Request) -> Response:
+        body = await request.json()
+        texts = [body["input"]] if isinstance(body.get("input"), str) else body.get("input")
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return JSONResponse({"error": {"message": "input must be a string or a list of strings",
+                                           "type": "invalid_request_error"}}, status_code=400)
+        encoding = body.get("encoding_format", "float")
+        model = body.get("model", "fake")
+        self.embeddings.append({"model": model, "inputs": len(texts), "encoding_format": encoding})
+        failures = self.behaviour.embedding_failures
+        failure = failures.pop(0) if failures else None
+        if failure == "500":
+            return JSONResponse({"error": {"message": "fake upstream failure",
+                                           "type": "server_error"}}, status_code=500)
+        if failure == "timeout":
+            await asyncio.sleep(self.behaviour.hang_seconds)
+        data = []
+        for i, text in enumerate(texts):
+            vector = fake_embedding(text)
+            # base64 is what the SDK asks for by default: little-endian float32, which it decodes.
+            value: Any = (base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                          if encoding == "base64" else vector)
+            data.append({"object": "embedding", "index": i, "embedding": value})
+        tokens = sum(len(t.split()) for t in texts)
+        return JSONResponse({"object": "list", "data": data, "model": model,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
     async def _stream(self, model: str, tokens: list[str], failure: str | None,
                       first_token_at: float, token_delay: float,
                       prompt_tokens: int | None) -> AsyncIterator[bytes]:
@@ -135,6 +171,37 @@ class FakeOpenAI:
         yield b"data: [DONE]\n\n"
 
 
+EMBEDDING_DIMENSIONS = 256
+
+
+def _stem(word: str) -> str:
+    """A crude stem, so that "divide", "divides", "dividing" and "divided" all give "divid"."""
+    if word.endswith("es") and word[:-2].endswith(("s", "x", "z", "ch", "sh")):
+        word = word[:-2]  # classes, boxes
+    else:
+        for suffix in ("ing", "ed", "s"):
+            if len(word) > len(suffix) + 2 and word.endswith(suffix) and not word.endswith("ss"):
+                word = word[:-len(suffix)]
+                break
+    return word[:-1] if len(word) > 4 and word.endswith("e") else word
+
+
+def fake_embedding(text: str) -> list[float]:
+    """Signed feature hashing of lower-cased, crudely stemmed words into 256 dimensions,
+    L2-normalised: deterministic across processes (hashlib, not the salted `hash`), and texts
+    that share words point the same way."""
+    vector = [0.0] * EMBEDDING_DIMENSIONS
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        word = _stem(word)
+        digest = hashlib.sha256(word.encode()).digest()
+        index = int.from_bytes(digest[:4], "little") % EMBEDDING_DIMENSIONS
+        vector[index] += 1.0 if digest[4] & 1 else -1.0
+    norm = math.sqrt(sum(v * v for v in vector))
+    if not norm:  # no words at all: still a unit vector, as a real model would give
+        return [1.0] + [0.0] * (EMBEDDING_DIMENSIONS - 1)
+    return [v / norm for v in vector]
+
+
 def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
     payload = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                "model": model,
@@ -155,7 +222,9 @@ def _completion(model: str, text: str) -> dict[str, Any]:
 
 async def serve_in_loop(app: Any, **options: Any) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
     """Run `app` under uvicorn in the current event loop on a free loopback port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP spelled out: asyncio only turns Nagle off on accepted sockets whose protocol
+    # says TCP, and with Nagle on every loopback request stalls ~40 ms on a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1, **options)

@@ -39,7 +39,7 @@ async def test_chat_streams_deltas_then_done(server, fake):
             assert r.headers["content-type"].startswith("text/event-stream")
             body = "".join([chunk async for chunk in r.aiter_text()])
     events = sse_events(body)
-    assert [e for e, _ in events] == ["delta"] * 4 + ["done"]
+    assert [e for e, _ in events] == ["citations"] + ["delta"] * 4 + ["done"]
     assert "".join(d["delta"] for e, d in events if e == "delta") == "Think about halves first."
     assert events[-1][1] == {"text": "Think about halves first."}
     sent = fake.chats[-1]["messages"]

@@ -7,7 +7,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from store.models import Base
+from store.models import Base, described_by_models
 
 config = context.config
 target_metadata = Base.metadata
@@ -19,6 +19,7 @@ def run(connection) -> None:  # type: ignore[no-untyped-def]
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters by table copy
         compare_type=True,
+        include_name=described_by_models,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -33,7 +34,7 @@ async def run_online() -> None:
 
 if context.is_offline_mode():
     context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
-                      literal_binds=True)
+                      literal_binds=True, include_name=described_by_models)
     with context.begin_transaction():
         context.run_migrations()
 else:

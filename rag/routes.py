@@ -1,0 +1,107 @@
+"""HTTP routes of course knowledge: documents (teachers and admins) and search (anyone signed in).
+
+Uploads are multipart (`file`, `course`); a document is replaced when its bytes change and left
+alone when they do not. After every change the course's vector matrix is reloaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from accounts.routes import require_user
+from dialogue.providers import ProviderError
+
+from .ingest import IngestError, delete_document, ingest, list_documents
+
+STATUS = {"document_too_large": 413, "unsupported_type": 415}
+
+
+async def upload_document(request: Request) -> Response:
+    await require_user(request, ("teacher", "admin"))
+    state = request.app.state
+    settings = state.settings
+    try:
+        form = await request.form(max_files=1, max_fields=4,
+                                  max_part_size=settings.rag_max_document_bytes + 1)
+    except Exception as exc:  # malformed multipart, a part over the limit
+        raise HTTPException(400, f"expected a multipart form with 'file' and 'course': {exc}")
+    upload, course = form.get("file"), form.get("course")
+    if not hasattr(upload, "read") or not isinstance(course, str) or not course.strip():
+        raise HTTPException(400, "expected a multipart form with 'file' and 'course'")
+    data = await upload.read(settings.rag_max_document_bytes + 1)  # type: ignore[union-attr]
+    filename = upload.filename or "upload"  # type: ignore[union-attr]
+    source = form.get("source") if isinstance(form.get("source"), str) else filename
+    try:
+        result = await ingest(state.db, state.retriever.embedder, course=course.strip(),
+                              source=source, filename=filename, data=data,
+                              max_bytes=settings.rag_max_document_bytes,
+                              max_chars=settings.rag_chunk_chars,
+                              overlap_chars=settings.rag_chunk_overlap_chars)
+    except IngestError as exc:
+        return _error(STATUS.get(exc.code, 400), exc.code, exc.message)
+    except ProviderError as exc:
+        return _error(502, exc.code, f"embedding failed, nothing changed: {exc.message}")
+    if result.status != "unchanged":
+        await state.retriever.vectors.refresh(state.db, result.course)
+    return JSONResponse({"status": result.status, "course": result.course,
+                         "source": result.source, "chunks": result.chunks},
+                        status_code=201 if result.status == "created" else 200)
+
+
+async def documents(request: Request) -> Response:
+    await require_user(request, ("teacher", "admin"))
+    course = request.query_params.get("course")
+    return JSONResponse({"items": _jsonable(await list_documents(request.app.state.db, course))})
+
+
+async def remove_document(request: Request) -> Response:
+    await require_user(request, ("teacher", "admin"))
+    course, source = request.query_params.get("course"), request.query_params.get("source")
+    if not course or not source:
+        raise HTTPException(400, "give ?course=…&source=…")
+    state = request.app.state
+    if not await delete_document(state.db, course, source):
+        raise HTTPException(404, "no such document")
+    await state.retriever.vectors.refresh(state.db, course)
+    return Response(status_code=204)
+
+
+async def search(request: Request) -> Response:
+    await require_user(request)
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise HTTPException(400, "body must be JSON") from exc
+    if not isinstance(body, dict) or not isinstance(body.get("query"), str) or not body["query"].strip():
+        raise HTTPException(400, "body needs a non-empty string 'query'")
+    k = body.get("k", request.app.state.settings.rag_top_k)
+    if not isinstance(k, int) or not 1 <= k <= 50:
+        raise HTTPException(400, "k must be an integer from 1 to 50")
+    course = body.get("course") if isinstance(body.get("course"), str) else None
+    hits = await request.app.state.retriever.search(body["query"], course=course, k=k)
+    return JSONResponse({"items": [
+        {"chunk_id": f"c{h.chunk_id}", "course": h.course, "document": h.source,
+         "heading": h.heading_path, "text": h.text, "score": h.score,
+         "fts_rank": h.fts_rank, "vector_rank": h.vector_rank} for h in hits]})
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+            for row in rows]
+
+
+routes = [
+    Route("/api/rag/documents", upload_document, methods=["POST"]),
+    Route("/api/rag/documents", documents, methods=["GET"]),
+    Route("/api/rag/documents", remove_document, methods=["DELETE"]),
+    Route("/api/rag/search", search, methods=["POST"]),
+]
