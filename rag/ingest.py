@@ -60,8 +60,7 @@ async def ingest(db: Database, embedder: Embedder | None, *, course: str, source
         model = embedder.model if embedder is not None else None
         async with db.session() as s:
             stored = await _stored_versions(s, course, digest)
-        current = stored.get(source)
-        if current is not None and (model is None or current == model):
+        if source in stored and (model is None or stored[source] == model):
             async with db.session() as s:
                 return IngestResult("unchanged", source, course, await _count(s, course, source))
         _refuse_duplicate(stored, source)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+from contextlib import AsyncExitStack
+from pathlib import Path
 
 import uvicorn
 
@@ -18,6 +21,31 @@ def uvicorn_options(settings: Settings) -> dict:
                 ws_per_message_deflate=False, lifespan="on")
 
 
+async def ingest_command(settings: Settings, paths: list[Path], course: str) -> int:
+    """`tutor ingest`: one line per file; exit status 1 if any file was refused."""
+    from rag.ingest import IngestError, ingest_paths
+    from store.db import Database, migrate, sqlite_url
+
+    from .app import embedder_for
+
+    db = Database(settings.database_url or sqlite_url(settings.data_dir))
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(db.close)
+        await asyncio.to_thread(migrate, db.url)
+        embedder = embedder_for(settings, stack)
+        if embedder is None:
+            print("no embedding provider configured: documents get full-text search only")
+        results = await ingest_paths(db, embedder, paths, course, settings.rag_max_document_bytes,
+                                     max_chars=settings.rag_chunk_chars,
+                                     overlap_chars=settings.rag_chunk_overlap_chars)
+    for r in results:
+        if isinstance(r, IngestError):
+            print(f"refused    {r.source}: {r.message} ({r.code})")
+        else:
+            print(f"{r.status:<10} {r.source}: {r.chunks} chunks")
+    return 1 if any(isinstance(r, IngestError) for r in results) else 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tutor", description="Real-time voice tutor server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -26,6 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--port", type=int, default=None, help="port (default TUTOR_PORT or 8000)")
     serve.add_argument("--log-level", default="info")
     sub.add_parser("migrate", help="bring the database schema up to date (serve also does this)")
+    ingest = sub.add_parser("ingest", help="load course documents (Markdown, text, HTML, PDF)")
+    ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to walk")
+    ingest.add_argument("--course", required=True, help="course name, e.g. algebra-1")
     args = parser.parse_args(argv)
 
     settings = Settings()
@@ -36,6 +67,8 @@ def main(argv: list[str] | None = None) -> None:
         settings.port = args.port or settings.port
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                     log_level=args.log_level, **uvicorn_options(settings))
+    elif args.command == "ingest":
+        raise SystemExit(asyncio.run(ingest_command(settings, args.paths, args.course)))
     elif args.command == "migrate":
         from store.db import migrate, sqlite_url
 

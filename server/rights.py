@@ -27,7 +27,8 @@ def interaction_json(row: Interaction) -> dict[str, Any]:
             "kind": row.kind, "course": row.course, "transcript": row.transcript,
             "answer": row.answer, "status": row.status, "audio_seconds": row.audio_seconds,
             "tokens_in": row.tokens_in, "tokens_out": row.tokens_out,
-            "latency_ms": {"stt": row.stt_ms, "llm_first_token": row.llm_first_token_ms,
+            "latency_ms": {"stt": row.stt_ms, "retrieval": row.retrieval_ms,
+                           "llm_first_token": row.llm_first_token_ms,
                            "end_of_turn_to_first_delta": row.end_of_turn_to_first_delta_ms,
                            "server": row.server_ms},
             "created_at": row.created_at.isoformat()}

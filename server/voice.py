@@ -127,6 +127,7 @@ class SessionRunner:
             "tokens_in": usage.tokens_in if usage else None,
             "tokens_out": usage.tokens_out if usage else None,
             "stt_ms": metrics.get("stt_ms"),
+            "retrieval_ms": metrics.get("retrieval_ms"),
             "llm_first_token_ms": metrics.get("llm_first_token_ms"),
             "end_of_turn_to_first_delta_ms": metrics.get("end_of_turn_to_first_delta_ms"),
             "server_ms": metrics.get("server_ms"),

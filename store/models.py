@@ -117,6 +117,7 @@ class Interaction(Base):
     tokens_in: Mapped[int | None] = mapped_column(Integer)
     tokens_out: Mapped[int | None] = mapped_column(Integer)
     stt_ms: Mapped[float | None] = mapped_column(Float)
+    retrieval_ms: Mapped[float | None] = mapped_column(Float)
     llm_first_token_ms: Mapped[float | None] = mapped_column(Float)
     end_of_turn_to_first_delta_ms: Mapped[float | None] = mapped_column(Float)
     server_ms: Mapped[float | None] = mapped_column(Float)

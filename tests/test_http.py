@@ -96,3 +96,25 @@ def test_tutor_serve_starts_without_any_key():
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_tutor_ingest_loads_files_and_reports_refusals(tmp_path):
+    """`tutor ingest PATH... --course NAME`: one line per file, exit status 1 if any is refused."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "cells.md").write_text("# Cells\n\nCells are the units of life. They divide.\n")
+    (docs / "broken.md").write_bytes(b"\x00\x01\x02")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "TUTOR_"))}
+    env["TUTOR_DATA_DIR"] = str(tmp_path / "data")
+    tutor = os.path.join(os.path.dirname(sys.executable), "tutor")
+
+    def run(*paths):
+        return subprocess.run([tutor, "ingest", *map(str, paths), "--course", "biology"],
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    first = run(docs)
+    assert first.returncode == 1
+    assert "created    cells.md: 1 chunks" in first.stdout
+    assert "refused    broken.md:" in first.stdout and "(undecodable)" in first.stdout
+    again = run(docs / "cells.md")
+    assert again.returncode == 0 and "unchanged  cells.md: 1 chunks" in again.stdout

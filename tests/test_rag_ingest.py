@@ -186,6 +186,8 @@ async def test_without_an_embedder_chunks_are_stored_without_vectors_and_embedde
         db: Database, fake: FakeOpenAI) -> None:
     assert (await put(db, None, V1)).status == "created"
     assert {(r.embedding, r.embedding_model) for r in await rows(db)} == {(None, None)}
+    # Nothing to add without an embedder: the same bytes are left alone.
+    assert (await put(db, None, V1)).status == "unchanged"
 
     # An embedder now: the same bytes are worth embedding, so they are stored again.
     assert (await put(db, embedder(fake), V1)).status == "replaced"
