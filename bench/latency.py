@@ -171,6 +171,8 @@ async def run_level(url: str, n: int, turns: int, proc: psutil.Process,
         "stt_call_overhead_ms": summary([c["stt_ms"] - stt_ms for _, _, c in latencies]),
         "llm_call_overhead_ms": summary([c["llm_first_token_ms"] - ttft_ms
                                          for _, _, c in latencies]),
+        # course retrieval (query embedding, full-text + vector search, fusion, student memory)
+        "retrieval_ms": summary([c.get("retrieval_ms", 0.0) for _, _, c in latencies]),
         "server_cpu_s_per_session": round(cpu / n, 4),
         "server_cpu_utilisation": round(cpu / wall, 3),
         "server_rss_mb_per_session": round((peak - rss0) / n / 2**20, 3),
@@ -209,6 +211,8 @@ def plot(results: list[dict], path: Path) -> None:
     ax.set_xlabel("concurrent sessions")
     ax.set_ylabel("server overhead (ms)")
     ax.set_title("Last speech frame → first text delta, minus fixed waits")
+    ax.plot(ns, [r["retrieval_ms"]["p50"] for r in results], marker="x", linestyle=":",
+            label="retrieval p50")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -255,8 +259,9 @@ async def main() -> None:
             e = r["overhead_from_end_frame_ms"]
             i = r["server_internal_ms"]
             st, ll = r["stt_call_overhead_ms"], r["llm_call_overhead_ms"]
+            rt = r["retrieval_ms"]
             print(f"N={n:4d}  turns={r['turns']:4d}  overhead p50={o['p50']} ms  p95={o['p95']} ms  "
-                  f"p99={o['p99']} ms  (from end frame: p50={e['p50']} p99={e['p99']}; server internal: p50={i['p50']} p99={i['p99']}; stt call +{st['p50']}/+{st['p99']}; llm call +{ll['p50']}/+{ll['p99']})  cpu/session={r['server_cpu_s_per_session']} s  "
+                  f"p99={o['p99']} ms  (from end frame: p50={e['p50']} p99={e['p99']}; server internal: p50={i['p50']} p99={i['p99']}; stt call +{st['p50']}/+{st['p99']}; llm call +{ll['p50']}/+{ll['p99']}; retrieval {rt['p50']}/{rt['p99']})  cpu/session={r['server_cpu_s_per_session']} s  "
                   f"server cpu={r['server_cpu_utilisation']:.0%}  "
                   f"mem/session={r['server_rss_mb_per_session']} MB  errors={len(r['errors'])}",
                   flush=True)

@@ -223,7 +223,8 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
                 async def lookup(question: str, user_id: str | None) -> Grounding:
                     return await ground(app.state.retriever, question, course=course,
                                         user_id=user_id, k=settings.rag_top_k,
-                                        memory_k=settings.rag_memory_k)
+                                        memory_k=settings.rag_memory_k,
+                                        budget_ms=settings.rag_budget_ms)
                 return lookup
 
             app.state.knowledge = knowledge

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     rag_chunk_overlap_chars: int = 150
     rag_top_k: int = 4
     rag_memory_k: int = 3  # the student's own earlier turns retrieved with each question
+    # A live turn waits at most this long for the query's embedding, then uses full-text results
+    # alone (an uncached embedding is a provider round trip: often 100-300 ms).
+    rag_budget_ms: float = 150.0
     default_course: str | None = None  # course a session uses when it names none
     load_sample_course: bool = True  # ingest rag/sample_course at startup (skipped if unchanged)
 
