@@ -41,7 +41,7 @@ async def ground(retriever: Any, question: str, *, course: str | None, user_id: 
     (the answer goes on ungrounded) rather than failing the turn. With a `budget_ms`, a hybrid
     search still waiting on the query's embedding by then gives way to full-text results."""
     started = time.perf_counter()
-    lookups = [_passages(retriever, question, course, k, budget_ms)]
+    lookups = [retriever.search(question, course=course, k=k, budget_ms=budget_ms)]
     if user_id is not None and memory_k:
         lookups.append(retriever.memory(question, user_id=user_id, k=memory_k))
     results = await asyncio.gather(*lookups, return_exceptions=True)
@@ -51,22 +51,6 @@ async def ground(retriever: Any, question: str, *, course: str | None, user_id: 
     memories = (results[1] if len(results) > 1 and not isinstance(results[1], BaseException)
                 else [])
     return Grounding(list(passages), list(memories), (time.perf_counter() - started) * 1000)
-
-
-async def _passages(retriever: Any, question: str, course: str | None, k: int,
-                    budget_ms: float | None) -> list[Any]:
-    if budget_ms is None or retriever.embedder is None:
-        return await retriever.search(question, course=course, k=k)
-    hybrid = asyncio.ensure_future(retriever.search(question, course=course, k=k))
-    fts = asyncio.ensure_future(retriever.search(question, course=course, k=k, mode="fts"))
-    done, _ = await asyncio.wait({hybrid}, timeout=budget_ms / 1000)
-    if hybrid in done and hybrid.exception() is None:
-        fts.cancel()
-        return hybrid.result()
-    # Not cancelled: once it finishes, the query's embedding is cached for the next time.
-    hybrid.add_done_callback(lambda t: t.cancelled() or t.exception())
-    log.info("retrieval: the query embedding missed the %.0f ms budget; full-text only", budget_ms)
-    return await fts
 
 
 def _snippet(text: str) -> str:

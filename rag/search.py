@@ -170,17 +170,21 @@ class Retriever:
         self._pgvector: bool | None = None  # found out on first use
 
     async def search(self, query: str, *, course: str | None, k: int = 4,
-                     mode: Mode = "hybrid") -> list[Hit]:
+                     mode: Mode = "hybrid", budget_ms: float | None = None) -> list[Hit]:
         """The k best chunks of `course` (None: every course); [] when there are none.
 
         mode "fts" / "vector" use one ranking only (for evaluation). In "hybrid", a failing
         embedding provider degrades the search to full-text (logged), because an answer with
         course text beats no answer; in "vector" it raises."""
-        hits, self.timings = await self.search_timed(query, course=course, k=k, mode=mode)
+        hits, self.timings = await self.search_timed(query, course=course, k=k, mode=mode,
+                                                     budget_ms=budget_ms)
         return hits
 
     async def search_timed(self, query: str, *, course: str | None, k: int = 4,
-                           mode: Mode = "hybrid") -> tuple[list[Hit], Timings]:
+                           mode: Mode = "hybrid", budget_ms: float | None = None
+                           ) -> tuple[list[Hit], Timings]:
+        """`budget_ms` (hybrid only): when the vector ranking (waiting on the query's embedding)
+        is not ready by then, fuse without it; it still finishes, so the embedding is cached."""
         if mode not in ("hybrid", "fts", "vector"):
             raise ValueError(f"unknown search mode {mode!r}")
         timings = Timings()
@@ -193,7 +197,10 @@ class Retriever:
             runs["fts"] = self._fts(query, course, depth, timings)
         if mode != "fts":
             runs["vector"] = self._vector(query, course, depth, timings, degrade=mode == "hybrid")
-        ranked = await _concurrently(runs)
+        if budget_ms is not None and len(runs) == 2:
+            ranked = await _within_budget(runs, started + budget_ms / 1000)
+        else:
+            ranked = await _concurrently(runs)
 
         fuse_started = time.perf_counter()
         fused = fuse(ranked)
@@ -313,6 +320,24 @@ async def _concurrently(runs: dict[str, Coroutine[Any, Any, list[int]]]) -> dict
         await asyncio.gather(*tasks.values(), return_exceptions=True)
         raise
     return {name: task.result() for name, task in tasks.items()}
+
+
+async def _within_budget(runs: dict[str, Coroutine[Any, Any, list[int]]],
+                         deadline: float) -> dict[str, list[int]]:
+    """Full-text is awaited whatever it takes; the vector ranking only until `deadline`."""
+    vector = asyncio.ensure_future(runs["vector"])
+    try:
+        fts = await runs["fts"]
+    except BaseException:
+        vector.cancel()
+        raise
+    done, _ = await asyncio.wait({vector}, timeout=max(0.0, deadline - time.perf_counter()))
+    if vector in done and vector.exception() is None:
+        return {"fts": fts, "vector": vector.result()}
+    if vector not in done:
+        log.info("vector ranking missed the retrieval budget; fusing full-text alone")
+        vector.add_done_callback(lambda t: t.cancelled() or t.exception())
+    return {"fts": fts}
 
 
 def _aware(moment: datetime) -> datetime:

@@ -42,6 +42,10 @@ class Database:
                 Path(database).parent.mkdir(parents=True, exist_ok=True)
         else:
             engine_options.setdefault("pool_pre_ping", True)
+        # Each live turn reads (retrieval, memory) while the writer writes: the default 5 (+10)
+        # connections queue under a hundred sessions.
+        engine_options.setdefault("pool_size", 10)
+        engine_options.setdefault("max_overflow", 30)
         self.engine: AsyncEngine = create_async_engine(self.url, **engine_options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect",

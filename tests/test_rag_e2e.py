@@ -158,6 +158,8 @@ async def test_a_teacher_uploads_replaces_lists_and_deletes_a_document(fake, jwk
         assert (listed["course"], listed["source"], listed["chunks"]) == ("marine", "notes.md", chunks)
 
         # a student may search, but not manage documents
+        assert any("starfish" in h["text"].lower() for h in
+                   await search(client, "starfish", student, course="marine"))
         assert (await client.post("/api/rag/documents", headers=student,
                                   **upload("mine.md", b"# Mine\n\nStudent notes."))).status_code == 403
         assert (await client.get("/api/rag/documents", headers=student)).status_code == 403
@@ -199,6 +201,7 @@ async def test_bad_uploads_get_clear_errors_and_leave_the_previous_version_whole
         refusals = [
             ("notes.md", b"", 400, "empty_document"),
             ("notes.md", NOTES + b"x" * 2000, 413, "document_too_large"),
+            ("notes.md", b"# Big\n\n" + b"word " * 200_000, 413, "document_too_large"),
             ("notes.md", b"# Notes\n\0\0\0\x01binary" * 10, 400, "undecodable"),
             ("notes.pdf", garbage, 400, "undecodable"),
             ("locked.pdf", encrypted_pdf(), 400, "encrypted_document"),
@@ -209,6 +212,17 @@ async def test_bad_uploads_get_clear_errors_and_leave_the_previous_version_whole
             r = await client.post("/api/rag/documents", headers=teacher, **upload(name, data))
             assert (r.status_code, r.json()["error"]["code"]) == (status, code), (name, r.text)
             assert r.json()["error"]["message"], name  # says what is wrong, in words
+
+        # a form without its course, or without a file
+        r = await client.post("/api/rag/documents", headers=teacher,
+                              files={"file": ("notes.md", NOTES_V2)})
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_request")
+        r = await client.post("/api/rag/documents", headers=teacher, data={"course": "marine"})
+        assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_request")
+        # a good new version whose embedding fails is refused as a whole (502), not half-stored
+        fake.behaviour.embedding_failures = ["500"]
+        r = await client.post("/api/rag/documents", headers=teacher, **upload("notes.md", NOTES_V2))
+        assert r.status_code == 502 and "nothing changed" in r.json()["error"]["message"]
 
         # only the first version is there, whole, and still found
         r = await client.get("/api/rag/documents", headers=teacher)
@@ -274,8 +288,7 @@ async def test_a_spoken_question_is_answered_from_the_course_with_citations_firs
     assert citations and all(c["course"] == "sample" for c in citations)
     for c in citations:
         check_citation(c)
-    assert {c["document"] for c in citations} == {"biology.md"} or \
-        citations[0]["document"] == "biology.md"
+    assert citations[0]["document"] == "biology.md"
     assert any(c["heading"].endswith("> Photosynthesis") for c in citations)
 
     # the model was given exactly those passages, by id, with the instructions to cite them
@@ -305,6 +318,16 @@ async def test_a_typed_question_gets_citations_before_the_answer(fake, start_ser
     system = system_prompt(fake)
     assert GROUNDING in system
     assert all(f"[{c['chunk_id']}]" in system for c in citations)
+
+    # when the embedding provider fails, the answer is still grounded, by words alone
+    fake.behaviour.embedding_failures = ["500"]
+    async with httpx.AsyncClient(base_url=f"http://{address}") as client:
+        events = await ask(client, "What does the enzyme rubisco do in the Calvin cycle?",
+                           course="sample")
+    assert fake.behaviour.embedding_failures == []  # the failure was met
+    assert events[-1][0] == "done"
+    [cited] = [data["citations"] for kind, data in events if kind == "citations"]
+    assert any(c["heading"].endswith("> The Calvin Cycle") for c in cited)
 
 
 # --- 6. a student's memory, theirs alone ------------------------------------------------------
