@@ -226,14 +226,18 @@ async def main() -> None:
     parser.add_argument("--stt-latency", type=float, default=0.3)
     parser.add_argument("--ttft", type=float, default=0.4)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--database-url", default=None,
+                        help="TUTOR_DATABASE_URL for the server (default: SQLite in a temp dir)")
     args = parser.parse_args()
 
     fake_port, port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "TUTOR_"))}
     data_dir = tempfile.mkdtemp(prefix="tutor-bench-")  # the server records every turn here
     env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fake_port}/v1",
-               TUTOR_PROVIDER_MAX_RETRIES="0", TUTOR_VAD_SILENCE_MS=str(SILENCE_MS),
+               TUTOR_VAD_SILENCE_MS=str(SILENCE_MS),
                TUTOR_DATA_DIR=data_dir)
+    if args.database_url:
+        env["TUTOR_DATABASE_URL"] = args.database_url
     fake = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--port", str(fake_port),
                              "--stt-latency", str(args.stt_latency), "--ttft", str(args.ttft)],
                             cwd=ROOT, env=env)
@@ -275,6 +279,7 @@ async def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "command": "python -m bench.latency " + " ".join(sys.argv[1:]),
+        "database": "postgresql" if args.database_url else "sqlite",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "fake_provider": {"stt_latency_s": args.stt_latency, "ttft_s": args.ttft,

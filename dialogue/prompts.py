@@ -30,15 +30,14 @@ def chat_messages(instructions: str, history: list[dict[str, str]]) -> list[dict
 
 
 def grounded(messages: list[dict[str, str]], passages: list[tuple[str, str, str]],
-             memories: list[tuple[str, str]] = (), *, course_has_material: bool = True
-             ) -> list[dict[str, str]]:
+             memories: list[tuple[str, str]] = ()) -> list[dict[str, str]]:
     """`messages` with the system prompt extended by course passages (id, heading, text) and the
     student's earlier turns (question, answer). Only the system message changes."""
     system = messages[0]["content"]
     if passages:
         system += GROUNDING + "".join(f"\n\n[{pid}] {heading}\n{text}" if heading else
                                       f"\n\n[{pid}]\n{text}" for pid, heading, text in passages)
-    elif course_has_material:
+    else:
         system += NO_MATERIAL
     if memories:
         system += MEMORY + "".join(f"\n- Student: {q}\n  Tutor: {a}" for q, a in memories)

@@ -37,7 +37,7 @@ async def upload_document(request: Request) -> Response:
     filename = upload.filename or "upload"  # type: ignore[union-attr]
     source = form.get("source") if isinstance(form.get("source"), str) else filename
     try:
-        result = await ingest(state.db, state.retriever.embedder, course=course.strip(),
+        result = await ingest(state.db, state.retriever.embedder, course=course,
                               source=source, filename=filename, data=data,
                               max_bytes=settings.rag_max_document_bytes,
                               max_chars=settings.rag_chunk_chars,

@@ -247,7 +247,10 @@ def main() -> None:
     args = parser.parse_args()
     fake = FakeOpenAI(Behaviour(stt_latency=args.stt_latency, ttft=args.ttft,
                                 token_delay=args.token_delay))
-    uvicorn.run(fake.app, host=args.host, port=args.port, log_level="warning")
+    # Idle connections are kept longer than the server's client keeps them (60 s), as real
+    # providers do, so the client never reuses a connection this side is just closing.
+    uvicorn.run(fake.app, host=args.host, port=args.port, log_level="warning",
+                timeout_keep_alive=120)
 
 
 if __name__ == "__main__":
