@@ -6,6 +6,7 @@ SQLite's FTS5 tables. Anything a student says or types is a safe query.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -51,31 +52,34 @@ def websearch_query(query: str) -> str:
 
 
 async def fts_search(session: AsyncSession, query: str, *, course: str | None,
-                     limit: int) -> list[tuple[int, float]]:
+                     limit: int, with_rows: bool = False) -> list[Any]:
     """(content id, score), best first. Scores are higher-is-better on both backends but only
-    comparable within one backend (ts_rank_cd vs. negated bm25); fusion uses the ranks."""
+    comparable within one backend (ts_rank_cd vs. negated bm25); fusion uses the ranks.
+    `with_rows`: rows with id, score, course, source, heading_path and text instead, saving a
+    round trip on the live path."""
     if limit <= 0 or not terms(query):
         return []
     params: dict[str, object] = {"limit": limit}
     if _dialect(session) == "postgresql":
         params["q"] = websearch_query(query)
-        sql = ("SELECT c.id, ts_rank_cd(c.search, q, 1) AS score "
+        sql = (f"SELECT c.id, ts_rank_cd(c.search, q, 1) AS score{_CONTENT if with_rows else ''} "
                "FROM content c, websearch_to_tsquery('english', :q) q WHERE c.search @@ q")
     else:
         params["q"] = fts5_query(query)
         # The join drops any index entry whose row is gone, should the index ever lag.
-        sql = ("SELECT c.id, -bm25(fts_content) AS score FROM fts_content "
-               "JOIN content c ON c.id = fts_content.rowid WHERE fts_content MATCH :q")
+        sql = (f"SELECT c.id, -bm25(fts_content) AS score{_CONTENT if with_rows else ''} "
+               "FROM fts_content JOIN content c ON c.id = fts_content.rowid "
+               "WHERE fts_content MATCH :q")
     if course is not None:
         sql += " AND c.course = :course"
         params["course"] = course
     sql += " ORDER BY score DESC, c.id LIMIT :limit"
-    rows = await session.execute(text(sql), params)
-    return [(int(i), float(s)) for i, s in rows.all()]
+    rows = (await session.execute(text(sql), params)).all()
+    return rows if with_rows else [(int(i), float(s)) for i, s, *_ in rows]
 
 
 async def memory_search(session: AsyncSession, query: str, *, user_id: str,
-                        limit: int) -> list[tuple[int, float]]:
+                        limit: int, with_rows: bool = False) -> list[Any]:
     """(interaction id, score) among `user_id`'s own turns only, best first.
 
     A privacy boundary: the user filter is part of the SQL, never applied afterwards, so another
@@ -87,17 +91,21 @@ async def memory_search(session: AsyncSession, query: str, *, user_id: str,
     params: dict[str, object] = {"user_id": user_id, "limit": limit}
     if _dialect(session) == "postgresql":
         params["q"] = websearch_query(query)
-        sql = ("SELECT i.id, ts_rank_cd(i.search, q, 1) AS score "
+        sql = (f"SELECT i.id, ts_rank_cd(i.search, q, 1) AS score{_TURN if with_rows else ''} "
                "FROM interactions i, websearch_to_tsquery('english', :q) q "
                "WHERE i.user_id = :user_id AND i.search @@ q")
     else:
         params["q"] = fts5_query(query)
-        sql = ("SELECT i.id, -bm25(fts_interactions) AS score FROM fts_interactions "
-               "JOIN interactions i ON i.id = fts_interactions.rowid "
+        sql = (f"SELECT i.id, -bm25(fts_interactions) AS score{_TURN if with_rows else ''} "
+               "FROM fts_interactions JOIN interactions i ON i.id = fts_interactions.rowid "
                "WHERE fts_interactions MATCH :q AND i.user_id = :user_id")
     sql += " ORDER BY score DESC, i.id DESC LIMIT :limit"  # ties: the more recent turn
-    rows = await session.execute(text(sql), params)
-    return [(int(i), float(s)) for i, s in rows.all()]
+    rows = (await session.execute(text(sql), params)).all()
+    return rows if with_rows else [(int(i), float(s)) for i, s, *_ in rows]
+
+
+_CONTENT = ", c.course, c.source, c.heading_path, c.text"
+_TURN = ", i.transcript, i.answer, i.created_at"
 
 
 def _dialect(session: AsyncSession) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 from sqlalchemy import Row, select
 
 from store.db import Database
-from store.models import Content, Interaction
+from store.models import Content
 
 from .embed import from_blob, to_blob
 from .fts import fts_search, memory_search
@@ -192,11 +192,15 @@ class Retriever:
         if k <= 0 or not query.strip():
             return [], timings
         depth = max(self.candidates, k)
+        # Each ranking brings its rows along (one round trip each, run at once), so fusion
+        # needs no further query in the usual case.
+        rows: dict[int, Any] = {}
         runs: dict[str, Coroutine[Any, Any, list[int]]] = {}
         if mode != "vector":
-            runs["fts"] = self._fts(query, course, depth, timings)
+            runs["fts"] = self._fts(query, course, depth, timings, rows)
         if mode != "fts":
-            runs["vector"] = self._vector(query, course, depth, timings, degrade=mode == "hybrid")
+            runs["vector"] = self._vector(query, course, depth, timings, rows,
+                                          degrade=mode == "hybrid")
         if budget_ms is not None and len(runs) == 2:
             ranked = await _within_budget(runs, started + budget_ms / 1000)
         else:
@@ -206,7 +210,9 @@ class Retriever:
         fused = fuse(ranked)
         # A few spare rows: the vector index may still hold a chunk deleted since it was loaded.
         wanted = fused[: k + 8]
-        rows = await self._chunks([id_ for id_, _, _ in wanted], course)
+        missing = [id_ for id_, _, _ in wanted if id_ not in rows]
+        if missing:
+            rows.update(await self._chunks(missing, course))
         hits = [Hit(r.id, r.course, r.source, r.heading_path, r.text, score,
                     ranks.get("fts"), ranks.get("vector"))
                 for id_, score, ranks in wanted if (r := rows.get(id_)) is not None][:k]
@@ -219,17 +225,11 @@ class Retriever:
         if not user_id or k <= 0:
             return []
         async with self.db.session() as s:
-            found = await memory_search(s, query, user_id=user_id, limit=k)
-            if not found:
-                return []
-            # The user filter again: the rows are read by id, and ids are not a boundary.
-            rows = {r.id: r for r in (await s.execute(
-                select(Interaction.id, Interaction.transcript, Interaction.answer,
-                       Interaction.created_at)
-                .where(Interaction.id.in_([i for i, _ in found]),
-                       Interaction.user_id == user_id))).all()}
-        return [MemoryHit(i, r.transcript, r.answer, _aware(r.created_at), score)
-                for i, score in found if (r := rows.get(i)) is not None]
+            # One query: the user filter and the columns together, so the rows returned are
+            # exactly the ones the filter admitted.
+            found = await memory_search(s, query, user_id=user_id, limit=k, with_rows=True)
+        return [MemoryHit(r.id, r.transcript, r.answer, _aware(_timestamp(r.created_at)),
+                          float(r.score)) for r in found]
 
     async def embed_query(self, query: str) -> tuple[np.ndarray, bool]:
         """The query's embedding and whether it came from the cache. A cache that fails (Redis
@@ -252,15 +252,16 @@ class Retriever:
         return vector, False
 
     async def _fts(self, query: str, course: str | None, depth: int,
-                   timings: Timings) -> list[int]:
+                   timings: Timings, rows: dict[int, Any]) -> list[int]:
         started = time.perf_counter()
         async with self.db.session() as s:
-            found = await fts_search(s, query, course=course, limit=depth)
+            found = await fts_search(s, query, course=course, limit=depth, with_rows=True)
+        rows.update((r.id, r) for r in found)
         timings.fts_ms = _ms(started)
-        return [i for i, _ in found]
+        return [r.id for r in found]
 
-    async def _vector(self, query: str, course: str | None, depth: int, timings: Timings, *,
-                      degrade: bool) -> list[int]:
+    async def _vector(self, query: str, course: str | None, depth: int, timings: Timings,
+                      rows: dict[int, Any], *, degrade: bool) -> list[int]:
         if self.embedder is None:
             return []
         started = time.perf_counter()
@@ -288,8 +289,10 @@ class Retriever:
                                               model=self.embedder.model, limit=depth)
         else:
             found = self.vectors.search(vector, course, depth)
+        ids = [i for i, _ in found]
+        rows.update(await self._chunks(ids, course))
         timings.vector_ms = load_ms + _ms(search_started)
-        return [i for i, _ in found]
+        return ids
 
     async def _use_pgvector(self) -> bool:
         if self._pgvector is None:
@@ -338,6 +341,11 @@ async def _within_budget(runs: dict[str, Coroutine[Any, Any, list[int]]],
         log.info("vector ranking missed the retrieval budget; fusing full-text alone")
         vector.add_done_callback(lambda t: t.cancelled() or t.exception())
     return {"fts": fts}
+
+
+def _timestamp(value: Any) -> datetime:
+    """A raw-SQL timestamp: a datetime from asyncpg, an ISO string from SQLite."""
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
 
 def _aware(moment: datetime) -> datetime:
