@@ -112,3 +112,12 @@ class Conversation:
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]
+
+
+def sse_events(body: str) -> list[tuple[str, Any]]:
+    """Server-Sent Events (`event:` and JSON `data:` lines) of a whole response body."""
+    out = []
+    for block in body.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -13,14 +12,8 @@ import httpx
 import pytest
 
 from tests.conftest import ROOT, make_settings
+from tests.realtime_client import sse_events
 
-
-def sse_events(body: str) -> list[tuple[str, dict]]:
-    out = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        out.append((lines["event"], json.loads(lines["data"])))
-    return out
 
 
 async def test_healthz_reports_providers(server):

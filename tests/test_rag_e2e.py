@@ -22,7 +22,7 @@ from dialogue.prompts import GROUNDING, NO_MATERIAL
 from store import queries
 from tests.conftest import make_settings, read_pcm
 from tests.fake_oidc import FakeJWKS
-from tests.realtime_client import Conversation, session_update
+from tests.realtime_client import Conversation, session_update, sse_events
 
 FRACTION_QUESTION = "Why do we flip the second fraction when dividing?"
 CITATION_KEYS = {"chunk_id", "course", "document", "heading", "score", "snippet"}
@@ -75,13 +75,6 @@ async def user(client: httpx.AsyncClient, app, jwks, email: str,  # type: ignore
 def upload(name: str, data: bytes, course: str = "marine") -> dict[str, Any]:
     return {"files": {"file": (name, data, "application/octet-stream")}, "data": {"course": course}}
 
-
-def sse_events(body: str) -> list[tuple[str, Any]]:
-    out = []
-    for block in body.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        out.append((lines["event"], json.loads(lines["data"])))
-    return out
 
 
 async def ask(client: httpx.AsyncClient, message: str, headers: dict[str, str] | None = None,
