@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus, urlencode, urlsplit
 
-import uvicorn
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OctKey, OKPKey, RSAKey
 from starlette.applications import Starlette
@@ -27,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.fake_openai import serve_in_loop
+from tests.fake_openai import LoopbackServer
 
 DROP = object()  # as a value in FakeOIDC.id_token_overrides: leave that claim out of the token
 
@@ -79,36 +78,6 @@ def _oauth_error(error: str, description: str, status: int = 400) -> JSONRespons
                         headers={"cache-control": "no-store"})
 
 
-class _Loopback:
-    """A Starlette app served by uvicorn on a free loopback port in the running event loop."""
-
-    app: Starlette
-
-    def __init__(self) -> None:
-        self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._server, self._task, self.port = await serve_in_loop(self.app)
-
-    async def stop(self) -> None:
-        assert self._server is not None and self._task is not None
-        self._server.should_exit = True
-        await self._task
-
-    async def __aenter__(self) -> Any:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-
 @dataclass
 class Grant:
     """What /authorize remembered for one authorization code."""
@@ -132,7 +101,7 @@ class Session:
     expires_at: float = field(default=float("inf"))
 
 
-class FakeOIDC(_Loopback):
+class FakeOIDC(LoopbackServer):
     """An OpenID Connect provider that signs in `user` at once (no login page).
 
     Forgery knobs, applied to the next ID token only and then reset: `id_token_overrides`
@@ -339,7 +308,7 @@ class FakeOIDC(_Loopback):
         return token
 
 
-class FakeJWKS(_Loopback):
+class FakeJWKS(LoopbackServer):
     """A Supabase project's key endpoint: `{project_url}/auth/v1/.well-known/jwks.json`.
 
     Starts with one ES256 and one RS256 key; `rotate` publishes another, `retire` withdraws one.

@@ -34,6 +34,36 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 
+class LoopbackServer:
+    """A Starlette app served by uvicorn on a free loopback port in the running event loop."""
+
+    app: Starlette
+
+    def __init__(self) -> None:
+        self.port = 0
+        self._server: uvicorn.Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self._server, self._task, self.port = await serve_in_loop(self.app)
+
+    async def stop(self) -> None:
+        assert self._server is not None and self._task is not None
+        self._server.should_exit = True
+        await self._task
+
+    async def __aenter__(self) -> Any:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
 @dataclass
 class Behaviour:
     stt_latency: float = 0.0
@@ -47,8 +77,9 @@ class Behaviour:
     hang_seconds: float = 3600.0
 
 
-class FakeOpenAI:
+class FakeOpenAI(LoopbackServer):
     def __init__(self, behaviour: Behaviour | None = None) -> None:
+        super().__init__()
         self.behaviour = behaviour or Behaviour()
         self.transcriptions: list[dict[str, Any]] = []
         self.chats: list[dict[str, Any]] = []
@@ -58,21 +89,10 @@ class FakeOpenAI:
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
         ])
-        self._server: uvicorn.Server | None = None
-        self._task: asyncio.Task[None] | None = None
-        self.port = 0
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
-
-    async def start(self) -> None:
-        self._server, self._task, self.port = await serve_in_loop(self.app)
-
-    async def stop(self) -> None:
-        assert self._server is not None and self._task is not None
-        self._server.should_exit = True
-        await self._task
 
     # -- endpoints -------------------------------------------------------------------------
     async def _transcribe(self, request: Request) -> Response:
