@@ -36,12 +36,13 @@ class Grounding:
 
 
 async def ground(retriever: Any, question: str, *, course: str | None, user_id: str | None,
-                 k: int, memory_k: int, budget_ms: float | None = None) -> Grounding:
+                 k: int, memory_k: int, wait_for_embedding: bool = True) -> Grounding:
     """Passages and memories are looked up concurrently; a failure of either degrades to none
-    (the answer goes on ungrounded) rather than failing the turn. With a `budget_ms`, a hybrid
-    search still waiting on the query's embedding by then gives way to full-text results."""
+    (the answer goes on ungrounded) rather than failing the turn. `wait_for_embedding=False`:
+    a question whose embedding is not cached is ranked by full-text now, embedded later."""
     started = time.perf_counter()
-    lookups = [retriever.search(question, course=course, k=k, budget_ms=budget_ms)]
+    lookups = [retriever.search(question, course=course, k=k,
+                                wait_for_embedding=wait_for_embedding)]
     if user_id is not None and memory_k:
         lookups.append(retriever.memory(question, user_id=user_id, k=memory_k))
     results = await asyncio.gather(*lookups, return_exceptions=True)

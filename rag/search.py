@@ -168,23 +168,26 @@ class Retriever:
         self.candidates = candidates
         self.timings = Timings()  # of the last search to finish (search_timed for your own)
         self._pgvector: bool | None = None  # found out on first use
+        self.embed_later_s = 0.5  # after a live turn's cache miss: once its answer has started
+        self._background: set[asyncio.Task[None]] = set()
 
     async def search(self, query: str, *, course: str | None, k: int = 4,
-                     mode: Mode = "hybrid", budget_ms: float | None = None) -> list[Hit]:
+                     mode: Mode = "hybrid", wait_for_embedding: bool = True) -> list[Hit]:
         """The k best chunks of `course` (None: every course); [] when there are none.
 
         mode "fts" / "vector" use one ranking only (for evaluation). In "hybrid", a failing
         embedding provider degrades the search to full-text (logged), because an answer with
         course text beats no answer; in "vector" it raises."""
         hits, self.timings = await self.search_timed(query, course=course, k=k, mode=mode,
-                                                     budget_ms=budget_ms)
+                                                     wait_for_embedding=wait_for_embedding)
         return hits
 
     async def search_timed(self, query: str, *, course: str | None, k: int = 4,
-                           mode: Mode = "hybrid", budget_ms: float | None = None
+                           mode: Mode = "hybrid", wait_for_embedding: bool = True
                            ) -> tuple[list[Hit], Timings]:
-        """`budget_ms` (hybrid only): when the vector ranking (waiting on the query's embedding)
-        is not ready by then, fuse without it; it still finishes, so the embedding is cached."""
+        """`wait_for_embedding=False` (live turns): the vector ranking uses the query's embedding
+        only if it is cached; a new question is ranked by full-text alone now and embedded a
+        moment later, off the turn's critical path, for the next time it is asked."""
         if mode not in ("hybrid", "fts", "vector"):
             raise ValueError(f"unknown search mode {mode!r}")
         timings = Timings()
@@ -200,11 +203,8 @@ class Retriever:
             runs["fts"] = self._fts(query, course, depth, timings, rows)
         if mode != "fts":
             runs["vector"] = self._vector(query, course, depth, timings, rows,
-                                          degrade=mode == "hybrid")
-        if budget_ms is not None and len(runs) == 2:
-            ranked = await _within_budget(runs, started + budget_ms / 1000)
-        else:
-            ranked = await _concurrently(runs)
+                                          degrade=mode == "hybrid", wait=wait_for_embedding)
+        ranked = await _concurrently(runs)
 
         fuse_started = time.perf_counter()
         fused = fuse(ranked)
@@ -231,19 +231,39 @@ class Retriever:
         return [MemoryHit(r.id, r.transcript, r.answer, _aware(_timestamp(r.created_at)),
                           float(r.score)) for r in found]
 
-    async def embed_query(self, query: str) -> tuple[np.ndarray, bool]:
-        """The query's embedding and whether it came from the cache. A cache that fails (Redis
-        down) counts as a miss: it must never fail a turn."""
-        if self.embedder is None:
-            raise RuntimeError("no embedder configured")
-        model, text = self.embedder.model, normalise_query(query)
+    async def _cached_embedding(self, query: str) -> np.ndarray | None:
+        """A cache that fails (Redis down) counts as a miss: it must never fail a turn."""
+        assert self.embedder is not None
         try:
-            cached = await self.query_cache.get(model, text)
+            return await self.query_cache.get(self.embedder.model, normalise_query(query))
         except Exception as error:
             log.warning("query-embedding cache unavailable: %r", error)
-            cached = None
+            return None
+
+    def _embed_later(self, query: str) -> None:
+        """Embed (and cache) `query` once the turn that asked it is under way: the SDK call costs
+        milliseconds of this event loop's time, and a hosted provider's round trip far more."""
+        async def embed() -> None:
+            try:
+                await self.embed_query(query)
+            except Exception as error:  # only a cache warm-up: the turn is long answered
+                log.info("background query embedding failed: %r", error)
+
+        def start() -> None:
+            task = asyncio.ensure_future(embed())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+        asyncio.get_running_loop().call_later(self.embed_later_s, start)
+
+    async def embed_query(self, query: str) -> tuple[np.ndarray, bool]:
+        """The query's embedding and whether it came from the cache."""
+        if self.embedder is None:
+            raise RuntimeError("no embedder configured")
+        cached = await self._cached_embedding(query)
         if cached is not None:
             return cached, True
+        model, text = self.embedder.model, normalise_query(query)
         vector = (await self.embedder.embed([text]))[0]
         try:
             await self.query_cache.put(model, text, vector)
@@ -261,7 +281,7 @@ class Retriever:
         return [r.id for r in found]
 
     async def _vector(self, query: str, course: str | None, depth: int, timings: Timings,
-                      rows: dict[int, Any], *, degrade: bool) -> list[int]:
+                      rows: dict[int, Any], *, degrade: bool, wait: bool = True) -> list[int]:
         if self.embedder is None:
             return []
         started = time.perf_counter()
@@ -273,8 +293,16 @@ class Retriever:
             return []
         load_ms = _ms(started)
         embed_started = time.perf_counter()
+        if not wait:
+            vector = await self._cached_embedding(query)
+            timings.cache_hit = vector is not None
+            if vector is None:
+                self._embed_later(query)
+                timings.embed_ms = _ms(embed_started)
+                return []
         try:
-            vector, timings.cache_hit = await self.embed_query(query)
+            if wait:
+                vector, timings.cache_hit = await self.embed_query(query)
         except Exception as error:
             if not degrade:
                 raise
@@ -323,24 +351,6 @@ async def _concurrently(runs: dict[str, Coroutine[Any, Any, list[int]]]) -> dict
         await asyncio.gather(*tasks.values(), return_exceptions=True)
         raise
     return {name: task.result() for name, task in tasks.items()}
-
-
-async def _within_budget(runs: dict[str, Coroutine[Any, Any, list[int]]],
-                         deadline: float) -> dict[str, list[int]]:
-    """Full-text is awaited whatever it takes; the vector ranking only until `deadline`."""
-    vector = asyncio.ensure_future(runs["vector"])
-    try:
-        fts = await runs["fts"]
-    except BaseException:
-        vector.cancel()
-        raise
-    done, _ = await asyncio.wait({vector}, timeout=max(0.0, deadline - time.perf_counter()))
-    if vector in done and vector.exception() is None:
-        return {"fts": fts, "vector": vector.result()}
-    if vector not in done:
-        log.info("vector ranking missed the retrieval budget; fusing full-text alone")
-        vector.add_done_callback(lambda t: t.cancelled() or t.exception())
-    return {"fts": fts}
 
 
 def _timestamp(value: Any) -> datetime:

@@ -224,7 +224,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
                     return await ground(app.state.retriever, question, course=course,
                                         user_id=user_id, k=settings.rag_top_k,
                                         memory_k=settings.rag_memory_k,
-                                        budget_ms=settings.rag_budget_ms)
+                                        wait_for_embedding=settings.rag_wait_for_embedding)
                 return lookup
 
             app.state.knowledge = knowledge

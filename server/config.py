@@ -87,10 +87,10 @@ class Settings(BaseSettings):
     rag_chunk_overlap_chars: int = 150
     rag_top_k: int = 4
     rag_memory_k: int = 3  # the student's own earlier turns retrieved with each question
-    # A live turn waits at most this long for the query's embedding, then uses full-text results
-    # alone (an uncached embedding is a provider round trip: often 100-300 ms, far more than the
-    # few ms retrieval may add; the embedding is cached when it arrives, for the next time).
-    rag_budget_ms: float = 20.0
+    # False: a question whose embedding is not cached yet is ranked by full-text alone and
+    # embedded just after (an embedding is a provider round trip, often 100-300 ms, and ~2 ms of
+    # SDK work on the event loop: far more than the few ms retrieval may add to a turn).
+    rag_wait_for_embedding: bool = False
     default_course: str | None = None  # course a session uses when it names none
     load_sample_course: bool = True  # ingest rag/sample_course at startup (skipped if unchanged)
 
