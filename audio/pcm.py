@@ -32,10 +32,6 @@ def samples_to_ms(samples: int, rate: int = VAD_RATE) -> int:
     return samples * 1000 // rate
 
 
-def ms_to_samples(ms: int, rate: int = VAD_RATE) -> int:
-    return ms * rate // 1000
-
-
 class Reframer:
     """Cuts a stream of arbitrarily sized chunks into frames of exactly `frame_bytes`.
 

@@ -72,17 +72,26 @@ def session_config(settings: Settings) -> SessionConfig:
     )
 
 
+def api_key(key: str | None, base_url: str | None) -> str | None:
+    """A local OpenAI-compatible server needs no key, but the SDK wants a non-empty string."""
+    return key or ("unused" if base_url else None)
+
+
+def provider_client(settings: Settings, key: str, base_url: str | None):  # type: ignore[no-untyped-def]
+    """One SDK client with the configured timeouts and retries (never the SDK's defaults)."""
+    return make_client(api_key=key, base_url=base_url, timeout=settings.provider_timeout_s,
+                       connect_timeout=settings.provider_connect_timeout_s,
+                       max_retries=settings.provider_max_retries)
+
+
 def build_providers(settings: Settings) -> tuple[Providers, list]:
     """OpenAI-compatible providers from settings; also returns the clients to close."""
-    common = dict(timeout=settings.provider_timeout_s,
-                  connect_timeout=settings.provider_connect_timeout_s,
-                  max_retries=settings.provider_max_retries)
     clients = []
     transcriber = chat = None
     missing = []
-    stt_key = settings.openai_api_key or ("unused" if settings.openai_base_url else None)
+    stt_key = api_key(settings.openai_api_key, settings.openai_base_url)
     if stt_key:
-        stt_client = make_client(api_key=stt_key, base_url=settings.openai_base_url, **common)
+        stt_client = provider_client(settings, stt_key, settings.openai_base_url)
         clients.append(stt_client)
         transcriber = OpenAITranscriber(stt_client, settings.transcription_model)
     else:
@@ -93,8 +102,7 @@ def build_providers(settings: Settings) -> tuple[Providers, list]:
                 and settings.chat_api_key == stt_key:
             chat_client = clients[0]  # same endpoint, same key: share the connection pool
         else:
-            chat_client = make_client(api_key=settings.chat_api_key,
-                                      base_url=settings.chat_base_url, **common)
+            chat_client = provider_client(settings, settings.chat_api_key, settings.chat_base_url)
             clients.append(chat_client)
         chat = OpenAIChatModel(chat_client, settings.llm_model, settings.llm_max_tokens)
     else:
@@ -163,12 +171,10 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def embedder_for(settings: Settings, stack: AsyncExitStack) -> OpenAIEmbedder | None:
     base_url = settings.embedding_base_url or settings.openai_base_url
-    key = settings.embedding_api_key or settings.openai_api_key or ("unused" if base_url else None)
+    key = api_key(settings.embedding_api_key or settings.openai_api_key, base_url)
     if not key:
         return None  # retrieval is then full-text only
-    client = make_client(api_key=key, base_url=base_url, timeout=settings.provider_timeout_s,
-                         connect_timeout=settings.provider_connect_timeout_s,
-                         max_retries=settings.provider_max_retries)
+    client = provider_client(settings, key, base_url)
     stack.push_async_callback(client.close)
     return OpenAIEmbedder(client, settings.embedding_model, settings.embedding_batch_size)
 

@@ -29,11 +29,14 @@ def chunks(pcm: bytes, rate: int, ms: int = CHUNK_MS) -> list[bytes]:
     return [pcm[i : i + size] for i in range(0, len(pcm), size)]
 
 
-def session_update(rate: int = 16000, **turn_detection: Any) -> str:
+KEEP = object()  # session_update: leave turn detection as it is
+
+
+def session_update(rate: int = 16000, turn_detection: Any = KEEP) -> str:
     session: dict[str, Any] = {"type": "realtime",
                                "audio": {"input": {"format": {"type": "audio/pcm", "rate": rate}}}}
-    if turn_detection:
-        session["audio"]["input"]["turn_detection"] = turn_detection.get("value", turn_detection)
+    if turn_detection is not KEEP:
+        session["audio"]["input"]["turn_detection"] = turn_detection
     return json.dumps({"type": "session.update", "session": session})
 
 

@@ -40,9 +40,8 @@ TURN_END = ["response.output_text.done", "response.content_part.done",
             "response.output_item.done", "response.done", "tutor.response.metrics"]
 
 
-def check_turns(conv: Conversation, n: int, rate_note: str = "16000 Hz") -> None:
+def check_turns(conv: Conversation, n: int) -> None:
     types = [t for t in conv.types() if t not in ("session.created", "session.updated")]
-    one_turn = None
     for i in range(n):  # each turn: the fixed prologue, ≥1 delta, the fixed epilogue
         assert types[: len(TURN_EVENTS)] == TURN_EVENTS, f"turn {i}: {types[:12]}"
         types = types[len(TURN_EVENTS):]
@@ -52,7 +51,6 @@ def check_turns(conv: Conversation, n: int, rate_note: str = "16000 Hz") -> None
         assert deltas > 0
         assert types[: len(TURN_END)] == TURN_END
         types = types[len(TURN_END):]
-        one_turn = True
     assert types == [], types
     dones = conv.of("response.done")
     assert len(dones) == n and all(d["response"]["status"] == "completed" for d in dones)
@@ -63,7 +61,6 @@ def check_turns(conv: Conversation, n: int, rate_note: str = "16000 Hz") -> None
         assert start["item_id"] == stop["item_id"] == text["item_id"]
         seconds = (stop["audio_end_ms"] - start["audio_start_ms"]) / 1000
         assert text["transcript"] == f"[{seconds:.2f} s of audio at 16000 Hz]"
-    assert one_turn or n == 0
     for metrics in conv.of("tutor.response.metrics"):  # stage latencies of each spoken turn
         assert metrics["end_of_turn_to_first_delta_ms"] >= metrics["stt_ms"] > 0
         assert metrics["server_ms"] == pytest.approx(
@@ -188,7 +185,7 @@ async def test_response_cancel_by_client(server, fake):
 async def test_manual_commit_mode(server, fake):
     async with websockets.connect(f"ws://{server}/v1/realtime") as ws:
         conv = Conversation(ws)
-        await ws.send(session_update(16000, value=None))
+        await ws.send(session_update(16000, turn_detection=None))
         updated = await conv.until("session.updated")
         assert updated["session"]["audio"]["input"]["turn_detection"] is None
         pcm = read_pcm("conversation.wav")  # three utterances, but nobody listens for pauses
