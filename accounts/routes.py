@@ -27,8 +27,14 @@ log = logging.getLogger("tutor.accounts")
 
 
 async def require_user(request: Request, roles: tuple[str, ...] = ()) -> User:
+    resolved = request.scope.get("state", {}).get("auth")  # by the request-limit middleware
     try:
-        user = await request.app.state.auth.user_of(request)
+        if resolved is None:
+            user = await request.app.state.auth.user_of(request)
+        elif resolved[1] is not None:
+            raise resolved[1]
+        else:
+            user = resolved[0]
     except AuthError as exc:
         raise HTTPException(401, f"{exc.code}: {exc.message}") from exc
     if user is None:
@@ -110,6 +116,7 @@ async def me(request: Request) -> Response:
 async def voice_ticket(request: Request) -> Response:
     """A single-use ticket for `?ticket=` on the voice socket (browsers cannot set headers)."""
     user = await require_user(request)
+    await request.app.state.billing.check_voice(user)  # 402 when the plan's minutes are spent
     ttl = request.app.state.settings.ticket_ttl_s
     ticket = await request.app.state.auth.tickets.issue(user.id, ttl)
     return JSONResponse({"ticket": ticket, "expires_in": ttl,

@@ -27,6 +27,13 @@ from accounts.identity import Authenticator
 from accounts.secrets import SecretBox
 from accounts.supabase import SupabaseVerifier
 from accounts.tickets import MemoryTickets, RedisTickets
+from billing import routes as billing_routes
+from billing.middleware import RequestLimitMiddleware
+from billing.quota import MemoryQuotas, RedisQuotas
+from billing.ratelimit import RequestLimiter, storage_for
+from billing.service import Billing, QuotaError
+from billing.stripe import StripeBilling
+from billing.tiers import TierCatalog
 from rag import routes as rag_routes
 from rag.embed import OpenAIEmbedder
 from rag.grounding import Grounding, ground
@@ -34,6 +41,7 @@ from rag.ingest import IngestError, ingest_paths
 from rag.search import MemoryQueryCache, RedisQueryCache, Retriever
 from rag.vectors import VectorIndex
 from store.db import Database, migrate, sqlite_url
+from store.models import UsageEntry
 from store.writer import InteractionWriter
 
 from dialogue.prompts import TUTOR_INSTRUCTIONS
@@ -162,11 +170,48 @@ async def open_accounts(settings: Settings, db: Database, redis_client,  # type:
 async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     codes = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-             503: "not_configured"}
+             409: "conflict", 503: "not_configured"}
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
     return JSONResponse({"error": {"code": codes.get(exc.status_code, "error"),
                                    "message": exc.detail}},
                         status_code=exc.status_code, headers=headers)
+
+
+def open_billing(settings: Settings, db: Database, redis_client,  # type: ignore[no-untyped-def]
+                 stack: AsyncExitStack) -> Billing:
+    catalog = TierCatalog.load(settings.tiers_file, settings.stripe_prices)
+    ledger = InteractionWriter(db, model=UsageEntry)
+    ledger.start()
+    stack.push_async_callback(ledger.stop)
+    quotas = RedisQuotas(redis_client) if redis_client is not None else MemoryQuotas()
+    billing = Billing(db, catalog, quotas, RequestLimiter(storage_for(settings.redis_url)),
+                      ledger=ledger.submit, anonymous_rpm=settings.anonymous_rpm,
+                      meter_step_ms=settings.quota_step_ms, default_model=settings.llm_model,
+                      large_model=settings.llm_model_large, guest_tier=settings.guest_tier)
+    billing.ledger_writer = ledger  # type: ignore[attr-defined]  # tests flush it
+    return billing
+
+
+def open_payments(settings: Settings, billing: Billing,  # type: ignore[no-untyped-def]
+                  stack: AsyncExitStack) -> StripeBilling | None:
+    if not settings.stripe_api_key:
+        return None
+    payments = StripeBilling(billing, api_key=settings.stripe_api_key,
+                             webhook_secret=settings.stripe_webhook_secret,
+                             api_base=settings.stripe_api_base,
+                             tolerance_s=settings.stripe_webhook_tolerance_s,
+                             grace_days=settings.payment_grace_days,
+                             timeout_s=settings.provider_timeout_s,
+                             public_url=settings.public_url)
+    stack.push_async_callback(payments.aclose)
+    return payments
+
+
+async def quota_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QuotaError)
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    return JSONResponse({"error": {"code": exc.code, "message": exc.message}},
+                        status_code=exc.status, headers=headers)
 
 
 def embedder_for(settings: Settings, stack: AsyncExitStack) -> OpenAIEmbedder | None:
@@ -223,6 +268,8 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             stack.push_async_callback(app.state.writer.stop)
             redis_client = open_redis(settings, stack)
             app.state.auth = await open_accounts(settings, app.state.db, redis_client, stack)
+            app.state.billing = open_billing(settings, app.state.db, redis_client, stack)
+            app.state.payments = open_payments(settings, app.state.billing, stack)
             app.state.retriever = await open_knowledge(settings, app.state.db, redis_client, stack)
 
             def knowledge(course: str | None):  # type: ignore[no-untyped-def]
@@ -253,10 +300,12 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             *account_routes.routes,
             *rights.routes,
             *rag_routes.routes,
+            *billing_routes.routes,
         ],
         middleware=[Middleware(SessionMiddleware, secret_key=session_secret,
                                session_cookie="tutor_session", max_age=settings.session_max_age_s,
-                               same_site="lax", https_only=settings.cookie_secure)],
-        exception_handlers={HTTPException: http_error},
+                               same_site="lax", https_only=settings.cookie_secure),
+                    Middleware(RequestLimitMiddleware)],
+        exception_handlers={HTTPException: http_error, QuotaError: quota_error},
         lifespan=lifespan,
     )

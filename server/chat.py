@@ -60,6 +60,9 @@ async def chat_endpoint(request: Request) -> Response:
     chat = state.providers.chat
     if chat is None:
         return _error(503, "provider_not_configured", state.providers.problem or "no chat model")
+    tier = await state.billing.tier_of(user)
+    await state.billing.take_chat(user, tier)  # 402 when today's typed questions are used up
+    model = state.billing.chat_model(tier)
     course = body.get("course") or state.settings.default_course
     grounding = await state.knowledge(course)(history[-1]["content"], user.id)
     messages = grounding.apply(chat_messages(instructions or state.session_config.instructions,
@@ -72,7 +75,7 @@ async def chat_endpoint(request: Request) -> Response:
         usage: Usage | None = None
         status = "completed"
         try:
-            async for delta in chat.stream(messages):
+            async for delta in chat.stream(messages, model=model):
                 if isinstance(delta, Usage):
                     usage = delta
                     continue

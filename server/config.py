@@ -94,6 +94,23 @@ class Settings(BaseSettings):
     default_course: str | None = None  # course a session uses when it names none
     load_sample_course: bool = True  # ingest rag/sample_course at startup (skipped if unchanged)
 
+    # Tiers, quotas and payments (billing/; docs/billing.md)
+    tiers_file: Path | None = None  # JSON plans; default: billing.tiers.DEFAULT_TIERS
+    llm_model_large: str = Field("gpt-4o", validation_alias=AliasChoices("LLM_MODEL_LARGE",
+                                                                         "llm_model_large"))
+    guest_tier: str = "free"  # the dev guest's plan
+    anonymous_rpm: int | None = 60  # requests a minute per address before sign-in
+    quota_step_ms: int = 1000  # voice is charged to the shared counters in steps of this much
+    stripe_api_key: str | None = Field(None, validation_alias=AliasChoices(
+        "STRIPE_API_KEY", "STRIPE_SECRET_KEY", "stripe_api_key"))
+    stripe_webhook_secret: str | None = Field(None, validation_alias=AliasChoices(
+        "STRIPE_WEBHOOK_SECRET", "stripe_webhook_secret"))
+    stripe_api_base: str | None = None  # default: Stripe's; tests point it at a loopback fake
+    # tier=price pairs, e.g. "pro=price_123,school=price_456"
+    stripe_prices: Annotated[dict[str, str], NoDecode] = {}
+    stripe_webhook_tolerance_s: int = 300
+    payment_grace_days: float = 7.0  # a paid plan survives a failed payment this long
+
     @property
     def sign_in_configured(self) -> bool:
         return bool(self.google_client_id or self.supabase_url or self.supabase_jwt_secret)
@@ -126,3 +143,13 @@ class Settings(BaseSettings):
     @classmethod
     def _origins(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("stripe_prices", mode="before")
+    @classmethod
+    def _prices(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs = [item.split("=", 1) for item in _split(value)]  # type: ignore[union-attr]
+        if any(len(p) != 2 for p in pairs):
+            raise ValueError("TUTOR_STRIPE_PRICES must be tier=price pairs separated by commas")
+        return {k.strip(): v.strip() for k, v in pairs}

@@ -18,7 +18,8 @@ from typing import Any, Callable, Union
 
 from audio.pcm import SAMPLE_WIDTH, AudioFormatError, wav_bytes
 from audio.turns import AudioInput, TurnEnded, TurnStarted, VadSettings
-from dialogue.turns import CancelResponse, ResponseAlreadyActive, StartResponse, TurnTaker
+from billing.meter import VoiceMeter, VoiceUsage
+from dialogue.turns import CancelResponse, ResponseAlreadyActive, StartResponse, TurnState, TurnTaker
 
 from . import events as ev
 
@@ -43,6 +44,7 @@ class Generate:
     response_id: str
     messages: list[dict[str, str]]
     question: str = ""  # what the answer answers: retrieval looks this up first
+    model: str | None = None  # the chat model (the tier's); None: the provider's default
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,32 @@ class Record:
     audio_seconds: float | None
 
 
-Action = Union[Send, Transcribe, Generate, Cancel, Record]
+@dataclass(frozen=True)
+class Charge:
+    """Voice milliseconds received, to add to the user's shared quota counters."""
+
+    ms: int
+
+
+@dataclass(frozen=True)
+class ReportLimits:
+    """Send `rate_limits.updated` with the session's current allowance (built by the shell)."""
+
+
+@dataclass(frozen=True)
+class Close:
+    """Close the socket with this code, after every event decided before it has been sent."""
+
+    code: int
+    reason: str
+
+
+Action = Union[Send, Transcribe, Generate, Cancel, Record, Charge, ReportLimits, Close]
+
+# Close codes of a session ended by its plan (see docs/billing.md).
+CLOSE_CODES = {"quota_exceeded": 4402, "session_expired": 4408}
+# Client events refused once the session is closing (they would start new work).
+WORK_EVENTS = {"input_audio_buffer.commit", "conversation.item.create", "response.create"}
 
 
 @dataclass(frozen=True)
@@ -108,9 +135,13 @@ UNSUPPORTED = {
 
 
 class RealtimeSession:
-    def __init__(self, config: SessionConfig, *, provider_problem: str | None = None) -> None:
+    def __init__(self, config: SessionConfig, *, provider_problem: str | None = None,
+                 meter: VoiceMeter | None = None) -> None:
         self.config = config
         self.provider_problem = provider_problem
+        self.meter = meter  # the plan's voice allowance; None: unmetered
+        self._closing: tuple[str, str] | None = None  # (code, message) once the plan ends it
+        self.closed = False
         self.ids = ev.Ids()
         self.id = self.ids("sess")
         self.turns = TurnTaker(
@@ -139,7 +170,9 @@ class RealtimeSession:
 
     # -- entry points ----------------------------------------------------------------------
     def open(self) -> list[Action]:
-        out = [self._send("session.created", session=self._session_object())]
+        out: list[Action] = [self._send("session.created", session=self._session_object())]
+        if self.meter is not None:
+            out.append(ReportLimits())
         if self.provider_problem:
             out.append(self._error("provider_not_configured", self.provider_problem,
                                    type="server_error"))
@@ -163,17 +196,21 @@ class RealtimeSession:
             if not isinstance(kind, str):
                 raise ClientError("missing_required_parameter", "event has no string 'type'", "type")
             handler = self._handlers.get(kind)
+            if self._closing is not None and kind in WORK_EVENTS:
+                raise ClientError(self._closing[0], "the session is ending: " + self._closing[1])
             if handler is None:
                 if kind in UNSUPPORTED:
                     raise ClientError("unsupported_event", f"'{kind}' is not supported by this server")
                 raise ClientError("unknown_event_type", f"unknown event type '{kind}'", "type")
-            return handler(message, now)
+            return self._then_maybe_close(handler(message, now))
         except ClientError as exc:
             return [self._error(exc.code, exc.message, event_id=event_id, param=exc.param)]
 
     def receive_audio(self, pcm: bytes, now: float, *, event_id: str | None = None) -> list[Action]:
         if len(pcm) > self.config.max_message_bytes:
             return [self._too_large(len(pcm), event_id)]
+        if self._closing is not None:
+            return []  # the plan ended the session: what arrives now is neither heard nor billed
         chunk_ms = len(pcm) / SAMPLE_WIDTH * 1000 / self.config.input_rate
         if self._last_audio_at is not None:
             refill = (now - self._last_audio_at) * 1000
@@ -196,14 +233,72 @@ class RealtimeSession:
                 out += self._speech_started(turn_event)
             else:
                 out += self._speech_stopped(turn_event)
+        if self.meter is not None:
+            charge = self.meter.audio(chunk_ms)
+            if charge:
+                out.append(Charge(charge))
+            if self.meter.exhausted:
+                out += self._end("quota_exceeded", "the plan's voice minutes are used up")
         return out
+
+    # -- the plan's allowance --------------------------------------------------------------
+    def quota_charged(self, usage: VoiceUsage) -> list[Action]:
+        """The shared counter recorded a charge and says what this user has used in all."""
+        assert self.meter is not None
+        out: list[Action] = []
+        charge = self.meter.charged(usage)
+        if charge:
+            out.append(Charge(charge))
+        if self.meter.exhausted:  # perhaps by another session of the same user
+            out += self._end("quota_exceeded", "the plan's voice minutes are used up")
+        return out
+
+    def quota_charge_failed(self) -> list[Action]:
+        """The counter was unreachable: the amount is kept and charged with the next audio."""
+        assert self.meter is not None
+        self.meter.charge_failed()
+        return []
+
+    def expire(self) -> list[Action]:
+        """The plan's maximum session length is reached (the shell's timer says so)."""
+        return self._end("session_expired", "the plan's maximum session length is reached")
+
+    def final_charge(self) -> Charge | None:
+        """When the socket is gone: the audio not yet charged."""
+        if self.meter is None:
+            return None
+        ms = self.meter.flush()
+        return Charge(ms) if ms else None
+
+    def _end(self, code: str, message: str) -> list[Action]:
+        """End the session for the plan: speech in progress is dropped, an answer already being
+        given (or awaited for a finished turn) completes, then `error` and `Close`."""
+        if self._closing is not None:
+            return []
+        self._closing = (code, message)
+        self.audio.clear()
+        if self._speech_item_id is not None:
+            self._speech_item_id = None
+            self.turns.speech_discarded()
+        return self._maybe_close()
+
+    def _maybe_close(self) -> list[Action]:
+        if self._closing is None or self.closed or self.turns.state != TurnState.LISTENING:
+            return []
+        self.closed = True
+        code, message = self._closing
+        return [ReportLimits(), self._error(code, message, type="invalid_request_error"),
+                Close(CLOSE_CODES[code], code)]
+
+    def _then_maybe_close(self, out: list[Action]) -> list[Action]:
+        return out + self._maybe_close() if self._closing is not None else out
 
     def transcription_completed(self, item_id: str, text: str, seconds: float) -> list[Action]:
         out: list[Action] = [self._send(
             "conversation.item.input_audio_transcription.completed",
             item_id=item_id, content_index=0, transcript=text,
             usage={"type": "duration", "seconds": round(seconds, 3)})]
-        return out + self._start(self.turns.transcribed(item_id, text))
+        return self._then_maybe_close(out + self._start(self.turns.transcribed(item_id, text)))
 
     def transcription_failed(self, item_id: str, code: str, message: str) -> list[Action]:
         out: list[Action] = [
@@ -212,7 +307,7 @@ class RealtimeSession:
                        error={"type": "server_error", "code": code, "message": message}),
             self._error(code, f"transcription of {item_id} failed: {message}", type="server_error"),
         ]
-        return out + self._start(self.turns.transcription_failed(item_id))
+        return self._then_maybe_close(out + self._start(self.turns.transcription_failed(item_id)))
 
     def response_delta(self, response_id: str, delta: str) -> list[Action]:
         if not self.turns.delta(response_id, delta):
@@ -225,7 +320,8 @@ class RealtimeSession:
         if result is None:
             return []
         text, next_response = result
-        return self._close_response(response_id, text, "completed") + self._start(next_response)
+        return self._then_maybe_close(self._close_response(response_id, text, "completed")
+                                      + self._start(next_response))
 
     def response_failed(self, response_id: str, code: str, message: str) -> list[Action]:
         text = self.turns.failed(response_id)
@@ -233,13 +329,17 @@ class RealtimeSession:
             return []
         details = {"type": "failed", "error": {"type": "server_error", "code": code,
                                                 "message": message}}
-        return [self._error(code, message, type="server_error"),
-                *self._close_response(response_id, text, "failed", details),
-                *self._start(self.turns.next_response())]
+        return self._then_maybe_close([self._error(code, message, type="server_error"),
+                                       *self._close_response(response_id, text, "failed", details),
+                                       *self._start(self.turns.next_response())])
 
     def response_citations(self, response_id: str, citations: list[dict[str, Any]]) -> Send:
         """`tutor.citations`: the course passages an answer is grounded in, before its text."""
         return self._send("tutor.citations", response_id=response_id, citations=citations)
+
+    def rate_limits_updated(self, rate_limits: list[dict[str, Any]]) -> Send:
+        """`rate_limits.updated`: what the plan has left (entries built by `billing`)."""
+        return self._send("rate_limits.updated", rate_limits=rate_limits)
 
     def response_metrics(self, response_id: str, metrics: dict[str, float]) -> Send:
         """`tutor.response.metrics`: stage latencies of a finished response, measured by the shell."""
@@ -371,7 +471,7 @@ class RealtimeSession:
             self._item_created(item),
             self._send("response.content_part.added", part={"type": "text", "text": ""},
                        **ev.text_part(rid, item_id)),
-            Generate(rid, start.messages, start.question),
+            Generate(rid, start.messages, start.question, self.config.model),
         ]
 
     def _cancelled(self, cut: CancelResponse) -> list[Action]:
@@ -395,6 +495,7 @@ class RealtimeSession:
                        response=ev.response(rid, status, [item], status_details=details)),
             Record(rid, "voice" if audio_s else "text", question, text, status,
                    round(audio_s, 3) if audio_s else None),
+            *([ReportLimits()] if self.meter is not None else []),
         ]
 
     # -- helpers ---------------------------------------------------------------------------

@@ -12,18 +12,20 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from typing import Any, Awaitable, Callable
 
 from accounts.errors import AuthError
+from billing.service import Billing, QuotaError, VoiceGrant
 from dialogue.providers import ProviderError, Providers, Usage
 from rag.grounding import Grounding
 
 from . import events as ev
-from .protocol import Action, Cancel, Generate, RealtimeSession, Record, Send, Transcribe
+from .protocol import (Action, Cancel, Charge, Close, Generate, RealtimeSession, Record,
+                       ReportLimits, Send, Transcribe)
 
 log = logging.getLogger("tutor.voice")
 
@@ -37,24 +39,48 @@ class TurnClock:
     stt_end: float = 0.0
 
 
+async def refuse(websocket: WebSocket, code: str, message: str, error_type: str,
+                 close_code: int) -> None:
+    """Accepted only to say why, in the protocol's own terms, then closed: no audio is read."""
+    await websocket.accept()
+    refusal = ev.error(code, message, type=error_type)
+    refusal["event_id"] = ev.Ids()("event")
+    await websocket.send_text(json.dumps(refusal))
+    await websocket.close(code=close_code, reason=code)
+
+
 async def realtime_endpoint(websocket: WebSocket) -> None:
     state = websocket.app.state
     try:
         user = await state.auth.socket_user(websocket)
     except AuthError as exc:
-        # Accepted only to say why, in the protocol's own terms, then closed: no audio is read.
-        await websocket.accept()
-        refusal = ev.error(exc.code, exc.message, type="authentication_error")
-        refusal["event_id"] = ev.Ids()("event")
-        await websocket.send_text(json.dumps(refusal))
-        await websocket.close(code=1008, reason=exc.code)
+        await refuse(websocket, exc.code, exc.message, "authentication_error", 1008)
         return
-    await websocket.accept()
-    session = RealtimeSession(state.session_config, provider_problem=state.providers.problem)
-    course = websocket.query_params.get("course") or state.settings.default_course
-    await SessionRunner(websocket, session, state.providers, user_id=user.id,
-                        record=state.writer.submit, course=course,
-                        knowledge=state.knowledge(course)).run()
+    billing: Billing = state.billing
+    config = state.session_config
+    session_id = ev.Ids()("sess")
+    try:
+        client = websocket.client.host if websocket.client else "unknown"
+        await billing.check_request("voice", user, client)
+        grant = await billing.open_voice(user, session_id)
+    except QuotaError as exc:
+        await refuse(websocket, exc.code, exc.message, "invalid_request_error", exc.close_code)
+        return
+    try:
+        model = billing.chat_model(grant.tier)
+        if model and model != config.model:
+            config = replace(config, model=model)
+        session = RealtimeSession(config, provider_problem=state.providers.problem,
+                                  meter=grant.meter)
+        session.id = session_id
+        await websocket.accept()
+        course = websocket.query_params.get("course") or state.settings.default_course
+        await SessionRunner(websocket, session, state.providers, user_id=user.id,
+                            record=state.writer.submit, course=course,
+                            knowledge=state.knowledge(course), billing=billing,
+                            grant=grant).run()
+    finally:
+        await billing.close_voice(user.id, session_id)
 
 
 class SessionRunner:
@@ -62,7 +88,8 @@ class SessionRunner:
                  user_id: str | None = None,
                  record: Callable[[dict[str, Any]], None] | None = None,
                  knowledge: Callable[[str, str | None], Awaitable[Grounding]] | None = None,
-                 course: str | None = None) -> None:
+                 course: str | None = None, billing: Billing | None = None,
+                 grant: VoiceGrant | None = None) -> None:
         self.websocket = websocket
         self.session = session
         self.providers = providers
@@ -70,9 +97,12 @@ class SessionRunner:
         self.record = record  # hands a finished turn to the background writer (never awaits)
         self.knowledge = knowledge  # (question, user id) → course passages and memories
         self.course = course
+        self.billing = billing
+        self.grant = grant
+        self.charges: set[asyncio.Task[None]] = set()  # never cancelled: billing must land
         self._usage: dict[str, Usage] = {}
         self._metrics: dict[str, dict[str, float]] = {}
-        self.outbox: asyncio.Queue[str] = asyncio.Queue()
+        self.outbox: asyncio.Queue[str | Close] = asyncio.Queue()
         self.responses: dict[str, asyncio.Task[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
@@ -81,6 +111,12 @@ class SessionRunner:
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())
         self.execute(self.session.open())
+        timers: list[asyncio.TimerHandle] = []
+        if self.grant is not None and self.grant.tier.max_session_minutes:
+            timers.append(self.loop.call_later(self.grant.tier.max_session_minutes * 60,
+                                               lambda: self.execute(self.session.expire())))
+        if self.grant is not None and self.billing is not None:
+            self._spawn(self._keep_alive())
         try:
             while True:
                 message = await self.websocket.receive()
@@ -94,8 +130,11 @@ class SessionRunner:
         except WebSocketDisconnect:
             pass
         finally:
+            for timer in timers:
+                timer.cancel()
             for task in (*self.tasks, writer):
                 task.cancel()
+            await self._settle_charges()
 
     def execute(self, actions: list[Action]) -> None:
         for action in actions:
@@ -112,6 +151,52 @@ class SessionRunner:
                     task.cancel()
             elif isinstance(action, Record):
                 self._record(action)
+            elif isinstance(action, Charge):
+                task = asyncio.create_task(self._charge(action.ms))
+                self.charges.add(task)
+                task.add_done_callback(self.charges.discard)
+            elif isinstance(action, ReportLimits):
+                entries = (self.billing.rate_limits(self.grant)
+                           if self.billing is not None and self.grant is not None else [])
+                if entries:  # an unlimited plan has nothing to report
+                    event = self.session.rate_limits_updated(entries)
+                    self.outbox.put_nowait(json.dumps(event.event))
+            elif isinstance(action, Close):
+                self.outbox.put_nowait(action)  # the writer closes after what is queued before
+
+    async def _charge(self, ms: int) -> None:
+        assert self.billing is not None and self.grant is not None and self.user_id is not None
+        try:
+            usage = await self.billing.charge_voice(self.user_id, self.session.id,
+                                                    self.grant.tier, ms)
+        except Exception as exc:
+            self.billing._store_failed("voice charge", exc)
+            self.execute(self.session.quota_charge_failed())
+        else:
+            self.execute(self.session.quota_charged(usage))
+
+    async def _settle_charges(self) -> None:
+        """The socket is gone: wait for charges in flight, then charge what is left."""
+        if self.billing is None or self.grant is None:
+            return
+        if self.charges:
+            await asyncio.wait(set(self.charges), timeout=5.0)
+        final = self.session.final_charge()
+        if final is not None and self.user_id is not None:
+            try:
+                await self.billing.charge_voice(self.user_id, self.session.id, self.grant.tier,
+                                                final.ms)
+            except Exception as exc:
+                self.billing._store_failed("voice charge", exc)
+                log.error("session %s: %d ms of voice could not be charged", self.session.id,
+                          final.ms)
+
+    async def _keep_alive(self) -> None:
+        """Keeps this session counted among the user's live ones (the count expires on a crash)."""
+        assert self.billing is not None and self.user_id is not None
+        while True:
+            await asyncio.sleep(self.billing.session_ttl_s / 3)
+            await self.billing.keep_voice(self.user_id, self.session.id)
 
     def _record(self, turn: Record) -> None:
         usage = self._usage.pop(turn.response_id, None)
@@ -142,7 +227,11 @@ class SessionRunner:
     async def _write(self) -> None:
         try:
             while True:
-                await self.websocket.send_text(await self.outbox.get())
+                message = await self.outbox.get()
+                if isinstance(message, Close):
+                    await self.websocket.close(code=message.code, reason=message.reason)
+                    return
+                await self.websocket.send_text(message)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client went away; the reader loop sees the disconnect
 
@@ -186,7 +275,7 @@ class SessionRunner:
                 messages = grounding.apply(messages)
                 self.execute([self.session.response_citations(rid, grounding.citations())])
             started = time.perf_counter()
-            async for delta in chat.stream(messages):
+            async for delta in chat.stream(messages, model=job.model):
                 if isinstance(delta, Usage):
                     self._usage[rid] = delta
                     continue

@@ -11,7 +11,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Float, ForeignKey,
-                        Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint)
+                        Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint,
+                        false)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("student", "teacher", "admin")
@@ -61,6 +62,16 @@ class User(Base):
     oauth_refresh_token: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    # The Stripe subscription behind `tier`, as last fetched from Stripe (billing.stripe).
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), index=True, unique=True)
+    subscription_id: Mapped[str | None] = mapped_column(String(255))
+    subscription_status: Mapped[str | None] = mapped_column(String(32))
+    subscription_price: Mapped[str | None] = mapped_column(String(255))
+    period_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                       server_default=false())
+    grace_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # past due
+    seats: Mapped[int | None] = mapped_column(Integer)  # per-seat plans: students covered
 
 
 class ApiToken(Base):
@@ -95,6 +106,7 @@ class ClassMember(Base):
                                           primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
                                          primary_key=True, index=True)
+    joined_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=now)
 
 
 class Interaction(Base):
@@ -160,6 +172,34 @@ class PaymentTransaction(Base):
     status: Mapped[str | None] = mapped_column(String(50))
     tier: Mapped[str | None] = mapped_column(String(32))
     payload: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class StripeEvent(Base):
+    """Each Stripe webhook event processed, by id: a replayed or duplicated delivery is a no-op.
+    Inserted in the same transaction as the changes the event made."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    created: Mapped[int | None] = mapped_column(BigInteger)  # Stripe's timestamp of the event
+    processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class UsageEntry(Base):
+    """The usage ledger: voice milliseconds and chat messages charged, written off the hot path.
+    The live counters are in billing.quota; this is the record to audit and report from."""
+
+    __tablename__ = "usage_ledger"
+    __table_args__ = (Index("ix_usage_ledger_user_created", "user_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))  # voice_ms | chat
+    amount: Mapped[int] = mapped_column(BigInteger)
+    tier: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 

@@ -1,4 +1,7 @@
-"""The interaction writer: turns are handed over without awaiting, and written in the background.
+"""Background writers: rows are handed over without awaiting, and written in batches.
+
+`InteractionWriter` takes finished turns; the same class, given another model, writes the usage
+ledger (`InteractionWriter(db, model=UsageEntry)`).
 
 `submit()` only appends to an in-memory queue, so the voice loop never waits on the database.
 A single task writes batches; when the database is unreachable it keeps the batch and retries with
@@ -18,15 +21,16 @@ from sqlalchemy import insert
 from sqlalchemy.exc import DataError, IntegrityError
 
 from .db import Database
-from .models import Interaction
+from .models import Base, Interaction
 
 log = logging.getLogger("tutor.store.writer")
 
 
 class InteractionWriter:
-    def __init__(self, db: Database, *, batch_size: int = 200, retry_initial_s: float = 0.1,
-                 retry_max_s: float = 5.0) -> None:
+    def __init__(self, db: Database, *, model: type[Base] = Interaction, batch_size: int = 200,
+                 retry_initial_s: float = 0.1, retry_max_s: float = 5.0) -> None:
         self.db = db
+        self.model = model
         self.batch_size = batch_size
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
@@ -49,7 +53,8 @@ class InteractionWriter:
         self._wakeup.set()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="interaction-writer")
+        self._task = asyncio.create_task(self._run(),
+                                         name=f"writer-{self.model.__tablename__}")
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is written; False on timeout."""
@@ -61,8 +66,8 @@ class InteractionWriter:
 
     async def stop(self, timeout: float = 10.0) -> None:
         if not await self.flush(timeout):
-            log.error("stopping with %d interactions not written (database unreachable)",
-                      self.pending)
+            log.error("stopping with %d %s rows not written (database unreachable)",
+                      self.pending, self.model.__tablename__)
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -86,7 +91,7 @@ class InteractionWriter:
                         self._queue.popleft()
             except Exception as exc:  # unreachable, restarting, locked: keep the rows, retry
                 self.failures += 1
-                log.warning("writing %d interactions failed (%s); retrying in %.1f s",
+                log.warning("writing %d rows failed (%s); retrying in %.1f s",
                             len(batch), exc.__class__.__name__, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max_s)
@@ -95,7 +100,7 @@ class InteractionWriter:
 
     async def _write(self, rows: list[dict[str, Any]]) -> None:
         async with self.db.session() as session, session.begin():
-            await session.execute(insert(Interaction), rows)
+            await session.execute(insert(self.model), rows)
         self.written += len(rows)
 
     async def _write_one_by_one(self, count: int) -> None:
@@ -107,6 +112,7 @@ class InteractionWriter:
                 await self._write([row])
             except (IntegrityError, DataError) as exc:
                 self.dropped += 1
-                log.error("interaction refused by the database, dropped: %s (%s)",
+                log.error("%s row refused by the database, dropped: %s (%s)",
+                          self.model.__tablename__,
                           {k: row.get(k) for k in ("session_id", "user_id", "response_id")}, exc)
             self._queue.popleft()

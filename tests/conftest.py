@@ -55,6 +55,7 @@ def make_settings(fake: FakeOpenAI | None = None, **overrides: Any) -> Settings:
         database_url=f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='tutor-test-')}/tutor.db",
         google_client_id=None, supabase_url=None, supabase_jwt_secret=None, redis_url=None,
         load_sample_course=False,  # the tests that want it say so
+        guest_tier="unlimited",  # billing tests set their own plans
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -53,6 +53,13 @@ def check_shape(event: dict[str, Any]) -> None:
         if rate != 24000:  # the SDK types the rate as Literal[24000]; 16000 is our extension
             event = json.loads(json.dumps(event))
             event["session"]["audio"]["input"]["format"]["rate"] = 24000
+    if event["type"] == "rate_limits.updated":
+        names = {limit["name"] for limit in event["rate_limits"]}
+        assert names <= {"requests", "tokens", "voice_seconds"}, names
+        event = json.loads(json.dumps(event))  # "voice_seconds" is our extension of the names
+        for limit in event["rate_limits"]:
+            if limit["name"] == "voice_seconds":
+                limit["name"] = "tokens"
     SERVER_EVENTS.validate_python(event)
 
 

@@ -38,7 +38,8 @@ class Transcriber(Protocol):
 
 
 class ChatModel(Protocol):
-    def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str | Usage]:
+    def stream(self, messages: list[dict[str, str]], *,
+               model: str | None = None) -> AsyncIterator[str | Usage]:
         """Yield text deltas as they are generated, then a `Usage` if known; raise ProviderError
         on failure."""
         ...

@@ -85,14 +85,15 @@ class OpenAIChatModel:
         self.max_tokens = max_tokens
         self.stream_usage = stream_usage  # some compatible servers refuse stream_options
 
-    async def stream(self, messages: list[dict[str, str]]) -> AsyncIterator[str | Usage]:
+    async def stream(self, messages: list[dict[str, str]], *,
+                     model: str | None = None) -> AsyncIterator[str | Usage]:
         extra: dict = {"max_tokens": self.max_tokens} if self.max_tokens else {}
         if self.stream_usage:
             extra["stream_options"] = {"include_usage": True}
         finished = streaming = False
         try:
             stream = await self.client.chat.completions.create(
-                model=self.model, messages=messages, stream=True, **extra  # type: ignore[arg-type]
+                model=model or self.model, messages=messages, stream=True, **extra  # type: ignore[arg-type]
             )
             streaming = True  # from here on a broken connection means a cut stream
             async with stream:

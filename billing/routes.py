@@ -1,0 +1,140 @@
+"""HTTP routes of billing: plans, usage, Stripe checkout/portal/transactions, and the webhook.
+
+- `GET /api/billing/tiers`: the plans on offer (public).
+- `GET /api/billing/usage`: the caller's tier, usage and what is left.
+- `POST /api/payments/checkout` {"tier": "pro", "seats"?: n}: a Stripe Checkout session URL.
+- `POST /api/payments/portal`: a Stripe customer portal URL.
+- `GET /api/payments/transactions?limit=&before=`: the caller's payment log, newest first.
+- `POST /api/payments/webhook`: Stripe's events (signature-checked; no user credentials).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from accounts.routes import require_user
+from store.models import PaymentTransaction
+
+from .stripe import PaymentError, StripeBilling, WebhookRejected
+
+log = logging.getLogger("tutor.billing")
+
+
+def _payments(request: Request) -> StripeBilling:
+    payments = request.app.state.payments
+    if payments is None:
+        raise HTTPException(503, "payments are not configured (STRIPE_API_KEY, "
+                                 "TUTOR_STRIPE_PRICES, STRIPE_WEBHOOK_SECRET)")
+    return payments
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def tiers(request: Request) -> Response:
+    return JSONResponse({"tiers": request.app.state.billing.catalog.public()})
+
+
+async def usage(request: Request) -> Response:
+    user = await require_user(request)
+    return JSONResponse(await request.app.state.billing.usage(user))
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json() if await request.body() else {}
+    except ValueError as exc:
+        raise HTTPException(400, "body must be JSON") from exc
+    if not isinstance(body, dict):
+        raise HTTPException(400, "body must be a JSON object")
+    return body
+
+
+async def checkout(request: Request) -> Response:
+    user = await require_user(request)
+    payments = _payments(request)
+    body = await _body(request)
+    catalog = request.app.state.billing.catalog
+    name = body.get("tier")
+    tier = catalog.tiers.get(name) if isinstance(name, str) else None
+    if tier is None or not tier.stripe_price:
+        on_sale = [t.name for t in catalog.tiers.values() if t.stripe_price]
+        raise HTTPException(400, f"'tier' must be one of {on_sale}")
+    seats = body.get("seats", 1)
+    if isinstance(seats, bool) or not isinstance(seats, int) or not 1 <= seats <= 10_000:
+        raise HTTPException(400, "'seats' must be an integer from 1 to 10000")
+    if seats != 1 and not tier.per_seat:
+        raise HTTPException(400, f"the {tier.name} plan is not sold per seat")
+    try:
+        session = await payments.checkout(user, tier, seats=seats, base_url=str(request.base_url))
+    except PaymentError as exc:
+        return _error(502, "payment_provider_error", str(exc))
+    return JSONResponse(session, status_code=201)
+
+
+async def portal(request: Request) -> Response:
+    user = await require_user(request)
+    payments = _payments(request)
+    if not user.stripe_customer_id:
+        raise HTTPException(409, "there is no billing account yet: subscribe through "
+                                 "POST /api/payments/checkout first")
+    try:
+        session = await payments.portal(user, base_url=str(request.base_url))
+    except PaymentError as exc:
+        return _error(502, "payment_provider_error", str(exc))
+    return JSONResponse(session, status_code=201)
+
+
+async def transactions(request: Request) -> Response:
+    user = await require_user(request)
+    try:
+        limit = min(int(request.query_params.get("limit", 50)), 200)
+        before = request.query_params.get("before")
+        before_id = int(before) if before else None
+    except ValueError as exc:
+        raise HTTPException(400, "limit and before must be integers") from exc
+    query = select(PaymentTransaction).where(PaymentTransaction.user_id == user.id)
+    if before_id is not None:
+        query = query.where(PaymentTransaction.id < before_id)
+    query = query.order_by(PaymentTransaction.id.desc()).limit(max(limit, 1))
+    async with request.app.state.db.session() as s:
+        rows = list((await s.execute(query)).scalars())
+    items = [{"id": r.id, "event_type": r.event_type, "stripe_event_id": r.stripe_event_id,
+              "object_id": r.stripe_object_id, "amount": r.amount, "currency": r.currency,
+              "status": r.status, "tier": r.tier, "created_at": r.created_at.isoformat()}
+             for r in rows]
+    return JSONResponse({"transactions": items,
+                         "next_before": items[-1]["id"] if len(items) == limit else None})
+
+
+async def webhook(request: Request) -> Response:
+    payments = _payments(request)
+    body = await request.body()
+    try:
+        result = await payments.handle(body, request.headers.get("stripe-signature"))
+    except WebhookRejected as exc:
+        return _error(exc.status, exc.code, exc.message)
+    except PaymentError as exc:
+        return _error(503, "payment_provider_error", f"{exc}; retry later")
+    except Exception:
+        log.exception("webhook processing failed")
+        return _error(500, "processing_failed", "the event could not be processed; retry later")
+    return JSONResponse(result)
+
+
+routes = [
+    Route("/api/billing/tiers", tiers),
+    Route("/api/billing/usage", usage),
+    Route("/api/payments/checkout", checkout, methods=["POST"]),
+    Route("/api/payments/portal", portal, methods=["POST"]),
+    Route("/api/payments/transactions", transactions),
+    Route("/api/payments/webhook", webhook, methods=["POST"]),
+]
