@@ -235,6 +235,7 @@ async def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="tutor-bench-")  # the server records every turn here
     env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fake_port}/v1",
                TUTOR_VAD_SILENCE_MS=str(SILENCE_MS),
+               TUTOR_GUEST_TIER="unlimited",  # metered, but 100 sessions of one guest allowed
                TUTOR_DATA_DIR=data_dir)
     if args.database_url:
         env["TUTOR_DATABASE_URL"] = args.database_url

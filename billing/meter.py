@@ -34,33 +34,43 @@ class VoiceLimits:
 
 
 class VoiceMeter:
+    """Runs once per audio chunk, so `audio()` is a few additions and comparisons: the limit left
+    is worked out when the counter answers, not per chunk."""
+
     def __init__(self, limits: VoiceLimits, used: VoiceUsage = VoiceUsage(), *,
                  step_ms: int = 1000) -> None:
         self.limits = limits
-        self.used = used  # as last reported by the shared counter
         self.step_ms = step_ms
         self.pending_ms = 0.0  # received, not yet sent to the counter
         self.in_flight_ms = 0  # sent, answer not yet back
         self.received_ms = 0.0  # all audio of this session
+        self.exhausted = False
+        self._set_used(used)
+
+    def _set_used(self, used: VoiceUsage) -> None:
+        self.used = used  # as last reported by the shared counter
+        self._left = self.limits.remaining_ms(used)  # None: unlimited
+        self._update_exhausted()
+
+    def _update_exhausted(self) -> None:
+        self.exhausted = self._left is not None and \
+            self.pending_ms + self.in_flight_ms >= self._left
 
     @property
     def remaining_ms(self) -> int | None:
         """What is left by the local estimate: the counter's figure minus what is not in it yet."""
-        left = self.limits.remaining_ms(self.used)
-        if left is None:
+        if self._left is None:
             return None
-        return max(0, int(left - self.pending_ms - self.in_flight_ms))
-
-    @property
-    def exhausted(self) -> bool:
-        left = self.remaining_ms
-        return left is not None and left <= 0
+        return max(0, int(self._left - self.pending_ms - self.in_flight_ms))
 
     def audio(self, ms: float) -> int | None:
         """Account for a received chunk; returns milliseconds to charge now, or None."""
         self.received_ms += ms
-        self.pending_ms += ms
-        if self.in_flight_ms or (self.pending_ms < self.step_ms and not self.exhausted):
+        pending = self.pending_ms = self.pending_ms + ms
+        if self._left is not None and pending + self.in_flight_ms >= self._left:
+            self.exhausted = True
+            return None if self.in_flight_ms else self._take()  # charge the last bit at once
+        if self.in_flight_ms or pending < self.step_ms:
             return None
         return self._take()
 
@@ -70,9 +80,11 @@ class VoiceMeter:
 
     def charged(self, usage: VoiceUsage) -> int | None:
         """The counter recorded the charge in flight; returns the next charge due, if any."""
-        self.used = usage
         self.in_flight_ms = 0
-        return self._take() if self.pending_ms >= self.step_ms else None
+        self._set_used(usage)
+        if self.pending_ms >= self.step_ms or (self.exhausted and self.pending_ms >= 1):
+            return self._take()
+        return None
 
     def charge_failed(self) -> None:
         """The counter could not be reached: keep the amount for the next charge."""

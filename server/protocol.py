@@ -233,11 +233,12 @@ class RealtimeSession:
                 out += self._speech_started(turn_event)
             else:
                 out += self._speech_stopped(turn_event)
-        if self.meter is not None:
-            charge = self.meter.audio(chunk_ms)
+        meter = self.meter
+        if meter is not None:
+            charge = meter.audio(chunk_ms)
             if charge:
                 out.append(Charge(charge))
-            if self.meter.exhausted:
+            if meter.exhausted:
                 out += self._end("quota_exceeded", "the plan's voice minutes are used up")
         return out
 
