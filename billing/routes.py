@@ -96,7 +96,7 @@ async def portal(request: Request) -> Response:
 async def transactions(request: Request) -> Response:
     user = await require_user(request)
     try:
-        limit = min(int(request.query_params.get("limit", 50)), 200)
+        limit = max(1, min(int(request.query_params.get("limit", 50)), 200))
         before = request.query_params.get("before")
         before_id = int(before) if before else None
     except ValueError as exc:
@@ -104,7 +104,7 @@ async def transactions(request: Request) -> Response:
     query = select(PaymentTransaction).where(PaymentTransaction.user_id == user.id)
     if before_id is not None:
         query = query.where(PaymentTransaction.id < before_id)
-    query = query.order_by(PaymentTransaction.id.desc()).limit(max(limit, 1))
+    query = query.order_by(PaymentTransaction.id.desc()).limit(limit)
     async with request.app.state.db.session() as s:
         rows = list((await s.execute(query)).scalars())
     items = [{"id": r.id, "event_type": r.event_type, "stripe_event_id": r.stripe_event_id,

@@ -198,8 +198,16 @@ async def test_checkout_creates_one_customer_and_a_session_for_the_tier_price(pa
     assert sum(1 for m, p, _ in pay.stripe.requests if (m, p) == ("POST", "/v1/customers")) == 1
     assert len(pay.stripe.customers) == 1
 
+    # A double click by a new user: two sessions, one customer (Stripe's idempotency key).
+    ada = await pay.user(name="Ada")
+    sessions = await asyncio.gather(pay.checkout(ada), pay.checkout(ada))
+    customer_id = (await pay.row(ada.id)).stripe_customer_id
+    assert len(pay.stripe.customers) == 2
+    assert {pay.stripe.checkout_sessions[i]["customer"] for i in sessions} == {customer_id}
 
-async def test_checkout_refuses_what_is_not_for_sale(pay: Payments):
+
+async def test_checkout_refuses_what_is_not_for_sale_and_reports_stripe_failures(
+        pay: Payments):
     sam = await pay.user()
     for body in ({"tier": "gold"}, {"tier": "free"}, {"tier": "unlimited"}, {}, {"tier": 3},
                  {"tier": "pro", "seats": 2},          # pro is not sold per seat
@@ -213,23 +221,23 @@ async def test_checkout_refuses_what_is_not_for_sale(pay: Payments):
     assert pay.stripe.requests == []  # nothing reached Stripe, no customer was made
     assert (await pay.row(sam.id)).stripe_customer_id is None
 
-
-async def test_a_stripe_failure_at_checkout_is_a_502(pay: Payments):
-    sam = await pay.user()
-    pay.stripe.failures = ["500", "500"]  # the SDK retries once
+    pay.stripe.failures = ["500", "500"]  # Stripe is down (the SDK retries once)
     r = await pay.post(sam, "/api/payments/checkout", {"tier": "pro"})
-    assert r.status_code == 502, r.text
-    assert r.json()["error"]["code"] == "payment_provider_error"
+    assert r.status_code == 502 and r.json()["error"]["code"] == "payment_provider_error", r.text
     assert (await pay.row(sam.id)).stripe_customer_id is None
     assert (await pay.post(sam, "/api/payments/checkout", {"tier": "pro"})).status_code == 201
 
 
 async def test_without_stripe_configured_payments_answer_503(stripe_fake: FakeStripe,
                                                              start_server, tmp_path: Path):
-    address = await start_server(settings_for(stripe_fake, f"sqlite+aiosqlite:///{tmp_path}/a.db",
-                                              stripe_api_key=None, stripe_webhook_secret=None))
-    async with httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as http:
-        pay = Payments(start_server.apps[-1], stripe_fake, http)
+    async def server(**overrides: Any) -> Payments:
+        url = f"sqlite+aiosqlite:///{tmp_path}/{secrets.token_hex(4)}.db"
+        address = await start_server(settings_for(stripe_fake, url, **overrides))
+        http = httpx.AsyncClient(base_url=f"http://{address}", timeout=10)
+        return Payments(start_server.apps[-1], stripe_fake, http)
+
+    pay = await server(stripe_api_key=None, stripe_webhook_secret=None)
+    async with pay.http:
         sam = await pay.user()
         for path in ("/api/payments/checkout", "/api/payments/portal"):
             r = await pay.post(sam, path, {"tier": "pro"})
@@ -239,15 +247,10 @@ async def test_without_stripe_configured_payments_answer_503(stripe_fake: FakeSt
         assert (await pay.get(sam, "/api/payments/transactions")).json()["transactions"] == []
     assert stripe_fake.requests == []
 
-
-async def test_a_webhook_without_its_secret_configured_is_refused(stripe_fake: FakeStripe,
-                                                                  start_server, tmp_path: Path):
-    address = await start_server(settings_for(stripe_fake, f"sqlite+aiosqlite:///{tmp_path}/a.db",
-                                              stripe_webhook_secret=None))
-    async with httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as http:
-        pay = Payments(start_server.apps[-1], stripe_fake, http)
+    pay = await server(stripe_webhook_secret=None)  # checkout works, the webhook cannot
+    async with pay.http:
         sam = await pay.user()
-        _, sub = await pay.subscribe(sam, deliver=False)  # checkout itself works
+        _, sub = await pay.subscribe(sam, deliver=False)
         r = await pay.deliver("customer.subscription.created", sub)
         assert r.status_code == 503 and r.json()["error"]["code"] == "not_configured"
         assert await pay.events() == [] and (await pay.row(sam.id)).tier == "free"
@@ -305,8 +308,10 @@ async def test_a_paid_checkout_makes_the_user_pro_and_logs_the_payments(pay: Pay
     assert [(t["event_type"], t["amount"], t["status"]) for t in listed["transactions"]] == [
         ("invoice.paid", 1500, "paid"), ("checkout.session.completed", 1500, "paid")]
     assert listed["next_before"] is None
-    page = (await pay.get(sam, "/api/payments/transactions?limit=1")).json()
-    assert [t["event_type"] for t in page["transactions"]] == ["invoice.paid"]
+    for limit in ("1", "0", "-3"):  # fewer than one is one
+        page = (await pay.get(sam, f"/api/payments/transactions?limit={limit}")).json()
+        assert [t["event_type"] for t in page["transactions"]] == ["invoice.paid"], limit
+        assert page["next_before"] == page["transactions"][0]["id"], limit
     rest = (await pay.get(sam, f"/api/payments/transactions?before={page['next_before']}")).json()
     assert [t["event_type"] for t in rest["transactions"]] == ["checkout.session.completed"]
     other = await pay.user()  # nobody else sees them
@@ -377,7 +382,6 @@ async def test_a_replayed_or_duplicate_event_is_processed_once(pay: Payments):
     assert (await pay.row(sam.id)).tier == "pro"
 
 
-@both_backends
 async def test_events_out_of_order_end_in_what_stripe_says_now(pay: Payments):
     sam = await pay.user()
     _, sub = await pay.subscribe(sam, deliver=False)
@@ -421,7 +425,8 @@ async def test_cancelling_at_period_end_keeps_pro_until_the_subscription_ends(pa
     assert (await pay.usage(sam))["tier"] == "free"
 
 
-async def test_a_failed_payment_keeps_the_plan_for_the_grace_period_then_downgrades(pay: Payments):
+async def test_a_failed_payment_keeps_the_plan_for_the_grace_period_then_downgrades(
+        pay: Payments):
     sam = await pay.user()
     _, sub = await pay.subscribe(sam)
     pay.stripe.update_subscription(sub["id"], status="past_due")
@@ -445,6 +450,15 @@ async def test_a_failed_payment_keeps_the_plan_for_the_grace_period_then_downgra
     assert (usage["tier"], usage["own_tier"]) == ("pro", "pro")
     assert usage["subscription"]["grace_until"] == grace.isoformat()
 
+    # The card works again: the grace period ends; the next failure starts a new one.
+    pay.stripe.update_subscription(sub["id"], status="active")
+    assert (await pay.deliver("invoice.paid", pay.stripe.invoice(sub["id"]))).json()["tier"] == "pro"
+    user = await pay.row(sam.id)
+    assert (user.tier, user.subscription_status, user.grace_until) == ("pro", "active", None)
+    pay.stripe.update_subscription(sub["id"], status="past_due")
+    await pay.deliver("invoice.payment_failed", pay.stripe.invoice(sub["id"], paid=False))
+    assert aware((await pay.row(sam.id)).grace_until) > grace
+
     pay.app.state.billing.clock = lambda: time.time() + 8 * DAY  # the grace period is over
     usage = await pay.usage(sam)
     assert (usage["tier"], usage["own_tier"]) == ("free", "free")
@@ -455,21 +469,6 @@ async def test_a_failed_payment_keeps_the_plan_for_the_grace_period_then_downgra
     assert r.json()["tier"] == "free"
     user = await pay.row(sam.id)
     assert (user.tier, user.subscription_status, user.grace_until) == ("free", "canceled", None)
-
-
-async def test_a_payment_that_recovers_ends_the_grace_period(pay: Payments):
-    sam = await pay.user()
-    _, sub = await pay.subscribe(sam)
-    pay.stripe.update_subscription(sub["id"], status="past_due")
-    await pay.deliver("invoice.payment_failed", pay.stripe.invoice(sub["id"], paid=False))
-    assert (await pay.row(sam.id)).grace_until is not None
-    pay.stripe.update_subscription(sub["id"], status="active")
-    r = await pay.deliver("invoice.paid", pay.stripe.invoice(sub["id"]))
-    assert r.json()["tier"] == "pro"
-    user = await pay.row(sam.id)
-    assert (user.tier, user.subscription_status, user.grace_until) == ("pro", "active", None)
-    pay.app.state.billing.clock = lambda: time.time() + 8 * DAY
-    assert (await pay.usage(sam))["tier"] == "pro"
 
 
 async def test_an_unknown_customer_is_recorded_and_linked_by_a_later_checkout(pay: Payments):
@@ -554,7 +553,7 @@ async def test_a_database_failure_leaves_nothing_half_done(pay: Payments):
     assert (await pay.row(sam.id)).tier == "pro"
 
 
-async def test_a_refund_is_logged(pay: Payments):
+async def test_a_refund_is_logged_and_other_event_types_are_ignored(pay: Payments):
     sam = await pay.user()
     _, sub = await pay.subscribe(sam)
     charge = pay.stripe.charge_refund(sub["customer"], 1500, invoice=sub["latest_invoice"])
@@ -568,12 +567,10 @@ async def test_a_refund_is_logged(pay: Payments):
         == ("charge.refunded", "refunded", 1500)
     assert (await pay.row(sam.id)).tier == "pro"  # a refund alone does not end the subscription
 
-
-async def test_an_unhandled_event_type_is_recorded_and_ignored(pay: Payments):
     r = await pay.deliver("customer.created", {"id": "cus_x", "object": "customer"})
     assert r.status_code == 200 and r.json()["status"] == "ignored", r.text
-    assert [e.type for e in await pay.events()] == ["customer.created"]
-    assert await pay.transactions() == []
+    assert [e.type for e in await pay.events()][-1:] == ["customer.created"]
+    assert len(await pay.transactions()) == len(await pay.events()) - 1
 
 
 async def test_a_school_plan_covers_the_first_students_by_seat(pay: Payments):
