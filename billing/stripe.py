@@ -158,7 +158,8 @@ class StripeBilling:
         except (stripe.SignatureVerificationError, UnicodeDecodeError) as exc:
             raise WebhookRejected(400, "invalid_signature", str(exc)) from exc
         # The SDK only refuses old timestamps; one far in the future is just as suspect.
-        stamp = dict(p.split("=", 1) for p in header.split(",") if "=" in p).get("t", "0")
+        # The first `t`, as the SDK reads it (it has just parsed it as an integer).
+        stamp = next(p.split("=", 1)[1] for p in header.split(",") if p.split("=", 1)[0] == "t")
         if int(stamp) > time.time() + self.tolerance_s:
             raise WebhookRejected(400, "invalid_signature", "timestamp is in the future")
         try:

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 from store.models import UsageEntry
 from tests.conftest import make_settings, read_pcm
 from tests.realtime_client import Conversation, chunks, session_update
+from tests.services import TcpProxy, redis_client  # noqa: F401  (a fixture)
 
 TIERS = {
     "tiny": dict(voice_minutes_per_day=0.1, voice_minutes_per_month=10, chat_messages_per_day=2,
@@ -163,3 +164,40 @@ async def test_the_plans_session_length_ends_the_session(fake, start_server, tmp
                 await conv.next(timeout=5)
         assert ws.close_code == 4408
     assert conv.events[-1]["error"]["code"] == "session_expired"
+
+
+async def test_quotas_fail_open_when_redis_goes_away_and_nothing_goes_unbilled(
+        fake, start_server, tmp_path, redis_client):
+    proxy = TcpProxy("127.0.0.1", 6379)
+    await proxy.start()
+    TIERS["roomy"] = dict(voice_minutes_per_day=30, requests_per_minute={"default": 1000})
+    try:
+        address, app = await plan_server(fake, start_server, tmp_path, "roomy",
+                                         redis_url=f"redis://127.0.0.1:{proxy.port}/15")
+    finally:
+        del TIERS["roomy"]
+    guest = await app.state.auth.guest()
+    await redis_client.delete(*[k async for k in redis_client.scan_iter(
+        f"tutor:quota:{guest.id}:*")] or ["-"])
+    question = read_pcm("q_war.wav")
+    async with websockets.connect(f"ws://{address}/api/voice") as ws:
+        conv = Conversation(ws)
+        await ws.send(session_update(16000))
+        await conv.stream(question, 16000)
+        proxy.cut()  # Redis is gone: the session goes on, the charges wait
+        await conv.stream(question, 16000)
+        assert conv.count("response.done") == 2
+        assert conv.of("response.done")[-1]["response"]["status"] == "completed"
+        async with httpx.AsyncClient(base_url=f"http://{address}") as client:
+            assert (await client.get("/api/billing/tiers")).status_code == 200  # fails open
+        assert app.state.billing.store_failures > 0
+        await proxy.restore()
+        await conv.stream(question, 16000)
+    sent_ms = 3 * len(question) / 32
+    for _ in range(100):  # the last charge lands as the session closes
+        usage = await app.state.billing.quotas.voice_usage(guest.id, app.state.billing.clock())
+        if usage.day_ms >= sent_ms - 1:
+            break
+        await asyncio.sleep(0.05)
+    assert usage.day_ms == pytest.approx(sent_ms, abs=2)
+    proxy.cut()

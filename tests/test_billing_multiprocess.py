@@ -252,6 +252,8 @@ async def test_quota_and_rate_limit_hold_across_two_server_processes(fake, redis
             assert 2000 <= by_session[session_b] <= 2020, by_session  # about 2 s more, not 6
             assert set(by_session) == {session_a, session_b}
             assert sum(by_session.values()) >= DAY_MS
+            print(f"voice charged: A {by_session[session_a]} ms, B {by_session[session_b]} ms "
+                  f"(B was sent {sent_ms} ms before it closed the session)")
         finally:
             await asyncio.gather(*(s.stop() for s in servers), return_exceptions=True)
             for s in servers:

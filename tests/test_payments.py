@@ -351,9 +351,19 @@ async def test_forged_tampered_or_stale_deliveries_change_nothing(pay: Payments)
     r = await pay.post_webhook(*pay.stripe.signed({"id": "x"}, SECRET))  # type: ignore[arg-type]
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
 
-    r = await pay.post_webhook(body, headers)  # the genuine delivery still works afterwards
+    # The timestamp that counts is the signed one (the first), as in Stripe's SDK: a second,
+    # unsigned `t` neither breaks the check (a 500) nor moves it.
+    future = int(time.time()) + 3600
+    late_body, late_headers = pay.signed(event, timestamp=future)
+    r = await pay.post_webhook(late_body, {
+        **late_headers, "Stripe-Signature": late_headers["Stripe-Signature"] + f",t={now}"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_signature", r.text
+    r = await pay.post_webhook(body, {**headers,
+                                      "Stripe-Signature": headers["Stripe-Signature"] + ",t=x"})
     assert r.status_code == 200 and r.json()["status"] == "processed", r.text
     assert (await pay.row(sam.id)).tier == "pro"
+    r = await pay.post_webhook(body, headers)  # the same delivery again: already done
+    assert r.json()["status"] == "duplicate"
 
 
 @both_backends
