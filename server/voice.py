@@ -179,8 +179,9 @@ class SessionRunner:
         """The socket is gone: wait for charges in flight, then charge what is left."""
         if self.billing is None or self.grant is None:
             return
-        if self.charges:
-            await asyncio.wait(set(self.charges), timeout=5.0)
+        deadline = self.loop.time() + 5.0
+        while self.charges and self.loop.time() < deadline:  # one charge may start the next
+            await asyncio.wait(set(self.charges), timeout=deadline - self.loop.time())
         final = self.session.final_charge()
         if final is not None and self.user_id is not None:
             try:
