@@ -22,7 +22,7 @@ from starlette.routing import Route
 from accounts.routes import require_user
 from store.models import PaymentTransaction
 
-from .stripe import PaymentError, StripeBilling, WebhookRejected
+from .stripe import LIVE, PaymentError, StripeBilling, WebhookRejected
 
 log = logging.getLogger("tutor.billing")
 
@@ -73,6 +73,11 @@ async def checkout(request: Request) -> Response:
         raise HTTPException(400, "'seats' must be an integer from 1 to 10000")
     if seats != 1 and not tier.per_seat:
         raise HTTPException(400, f"the {tier.name} plan is not sold per seat")
+    if tier.per_seat and user.role not in ("teacher", "admin"):
+        raise HTTPException(403, f"the {tier.name} plan is bought by a teacher for their classes")
+    if user.subscription_id and user.subscription_status in LIVE:
+        raise HTTPException(409, "there is a subscription already: change or cancel it in the "
+                                 "customer portal (POST /api/payments/portal)")
     try:
         session = await payments.checkout(user, tier, seats=seats, base_url=str(request.base_url))
     except PaymentError as exc:

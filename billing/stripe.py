@@ -8,6 +8,8 @@ timestamp on the raw body, records the event id once (a replay changes nothing),
 about a subscription re-fetches the subscription from Stripe and sets the user's tier from what
 Stripe says now. The event row, the user's new state and the `payment_transactions` row are
 written in one transaction: a failure answers 5xx so Stripe retries, and leaves nothing half done.
+Deliveries overlap, so once committed the subscription is fetched again and re-applied if it moved
+on meanwhile (a late answer must not overwrite a newer state).
 """
 
 from __future__ import annotations
@@ -179,14 +181,11 @@ class StripeBilling:
         async with self.billing.db.session() as s:
             if await s.get(StripeEvent, event["id"]) is not None:
                 return {"status": "duplicate", "id": event["id"]}
-        subscription = None
         sub_id = subscription_of(etype, obj) if etype in HANDLED else None
-        if sub_id:
-            try:  # the current state, whatever order the events came in
-                fetched = await self.client.v1.subscriptions.retrieve_async(sub_id)
-            except stripe.StripeError as exc:
-                raise PaymentError(f"could not fetch subscription {sub_id}: {exc}") from exc
-            subscription = fetched.to_dict()
+        # the current state, whatever order the events came in
+        subscription = await self._fetch(sub_id) if sub_id else None
+        if subscription is not None and subscription.get("deleted_at_stripe"):
+            subscription = None  # Stripe has no such subscription: record the event, change nothing
         async with self.billing.db.session() as s, s.begin():
             if not await _record_event(s, event):
                 return {"status": "duplicate", "id": event["id"]}
@@ -197,9 +196,45 @@ class StripeBilling:
             if user is not None and subscription is not None:
                 tier = self._apply(user, subscription)
             s.add(_transaction(event, user, tier))
+        if user is not None and subscription is not None:
+            tier = await self._settle(user.id, subscription, tier)
         self.billing._seat_cache.clear()
         return {"status": "processed", "id": event["id"], "type": etype,
                 "user_id": user.id if user else None, "tier": tier}
+
+    async def _fetch(self, sub_id: str) -> dict[str, Any]:
+        try:
+            fetched = await self.client.v1.subscriptions.retrieve_async(sub_id)
+        except stripe.InvalidRequestError as exc:
+            if exc.code != "resource_missing":
+                raise PaymentError(f"could not fetch subscription {sub_id}: {exc}") from exc
+            # Retrying could never succeed (a test-mode object, another account's id): say so.
+            log.error("Stripe has no subscription %s; the event is recorded and ignored", sub_id)
+            return {"id": sub_id, "deleted_at_stripe": True}
+        except stripe.StripeError as exc:
+            raise PaymentError(f"could not fetch subscription {sub_id}: {exc}") from exc
+        return fetched.to_dict()
+
+    async def _settle(self, user_id: str, applied: dict[str, Any], tier: str | None) -> str | None:
+        """Deliveries overlap (a checkout sends several events at once), so one whose fetch
+        answered late may just have written an older state over a newer one. After committing,
+        ask Stripe again and apply until the two agree: the last writer always checks after its
+        write, in whichever process, so what stays is what Stripe says after the last write."""
+        for _ in range(3):
+            try:
+                current = await self._fetch(applied["id"])
+            except PaymentError as exc:  # the event is recorded; its own state stays
+                log.warning("%s; could not confirm the state just written", exc)
+                break
+            if current == applied or current.get("deleted_at_stripe"):
+                break
+            async with self.billing.db.session() as s, s.begin():
+                user = await s.get(User, user_id)
+                if user is None:
+                    break
+                tier = self._apply(user, current)
+            applied = current
+        return tier
 
     async def _user_for(self, s: AsyncSession, obj: dict[str, Any],
                         subscription: dict[str, Any] | None) -> User | None:
