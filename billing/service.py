@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from sqlalchemy import func, select
 
@@ -95,6 +95,9 @@ class Billing:
         self.guest_tier = guest_tier
         self.clock = clock
         self.store_failures = 0
+        # (user id, tier, "day"|"month", used ms, limit ms, percent, at): queue a notice
+        self.on_voice_threshold: Callable[..., Awaitable[None]] | None = None
+        self.warning_percent = 80
         self._seat_cache: dict[str, tuple[float, str | None]] = {}
 
     # -- tiers -----------------------------------------------------------------------------
@@ -244,8 +247,22 @@ class Billing:
     async def charge_voice(self, user_id: str, session_id: str, tier: Tier, ms: int) -> VoiceUsage:
         """Adds received audio to the shared counters (raises if they cannot be reached: the
         caller keeps the amount) and to the ledger."""
-        usage = await self.quotas.charge_voice(user_id, ms, self.clock())
+        at = self.clock()
+        usage = await self.quotas.charge_voice(user_id, ms, at)
         self._ledger(user_id, session_id, "voice_ms", ms, tier)
+        if self.on_voice_threshold is not None:
+            day_limit, month_limit = tier.voice_limits_ms()
+            for period, used, limit in (("day", usage.day_ms, day_limit),
+                                        ("month", usage.month_ms, month_limit)):
+                if limit is None:
+                    continue
+                for percent in (self.warning_percent, 100):
+                    if used - ms < limit * percent / 100 <= used:  # this charge crossed it
+                        try:
+                            await self.on_voice_threshold(user_id, tier, period, used, limit,
+                                                          percent, at)
+                        except Exception:
+                            log.exception("quota notice for %s could not be queued", user_id)
         return usage
 
     def exhausted_message(self, tier: Tier) -> str:

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from store import queries
 from store.models import PaymentTransaction, StripeEvent, User
 
 from .service import Billing
@@ -55,6 +56,10 @@ class WebhookRejected(Exception):
 
 def _ts(value: Any) -> datetime | None:
     return datetime.fromtimestamp(int(value), timezone.utc) if value else None
+
+
+def _date(value: datetime | None) -> str | None:
+    return value.date().isoformat() if value else None
 
 
 def _id(value: Any) -> str | None:
@@ -196,6 +201,9 @@ class StripeBilling:
             if user is not None and subscription is not None:
                 tier = self._apply(user, subscription)
             s.add(_transaction(event, user, tier))
+            if user is not None and user.email and etype in ("invoice.paid",
+                                                             "invoice.payment_failed"):
+                await self._mail(s, etype, event["id"], obj, user)  # commits with the rest
         if user is not None and subscription is not None:
             tier = await self._settle(user.id, subscription, tier)
         self.billing._seat_cache.clear()
@@ -235,6 +243,26 @@ class StripeBilling:
                 tier = self._apply(user, current)
             applied = current
         return tier
+
+    async def _mail(self, s: AsyncSession, etype: str, event_id: str, invoice: dict[str, Any],
+                    user: User) -> None:
+        tier = self.billing.catalog.get(user.tier)
+        common = {"name": user.name or "", "currency": invoice.get("currency") or "usd",
+                  "tier_label": tier.label or tier.name}
+        if etype == "invoice.paid":
+            template = "payment_receipt"
+            payload = {**common, "amount": invoice.get("amount_paid") or 0,
+                       "period_end": _date(user.period_end),
+                       "invoice_url": invoice.get("hosted_invoice_url")}
+        else:
+            template = "payment_failed"
+            payload = {**common, "amount": invoice.get("amount_due") or 0,
+                       "grace_until": _date(user.grace_until)}
+            if self.public_url:  # the web page opens the customer portal from there
+                payload["portal_hint"] = self.public_url.rstrip("/") + "/?billing=portal"
+        await queries.enqueue_email(s, recipient=user.email or "", template=template,
+                                    payload=payload, transactional=True, user_id=user.id,
+                                    language=user.language, key=f"stripe:{event_id}")
 
     async def _user_for(self, s: AsyncSession, obj: dict[str, Any],
                         subscription: dict[str, Any] | None) -> User | None:

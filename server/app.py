@@ -34,6 +34,13 @@ from billing.ratelimit import RequestLimiter, storage_for
 from billing.service import Billing, QuotaError
 from billing.stripe import StripeBilling
 from billing.tiers import TierCatalog
+from notify import routes as email_routes
+from notify.events import quota_notifier
+from notify.message import LogTransport, Transport
+from notify.render import Renderer
+from notify.smtp import SmtpTransport
+from notify.summary import last_full_week, queue_weekly_summaries
+from notify.worker import OutboxWorker, WorkerConfig, utcnow
 from rag import routes as rag_routes
 from rag.embed import OpenAIEmbedder
 from rag.grounding import Grounding, ground
@@ -214,6 +221,52 @@ async def quota_error(request: Request, exc: Exception) -> JSONResponse:
                         status_code=exc.status, headers=headers)
 
 
+def email_transport(settings: Settings) -> Transport:
+    if settings.email_transport == "smtp":
+        return SmtpTransport(settings.smtp_host, settings.smtp_port,
+                             username=settings.smtp_username, password=settings.smtp_password,
+                             starttls=settings.smtp_starttls, use_tls=settings.smtp_tls,
+                             timeout_s=settings.email_timeout_s)
+    if settings.email_transport == "mcp":
+        import shlex
+
+        from notify.mcp_client import McpEmailTransport
+        if not (settings.email_mcp_url or settings.email_mcp_command):
+            raise ValueError("TUTOR_EMAIL_TRANSPORT=mcp needs TUTOR_EMAIL_MCP_URL or "
+                             "TUTOR_EMAIL_MCP_COMMAND")
+        return McpEmailTransport(
+            url=settings.email_mcp_url,
+            command=shlex.split(settings.email_mcp_command) if settings.email_mcp_command
+            else None, tool=settings.email_mcp_tool, timeout_s=settings.email_timeout_s)
+    if settings.email_transport != "log":
+        raise ValueError(f"TUTOR_EMAIL_TRANSPORT must be log, smtp or mcp, "
+                         f"not {settings.email_transport!r}")
+    return LogTransport()
+
+
+def open_email(settings: Settings, db: Database, billing: Billing, link_secret: str,
+               stack: AsyncExitStack) -> OutboxWorker:
+    transport = email_transport(settings)
+    stack.push_async_callback(transport.aclose)
+    base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    config = WorkerConfig(sender=settings.email_from, base_url=base_url, link_secret=link_secret,
+                          poll_s=settings.email_poll_s, lease_s=settings.email_lease_s,
+                          retry_base_s=settings.email_retry_base_s,
+                          max_attempts=settings.email_max_attempts)
+
+    async def weekly() -> None:
+        start, _ = last_full_week(utcnow())
+        await queue_weekly_summaries(db, start)
+
+    worker = OutboxWorker(db, transport, Renderer(), config, periodic=weekly)
+    billing.on_voice_threshold = quota_notifier(db, upgrade_url=base_url + "/?upgrade=1")
+    billing.warning_percent = settings.email_quota_warning_percent
+    if settings.email_worker:
+        worker.start()
+        stack.push_async_callback(worker.stop)
+    return worker
+
+
 def embedder_for(settings: Settings, stack: AsyncExitStack) -> OpenAIEmbedder | None:
     base_url = settings.embedding_base_url or settings.openai_base_url
     key = api_key(settings.embedding_api_key or settings.openai_api_key, base_url)
@@ -270,6 +323,9 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             app.state.auth = await open_accounts(settings, app.state.db, redis_client, stack)
             app.state.billing = open_billing(settings, app.state.db, redis_client, stack)
             app.state.payments = open_payments(settings, app.state.billing, stack)
+            app.state.email_link_secret = link_secret
+            app.state.email_worker = open_email(settings, app.state.db, app.state.billing,
+                                                link_secret, stack)
             app.state.retriever = await open_knowledge(settings, app.state.db, redis_client, stack)
 
             def knowledge(course: str | None):  # type: ignore[no-untyped-def]
@@ -289,6 +345,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             yield
 
     session_secret = settings.session_secret or secrets.token_urlsafe(32)
+    link_secret = settings.email_link_secret or session_secret
     if not settings.session_secret:
         log.info("TUTOR_SESSION_SECRET is not set: sign-in cookies last until the server restarts")
     return Starlette(
@@ -301,6 +358,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             *rights.routes,
             *rag_routes.routes,
             *billing_routes.routes,
+            *email_routes.routes,
         ],
         middleware=[Middleware(SessionMiddleware, secret_key=session_secret,
                                session_cookie="tutor_session", max_age=settings.session_max_age_s,

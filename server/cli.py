@@ -1,4 +1,4 @@
-"""The `tutor` command: `tutor serve --host --port` (more subcommands come with later features)."""
+"""The `tutor` command: `serve`, `migrate`, `ingest`, `email-summaries`, `mcp-email`."""
 
 from __future__ import annotations
 
@@ -46,6 +46,27 @@ async def ingest_command(settings: Settings, paths: list[Path], course: str) -> 
     return 1 if any(isinstance(r, IngestError) for r in results) else 0
 
 
+async def summaries_command(settings: Settings, week: str | None) -> int:
+    """`tutor email-summaries [--week 2026-W47]`: queue the weekly summaries (default: last week)."""
+    from datetime import datetime, timezone
+
+    from notify.summary import last_full_week, queue_weekly_summaries
+    from store.db import Database, migrate, sqlite_url
+
+    if week:
+        start = datetime.strptime(week + "-1", "%G-W%V-%u").replace(tzinfo=timezone.utc)
+    else:
+        start, week = last_full_week(datetime.now(timezone.utc))
+    db = Database(settings.database_url or sqlite_url(settings.data_dir))
+    try:
+        await asyncio.to_thread(migrate, db.url)
+        queued = await queue_weekly_summaries(db, start)
+    finally:
+        await db.close()
+    print(f"{week}: {queued} summaries queued (the server's outbox worker sends them)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tutor", description="Real-time voice tutor server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,7 +78,18 @@ def main(argv: list[str] | None = None) -> None:
     ingest = sub.add_parser("ingest", help="load course documents (Markdown, text, HTML, PDF)")
     ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to walk")
     ingest.add_argument("--course", required=True, help="course name, e.g. algebra-1")
-    args = parser.parse_args(argv)
+    summaries = sub.add_parser("email-summaries", help="queue the weekly progress summaries")
+    summaries.add_argument("--week", help="ISO week, e.g. 2026-W47 (default: the last full one)")
+    sub.add_parser("mcp-email", add_help=False,
+                   help="the MCP email tool server (stdio; --http --port N for HTTP)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "mcp-email":
+        from notify.mcp_server import main as mcp_email
+
+        mcp_email(rest)
+        return
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     settings = Settings()
     if args.command == "serve":
@@ -69,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
                     log_level=args.log_level, **uvicorn_options(settings))
     elif args.command == "ingest":
         raise SystemExit(asyncio.run(ingest_command(settings, args.paths, args.course)))
+    elif args.command == "email-summaries":
+        raise SystemExit(asyncio.run(summaries_command(settings, args.week)))
     elif args.command == "migrate":
         from store.db import migrate, sqlite_url
 

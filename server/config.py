@@ -111,6 +111,27 @@ class Settings(BaseSettings):
     stripe_webhook_tolerance_s: int = 300
     payment_grace_days: float = 7.0  # a paid plan survives a failed payment this long
 
+    # Email (notify/; docs/email.md)
+    email_transport: str = "log"  # log | smtp | mcp
+    email_from: str = "Tutor <tutor@localhost>"
+    email_link_secret: str | None = None  # signs unsubscribe links; default: TUTOR_SESSION_SECRET
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 587
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool | None = None  # None: upgrade when the server offers it
+    smtp_tls: bool = False  # implicit TLS (port 465)
+    email_mcp_url: str | None = None  # the email tool server, streamable HTTP (…/mcp)
+    email_mcp_command: str | None = None  # or spawned over stdio, e.g. "tutor mcp-email"
+    email_mcp_tool: str = "send_email"
+    email_timeout_s: float = 60.0  # one send (SMTP or the MCP tool call)
+    email_worker: bool = True  # run the outbox worker in this process
+    email_poll_s: float = 2.0
+    email_max_attempts: int = 8
+    email_retry_base_s: float = 30.0
+    email_lease_s: float = 120.0
+    email_quota_warning_percent: int = 80
+
     @property
     def sign_in_configured(self) -> bool:
         return bool(self.google_client_id or self.supabase_url or self.supabase_jwt_secret)

@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Float, ForeignKey,
                         Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint,
-                        false)
+                        false, true)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("student", "teacher", "admin")
@@ -72,6 +72,11 @@ class User(Base):
                                                        server_default=false())
     grace_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # past due
     seats: Mapped[int | None] = mapped_column(Integer)  # per-seat plans: students covered
+    # Email (notify/): non-transactional mail stops once unsubscribed; weekly summaries may also
+    # go to a parent's or teacher's address.
+    email_unsubscribed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    guardian_email: Mapped[str | None] = mapped_column(String(320))
+    weekly_summary: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class ApiToken(Base):
@@ -204,7 +209,11 @@ class UsageEntry(Base):
 
 
 class EmailNotification(Base):
-    """The email outbox (filled by the email issue): one row per message, claimed by a worker."""
+    """The email outbox: one row per message, written in the transaction of the change that
+    caused it, claimed by a worker (notify.worker). Status: pending → sending → sent, or back to
+    pending with a later `next_attempt_at`, or failed after the last attempt; `suppressed` when
+    the user unsubscribed before it went; `unknown` when a worker stopped between sending and
+    recording through a transport that cannot dedupe (SMTP), so it is not sent twice."""
 
     __tablename__ = "email_notifications"
     __table_args__ = (Index("ix_email_notifications_due", "status", "next_attempt_at"),)
@@ -216,7 +225,7 @@ class EmailNotification(Base):
     template: Mapped[str] = mapped_column(String(100))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     transactional: Mapped[bool] = mapped_column(Boolean, default=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|sending|sent|failed
+    status: Mapped[str] = mapped_column(String(16), default="pending")
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     idempotency_key: Mapped[str] = mapped_column(String(100), unique=True, default=new_id)
@@ -224,6 +233,10 @@ class EmailNotification(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    language: Mapped[str | None] = mapped_column(String(16))
+    subject: Mapped[str | None] = mapped_column(Text)  # as rendered when sent
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # while sending
+    transport: Mapped[str | None] = mapped_column(String(16))  # that took it: smtp | mcp | log
 
 
 def described_by_models(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:

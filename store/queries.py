@@ -9,14 +9,15 @@ from __future__ import annotations
 import hashlib
 import secrets
 from datetime import datetime, timedelta, timezone
-from typing import Sequence
+from typing import Any, Sequence
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import ROLES, ApiToken, ClassMember, Classroom, Interaction, User, now
+from .models import (ROLES, ApiToken, ClassMember, Classroom, EmailNotification, Interaction, User,
+                     new_id, now)
 
 API_TOKEN_PREFIX = "tt_"
 
@@ -29,17 +30,36 @@ async def upsert_user(s: AsyncSession, *, provider: str, subject: str, email: st
     if user is None:
         # INSERT … ON CONFLICT DO NOTHING: two first sign-ins at once end with one row, and no
         # savepoint is needed (SQLite's driver would commit one outside the caller's transaction).
-        dialect = s.get_bind().dialect.name
-        insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        await s.execute(insert(User).values(auth_provider=provider, auth_subject=subject,
-                                            email=email, name=name, role=role)
-                        .on_conflict_do_nothing(index_elements=["auth_provider", "auth_subject"]))
+        created = await s.execute(_insert(s)(User).values(
+            id=new_id(), auth_provider=provider, auth_subject=subject, email=email, name=name,
+            role=role).on_conflict_do_nothing(index_elements=["auth_provider", "auth_subject"]))
         user = (await s.execute(query)).scalar_one()
+        if created.rowcount and email:  # the welcome mail commits (or not) with the account
+            await enqueue_email(s, recipient=email, template="welcome",
+                                payload={"name": name or ""}, transactional=True,
+                                user_id=user.id, key=f"welcome:{user.id}")
     else:
         user.email = email or user.email
         user.name = name or user.name
         user.last_seen_at = now()
     return user
+
+
+def _insert(s: AsyncSession):  # type: ignore[no-untyped-def]
+    return pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+
+
+async def enqueue_email(s: AsyncSession, *, recipient: str, template: str,
+                        payload: dict[str, Any], transactional: bool, user_id: str | None = None,
+                        key: str | None = None, language: str | None = None) -> bool:
+    """Put a message in the outbox, in the caller's transaction. `key` makes it once-only (the
+    same key again is ignored: a replayed event does not mail twice); False when it was."""
+    result = await s.execute(_insert(s)(EmailNotification).values(
+        user_id=user_id, recipient=recipient, template=template, payload=payload,
+        transactional=transactional, status="pending", attempts=0, next_attempt_at=now(),
+        idempotency_key=key or new_id(), language=language, created_at=now(),
+    ).on_conflict_do_nothing(index_elements=["idempotency_key"]))
+    return bool(result.rowcount)
 
 
 async def get_user(s: AsyncSession, user_id: str) -> User | None:

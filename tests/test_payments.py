@@ -670,3 +670,25 @@ async def test_an_event_for_a_subscription_stripe_does_not_have_is_recorded_once
     assert r.status_code == 200 and r.json()["status"] == "processed"  # no retry loop for days
     assert (await pay.row(student.id)).tier == "pro"
     assert [t.event_type for t in await pay.transactions()][-1] == "customer.subscription.deleted"
+
+
+async def test_receipts_and_failed_payments_are_mailed_with_the_event(pay: Payments):
+    from store.models import EmailNotification
+
+    student = await pay.user()
+    _, sub = await pay.subscribe(student)
+    paid = pay.stripe.invoice(sub["id"], paid=True)
+    event = pay.event("invoice.paid", paid)
+    assert (await pay.deliver(event)).status_code == 200
+    assert (await pay.deliver(event)).json()["status"] == "duplicate"
+    pay.stripe.update_subscription(sub["id"], status="past_due")
+    failed = pay.stripe.invoice(sub["id"], paid=False)
+    assert (await pay.deliver("invoice.payment_failed", failed)).status_code == 200
+    async with pay.app.state.db.session() as s:
+        rows = list((await s.execute(select(EmailNotification).where(
+            EmailNotification.template.in_(("payment_receipt", "payment_failed")))
+            .order_by(EmailNotification.id))).scalars())
+    assert [r.template for r in rows] == ["payment_receipt", "payment_failed"]  # once each
+    assert rows[0].idempotency_key == f"stripe:{event['id']}" and rows[0].transactional
+    assert rows[0].payload["amount"] == paid["amount_paid"]
+    assert rows[1].payload["grace_until"] is not None
