@@ -402,3 +402,26 @@ async def test_voice_quota_notices_at_80_and_100_percent_once_a_day(db):  # noqa
     assert rows[1].payload["period"] == "day" and rows[1].transactional is False
     for row in rows:
         Renderer().render(row.template, row.payload, unsubscribe_url="http://x/u")
+
+
+async def test_the_server_mails_through_its_own_mcp_tool_server(fake, start_server, tmp_path,
+                                                               smtp_sink, monkeypatch):  # noqa: F811
+    # TUTOR_EMAIL_TRANSPORT=mcp with TUTOR_EMAIL_MCP_COMMAND="tutor mcp-email": the server spawns
+    # the tool server over stdio, which relays to SMTP (its TUTOR_SMTP_* come from our env).
+    for key, value in smtp_sink.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TUTOR_MCP_EMAIL_JOURNAL", str(tmp_path / "journal.db"))
+    await start_server(make_settings(
+        fake, database_url=f"sqlite+aiosqlite:///{tmp_path}/t.db", email_transport="mcp",
+        email_mcp_command=f"{sys.executable} -m notify.mcp_server", email_poll_s=0.05))
+    app = start_server.apps[-1]
+    user = await new_user(app.state.db, email="grace@example.com", name="Grace")
+    [mail] = await smtp_sink.until(1, timeout_s=15)
+    assert mail.rcpt_tos == ["grace@example.com"] and "Grace" in mail.message.get_body(
+        ("plain",)).get_content()
+    for _ in range(100):
+        [row] = await outbox(app.state.db)
+        if row.status == "sent":
+            break
+        await asyncio.sleep(0.05)
+    assert row.status == "sent" and row.transport == "mcp" and row.user_id == user.id
