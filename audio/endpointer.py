@@ -73,6 +73,11 @@ class Endpointer:
     def position(self) -> int:
         return self.frames * self.config.frame_samples
 
+    @property
+    def last_voiced_end(self) -> int:
+        """Sample position where the last voiced frame of the current turn ended."""
+        return self._last_voiced_end
+
     def push(self, is_speech: bool) -> SpeechStarted | SpeechEnded | None:
         cfg = self.config
         self.frames += 1

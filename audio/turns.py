@@ -66,6 +66,16 @@ class AudioInput:
         return self._endpointer is not None and self._endpointer.speaking
 
     @property
+    def position_ms(self) -> int:
+        """How much input audio the endpointer has consumed (16 kHz timeline)."""
+        return 0 if self._endpointer is None else samples_to_ms(self._endpointer.position)
+
+    @property
+    def last_voiced_ms(self) -> int:
+        """Where the last voiced frame of the turn in progress ended (16 kHz timeline)."""
+        return 0 if self._endpointer is None else samples_to_ms(self._endpointer.last_voiced_end)
+
+    @property
     def buffered_ms(self) -> int:
         return samples_to_ms(len(self._buf) // SAMPLE_WIDTH)
 

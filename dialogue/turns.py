@@ -151,6 +151,18 @@ class TurnTaker:
         self.response = None
         return text
 
+    def replace_answer(self, said: str, heard: str) -> None:
+        """The student heard only `heard` of the answer `said` (spoken answers cut short): the
+        history keeps what was heard, so the tutor does not believe it said the rest."""
+        for i in range(len(self.history) - 1, -1, -1):
+            message = self.history[i]
+            if message["role"] == "assistant" and message["content"] == said:
+                if heard:
+                    self.history[i] = {"role": "assistant", "content": heard}
+                else:
+                    del self.history[i]
+                return
+
     # -- internals -------------------------------------------------------------------------
     def _cancel(self, reason: str) -> CancelResponse:
         assert self.response is not None

@@ -1,4 +1,5 @@
-"""HTTP routes of course knowledge: documents (teachers and admins) and search (anyone signed in).
+"""HTTP routes of course knowledge: documents (teachers and admins); search, the list of courses
+and single passages (anyone signed in: the browser client links citations to passages).
 
 Uploads are multipart (`file`, `course`); a document is replaced when its bytes change and left
 alone when they do not. After every change the course's vector matrix is reloaded.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import func, select
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,6 +17,7 @@ from starlette.routing import Route
 
 from accounts.routes import require_user
 from dialogue.providers import ProviderError
+from store.models import Content
 
 from .ingest import IngestError, delete_document, ingest, list_documents
 
@@ -90,6 +93,32 @@ async def search(request: Request) -> Response:
          "fts_rank": h.fts_rank, "vector_rank": h.vector_rank} for h in hits]})
 
 
+async def courses(request: Request) -> Response:
+    """`{"items": [{"name", "documents", "chunks"}]}`, by name: what a client offers to pick."""
+    await require_user(request)
+    query = (select(Content.course, func.count(func.distinct(Content.source)), func.count())
+             .group_by(Content.course).order_by(Content.course))
+    async with request.app.state.db.session() as s:
+        rows = (await s.execute(query)).all()
+    return JSONResponse({"items": [{"name": c, "documents": d, "chunks": n}
+                                   for c, d, n in rows]})
+
+
+async def passage(request: Request) -> Response:
+    """One passage by the id citations give it (`c123`; a bare `123` works too)."""
+    await require_user(request)
+    raw = request.path_params["chunk_id"]
+    number = raw[1:] if raw[:1] in ("c", "C") else raw
+    if not number.isdigit() or len(number) > 18:
+        raise HTTPException(404, f"no passage {raw!r}: ids look like c123")
+    async with request.app.state.db.session() as s:
+        row = await s.get(Content, int(number))
+    if row is None:
+        raise HTTPException(404, f"no passage {raw!r}")
+    return JSONResponse({"chunk_id": f"c{row.id}", "course": row.course, "document": row.source,
+                         "heading": row.heading_path, "text": row.text})
+
+
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
@@ -104,4 +133,6 @@ routes = [
     Route("/api/rag/documents", documents, methods=["GET"]),
     Route("/api/rag/documents", remove_document, methods=["DELETE"]),
     Route("/api/rag/search", search, methods=["POST"]),
+    Route("/api/rag/courses", courses, methods=["GET"]),
+    Route("/api/rag/passages/{chunk_id}", passage, methods=["GET"]),
 ]

@@ -18,8 +18,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 
 from accounts import routes as account_routes
 from accounts.google import google_oauth
@@ -53,7 +54,8 @@ from store.writer import InteractionWriter
 
 from dialogue.prompts import TUTOR_INSTRUCTIONS
 from dialogue.providers import Providers
-from dialogue.providers.openai import OpenAIChatModel, OpenAITranscriber, make_client, warm_up
+from dialogue.providers.openai import (OpenAIChatModel, OpenAISpeech, OpenAITranscriber,
+                                       make_client, warm_up)
 
 from .chat import chat_endpoint
 from .config import Settings
@@ -64,6 +66,7 @@ from .voice import realtime_endpoint
 log = logging.getLogger("tutor")
 SAMPLE_COURSE = Path(__file__).resolve().parent.parent / "rag" / "sample_course"
 SAMPLE_COURSE_NAME = "sample"
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the browser client (docs/web.md)
 
 
 def session_config(settings: Settings) -> SessionConfig:
@@ -82,6 +85,10 @@ def session_config(settings: Settings) -> SessionConfig:
         min_speech_ms=settings.vad_min_speech_ms,
         max_turn_ms=settings.max_turn_ms,
         history_messages=settings.history_messages,
+        voice=settings.tts_voice,
+        echo_guard_ms=settings.echo_guard_ms,
+        echo_persist_ms=settings.echo_persist_ms,
+        audio_lead_ms=settings.audio_lead_ms,
         audio_burst_ms=settings.audio_burst_ms,
         max_message_bytes=settings.max_message_bytes,
     )
@@ -102,13 +109,14 @@ def provider_client(settings: Settings, key: str, base_url: str | None):  # type
 def build_providers(settings: Settings) -> tuple[Providers, list]:
     """OpenAI-compatible providers from settings; also returns the clients to close."""
     clients = []
-    transcriber = chat = None
+    transcriber = chat = speech = None
     missing = []
     stt_key = api_key(settings.openai_api_key, settings.openai_base_url)
     if stt_key:
         stt_client = provider_client(settings, stt_key, settings.openai_base_url)
         clients.append(stt_client)
         transcriber = OpenAITranscriber(stt_client, settings.transcription_model)
+        speech = OpenAISpeech(stt_client, settings.tts_model, settings.tts_voice)
     else:
         missing.append("transcription needs OPENAI_API_KEY (and OPENAI_BASE_URL for a "
                        "compatible server other than OpenAI)")
@@ -124,7 +132,7 @@ def build_providers(settings: Settings) -> tuple[Providers, list]:
         missing.append("answers need OPENAI_API_KEY, or LLM_BASE_URL (+ LLM_API_KEY, LLM_MODEL) "
                        "for OpenRouter or a local OpenAI-compatible server")
     problem = ("No AI provider is configured: " + "; ".join(missing) + ".") if missing else None
-    return Providers(transcriber, chat, problem), clients
+    return Providers(transcriber, chat, problem, speech), clients
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -134,6 +142,23 @@ async def healthz(request: Request) -> JSONResponse:
         "transcription": providers.transcriber is not None,
         "chat": providers.chat is not None,
     })
+
+
+class WebFiles(StaticFiles):
+    """The client's modules, revalidated on every load (ETag), so an update is never half seen."""
+
+    def file_response(self, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
+        response = super().file_response(*args, **kwargs)
+        response.headers["Cache-Control"] = "no-cache"
+        return response
+
+
+async def index(request: Request) -> Response:
+    page = WEB_DIR / "index.html"
+    if not page.is_file():
+        return JSONResponse({"error": {"code": "not_found", "message": "no browser client "
+                                       f"installed ({WEB_DIR})"}}, status_code=404)
+    return FileResponse(page, headers={"Cache-Control": "no-cache"})
 
 
 async def open_storage(settings: Settings, stack: AsyncExitStack) -> Database:
@@ -359,6 +384,9 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             *rag_routes.routes,
             *billing_routes.routes,
             *email_routes.routes,
+            # last, so that every API route wins: the browser client
+            Route("/", index, methods=["GET", "HEAD"]),
+            Mount("/web", WebFiles(directory=WEB_DIR, check_dir=False), name="web"),
         ],
         middleware=[Middleware(SessionMiddleware, secret_key=session_secret,
                                session_cookie="tutor_session", max_age=settings.session_max_age_s,

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     llm_model: str = Field("gpt-4o-mini", validation_alias=AliasChoices("LLM_MODEL", "llm_model"))
     llm_max_tokens: int | None = 400
     transcription_model: str = "gpt-4o-mini-transcribe"
+    tts_model: str = "gpt-4o-mini-tts"  # spoken answers (audio.speech, PCM), on OPENAI_BASE_URL
+    tts_voice: str = "alloy"  # a plan's tts_voice, then the session's audio.output.voice, win
+    echo_guard_ms: int = 400  # speech starting this soon after the tutor starts speaking...
+    echo_persist_ms: int = 300  # ...counts only if it goes on this much longer
+    audio_lead_ms: int = 300  # spoken answers go out at playback pace, this far ahead
+    resume_ttl_s: float = 120.0  # a dropped session can be resumed this long (tutor.session.resumable)
     provider_timeout_s: float = 20.0  # per request; for a stream, the longest wait for the next bytes
     provider_connect_timeout_s: float = 3.0
     provider_max_retries: int = 1

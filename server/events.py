@@ -43,16 +43,23 @@ def user_text_item(item_id: str, text: str) -> Event:
             "status": "completed", "content": [{"type": "input_text", "text": text}]}
 
 
-def assistant_item(item_id: str, status: str, text: str | None = None) -> Event:
-    content = [] if text is None else [{"type": "output_text", "text": text}]
+def assistant_item(item_id: str, status: str, text: str | None = None, *,
+                   audio: bool = False) -> Event:
+    if text is None:
+        content: list[Event] = []
+    elif audio:
+        content = [{"type": "output_audio", "transcript": text}]
+    else:
+        content = [{"type": "output_text", "text": text}]
     return {"id": item_id, "object": "realtime.item", "type": "message", "role": "assistant",
             "status": status, "content": content}
 
 
 def response(response_id: str, status: str, output: list[Event], *,
-             status_details: Event | None = None) -> Event:
+             status_details: Event | None = None, modalities: list[str] | None = None) -> Event:
     return {"id": response_id, "object": "realtime.response", "status": status,
-            "status_details": status_details, "output": output, "output_modalities": ["text"],
+            "status_details": status_details, "output": output,
+            "output_modalities": modalities or ["text"],
             "conversation_id": None}
 
 

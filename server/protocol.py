@@ -19,6 +19,7 @@ from typing import Any, Callable, Union
 from audio.pcm import SAMPLE_WIDTH, AudioFormatError, wav_bytes
 from audio.turns import AudioInput, TurnEnded, TurnStarted, VadSettings
 from billing.meter import VoiceMeter, VoiceUsage
+from dialogue.speech import Piece, SentenceSplitter, heard_text
 from dialogue.turns import CancelResponse, ResponseAlreadyActive, StartResponse, TurnState, TurnTaker
 
 from . import events as ev
@@ -65,6 +66,23 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Speak:
+    """Synthesise this piece of an answer (pieces of a response are played in `index` order)."""
+
+    response_id: str
+    index: int
+    text: str
+    voice: str
+
+
+@dataclass(frozen=True)
+class SendBinary:
+    """A binary frame: the tutor's audio (PCM16, 24 kHz, mono) for clients that asked for it."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Charge:
     """Voice milliseconds received, to add to the user's shared quota counters."""
 
@@ -84,7 +102,11 @@ class Close:
     reason: str
 
 
-Action = Union[Send, Transcribe, Generate, Cancel, Record, Charge, ReportLimits, Close]
+Action = Union[Send, Transcribe, Generate, Cancel, Record, Charge, ReportLimits, Close, Speak,
+               SendBinary]
+OUTPUT_RATE = 24000  # the tutor's audio: OpenAI's PCM output format
+VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
+          "verse", "marin", "cedar")
 
 # Close codes of a session ended by its plan (see docs/billing.md).
 CLOSE_CODES = {"quota_exceeded": 4402, "session_expired": 4408}
@@ -115,6 +137,36 @@ class SessionConfig:
     history_messages: int = 20
     audio_burst_ms: int = 3000
     max_message_bytes: int = 256 * 1024
+    output_audio: bool = False  # speak the answers (output_modalities ["audio"])
+    voice: str = "alloy"
+    audio_allowed: bool = True  # the plan includes spoken answers
+    # Echo: speech detected within `echo_guard_ms` of the tutor starting to speak counts only if
+    # it goes on for `echo_persist_ms` more (the tutor's own voice leaking into the microphone).
+    echo_guard_ms: int = 400
+    echo_persist_ms: int = 300
+    audio_lead_ms: int = 300  # the tutor's audio is sent at playback pace, this far ahead
+
+
+@dataclass
+class _Speech:
+    """An answer being spoken: its pieces, and when its audio started going out."""
+
+    splitter: SentenceSplitter
+    pieces: list[Piece]
+    text_done: bool = False
+    first_audio_at: float | None = None
+    failed: bool = False
+
+    @property
+    def sent_ms(self) -> float:
+        return sum(p.ms for p in self.pieces)
+
+    def heard(self, now: float | None) -> str:
+        """What the student heard: the audio sent, no further than the time it has played."""
+        if self.first_audio_at is None:
+            return ""
+        played = self.sent_ms if now is None else (now - self.first_audio_at) * 1000
+        return heard_text(self.pieces, min(self.sent_ms, played))
 
 
 class ClientError(Exception):
@@ -128,16 +180,19 @@ class ClientError(Exception):
 
 
 # OpenAI client events we recognise but do not implement (yet): refused with a clear reason.
-UNSUPPORTED = {
-    "conversation.item.delete", "conversation.item.retrieve", "conversation.item.truncate",
-    "output_audio_buffer.clear",
-}
+UNSUPPORTED = {"conversation.item.delete", "conversation.item.retrieve"}
 
 
 class RealtimeSession:
     def __init__(self, config: SessionConfig, *, provider_problem: str | None = None,
-                 meter: VoiceMeter | None = None) -> None:
+                 meter: VoiceMeter | None = None, binary_audio: bool = False) -> None:
         self.config = config
+        self.binary_audio = binary_audio  # the tutor's audio as binary frames, not base64 events
+        self._speech: dict[str, _Speech] = {}  # response id → its speech, while spoken
+        self._last_spoken: tuple[str, str, list[Piece]] | None = None  # item id, text, pieces
+        self._audio_ms = 0.0  # input audio received
+        # a speech start held as possible echo, and where voice must reach for it to count (ms)
+        self._held: tuple[TurnStarted, float] | None = None
         self.provider_problem = provider_problem
         self.meter = meter  # the plan's voice allowance; None: unmetered
         self._closing: tuple[str, str] | None = None  # (code, message) once the plan ends it
@@ -166,6 +221,8 @@ class RealtimeSession:
             "conversation.item.create": self._item_create,
             "response.create": self._response_create,
             "response.cancel": self._response_cancel,
+            "output_audio_buffer.clear": self._output_clear,
+            "conversation.item.truncate": self._item_truncate,
         }
 
     # -- entry points ----------------------------------------------------------------------
@@ -227,12 +284,21 @@ class RealtimeSession:
         except AudioFormatError as exc:
             return [self._error(exc.code, str(exc), event_id=event_id)]
         self._tokens_ms -= chunk_ms
+        self._audio_ms += chunk_ms
         out: list[Action] = []
         for turn_event in turn_events:
             if isinstance(turn_event, TurnStarted):
-                out += self._speech_started(turn_event)
+                if self._echo_window(now):  # voice must go on this much longer to count
+                    self._held = (turn_event, self.audio.position_ms + self.config.echo_persist_ms)
+                else:
+                    out += self._speech_started(turn_event, now)
+            elif self._held is not None:
+                self._held = None  # it stopped before it persisted: the tutor's echo, dropped
             else:
                 out += self._speech_stopped(turn_event)
+        if self._held is not None and self.audio.last_voiced_ms >= self._held[1]:
+            held, self._held = self._held[0], None
+            out += self._speech_started(held, now)  # it persisted: the student speaks
         meter = self.meter
         if meter is not None:
             charge = meter.audio(chunk_ms)
@@ -313,10 +379,27 @@ class RealtimeSession:
     def response_delta(self, response_id: str, delta: str) -> list[Action]:
         if not self.turns.delta(response_id, delta):
             return []  # a late delta of a response already cancelled
-        return [self._send("response.output_text.delta", delta=delta,
-                           **ev.text_part(response_id, self._response_items[response_id]))]
+        part = ev.text_part(response_id, self._response_items[response_id])
+        st = self._speech.get(response_id)
+        if st is None:
+            return [self._send("response.output_text.delta", delta=delta, **part)]
+        out: list[Action] = [self._send("response.output_audio_transcript.delta", delta=delta,
+                                        **part)]
+        return out + [self._speak(response_id, st, text) for text in st.splitter.feed(delta)]
+
+    def _speak(self, rid: str, st: _Speech, text: str) -> Speak:
+        st.pieces.append(Piece(text))
+        return Speak(rid, len(st.pieces) - 1, text, self.config.voice)
 
     def response_completed(self, response_id: str) -> list[Action]:
+        st = self._speech.get(response_id)
+        if st is not None:  # the text is complete; the answer ends when its audio has gone out
+            if self.turns.response is None or self.turns.response.id != response_id:
+                return []
+            st.text_done = True
+            rest = st.splitter.flush()
+            out: list[Action] = [self._speak(response_id, st, rest)] if rest else []
+            return out + self._then_maybe_close(self._maybe_finish_speech(response_id))
         result = self.turns.finished(response_id)
         if result is None:
             return []
@@ -337,6 +420,63 @@ class RealtimeSession:
     def response_citations(self, response_id: str, citations: list[dict[str, Any]]) -> Send:
         """`tutor.citations`: the course passages an answer is grounded in, before its text."""
         return self._send("tutor.citations", response_id=response_id, citations=citations)
+
+    # -- spoken answers --------------------------------------------------------------------
+    def speech_audio(self, response_id: str, index: int, pcm: bytes, now: float) -> list[Action]:
+        """Audio of piece `index` of an answer, in order, as the shell gets it from TTS."""
+        st = self._speech.get(response_id)
+        if st is None or not pcm:
+            return []  # a late chunk of an answer already cut off
+        if st.first_audio_at is None:
+            st.first_audio_at = now
+        st.pieces[index].ms += len(pcm) / SAMPLE_WIDTH * 1000 / OUTPUT_RATE
+        if self.binary_audio:
+            return [SendBinary(pcm)]
+        return [self._send("response.output_audio.delta",
+                           delta=base64.b64encode(pcm).decode("ascii"),
+                           **ev.text_part(response_id, self._response_items[response_id]))]
+
+    def speech_done(self, response_id: str, index: int) -> list[Action]:
+        st = self._speech.get(response_id)
+        if st is None:
+            return []
+        st.pieces[index].done = True
+        return self._then_maybe_close(self._maybe_finish_speech(response_id))
+
+    def speech_failed(self, response_id: str, index: int, code: str, message: str
+                      ) -> list[Action]:
+        """Synthesis of one piece failed: said once; the answer goes on (its text is there)."""
+        st = self._speech.get(response_id)
+        if st is None:
+            return []
+        out: list[Action] = []
+        if not st.failed:
+            st.failed = True
+            out.append(self._error(code, f"speech synthesis failed: {message}",
+                                   type="server_error"))
+        return out + self.speech_done(response_id, index)
+
+    def speaking(self, response_id: str) -> bool:
+        """Whether this answer is (also) spoken."""
+        return response_id in self._speech
+
+    def _maybe_finish_speech(self, rid: str) -> list[Action]:
+        st = self._speech[rid]
+        if not st.text_done or not all(p.done for p in st.pieces):
+            return []
+        result = self.turns.finished(rid)
+        if result is None:
+            return []
+        text, next_response = result
+        return self._close_response(rid, text, "completed") + self._start(next_response)
+
+    def _echo_window(self, now: float) -> bool:
+        """The tutor started speaking less than `echo_guard_ms` ago (and still is)."""
+        for st in self._speech.values():
+            if st.first_audio_at is not None and \
+                    (now - st.first_audio_at) * 1000 < self.config.echo_guard_ms:
+                return True
+        return False
 
     def rate_limits_updated(self, rate_limits: list[dict[str, Any]]) -> Send:
         """`rate_limits.updated`: what the plan has left (entries built by `billing`)."""
@@ -424,16 +564,54 @@ class RealtimeSession:
         cut = self.turns.cancel()
         if cut is None:
             raise ClientError("response_cancel_not_active", "there is no response to cancel")
-        return self._cancelled(cut)
+        return self._cancelled(cut, now)
+
+    def _output_clear(self, message: dict[str, Any], now: float) -> list[Action]:
+        """`output_audio_buffer.clear`: stop the answer being spoken, now."""
+        response = self.turns.response
+        if response is None or response.id not in self._speech:
+            raise ClientError("response_cancel_not_active", "no answer is being spoken")
+        cut = self.turns.cancel()
+        assert cut is not None
+        return self._cancelled(cut, now)
+
+    def _item_truncate(self, message: dict[str, Any], now: float) -> list[Action]:
+        """`conversation.item.truncate`: the student heard only `audio_end_ms` of an answer, so
+        the tutor remembers only that much of it (an answer still being spoken is cut first)."""
+        item_id, end_ms = message.get("item_id"), message.get("audio_end_ms")
+        if not isinstance(item_id, str):
+            raise ClientError("missing_required_parameter", "truncate needs 'item_id'", "item_id")
+        if isinstance(end_ms, bool) or not isinstance(end_ms, int) or end_ms < 0:
+            raise ClientError("invalid_value", "audio_end_ms must be a non-negative integer",
+                              "audio_end_ms")
+        out: list[Action] = []
+        response = self.turns.response
+        if response is not None and self._response_items.get(response.id) == item_id \
+                and response.id in self._speech:
+            cut = self.turns.cancel()
+            assert cut is not None
+            out += self._cancelled(cut, None)
+        if self._last_spoken is None or self._last_spoken[0] != item_id:
+            raise ClientError("item_truncate_invalid_item_id",
+                              f"{item_id} is not the last spoken answer", "item_id")
+        _, full, pieces = self._last_spoken
+        total = sum(p.ms for p in pieces)
+        if end_ms > total + 1:
+            raise ClientError("invalid_value", f"audio_end_ms {end_ms} is past the end of the "
+                              f"answer's audio ({total:.0f} ms)", "audio_end_ms")
+        self.turns.replace_answer(full, heard_text(pieces, end_ms))
+        return out + [self._send("conversation.item.truncated", item_id=item_id,
+                                 content_index=message.get("content_index", 0),
+                                 audio_end_ms=end_ms)]
 
     # -- turns and responses ---------------------------------------------------------------
-    def _speech_started(self, started: TurnStarted) -> list[Action]:
+    def _speech_started(self, started: TurnStarted, now: float | None = None) -> list[Action]:
         self._speech_item_id = self.ids("item")
         out: list[Action] = [self._send("input_audio_buffer.speech_started",
                                         audio_start_ms=started.start_ms,
                                         item_id=self._speech_item_id)]
         cut = self.turns.speech_started()
-        return out + (self._cancelled(cut) if cut else [])
+        return out + (self._cancelled(cut, now) if cut else [])
 
     def _speech_stopped(self, turn: TurnEnded) -> list[Action]:
         item_id = self._speech_item_id or self.ids("item")
@@ -466,19 +644,31 @@ class RealtimeSession:
         self._response_turns[rid] = (start.question, self._unanswered_audio_s)
         self._unanswered_audio_s = 0.0
         item = ev.assistant_item(item_id, "in_progress")
+        audio = self.config.output_audio
+        if audio:
+            self._speech[rid] = _Speech(SentenceSplitter(), [])
+        part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
+        modalities = ["audio"] if audio else ["text"]
         return [
-            self._send("response.created", response=ev.response(rid, "in_progress", [])),
+            self._send("response.created",
+                       response=ev.response(rid, "in_progress", [], modalities=modalities)),
             self._send("response.output_item.added", response_id=rid, output_index=0, item=item),
             self._item_created(item),
-            self._send("response.content_part.added", part={"type": "text", "text": ""},
-                       **ev.text_part(rid, item_id)),
+            self._send("response.content_part.added", part=part, **ev.text_part(rid, item_id)),
             Generate(rid, start.messages, start.question, self.config.model),
         ]
 
-    def _cancelled(self, cut: CancelResponse) -> list[Action]:
+    def _cancelled(self, cut: CancelResponse, now: float | None = None) -> list[Action]:
         details = {"type": "cancelled", "reason": cut.reason}
-        return [Cancel(cut.response_id),
-                *self._close_response(cut.response_id, cut.text, "cancelled", details),
+        text = cut.text
+        out: list[Action] = [Cancel(cut.response_id)]
+        st = self._speech.get(cut.response_id)
+        if st is not None:
+            text = st.heard(now)  # the tutor remembers what was heard, not what was written
+            self.turns.replace_answer(cut.text, text)
+            if st.first_audio_at is not None:  # the client should drop what it buffered
+                out.append(self._send("output_audio_buffer.cleared", response_id=cut.response_id))
+        return [*out, *self._close_response(cut.response_id, text, "cancelled", details),
                 *self._start(self.turns.next_response())]
 
     def _close_response(self, rid: str, text: str, status: str,
@@ -486,14 +676,28 @@ class RealtimeSession:
         item_id = self._response_items.pop(rid)
         question, audio_s = self._response_turns.pop(rid)
         part = ev.text_part(rid, item_id)
-        item = ev.assistant_item(item_id, "completed" if status == "completed" else "incomplete",
-                                 text)
+        item_status = "completed" if status == "completed" else "incomplete"
+        st = self._speech.pop(rid, None)
+        if st is None:
+            item = ev.assistant_item(item_id, item_status, text)
+            closing = [self._send("response.output_text.done", text=text, **part),
+                       self._send("response.content_part.done", part={"type": "text", "text": text},
+                                  **part)]
+        else:
+            self._last_spoken = (item_id, text, st.pieces)
+            item = ev.assistant_item(item_id, item_status, text, audio=True)
+            closing = [self._send("response.output_audio.done", **part),
+                       self._send("response.output_audio_transcript.done", transcript=text,
+                                  **part),
+                       self._send("response.content_part.done",
+                                  part={"type": "audio", "transcript": text}, **part)]
+        modalities = ["text"] if st is None else ["audio"]
         return [
-            self._send("response.output_text.done", text=text, **part),
-            self._send("response.content_part.done", part={"type": "text", "text": text}, **part),
+            *closing,
             self._send("response.output_item.done", response_id=rid, output_index=0, item=item),
             self._send("response.done",
-                       response=ev.response(rid, status, [item], status_details=details)),
+                       response=ev.response(rid, status, [item], status_details=details,
+                                            modalities=modalities)),
             Record(rid, "voice" if audio_s else "text", question, text, status,
                    round(audio_s, 3) if audio_s else None),
             *([ReportLimits()] if self.meter is not None else []),
@@ -541,12 +745,14 @@ class RealtimeSession:
             transcription["language"] = cfg.transcription_language
         return {
             "type": "realtime", "object": "realtime.session", "id": self.id, "model": cfg.model,
-            "output_modalities": ["text"], "instructions": cfg.instructions,
+            "output_modalities": ["audio"] if cfg.output_audio else ["text"],
+            "instructions": cfg.instructions,
             "audio": {"input": {
                 "format": {"type": "audio/pcm", "rate": cfg.input_rate},
                 "transcription": transcription,
                 "turn_detection": None if td is None else {"type": "server_vad", **vars(td)},
-            }},
+            }, "output": {"format": {"type": "audio/pcm", "rate": OUTPUT_RATE},
+                          "voice": cfg.voice}},
         }
 
 
@@ -561,8 +767,33 @@ def _updated_config(config: SessionConfig, session: dict[str, Any]) -> SessionCo
             raise ClientError("invalid_value", "instructions must be a string",
                               "session.instructions")
         changes["instructions"] = instructions
-    audio_in = _object(session, "audio", "session.audio")
-    audio_in = _object(audio_in, "input", "session.audio.input")
+    if "output_modalities" in session:
+        modalities = session["output_modalities"]
+        if not isinstance(modalities, list) or not modalities or \
+                not set(modalities) <= {"text", "audio"} or len(modalities) > 1:
+            raise ClientError("invalid_value", "output_modalities must be [\"text\"] or "
+                              "[\"audio\"] (audio comes with its transcript)",
+                              "session.output_modalities")
+        if modalities == ["audio"] and not config.audio_allowed:
+            raise ClientError("feature_not_available", "spoken answers are not part of this "
+                              "plan; answers stay text", "session.output_modalities")
+        changes["output_audio"] = modalities == ["audio"]
+    audio = _object(session, "audio", "session.audio")
+    audio_out = _object(audio, "output", "session.audio.output")
+    if "voice" in audio_out:
+        voice = audio_out["voice"]
+        if not isinstance(voice, str) or voice not in VOICES:
+            raise ClientError("invalid_value", f"voice must be one of {', '.join(VOICES)}",
+                              "session.audio.output.voice")
+        changes["voice"] = voice
+    if "format" in audio_out:
+        fmt = audio_out["format"]
+        if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm" \
+                or fmt.get("rate", OUTPUT_RATE) != OUTPUT_RATE:
+            raise ClientError("unsupported_audio_format",
+                              "output audio is {type: 'audio/pcm', rate: 24000}",
+                              "session.audio.output.format")
+    audio_in = _object(audio, "input", "session.audio.input")
     if "format" in audio_in:
         fmt = audio_in["format"]
         if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm":

@@ -25,7 +25,7 @@ from rag.grounding import Grounding
 
 from . import events as ev
 from .protocol import (Action, Cancel, Charge, Close, Generate, RealtimeSession, Record,
-                       ReportLimits, Send, Transcribe)
+                       ReportLimits, Send, SendBinary, Speak, Transcribe)
 
 log = logging.getLogger("tutor.voice")
 
@@ -70,8 +70,12 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         model = billing.chat_model(grant.tier)
         if model and model != config.model:
             config = replace(config, model=model)
+        audio_allowed = grant.tier.allows("tts") and state.providers.speech is not None
+        config = replace(config, audio_allowed=audio_allowed,
+                         voice=grant.tier.tts_voice or config.voice)
+        binary = websocket.query_params.get("audio") == "binary"
         session = RealtimeSession(config, provider_problem=state.providers.problem,
-                                  meter=grant.meter)
+                                  meter=grant.meter, binary_audio=binary)
         session.id = session_id
         await websocket.accept()
         course = websocket.query_params.get("course") or state.settings.default_course
@@ -100,13 +104,15 @@ class SessionRunner:
         self.billing = billing
         self.grant = grant
         self.charges: set[asyncio.Task[None]] = set()  # never cancelled: billing must land
+        self.speech: dict[str, _Speaker] = {}  # response id → its synthesis and playback
         self._usage: dict[str, Usage] = {}
         self._metrics: dict[str, dict[str, float]] = {}
-        self.outbox: asyncio.Queue[str | Close] = asyncio.Queue()
+        self.outbox: asyncio.Queue[str | bytes | Close] = asyncio.Queue()
         self.responses: dict[str, asyncio.Task[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
         self._answering: TurnClock | None = None  # the turn whose transcript is being handled
+        self._first_delta: dict[str, float] = {}  # response id → perf_counter of its first delta
 
     async def run(self) -> None:
         writer = asyncio.create_task(self._write())
@@ -134,6 +140,8 @@ class SessionRunner:
                 timer.cancel()
             for task in (*self.tasks, writer):
                 task.cancel()
+            for speaker in self.speech.values():
+                speaker.cancel()
             await self._settle_charges()
 
     def execute(self, actions: list[Action]) -> None:
@@ -149,7 +157,21 @@ class SessionRunner:
                 task = self.responses.pop(action.response_id, None)
                 if task is not None:
                     task.cancel()
+                self._stop_speaking(action.response_id)
+            elif isinstance(action, Speak):
+                speaker = self.speech.get(action.response_id)
+                if speaker is None:
+                    speaker = self.speech[action.response_id] = _Speaker(self, action.response_id)
+                speaker.add(action)
+            elif isinstance(action, SendBinary):
+                self.outbox.put_nowait(action.data)
             elif isinstance(action, Record):
+                spoken = self._stop_speaking(action.response_id)  # finished, failed or cut
+                metrics = self._metrics.get(action.response_id)
+                if spoken and metrics and action.status == "completed":
+                    event = self.session.response_metrics(action.response_id, metrics)
+                    self.outbox.put_nowait(json.dumps(event.event))
+                self._first_delta.pop(action.response_id, None)
                 self._record(action)
             elif isinstance(action, Charge):
                 task = asyncio.create_task(self._charge(action.ms))
@@ -163,6 +185,19 @@ class SessionRunner:
                     self.outbox.put_nowait(json.dumps(event.event))
             elif isinstance(action, Close):
                 self.outbox.put_nowait(action)  # the writer closes after what is queued before
+
+    def first_audio(self, response_id: str, at: float) -> None:
+        """The first audio of an answer went out: how long after its first text delta."""
+        first_delta = self._first_delta.get(response_id)
+        if first_delta is not None:
+            self._metrics.setdefault(response_id, {})["first_audio_after_first_delta_ms"] = \
+                round((at - first_delta) * 1000, 3)
+
+    def _stop_speaking(self, response_id: str) -> bool:
+        speaker = self.speech.pop(response_id, None)
+        if speaker is not None:
+            speaker.cancel()
+        return speaker is not None
 
     async def _charge(self, ms: int) -> None:
         assert self.billing is not None and self.grant is not None and self.user_id is not None
@@ -232,7 +267,10 @@ class SessionRunner:
                 if isinstance(message, Close):
                     await self.websocket.close(code=message.code, reason=message.reason)
                     return
-                await self.websocket.send_text(message)
+                if isinstance(message, bytes):
+                    await self.websocket.send_bytes(message)
+                else:
+                    await self.websocket.send_text(message)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client went away; the reader loop sees the disconnect
 
@@ -284,7 +322,7 @@ class SessionRunner:
                     first_token = time.perf_counter()
                 self.execute(self.session.response_delta(rid, delta))
                 if not first_sent:
-                    first_sent = time.perf_counter()
+                    first_sent = self._first_delta[rid] = time.perf_counter()
         except ProviderError as exc:
             self.execute(self.session.response_failed(rid, exc.code, exc.message))
         except Exception:
@@ -294,9 +332,11 @@ class SessionRunner:
         else:
             extra: list[Action] = []
             if first_token:
-                self._metrics[rid] = _metrics(clock, started, first_token, first_sent,
-                                              retrieval_ms)
-                extra.append(self.session.response_metrics(rid, self._metrics[rid]))
+                self._metrics[rid] = {**self._metrics.get(rid, {}),
+                                      **_metrics(clock, started, first_token, first_sent,
+                                                 retrieval_ms)}
+                if not self.session.speaking(rid):  # a spoken answer reports when it ends
+                    extra.append(self.session.response_metrics(rid, self._metrics[rid]))
             self.execute(self.session.response_completed(rid) + extra)
         finally:
             if self.responses.get(rid) is asyncio.current_task():
@@ -316,3 +356,84 @@ def _metrics(clock: TurnClock | None, started: float, first_token: float,
         ms["server_ms"] = (ms["end_of_turn_to_first_delta_ms"] - ms["stt_ms"]
                            - ms["llm_first_token_ms"] - (retrieval_ms or 0.0))
     return {k: round(v, 3) for k, v in ms.items()}
+
+
+class _Speaker:
+    """Speaks one answer: each piece goes to text-to-speech as soon as the core hands it over
+    (at most `AHEAD` requests at a time, so the next sentence is being synthesised while the
+    current one plays), and the audio is fed back to the core strictly in piece order."""
+
+    AHEAD = 2
+
+    def __init__(self, runner: SessionRunner, response_id: str) -> None:
+        self.runner = runner
+        self.response_id = response_id
+        self.queues: dict[int, asyncio.Queue[bytes | ProviderError | None]] = {}
+        self.order: asyncio.Queue[int] = asyncio.Queue()
+        self.slots = asyncio.Semaphore(self.AHEAD)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.first_chunk_at: float | None = None  # perf_counter of the first audio sent
+        self.player = self._spawn(self._play())
+
+    def _spawn(self, coro) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def add(self, speak: Speak) -> None:
+        queue: asyncio.Queue[bytes | ProviderError | None] = asyncio.Queue()
+        self.queues[speak.index] = queue
+        self._spawn(self._synthesise(speak, queue))
+        self.order.put_nowait(speak.index)
+
+    def cancel(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    async def _synthesise(self, speak: Speak, queue: asyncio.Queue) -> None:  # type: ignore[type-arg]
+        speech = self.runner.providers.speech
+        async with self.slots:
+            try:
+                if speech is None:
+                    raise ProviderError("provider_not_configured", "no text-to-speech provider")
+                async for chunk in speech.stream(speak.text, voice=speak.voice):
+                    queue.put_nowait(chunk)
+            except ProviderError as exc:
+                queue.put_nowait(exc)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("speech of %s failed", self.response_id)
+                queue.put_nowait(ProviderError("internal_error", str(exc)))
+            queue.put_nowait(None)
+
+    async def _play(self) -> None:
+        """Sends the audio at the pace it plays, `audio_lead_ms` ahead: the answer stays live
+        while it is heard, so barge-in cuts it where the student is, and little is buffered."""
+        runner, rid = self.runner, self.response_id
+        lead_s = runner.session.config.audio_lead_ms / 1000
+        started: float | None = None
+        sent_s = 0.0
+        while True:
+            index = await self.order.get()
+            queue = self.queues.pop(index)
+            while (item := await queue.get()) is not None:
+                if isinstance(item, ProviderError):
+                    runner.execute(runner.session.speech_failed(rid, index, item.code,
+                                                                item.message))
+                    while await queue.get() is not None:
+                        pass
+                    break
+                if self.first_chunk_at is None:
+                    self.first_chunk_at = time.perf_counter()
+                    runner.first_audio(rid, self.first_chunk_at)
+                    started = runner.loop.time()
+                else:
+                    ahead = sent_s - (runner.loop.time() - started) - lead_s  # type: ignore[operator]
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
+                sent_s += len(item) / 48000  # PCM16 at 24 kHz
+                runner.execute(runner.session.speech_audio(rid, index, item, runner.loop.time()))
+            else:
+                runner.execute(runner.session.speech_done(rid, index))

@@ -74,6 +74,10 @@ class Behaviour:
     chat_failures: list[str] = field(default_factory=list)  # consumed one per chat request
     stt_failures: list[str] = field(default_factory=list)  # "500" | "timeout"
     embedding_failures: list[str] = field(default_factory=list)  # "500" | "timeout", per request
+    tts_latency: float = 0.0  # time to the first audio bytes
+    tts_ms_per_char: float = 60.0  # audio length of the synthesised text (~15 characters/s)
+    tts_failures: list[str] = field(default_factory=list)  # "500" | "cut", per request
+    tts_audio: bytes | None = None  # 24 kHz PCM16 to speak with (looped); None: a soft tone
     hang_seconds: float = 3600.0
 
 
@@ -88,7 +92,9 @@ class FakeOpenAI(LoopbackServer):
             Route("/v1/audio/transcriptions", self._transcribe, methods=["POST"]),
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
+            Route("/v1/audio/speech", self._speech, methods=["POST"]),
         ])
+        self.speeches: list[dict[str, Any]] = []  # model, voice, input, response_format
 
     @property
     def base_url(self) -> str:
@@ -140,6 +146,33 @@ class FakeOpenAI(LoopbackServer):
                               _prompt_tokens(body["messages"]) if usage else None)
         return StreamingResponse(stream, media_type="text/event-stream")
 
+    async def _speech(self, request: Request) -> Response:
+        """OpenAI's `POST /v1/audio/speech` with `response_format: "pcm"`: 24 kHz 16-bit mono,
+        streamed in 100 ms chunks (faster than real time, as the real one) after `tts_latency`."""
+        arrived = time.perf_counter()
+        b = self.behaviour
+        body = await request.json()
+        self.speeches.append({k: body.get(k) for k in ("model", "voice", "input",
+                                                       "response_format")})
+        failure = b.tts_failures.pop(0) if b.tts_failures else None
+        if failure == "500":
+            return JSONResponse({"error": {"message": "fake upstream failure",
+                                           "type": "server_error"}}, status_code=500)
+        n = int(len(body.get("input", "")) * b.tts_ms_per_char * 24)  # samples
+        source = b.tts_audio or _tone(24000)
+        reps = n * 2 // len(source) + 1
+        pcm = (source * reps)[: n * 2]
+
+        async def chunks() -> AsyncIterator[bytes]:
+            await asyncio.sleep(b.tts_latency - (time.perf_counter() - arrived))
+            for i in range(0, len(pcm), 4800):
+                if failure == "cut" and i:
+                    raise ConnectionAbortedError("fake TTS drops the connection mid-stream")
+                yield pcm[i: i + 4800]
+                await asyncio.sleep(0)
+
+        return StreamingResponse(chunks(), media_type="audio/pcm")
+
     async def _embeddings(self, request: Request) -> Response:
         body = await request.json()
         texts = [body["input"]] if isinstance(body.get("input"), str) else body.get("input")
@@ -189,6 +222,12 @@ class FakeOpenAI(LoopbackServer):
                                  "total_tokens": prompt_tokens + len(tokens)}}
             yield f"data: {json.dumps(payload)}\n\n".encode()
         yield b"data: [DONE]\n\n"
+
+
+def _tone(samples: int) -> bytes:
+    """One second of a soft 220 Hz tone: the fake's voice when no speech is given."""
+    return struct.pack(f"<{samples}h", *(int(3000 * math.sin(2 * math.pi * 220 * i / 24000))
+                                          for i in range(samples)))
 
 
 EMBEDDING_DIMENSIONS = 256

@@ -45,8 +45,16 @@ class ChatModel(Protocol):
         ...
 
 
+class Speaker(Protocol):
+    def stream(self, text: str, *, voice: str | None = None) -> AsyncIterator[bytes]:
+        """Yield the spoken text as PCM16 mono 24 kHz, in chunks of whole samples, as it is
+        synthesised; raise ProviderError on failure."""
+        ...
+
+
 @dataclass(frozen=True)
 class Providers:
     transcriber: Transcriber | None
     chat: ChatModel | None
     problem: str | None = None  # why a provider is missing: told to clients, never a traceback
+    speech: Speaker | None = None  # text-to-speech, for spoken answers

@@ -139,3 +139,35 @@ async def warm_up() -> float:
     except Exception:  # best effort: a warm-up must never stop the server from starting
         log.warning("provider warm-up failed", exc_info=True)
     return (time.perf_counter() - started) * 1000
+
+
+class OpenAISpeech:
+    """Text-to-speech through `audio.speech` with raw PCM output (24 kHz, 16-bit, mono),
+    streamed: chunks are yielded as they arrive, so playback starts before synthesis ends."""
+
+    RATE = 24000
+
+    def __init__(self, client: AsyncOpenAI, model: str, voice: str, chunk_bytes: int = 4800
+                 ) -> None:
+        self.client = client
+        self.model = model
+        self.voice = voice
+        self.chunk_bytes = chunk_bytes  # 100 ms at 24 kHz
+
+    async def stream(self, text: str, *, voice: str | None = None) -> AsyncIterator[bytes]:
+        rest = b""
+        try:
+            async with self.client.audio.speech.with_streaming_response.create(
+                model=self.model, voice=voice or self.voice, input=text,  # type: ignore[arg-type]
+                response_format="pcm",
+            ) as response:
+                async for chunk in response.iter_bytes(self.chunk_bytes):
+                    data = rest + chunk
+                    cut = len(data) - len(data) % 2  # whole samples only
+                    rest = data[cut:]
+                    if cut:
+                        yield data[:cut]
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise _provider_error(exc, "speech", streaming=True) from exc
