@@ -60,6 +60,7 @@ from dialogue.providers.openai import (OpenAIChatModel, OpenAISpeech, OpenAITran
 from .chat import chat_endpoint
 from .config import Settings
 from .protocol import SessionConfig, TurnDetection
+from .resume import MemoryResume, RedisResume
 from . import rights
 from .voice import realtime_endpoint
 
@@ -346,6 +347,8 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             stack.push_async_callback(app.state.writer.stop)
             redis_client = open_redis(settings, stack)
             app.state.auth = await open_accounts(settings, app.state.db, redis_client, stack)
+            app.state.resume = RedisResume(redis_client) if redis_client is not None \
+                else MemoryResume()
             app.state.billing = open_billing(settings, app.state.db, redis_client, stack)
             app.state.payments = open_payments(settings, app.state.billing, stack)
             app.state.email_link_secret = link_secret

@@ -478,6 +478,41 @@ class RealtimeSession:
                 return True
         return False
 
+    # -- resuming after a dropped connection ---------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """What a resumed session needs: the conversation and the settings a client chose."""
+        cfg = self.config
+        return {"history": list(self.turns.history), "instructions": cfg.instructions,
+                "input_rate": cfg.input_rate, "output_audio": cfg.output_audio,
+                "voice": cfg.voice,
+                "turn_detection": None if cfg.turn_detection is None
+                else vars(cfg.turn_detection)}
+
+    def restore(self, state: dict[str, Any]) -> list[Action]:
+        """Continue a dropped session's conversation (the shell checked the token and user)."""
+        td = state.get("turn_detection")
+        self.config = replace(
+            self.config, instructions=state.get("instructions", self.config.instructions),
+            input_rate=state.get("input_rate", self.config.input_rate),
+            output_audio=bool(state.get("output_audio")) and self.config.audio_allowed,
+            voice=state.get("voice", self.config.voice),
+            turn_detection=None if td is None else TurnDetection(**td))
+        self._apply_turn_detection()
+        self.audio = self._new_audio_input()
+        for message in state.get("history", [])[-self.turns.history.maxlen:]:  # type: ignore[index]
+            self.turns.history.append({"role": message["role"], "content": message["content"]})
+        return [self._send("session.updated", session=self._session_object()),
+                self._send("tutor.session.resumed", messages=len(self.turns.history))]
+
+    def resume_refused(self) -> Send:
+        return self._error("resume_not_found", "the resume token is unknown, used, expired or "
+                           "not yours; this is a new conversation", param="resume")
+
+    def resumable(self, token: str, expires_in_s: float) -> Send:
+        """`tutor.session.resumable`: reconnect with `?resume=<token>` to go on from here."""
+        return self._send("tutor.session.resumable", resume_token=token,
+                          expires_in_s=expires_in_s)
+
     def rate_limits_updated(self, rate_limits: list[dict[str, Any]]) -> Send:
         """`rate_limits.updated`: what the plan has left (entries built by `billing`)."""
         return self._send("rate_limits.updated", rate_limits=rate_limits)

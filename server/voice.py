@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass, replace
 
@@ -24,6 +25,7 @@ from dialogue.providers import ProviderError, Providers, Usage
 from rag.grounding import Grounding
 
 from . import events as ev
+from .resume import ResumeStore
 from .protocol import (Action, Cancel, Charge, Close, Generate, RealtimeSession, Record,
                        ReportLimits, Send, SendBinary, Speak, Transcribe)
 
@@ -79,10 +81,11 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         session.id = session_id
         await websocket.accept()
         course = websocket.query_params.get("course") or state.settings.default_course
-        await SessionRunner(websocket, session, state.providers, user_id=user.id,
-                            record=state.writer.submit, course=course,
-                            knowledge=state.knowledge(course), billing=billing,
-                            grant=grant).run()
+        runner = SessionRunner(websocket, session, state.providers, user_id=user.id,
+                               record=state.writer.submit, course=course,
+                               knowledge=state.knowledge(course), billing=billing, grant=grant,
+                               resume=state.resume, resume_ttl_s=state.settings.resume_ttl_s)
+        await runner.run(resume_token=websocket.query_params.get("resume"))
     finally:
         await billing.close_voice(user.id, session_id)
 
@@ -93,7 +96,8 @@ class SessionRunner:
                  record: Callable[[dict[str, Any]], None] | None = None,
                  knowledge: Callable[[str, str | None], Awaitable[Grounding]] | None = None,
                  course: str | None = None, billing: Billing | None = None,
-                 grant: VoiceGrant | None = None) -> None:
+                 grant: VoiceGrant | None = None, resume: ResumeStore | None = None,
+                 resume_ttl_s: float = 120.0) -> None:
         self.websocket = websocket
         self.session = session
         self.providers = providers
@@ -103,6 +107,9 @@ class SessionRunner:
         self.course = course
         self.billing = billing
         self.grant = grant
+        self.resume = resume
+        self.resume_ttl_s = resume_ttl_s
+        self.resume_token = secrets.token_urlsafe(24)
         self.charges: set[asyncio.Task[None]] = set()  # never cancelled: billing must land
         self.speech: dict[str, _Speaker] = {}  # response id → its synthesis and playback
         self._usage: dict[str, Usage] = {}
@@ -114,9 +121,13 @@ class SessionRunner:
         self._answering: TurnClock | None = None  # the turn whose transcript is being handled
         self._first_delta: dict[str, float] = {}  # response id → perf_counter of its first delta
 
-    async def run(self) -> None:
+    async def run(self, resume_token: str | None = None) -> None:
         writer = asyncio.create_task(self._write())
         self.execute(self.session.open())
+        if self.resume is not None:
+            if resume_token:
+                await self._resume(resume_token)
+            self.execute([self.session.resumable(self.resume_token, self.resume_ttl_s)])
         timers: list[asyncio.TimerHandle] = []
         if self.grant is not None and self.grant.tier.max_session_minutes:
             timers.append(self.loop.call_later(self.grant.tier.max_session_minutes * 60,
@@ -142,6 +153,7 @@ class SessionRunner:
                 task.cancel()
             for speaker in self.speech.values():
                 speaker.cancel()
+            await self._save_for_resume()
             await self._settle_charges()
 
     def execute(self, actions: list[Action]) -> None:
@@ -173,6 +185,8 @@ class SessionRunner:
                     self.outbox.put_nowait(json.dumps(event.event))
                 self._first_delta.pop(action.response_id, None)
                 self._record(action)
+                if self.resume is not None:  # each answer makes the token's state current
+                    self._spawn(self._save_for_resume())
             elif isinstance(action, Charge):
                 task = asyncio.create_task(self._charge(action.ms))
                 self.charges.add(task)
@@ -185,6 +199,27 @@ class SessionRunner:
                     self.outbox.put_nowait(json.dumps(event.event))
             elif isinstance(action, Close):
                 self.outbox.put_nowait(action)  # the writer closes after what is queued before
+
+    async def _resume(self, token: str) -> None:
+        try:
+            state = await self.resume.take(token)  # type: ignore[union-attr]
+        except Exception as exc:
+            log.warning("resume store unavailable (%s); starting afresh", exc)
+            state = None
+        if state is None or state.get("user_id") != self.user_id:
+            self.execute([self.session.resume_refused()])
+            return
+        self.execute(self.session.restore(state))
+
+    async def _save_for_resume(self) -> None:
+        if self.resume is None:
+            return
+        try:
+            await self.resume.save(self.resume_token,
+                                   {"user_id": self.user_id, **self.session.export_state()},
+                                   self.resume_ttl_s)
+        except Exception as exc:  # a blip of the store: the conversation is not resumable
+            log.warning("could not save session %s for resume: %s", self.session.id, exc)
 
     def first_audio(self, response_id: str, at: float) -> None:
         """The first audio of an answer went out: how long after its first text delta."""

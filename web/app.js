@@ -391,8 +391,22 @@ function base64ToBuffer(b64) {
   return bytes.buffer;
 }
 
+function spokenNotAllowed() {
+  tutor.spoken = false;
+  const toggle = $("voice-toggle");
+  toggle.setAttribute("aria-pressed", "false");
+  toggle.disabled = true;
+  toggle.title = "Spoken answers are not part of your plan: the answers are shown as text";
+}
+
 function serverError(error) {
   if (QUIET_ERRORS.has(error.code)) return;
+  if (error.code === "feature_not_available" && error.param === "session.output_modalities") {
+    // the whole session.update was refused: send it again without spoken answers
+    spokenNotAllowed();
+    if (tutor.conn) tutor.conn.send(sessionUpdate());
+    return;
+  }
   if (error.code === "quota_exceeded") {
     notice("Your voice minutes are used up for now. Upgrade for more, or come back later.",
            { upgrade: true });
@@ -409,10 +423,13 @@ function serverError(error) {
   }
 }
 
+function updateStartButton() {
+  $("start").textContent = tutor.conn && wantMic ? "Stop" : "Start talking";
+}
+
 function connect() {
   if (tutor.conn) return;
   setState("connecting");
-  $("start").textContent = "Stop";
   $("course").disabled = true;
   const conn = new Connection({
     course: tutor.course,
@@ -444,6 +461,7 @@ function connect() {
     },
   });
   tutor.conn = conn;
+  updateStartButton();
   conn.start();
 }
 
@@ -453,8 +471,8 @@ function endSession(info) {
   tutor.conn = null;
   tutor.talking = false;
   activeResponse = null;
-  $("start").textContent = "Start talking";
-  $("start").disabled = false;
+  wantMic = false;
+  updateStartButton();
   $("course").disabled = false;
   $("level").style.width = "0";
   if (info.code === 1000) setState("idle");
@@ -466,17 +484,18 @@ async function startMic() {
     await audio.startMic();
   } catch (error) {
     wantMic = false;
+    updateStartButton();
     notice(`The microphone is not available (${error.message}). You can still type questions.`);
   }
 }
 
 async function onStart() {
-  if (tutor.conn && audio.micOn) {
-    wantMic = false;
+  if (tutor.conn && wantMic) {
     tutor.conn.stop(); // closes with 1000: ends the session, no reconnection
     return;
   }
   wantMic = true;
+  updateStartButton();
   try {
     await audio.open(); // inside the click: browsers allow audio to start now
   } catch (error) {
@@ -611,7 +630,9 @@ async function loadBilling(user) {
   try {
     const response = await fetch("/api/billing/usage", { credentials: "same-origin" });
     if (response.ok) {
-      const voice = (await response.json()).voice || {};
+      const usage = await response.json();
+      if (Array.isArray(usage.features) && !usage.features.includes("tts")) spokenNotAllowed();
+      const voice = usage.voice || {};
       if (typeof voice.remaining_seconds === "number") {
         const limit = voice.minutes_per_day ? voice.minutes_per_day * 60 : null;
         minutesLeft(voice.remaining_seconds, limit, voice.resets_in_seconds);

@@ -1,0 +1,346 @@
+"""The browser client (`web/`) in a real Chromium against the real app, end to end.
+
+Debian's Chromium runs headless under Playwright with a fake microphone playing recordings of
+the speech corpus (tests/browser_support.py), against the app under uvicorn with the loopback
+provider (tests/fake_openai.py) as the dev guest: sign-in, the course list, a spoken question
+captioned and answered with citations, the student interrupting the answer, spoken answers
+played through the player worklet, push-to-talk from the keyboard, a dropped connection that
+reconnects and resumes the conversation, running out of minutes and the upgrade, and the layout
+at phone width. Screenshots go to each test's tmp_path; one, at 1000×700, to docs/screenshot.png.
+
+The first routes' own tests (courses, passages, the static files) need no browser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.browser_support import PageWatch, chromium, count, require_browser, speech_wav
+from tests.conftest import ROOT, make_settings
+from tests.fake_stripe import FakeStripe
+
+Q_FRACTIONS = "Why do we flip the second fraction when we divide?"
+Q_PHOTOSYNTHESIS = "Can you explain how photosynthesis works?"
+Q_WAR = "When did the Second World War end?"
+SCREENSHOT = ROOT / "docs" / "screenshot.png"
+
+
+@pytest.fixture
+def browser_ready() -> None:
+    require_browser()
+
+
+async def open_page(browser, address: str, *, width: int = 1000, height: int = 700):  # type: ignore[no-untyped-def]
+    page = await browser.new_page(viewport={"width": width, "height": height})
+    watch = PageWatch(page)
+    await page.goto(f"http://{address}/")
+    await watch.until("document.body.dataset.ready === 'true' || "
+                      "!document.getElementById('signed-out').hidden", what="the page to load")
+    return page, watch
+
+
+async def start_talking(page, watch: PageWatch) -> None:  # type: ignore[no-untyped-def]
+    await page.get_by_role("button", name="Start talking").click()
+    await watch.until(f"{count('session.updated')} >= 1", what="the session to be configured")
+
+
+async def no_overflow_at_phone_width(page, watch: PageWatch, shot: Path) -> None:  # type: ignore[no-untyped-def]
+    await page.set_viewport_size({"width": 360, "height": 740})
+    await asyncio.sleep(0.1)
+    width = await watch.value("document.documentElement.scrollWidth")
+    await page.screenshot(path=str(shot), full_page=True)
+    assert width <= 360, f"the page is {width} px wide at a 360 px viewport"
+
+
+# -- the routes the client uses (no browser) ----------------------------------------------------
+async def test_courses_passages_and_static_files(fake, start_server) -> None:
+    address = await start_server(make_settings(fake, load_sample_course=True))
+    async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+        courses = (await http.get("/api/rag/courses")).json()["items"]
+        assert courses == [{"name": "sample", "documents": 4, "chunks": courses[0]["chunks"]}]
+        assert courses[0]["chunks"] > 4
+        hit = (await http.post("/api/rag/search", json={"query": "photosynthesis chloroplasts",
+                                                         "course": "sample"})).json()["items"][0]
+        passage = (await http.get(f"/api/rag/passages/{hit['chunk_id']}")).json()
+        assert passage == {"chunk_id": hit["chunk_id"], "course": "sample",
+                           "document": hit["document"], "heading": hit["heading"],
+                           "text": hit["text"]}
+        assert (await http.get(f"/api/rag/passages/{hit['chunk_id'][1:]}")).json() == passage
+        for missing in ("c999999", "cabc", "x", "c" + "9" * 30):
+            r = await http.get(f"/api/rag/passages/{missing}")
+            assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", missing
+
+        index = await http.get("/")
+        assert index.status_code == 200 and "text/html" in index.headers["content-type"]
+        assert index.headers["cache-control"] == "no-cache" and 'src="/web/app.js"' in index.text
+        for name in ("app.js", "audio.js", "connection.js", "mic-worklet.js",
+                     "player-worklet.js", "style.css"):
+            r = await http.get(f"/web/{name}")
+            assert r.status_code == 200 and r.headers["cache-control"] == "no-cache", name
+        assert (await http.get("/web/app.js")).headers["content-type"].startswith(
+            ("text/javascript", "application/javascript"))
+        assert (await http.get("/web/nothing.js")).status_code == 404
+        assert (await http.get("/healthz")).json()["status"] == "ok"  # API routes still win
+        assert (await http.get("/api/auth/me")).json()["name"] == "Local guest"
+
+    # signed out: the passages and courses need a user like the rest of /api/rag
+    address = await start_server(make_settings(fake, load_sample_course=True, dev_guest=False))
+    async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+        assert (await http.get("/api/rag/courses")).status_code == 401
+        assert (await http.get("/api/rag/passages/c1")).status_code == 401
+        assert (await http.get("/")).status_code == 200  # the page itself is public
+
+
+# -- in the browser ------------------------------------------------------------------------------
+async def test_signed_out_offers_google_sign_in(browser_ready, fake, start_server, tmp_path) -> None:
+    address = await start_server(make_settings(fake, dev_guest=False))
+    async with chromium() as browser:
+        page, watch = await open_page(browser, address)
+        button = page.get_by_role("link", name="Sign in with Google")
+        assert await button.is_visible()
+        assert await button.get_attribute("href") == "/api/auth/google/login"
+        assert not await page.locator("#tutor").is_visible()
+        await page.screenshot(path=str(tmp_path / "signed-out.png"))
+        await no_overflow_at_phone_width(page, watch, tmp_path / "signed-out-360.png")
+        watch.errors = [e for e in watch.errors if "401" not in e]  # /api/auth/me said 401
+        watch.assert_clean()
+
+
+async def test_spoken_question_answered_aloud_and_interrupted(browser_ready, fake, start_server,
+                                                             tmp_path) -> None:
+    """A spoken question is captioned and answered, in text with its sources and aloud through
+    the player worklet; the student, speaking again, interrupts the answer, which stops at once;
+    the second question is answered in full and the client settles back to listening."""
+    fake.behaviour.transcripts = [Q_FRACTIONS, Q_PHOTOSYNTHESIS]
+    fake.behaviour.ttft = 0.1
+    fake.behaviour.token_delay = 0.2  # ~3 s per answer: the second question arrives during it
+    address = await start_server(make_settings(fake, load_sample_course=True, guest_tier="pro"))
+    mic = speech_wav(tmp_path / "mic.wav", [0.5, "q_fractions.wav", "q_photosynthesis.wav", 30.0])
+    async with chromium(mic) as browser:
+        page, watch = await open_page(browser, address)
+        assert await page.locator("#course").input_value() == "sample"
+        assert await page.locator("#minutes").inner_text() == "300 min left"  # the pro plan's
+        await start_talking(page, watch)
+        update = (await watch.events("session.updated"))[-1]["session"]
+        assert update["audio"]["input"]["format"]["rate"] == 16000
+        assert update["output_modalities"] == ["audio"]
+        assert await watch.value("window.tutor.state") == "listening"
+
+        # the first question: captioned, then the answer streams in, and is heard
+        await watch.until(f"{count('conversation.item.input_audio_transcription.completed')} >= 1",
+                          timeout_s=12, what="the first transcript")
+        await page.get_by_text(Q_FRACTIONS).wait_for()
+        await watch.until("document.querySelector('.msg.tutor .text').textContent.length > 0",
+                          what="the first answer's first words")
+        first = (await watch.events("response.created"))[0]["response"]["id"]
+        try:
+            await watch.until("window.tutor.receivedAudioBytes > 0", timeout_s=3,
+                              what="spoken audio")
+        except AssertionError as exc:
+            raise AssertionError("the server sent no binary audio frame for the answer: spoken "
+                                 "answers (TTS, ?audio=binary) are missing on the server") from exc
+        await watch.until("window.tutor.playedSamples > 2400", what="the answer to be heard")
+        assert await watch.value("window.tutor.state") == "speaking"
+        assert await watch.value(count("response.output_audio_transcript.delta")) > 0
+
+        # the student speaks again during the answer: it is cut, and playback stops at once
+        await watch.until(f"{count('input_audio_buffer.speech_started')} >= 2", timeout_s=8,
+                          what="the second question to start")
+        await watch.until("window.tutor.flushAcks >= 1 && !window.tutor.playing", timeout_s=1,
+                          what="playback to stop")
+        stopped_at = await watch.value("window.tutor.playedSamples")
+        done = await watch.until(
+            f"window.tutor.log.find(e => e.type === 'response.done' && e.response.id === '{first}')",
+            what="the first answer to end")
+        assert done["response"]["status"] == "cancelled", done["response"]
+        assert done["response"]["status_details"]["reason"] == "turn_detected"
+        cut = page.locator(f".msg.tutor[data-response='{first}']")
+        assert "cancelled" in (await cut.get_attribute("class") or "")
+        partial = (await cut.locator(".text").inner_text()).strip()
+        full = f"Good question! Let us work it out. You said: {Q_FRACTIONS}"
+        assert partial and full.startswith(partial) and partial != full, partial
+        assert await watch.value("window.tutor.state") in ("listening", "thinking")
+        await asyncio.sleep(0.4)
+        if await watch.value(count("response.created")) == 1:  # the next answer not started yet
+            assert await watch.value("window.tutor.playedSamples") == stopped_at
+
+        # the second question is answered in full, aloud, with its sources, then it settles
+        fake.behaviour.token_delay = 0.02  # the rest quickly
+        fake.behaviour.tts_ms_per_char = 25
+        await page.get_by_text(Q_PHOTOSYNTHESIS, exact=True).wait_for(timeout=10000)
+        await watch.until("window.tutor.log.filter(e => e.type === 'response.done' && "
+                          "e.response.status === 'completed').length >= 1", timeout_s=10,
+                          what="the second answer to complete")
+        await page.get_by_text(f"You said: {Q_PHOTOSYNTHESIS}").wait_for()
+        await watch.until(f"window.tutor.playedSamples > {stopped_at + 24000}", timeout_s=10,
+                          what="the second answer to be heard")
+        await watch.until("window.tutor.state === 'listening'", timeout_s=15,
+                          what="back to listening once the answer has been played")
+        assert fake.speeches and all(s["voice"] == "alloy" for s in fake.speeches)
+        citations = (await watch.events("tutor.citations"))[-1]["citations"]
+        assert citations and citations[0]["course"] == "sample"
+        links = page.locator(".msg.tutor").last.locator(".cites a")
+        assert await links.count() == len(citations)
+        assert await links.first.get_attribute("href") == \
+            f"/api/rag/passages/{citations[0]['chunk_id']}"
+
+        # captions are announced politely; focus is visible
+        assert await page.locator("#transcript").get_attribute("aria-live") == "polite"
+        await page.get_by_label("Type a question").focus()
+        outline = await watch.value("getComputedStyle(document.activeElement).outlineStyle")
+        assert outline != "none"
+
+        await page.screenshot(path=str(tmp_path / "conversation.png"), full_page=True)
+        # the passage behind a citation, in the side panel
+        await links.first.click()
+        await page.locator("#passage").get_by_text(citations[0]["document"]).wait_for()
+        assert await page.locator("#passage-text").inner_text() != ""
+        await page.screenshot(path=str(SCREENSHOT))  # the README's, at 1000×700
+        await page.screenshot(path=str(tmp_path / "passage.png"))
+        await no_overflow_at_phone_width(page, watch, tmp_path / "conversation-360.png")
+        watch.assert_clean()
+    asked = [c["messages"][-1]["content"] for c in fake.chats]
+    assert any(Q_FRACTIONS in t for t in asked) and any(Q_PHOTOSYNTHESIS in t for t in asked)
+
+
+async def test_push_to_talk_from_the_keyboard(browser_ready, fake, start_server, tmp_path) -> None:
+    """Push-to-talk: turn detection off, audio only while Space is held, commit + answer on
+    release; Space does not press the focused toggle."""
+    fake.behaviour.transcripts = [Q_WAR]
+    address = await start_server(make_settings(fake))
+    mic = speech_wav(tmp_path / "mic.wav", [0.3, "q_war.wav", 30.0])
+    async with chromium(mic) as browser:
+        page, watch = await open_page(browser, address)
+        await start_talking(page, watch)
+        toggle = page.get_by_role("button", name="Push to talk")
+        await toggle.focus()
+        await page.keyboard.press("Enter")  # a toggle button: Enter (or a click) switches it
+        assert await toggle.get_attribute("aria-pressed") == "true"
+        update = await watch.until(
+            "window.tutor.log.filter(e => e.type === 'session.updated')"
+            ".find(e => e.session.audio.input.turn_detection === null)",
+            what="turn detection to be switched off")
+        assert update
+        assert await page.get_by_role("button", name="Hold to talk (Space)").is_visible()
+        before = await watch.value("window.tutor.sentFrames")
+        await asyncio.sleep(0.4)
+        assert await watch.value("window.tutor.sentFrames") == before, "audio sent while not held"
+
+        await page.keyboard.down("Space")
+        await asyncio.sleep(1.5)
+        held = await watch.value("window.tutor.sentFrames") - before
+        await page.keyboard.up("Space")
+        assert 40 <= held <= 100, held  # ~75 frames of 20 ms
+        assert await toggle.get_attribute("aria-pressed") == "true"  # Space did not toggle it
+        await watch.until(f"{count('input_audio_buffer.committed')} == 1", what="the commit")
+        await page.get_by_text(Q_WAR, exact=True).wait_for()
+        await watch.until(f"{count('response.done')} == 1", what="the answer")
+        await page.get_by_text(f"You said: {Q_WAR}").wait_for()
+        after = await watch.value("window.tutor.sentFrames")
+        await asyncio.sleep(0.3)
+        assert await watch.value("window.tutor.sentFrames") == after
+        assert await watch.value(count("input_audio_buffer.speech_started")) == 0
+        assert fake.transcriptions[0]["seconds"] == pytest.approx(held * 0.02, abs=0.1)
+        await page.screenshot(path=str(tmp_path / "push-to-talk.png"))
+        watch.assert_clean()
+
+
+async def test_out_of_minutes_shows_upgrade_and_does_not_reconnect(browser_ready, fake,
+                                                                   start_server, tmp_path) -> None:
+    tiers = {"default": "tiny", "tiers": {
+        "tiny": {"voice_minutes_per_day": 0.1, "max_concurrent_sessions": 1},
+        "pro": {"rank": 10, "voice_minutes_per_day": 300, "max_concurrent_sessions": 2}}}
+    path = tmp_path / "tiers.json"
+    path.write_text(json.dumps(tiers))
+    fake.behaviour.transcripts = [Q_WAR]
+    async with FakeStripe(api_key="sk_test_123") as stripe:
+        address = await start_server(make_settings(
+            fake, tiers_file=path, guest_tier="tiny", quota_step_ms=500,
+            stripe_api_key="sk_test_123", stripe_webhook_secret="whsec_test",
+            stripe_api_base=stripe.base_url, stripe_prices={"pro": "price_pro"}))
+        mic = speech_wav(tmp_path / "mic.wav", [0.3, "q_war.wav", 30.0])
+        async with chromium(mic) as browser:
+            page, watch = await open_page(browser, address)
+            upgrade = page.locator("#upgrade")
+            assert await upgrade.is_visible()  # billing is configured: pro is on sale
+            assert await page.locator("#minutes").inner_text() == "6 s left"
+            await start_talking(page, watch)
+            await page.get_by_text(Q_WAR, exact=True).wait_for(timeout=10000)
+            await watch.until("window.tutor.state === 'ended'", timeout_s=10,
+                              what="the session to end for its plan")
+            error = (await watch.events("error"))[-1]["error"]
+            assert error["code"] == "quota_exceeded"
+            assert await watch.value("window.tutor.closes") == [4402]
+            assert await page.locator("#minutes").inner_text() == "0 s left"
+            notice = page.locator("#notice")
+            assert "minutes are used up" in await notice.inner_text()
+            assert await page.locator("#notice-upgrade").is_visible()
+            await asyncio.sleep(1.5)
+            assert await watch.value("window.tutor.connects") == 1  # no reconnection after 4402
+            await page.screenshot(path=str(tmp_path / "out-of-minutes.png"))
+
+            await page.route("https://checkout.stripe.com/**", lambda route: route.fulfill(
+                status=200, content_type="text/html", body="<h1>Stripe Checkout</h1>"))
+            await page.locator("#notice-upgrade").click()
+            await page.wait_for_url("https://checkout.stripe.com/**")
+            await page.get_by_text("Stripe Checkout").wait_for()
+            watch.assert_clean()
+        [session] = stripe.checkout_sessions.values()
+        assert session["mode"] == "subscription"
+        assert stripe.session_line_items[session["id"]][0]["price"] == "price_pro"
+
+
+async def test_dropped_connection_reconnects_and_resumes(browser_ready, fake, start_server,
+                                                         tmp_path) -> None:
+    """The socket drops (closed with 4000): the client reconnects by itself with a new ticket
+    and the resume token, the transcript stays on screen, and the next question's prompt still
+    holds the first one. Needs the server's session resume (tutor.session.resumable/resumed)."""
+    address = await start_server(make_settings(fake, load_sample_course=True))
+    mic = speech_wav(tmp_path / "mic.wav", [40.0])
+    first, second = "What is a fraction?", "And how do I divide two of them?"
+    async with chromium(mic) as browser:
+        page, watch = await open_page(browser, address)
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        await start_talking(page, watch)
+        await page.get_by_label("Type a question").fill(first)
+        await page.keyboard.press("Enter")
+        await watch.until(f"{count('response.done')} == 1", what="the first answer")
+        await page.get_by_text(f"You said: {first}").wait_for()
+
+        await page.evaluate("() => window.tutor.ws.close(4000, 'test: connection dropped')")
+        await watch.until("window.tutor.state === 'reconnecting'", what="the drop to be noticed")
+        await watch.until(f"window.tutor.connects === 2 && {count('session.created')} === 2",
+                          what="the reconnection")
+        await watch.until(f"{count('session.updated')} >= 2")
+        assert await watch.value("window.tutor.closes") == [4000]
+        await page.get_by_text(first, exact=True).wait_for()  # the transcript is kept
+        await page.get_by_text(f"You said: {first}").wait_for()
+        frames = await watch.value("window.tutor.sentFrames")
+        await watch.until(f"window.tutor.sentFrames > {frames + 10}",
+                          what="the microphone to stream on the new socket")
+        await page.get_by_label("Type a question").fill(second)
+        await page.keyboard.press("Enter")
+        await watch.until(f"{count('response.done')} == 2", what="the second answer")
+        await page.screenshot(path=str(tmp_path / "reconnected.png"))
+        watch.assert_clean()
+
+        # -- from here on, the server's session resume -----------------------------------------
+        resumable = await watch.events("tutor.session.resumable")
+        assert resumable, ("the server sent no tutor.session.resumable: session resume is not "
+                           "implemented on the server yet")
+        assert len(sockets) == 2 and "resume=" not in sockets[0]
+        assert f"resume={resumable[0]['resume_token']}" in sockets[1] or any(
+            f"resume={r['resume_token']}" in sockets[1] for r in resumable)
+        assert all("audio=binary" in url and "ticket=" in url for url in sockets)
+        assert await watch.value(count("tutor.session.resumed")) == 1, \
+            "the server did not resume the conversation (no tutor.session.resumed)"
+        assert "messages" in (await watch.events("tutor.session.resumed"))[0]
+        await page.get_by_text("Reconnected: the conversation goes on").wait_for()
+    prompt = json.dumps(fake.chats[-1]["messages"])
+    assert first in prompt and second in prompt, "the resumed session forgot the first question"
