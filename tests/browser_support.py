@@ -95,9 +95,10 @@ class PageWatch:
         page.on("console", self._console)
 
     def _console(self, msg: Any) -> None:
-        self.console.append(f"{msg.type}: {msg.text}")
-        if msg.type == "error" and "favicon" not in msg.text:
-            self.errors.append(msg.text)
+        where = (msg.location or {}).get("url", "")
+        self.console.append(f"{msg.type}: {msg.text} ({where})")
+        if msg.type == "error":
+            self.errors.append(f"{msg.text} ({where})")
 
     async def until(self, expression: str, timeout_s: float = 10.0, what: str | None = None) -> Any:
         """Wait for a JavaScript expression (over `window.tutor`, `document`) to be truthy."""

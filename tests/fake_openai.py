@@ -303,9 +303,12 @@ def main() -> None:
     parser.add_argument("--stt-latency", type=float, default=0.3)
     parser.add_argument("--ttft", type=float, default=0.4)
     parser.add_argument("--token-delay", type=float, default=0.02)
+    parser.add_argument("--tts-latency", type=float, default=0.0)
+    parser.add_argument("--tts-ms-per-char", type=float, default=60.0)
     args = parser.parse_args()
     fake = FakeOpenAI(Behaviour(stt_latency=args.stt_latency, ttft=args.ttft,
-                                token_delay=args.token_delay))
+                                token_delay=args.token_delay, tts_latency=args.tts_latency,
+                                tts_ms_per_char=args.tts_ms_per_char))
     # Idle connections are kept longer than the server's client keeps them (60 s), as real
     # providers do, so the client never reuses a connection this side is just closing.
     uvicorn.run(fake.app, host=args.host, port=args.port, log_level="warning",
