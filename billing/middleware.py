@@ -24,7 +24,9 @@ class RequestLimitMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if scope["type"] != "http" or path in UNLIMITED_PATHS or path == "/" \
+                or path.startswith("/web/"):  # the browser client's page and static files
             await self.app(scope, receive, send)
             return
         state = scope["app"].state

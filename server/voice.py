@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Literal
 
 from accounts.errors import AuthError
 from billing.service import Billing, QuotaError, VoiceGrant
@@ -61,9 +61,14 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     billing: Billing = state.billing
     config = state.session_config
     session_id = ev.Ids()("sess")
+    resumed = await take_resume(state.resume, websocket.query_params.get("resume"), user.id)
     try:
         client = websocket.client.host if websocket.client else "unknown"
         await billing.check_request("voice", user, client)
+        if resumed and resumed.get("session_id"):
+            # the dropped session's slot may still look live (its socket not timed out yet):
+            # the resumed one takes its place rather than counting twice
+            await billing.close_voice(user.id, resumed["session_id"])
         grant = await billing.open_voice(user, session_id)
     except QuotaError as exc:
         await refuse(websocket, exc.code, exc.message, "invalid_request_error", exc.close_code)
@@ -85,9 +90,23 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
                                record=state.writer.submit, course=course,
                                knowledge=state.knowledge(course), billing=billing, grant=grant,
                                resume=state.resume, resume_ttl_s=state.settings.resume_ttl_s)
-        await runner.run(resume_token=websocket.query_params.get("resume"))
+        await runner.run(resume=resumed)
     finally:
         await billing.close_voice(user.id, session_id)
+
+
+async def take_resume(store: ResumeStore | None, token: str | None, user_id: str
+                      ) -> dict[str, Any] | Literal[False] | None:
+    """The dropped session's state for `?resume=`: None without a token, False when the token
+    is unknown, used, expired or another user's (or the store cannot be reached)."""
+    if not token or store is None:
+        return None
+    try:
+        state = await store.take(token)
+    except Exception as exc:
+        log.warning("resume store unavailable (%s); starting afresh", exc)
+        return False
+    return state if state is not None and state.get("user_id") == user_id else False
 
 
 class SessionRunner:
@@ -121,12 +140,16 @@ class SessionRunner:
         self._answering: TurnClock | None = None  # the turn whose transcript is being handled
         self._first_delta: dict[str, float] = {}  # response id → perf_counter of its first delta
 
-    async def run(self, resume_token: str | None = None) -> None:
+    async def run(self, resume: dict[str, Any] | Literal[False] | None = None) -> None:
+        """`resume`: the state of the dropped session to continue (checked by the caller), or
+        False when the client asked to resume and the token was refused."""
         writer = asyncio.create_task(self._write())
         self.execute(self.session.open())
         if self.resume is not None:
-            if resume_token:
-                await self._resume(resume_token)
+            if resume is False:
+                self.execute([self.session.resume_refused()])
+            elif resume is not None:
+                self.execute(self.session.restore(resume))
             self.execute([self.session.resumable(self.resume_token, self.resume_ttl_s)])
         timers: list[asyncio.TimerHandle] = []
         if self.grant is not None and self.grant.tier.max_session_minutes:
@@ -200,24 +223,13 @@ class SessionRunner:
             elif isinstance(action, Close):
                 self.outbox.put_nowait(action)  # the writer closes after what is queued before
 
-    async def _resume(self, token: str) -> None:
-        try:
-            state = await self.resume.take(token)  # type: ignore[union-attr]
-        except Exception as exc:
-            log.warning("resume store unavailable (%s); starting afresh", exc)
-            state = None
-        if state is None or state.get("user_id") != self.user_id:
-            self.execute([self.session.resume_refused()])
-            return
-        self.execute(self.session.restore(state))
-
     async def _save_for_resume(self) -> None:
         if self.resume is None:
             return
         try:
             await self.resume.save(self.resume_token,
-                                   {"user_id": self.user_id, **self.session.export_state()},
-                                   self.resume_ttl_s)
+                                   {"user_id": self.user_id, "session_id": self.session.id,
+                                    **self.session.export_state()}, self.resume_ttl_s)
         except Exception as exc:  # a blip of the store: the conversation is not resumable
             log.warning("could not save session %s for resume: %s", self.session.id, exc)
 

@@ -8,7 +8,7 @@ played through the player worklet, push-to-talk from the keyboard, a dropped con
 reconnects and resumes the conversation, running out of minutes and the upgrade, and the layout
 at phone width. Screenshots go to each test's tmp_path; one, at 1000×700, to docs/screenshot.png.
 
-The first routes' own tests (courses, passages, the static files) need no browser.
+The test of the routes the client uses (courses, passages, the static files) needs no browser.
 """
 
 from __future__ import annotations
@@ -332,7 +332,8 @@ async def test_dropped_connection_reconnects_and_resumes(browser_ready, fake, st
         await page.get_by_text(f"You said: {first}").wait_for()
 
         await page.evaluate("() => window.tutor.ws.close(4000, 'test: connection dropped')")
-        await watch.until("window.tutor.state === 'reconnecting'", what="the drop to be noticed")
+        await watch.until("window.tutor.states.includes('reconnecting')",
+                          what="the drop to be noticed")
         await watch.until(f"window.tutor.connects === 2 && {count('session.created')} === 2",
                           what="the reconnection")
         await watch.until(f"{count('session.updated')} >= 2")
@@ -346,6 +347,13 @@ async def test_dropped_connection_reconnects_and_resumes(browser_ready, fake, st
         await page.keyboard.press("Enter")
         await watch.until(f"{count('response.done')} == 2", what="the second answer")
         await page.screenshot(path=str(tmp_path / "reconnected.png"))
+        # Stop ends it for good: closed with 1000, and no reconnection
+        await page.get_by_role("button", name="Stop").click()
+        await watch.until("window.tutor.state === 'idle'", what="the session to end")
+        await asyncio.sleep(0.8)
+        assert await watch.value("window.tutor.closes") == [4000, 1000]
+        assert await watch.value("window.tutor.connects") == 2
+        assert await page.get_by_role("button", name="Start talking").is_visible()
         watch.assert_clean()
 
         # -- from here on, the server's session resume -----------------------------------------
@@ -362,3 +370,89 @@ async def test_dropped_connection_reconnects_and_resumes(browser_ready, fake, st
         await page.get_by_text("Reconnected: the conversation goes on").wait_for()
     prompt = json.dumps(fake.chats[-1]["messages"])
     assert first in prompt and second in prompt, "the resumed session forgot the first question"
+
+
+MIC_WORKLET_CHECK = """async () => {
+  // 1 s of a 1 kHz tone (kept) plus a 10 kHz tone (above 8 kHz: it must not alias to 6 kHz),
+  // rendered at 44.1 kHz through the microphone worklet
+  const rate = 44100, ctx = new OfflineAudioContext(1, rate, rate);
+  await ctx.audioWorklet.addModule('/web/mic-worklet.js');
+  const frames = [];
+  const node = new AudioWorkletNode(ctx, 'mic-capture', {numberOfInputs: 1, numberOfOutputs: 0});
+  node.port.onmessage = (e) => frames.push(e.data);
+  for (const [freq, gain] of [[1000, 0.4], [10000, 0.4]]) {
+    const osc = new OscillatorNode(ctx, {frequency: freq});
+    const g = new GainNode(ctx, {gain});
+    osc.connect(g).connect(node);
+    osc.start();
+  }
+  await ctx.startRendering();
+  await new Promise((r) => setTimeout(r, 200));  // the last messages from the worklet thread
+  const sizes = [...new Set(frames.map((f) => f.byteLength))];
+  const pcm = new Int16Array(frames.length * 320);
+  frames.forEach((f, i) => pcm.set(new Int16Array(f), i * 320));
+  const tone = (freq) => {  // amplitude of one frequency (Goertzel) over the steady part
+    const x = pcm.subarray(1600, 1600 + 12800), w = 2 * Math.PI * freq / 16000;
+    let re = 0, im = 0;
+    for (let n = 0; n < x.length; n++) { re += x[n] * Math.cos(w * n); im -= x[n] * Math.sin(w * n); }
+    return 2 * Math.hypot(re, im) / x.length / 32768;
+  };
+  return {frames: frames.length, sizes, kept: tone(1000), aliased: tone(6000)};
+}"""
+
+PLAYER_WORKLET_CHECK = """async () => {
+  // a 440 Hz tone at 24 kHz pushed in 20 ms chunks, then a flush, played at 48 kHz
+  const rate = 48000, ctx = new OfflineAudioContext(1, rate, rate);
+  await ctx.audioWorklet.addModule('/web/player-worklet.js');
+  const node = new AudioWorkletNode(ctx, 'pcm-player', {numberOfInputs: 0, numberOfOutputs: 1,
+    outputChannelCount: [1], processorOptions: {inputRate: 24000, prebufferMs: 100}});
+  node.connect(ctx.destination);
+  const statuses = [];
+  node.port.onmessage = (e) => statuses.push(e.data);
+  let n = 0;
+  const push = (ms) => {
+    const chunk = new Int16Array(24 * ms);
+    for (let i = 0; i < chunk.length; i++, n++) chunk[i] = Math.round(8000 * Math.sin(2 * Math.PI * 440 * n / 24000));
+    node.port.postMessage({type: 'push', buffer: chunk.buffer}, [chunk.buffer]);
+  };
+  const at = (t, f) => ctx.suspend(t).then(() => { f(); ctx.resume(); });
+  // 60 ms at 0.1 s (under the jitter buffer: waits), 60 ms more at 0.2 s (starts), then 20 ms
+  // every 20 ms until a flush at 0.6 s, with more pushed at 0.7 s that must wait again
+  at(0.1, () => push(60));
+  at(0.2, () => push(60));
+  for (let t = 0.22; t < 0.6; t += 0.02) at(Math.round(t * 1000) / 1000, () => push(20));
+  at(0.6, () => node.port.postMessage({type: 'flush'}));
+  at(0.7, () => push(40));
+  const out = (await ctx.startRendering()).getChannelData(0);
+  const first = out.findIndex((v) => Math.abs(v) > 1e-4);
+  let jump = 0;  // the largest sample-to-sample step while playing: a click would stand out
+  for (let i = first + 1; i < 0.58 * rate; i++) jump = Math.max(jump, Math.abs(out[i] - out[i - 1]));
+  let lastSound = 0;
+  for (let i = 0; i < out.length; i++) if (Math.abs(out[i]) > 1e-4) lastSound = i;
+  await new Promise((r) => setTimeout(r, 100));
+  return {start: first / rate, jump, lastSound: lastSound / rate,
+          played: statuses.length ? statuses[statuses.length - 1].played : 0,
+          flushed: statuses.some((s) => s.flushed)};
+}"""
+
+
+async def test_worklets_resample_and_play_smoothly(browser_ready, fake, start_server) -> None:
+    """The two worklets on their own, rendered offline: the microphone's goes to 16 kHz PCM16 in
+    640-byte frames without aliasing; the player waits for its jitter buffer, plays across
+    chunks without clicks, and stops dead on a flush."""
+    address = await start_server(make_settings(fake))
+    async with chromium() as browser:
+        page, watch = await open_page(browser, address)
+        mic = await page.evaluate(MIC_WORKLET_CHECK)
+        assert mic["sizes"] == [640] and 49 <= mic["frames"] <= 50, mic
+        assert 0.36 < mic["kept"] < 0.44, mic  # the 1 kHz tone passes at its level
+        assert mic["aliased"] < 0.004, mic  # the 10 kHz one is gone (> 40 dB down)
+        player = await page.evaluate(PLAYER_WORKLET_CHECK)
+        # starts once 100 ms are queued (at 0.2 s, not 0.1 s), within a render quantum or two
+        assert 0.2 <= player["start"] < 0.21, player
+        # a 440 Hz tone of amplitude 0.24 moves at most 0.0139 per 48 kHz sample: no clicks
+        assert player["jump"] < 0.016, player
+        # the flush at 0.6 s cuts it at once; the 40 ms pushed at 0.7 s stay under the buffer
+        assert 0.59 < player["lastSound"] < 0.61, player
+        assert player["flushed"]
+        watch.assert_clean()

@@ -92,3 +92,23 @@ async def test_through_redis_another_process_resumes(fake, start_server, redis_c
         resumed = await conv.until("tutor.session.resumed")
     assert resumed["messages"] == 2
     assert await RedisResume(redis_client).take(token) is None  # taken
+
+
+async def test_a_resume_takes_the_place_of_its_dropped_session_on_a_one_session_plan(
+        fake, start_server, tmp_path):
+    # After a real network drop the old socket can look alive until it times out; the plan's
+    # one-session limit must not refuse the resume meanwhile.
+    path = tmp_path / "tiers.json"
+    path.write_text(json.dumps({"tiers": {"one": {"max_concurrent_sessions": 1}},
+                                "default": "one"}))
+    address = await start_server(make_settings(fake, tiers_file=path, guest_tier="one"))
+    async with websockets.connect(f"ws://{address}/api/voice") as old:
+        conv = Conversation(old)
+        await ask(conv, "What is a fraction?")
+        token = await latest_token(conv)
+        async with websockets.connect(f"ws://{address}/api/voice") as other:
+            assert (await Conversation(other).until("error"))["error"]["code"] == \
+                "too_many_sessions"
+        async with websockets.connect(f"ws://{address}/api/voice?resume={token}") as new:
+            resumed = await Conversation(new).until("tutor.session.resumed")
+    assert resumed["messages"] == 2

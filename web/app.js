@@ -2,8 +2,8 @@
 // citations, minutes left and upgrades. Plain ES modules, no build step; see docs/web.md.
 //
 // `window.tutor` exposes the client's state and counters for debugging and for the browser tests
-// (tests/test_browser.py): state, events (types received), log (the events themselves), ws,
-// playedSamples, sentFrames, connects, resumed, flushes, closes.
+// (tests/test_browser.py): state, states (the last 200 changes), events (types received), log
+// (the events themselves), ws, playedSamples, sentFrames, connects, resumed, flushes, closes.
 
 import { AudioEngine } from "./audio.js";
 import { Connection } from "./connection.js";
@@ -20,7 +20,7 @@ const STATE_LABELS = {
 };
 
 const tutor = {
-  state: "idle", events: [], log: [], ws: null, user: null, course: null,
+  state: "idle", states: ["idle"], events: [], log: [], ws: null, user: null, course: null,
   playedSamples: 0, bufferedSamples: 0, playing: false, receivedAudioBytes: 0,
   sentFrames: 0, connects: 0, resumed: 0, flushes: 0, flushAcks: 0, closes: [],
   ptt: false, spoken: true, talking: false, conn: null, audio: null,
@@ -198,6 +198,10 @@ async function showPassage(chunkId) {
 
 // -- state ------------------------------------------------------------------------------------
 function setState(state, label) {
+  if (state !== tutor.state) {
+    tutor.states.push(state);
+    if (tutor.states.length > 200) tutor.states.shift();
+  }
   tutor.state = state;
   document.body.dataset.state = state;
   $("state-label").textContent = label || STATE_LABELS[state] || state;
@@ -243,7 +247,9 @@ const audio = new AudioEngine({
     tutor.playing = status.playing;
     if (status.flushed) tutor.flushAcks++;
     if (status.playing && tutor.state !== "speaking" && !muteAudio) setState("speaking");
-    if (!status.playing && !status.buffered) settle();
+    // the answer has been played out (a flush is not the end of an answer: that is handled
+    // where the flush was asked for)
+    if (!status.playing && !status.buffered && !status.flushed && tutor.state === "speaking") settle();
   },
 });
 tutor.audio = audio;
@@ -407,7 +413,9 @@ function serverError(error) {
     if (tutor.conn) tutor.conn.send(sessionUpdate());
     return;
   }
-  if (error.code === "quota_exceeded") {
+  if (error.code === "resume_not_found") {
+    system("Reconnected, but the earlier conversation had expired: the tutor starts afresh.");
+  } else if (error.code === "quota_exceeded") {
     notice("Your voice minutes are used up for now. Upgrade for more, or come back later.",
            { upgrade: true });
   } else if (error.code === "session_expired") {

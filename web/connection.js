@@ -20,6 +20,7 @@ export class Connection {
     this.onTicketRefused = onTicketRefused; // (status, body) => void: 401, 402, ...
     this.ws = null;
     this.stopped = false;
+    this.byUser = false;
     this.attempt = 0;
     this.timer = null;
     this.resume = null; // {token, expiresAt}
@@ -32,10 +33,14 @@ export class Connection {
   }
 
   stop() {
-    this.stopped = true;
+    // the student ends the session: no reconnection, and onEnd says 1000 whatever the socket says
+    if (this.stopped) return;
+    this.stopped = this.byUser = true;
     clearTimeout(this.timer);
+    this.timer = null;
     this.resume = null;
     if (this.ws && this.ws.readyState <= WebSocket.OPEN) this.ws.close(1000, "bye");
+    else this.onEnd({ code: 1000, reason: "bye" }); // between two attempts: no socket to close
   }
 
   get open() {
@@ -114,7 +119,7 @@ export class Connection {
     };
     ws.onclose = (close) => {
       if (ws !== this.ws) return;
-      const info = { code: close.code, reason: close.reason };
+      const info = this.byUser ? { code: 1000, reason: "bye" } : { code: close.code, reason: close.reason };
       if (this.stopped || FINAL_CLOSE_CODES.has(close.code)) {
         this.stopped = true;
         this.resume = null;
