@@ -24,7 +24,8 @@ ROUTE_GROUPS: tuple[tuple[str, str], ...] = (
     ("/api/billing", "billing"),
     ("/api/auth", "auth"),
 )
-UNLIMITED_PATHS = ("/healthz", "/api/payments/webhook")  # cheap, or authenticated by signature
+# cheap and for the operator's probes, or authenticated by signature
+UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics", "/api/payments/webhook")
 
 
 def route_group(path: str) -> str:

@@ -58,6 +58,7 @@ from dialogue.providers.openai import (OpenAIChatModel, OpenAISpeech, OpenAITran
                                        make_client, warm_up)
 
 from .chat import chat_endpoint
+from .metrics import Metrics, metrics_endpoint, readyz
 from .config import Settings
 from .protocol import SessionConfig, TurnDetection
 from .resume import MemoryResume, RedisResume
@@ -346,6 +347,8 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             app.state.writer.start()
             stack.push_async_callback(app.state.writer.stop)
             redis_client = open_redis(settings, stack)
+            app.state.redis = redis_client
+            app.state.metrics = Metrics()
             app.state.auth = await open_accounts(settings, app.state.db, redis_client, stack)
             app.state.resume = RedisResume(redis_client) if redis_client is not None \
                 else MemoryResume()
@@ -379,6 +382,8 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
     return Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
             Route("/api/ai/chat", chat_endpoint, methods=["POST"]),
             WebSocketRoute("/api/voice", realtime_endpoint),
             WebSocketRoute("/v1/realtime", realtime_endpoint),

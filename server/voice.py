@@ -25,6 +25,7 @@ from dialogue.providers import ProviderError, Providers, Usage
 from rag.grounding import Grounding
 
 from . import events as ev
+from .metrics import Metrics
 from .resume import ResumeStore
 from .protocol import (Action, Cancel, Charge, Close, Generate, RealtimeSession, Record,
                        ReportLimits, Send, SendBinary, Speak, Transcribe)
@@ -89,8 +90,14 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         runner = SessionRunner(websocket, session, state.providers, user_id=user.id,
                                record=state.writer.submit, course=course,
                                knowledge=state.knowledge(course), billing=billing, grant=grant,
-                               resume=state.resume, resume_ttl_s=state.settings.resume_ttl_s)
-        await runner.run(resume=resumed)
+                               resume=state.resume, resume_ttl_s=state.settings.resume_ttl_s,
+                               metrics=state.metrics)
+        state.metrics.sessions.inc()
+        state.metrics.connected.inc()
+        try:
+            await runner.run(resume=resumed)
+        finally:
+            state.metrics.connected.dec()
     finally:
         await billing.close_voice(user.id, session_id)
 
@@ -116,7 +123,7 @@ class SessionRunner:
                  knowledge: Callable[[str, str | None], Awaitable[Grounding]] | None = None,
                  course: str | None = None, billing: Billing | None = None,
                  grant: VoiceGrant | None = None, resume: ResumeStore | None = None,
-                 resume_ttl_s: float = 120.0) -> None:
+                 resume_ttl_s: float = 120.0, metrics: Metrics | None = None) -> None:
         self.websocket = websocket
         self.session = session
         self.providers = providers
@@ -128,6 +135,7 @@ class SessionRunner:
         self.grant = grant
         self.resume = resume
         self.resume_ttl_s = resume_ttl_s
+        self.metrics = metrics
         self.resume_token = secrets.token_urlsafe(24)
         self.charges: set[asyncio.Task[None]] = set()  # never cancelled: billing must land
         self.speech: dict[str, _Speaker] = {}  # response id → its synthesis and playback
@@ -183,6 +191,8 @@ class SessionRunner:
         for action in actions:
             if isinstance(action, Send):
                 self.outbox.put_nowait(json.dumps(action.event))
+                if self.metrics is not None:
+                    self.metrics.event_sent(action.event)
             elif isinstance(action, Transcribe):
                 self._spawn(self._transcribe(action, TurnClock(time.perf_counter())))
             elif isinstance(action, Generate):
@@ -284,6 +294,8 @@ class SessionRunner:
     def _record(self, turn: Record) -> None:
         usage = self._usage.pop(turn.response_id, None)
         metrics = self._metrics.pop(turn.response_id, {})
+        if self.metrics is not None:
+            self.metrics.observe_turn(turn.kind, turn.status, metrics)
         if self.record is None:
             return
         self.record({

@@ -1,0 +1,144 @@
+"""Prometheus metrics (`GET /metrics`) and the readiness check (`GET /readyz`).
+
+One registry per app (tests run several apps in a process). What is recorded, by whom:
+- `tutor_stage_seconds{stage}`: per-turn stage latencies, from the figures `server.voice` already
+  measures for `tutor.response.metrics` (transcription, retrieval, first token, end of turn to
+  first delta, first audio after first delta, the server's own share);
+- `tutor_sessions_total`, `tutor_sessions_connected`, `tutor_turns_total{kind,status}`,
+  `tutor_barge_ins_total`, `tutor_errors_total{code}` (every `error` event sent);
+- `tutor_quota_store_failures_total` (Redis unreachable: quotas fail open),
+  `tutor_email_outbox{status}` (read at scrape time).
+Nothing here is observed per audio frame: the frame path stays free of it.
+
+With several uvicorn workers each process has its own registry; scrape each process (or run one
+process per container), since prometheus-client's multiprocess mode is not set up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from sqlalchemy import func, select, text
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from store.models import EmailNotification
+
+STAGES = {"stt_ms": "transcription", "retrieval_ms": "retrieval",
+          "llm_first_token_ms": "first_token",
+          "end_of_turn_to_first_delta_ms": "end_of_speech_to_first_delta",
+          "first_audio_after_first_delta_ms": "first_audio", "server_ms": "server_own"}
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.stage = Histogram("tutor_stage_seconds", "Latency of each stage of a turn",
+                               ["stage"], buckets=BUCKETS, registry=r)
+        self.sessions = Counter("tutor_sessions", "Voice sessions opened", registry=r)
+        self.connected = Gauge("tutor_sessions_connected", "Voice sessions open now",
+                               registry=r)
+        self.turns = Counter("tutor_turns", "Answers finished", ["kind", "status"], registry=r)
+        self.barge_ins = Counter("tutor_barge_ins", "Answers cut off by the student speaking",
+                                 registry=r)
+        self.errors = Counter("tutor_errors", "Error events sent to clients", ["code"],
+                              registry=r)
+
+    def observe_turn(self, kind: str, status: str, stages: dict[str, float]) -> None:
+        self.turns.labels(kind, status).inc()
+        for key, stage in STAGES.items():
+            value = stages.get(key)
+            if value is not None and value >= 0:
+                self.stage.labels(stage).observe(value / 1000)
+
+    def event_sent(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "error":
+            self.errors.labels(event["error"].get("code") or "unknown").inc()
+        elif kind == "response.done":
+            details = event["response"].get("status_details") or {}
+            if details.get("reason") == "turn_detected":
+                self.barge_ins.inc()
+
+
+class _AtScrape:
+    """Figures read when scraped: the email outbox by status, and quota-store failures (counted
+    by `billing.Billing`, which fails open when Redis is unreachable)."""
+
+    def __init__(self, outbox: dict[str, int], quota_failures: int) -> None:
+        self.outbox = outbox
+        self.quota_failures = quota_failures
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        family = GaugeMetricFamily("tutor_email_outbox", "Email outbox messages by status",
+                                   labels=["status"])
+        for status, n in sorted(self.outbox.items()):
+            family.add_metric([status], n)
+        yield family
+        yield CounterMetricFamily("tutor_quota_store_failures",
+                                  "Quota or rate-limit store unreachable (failed open)",
+                                  value=self.quota_failures)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    state = request.app.state
+    metrics: Metrics = state.metrics
+
+    registry = CollectorRegistry()
+    counts: dict[str, int] = {}
+    try:
+        async with state.db.session() as s:
+            rows = await s.execute(select(EmailNotification.status, func.count())
+                                   .group_by(EmailNotification.status))
+            counts = {status: n for status, n in rows}
+    except Exception:  # the database is down: /readyz says so; metrics still answer
+        counts = {}
+    registry.register(_AtScrape(counts, state.billing.store_failures))  # type: ignore[arg-type]
+    body = generate_latest(metrics.registry) + generate_latest(registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+async def readyz(request: Request) -> Response:
+    """Ready to take traffic: the database answers and is migrated to head, Redis answers (when
+    configured). 503 with the failing checks otherwise. `/healthz` stays a cheap liveness check."""
+    state = request.app.state
+    checks: dict[str, str] = {}
+    try:
+        async with state.db.session() as s:
+            await asyncio.wait_for(s.execute(text("SELECT 1")), 2.0)
+            current = (await s.execute(text("SELECT version_num FROM alembic_version"))
+                       ).scalar_one_or_none()
+        head = _head()
+        checks["database"] = "ok"
+        checks["migrations"] = "ok" if current == head else f"at {current}, head is {head}"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {exc.__class__.__name__}"
+    redis = getattr(state, "redis", None)
+    if redis is not None:
+        try:
+            await asyncio.wait_for(redis.ping(), 2.0)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"unreachable: {exc.__class__.__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
+                        status_code=200 if ready else 503)
+
+
+_HEAD: str | None = None
+
+
+def _head() -> str | None:
+    global _HEAD
+    if _HEAD is None:
+        from alembic.script import ScriptDirectory
+
+        from store.db import alembic_config
+        _HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return _HEAD
