@@ -349,6 +349,8 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             redis_client = open_redis(settings, stack)
             app.state.redis = redis_client
             app.state.metrics = Metrics()
+            app.state.runners = set()  # the open voice sessions (drained on SIGTERM)
+            app.state.draining = False
             app.state.auth = await open_accounts(settings, app.state.db, redis_client, stack)
             app.state.resume = RedisResume(redis_client) if redis_client is not None \
                 else MemoryResume()

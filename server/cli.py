@@ -14,6 +14,47 @@ from .app import create_app
 from .config import Settings
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with a graceful first SIGTERM: new sockets are refused and /readyz says
+    "draining", each voice session finishes the answer it is giving and closes with 1012
+    (service restart: reconnect, and resume, elsewhere), then the server stops, at the latest
+    after `drain_s`. A second signal stops at once."""
+
+    def __init__(self, config: uvicorn.Config, drain_s: float) -> None:
+        super().__init__(config)
+        self.drain_s = drain_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    async def serve(self, sockets=None) -> None:  # type: ignore[no-untyped-def,override]
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame) -> None:  # type: ignore[no-untyped-def]
+        import signal
+
+        if sig == signal.SIGTERM and not self._draining and self._loop is not None:
+            self._draining = True
+            self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain()))  # type: ignore[union-attr]
+            return
+        super().handle_exit(sig, frame)
+
+    async def _drain(self) -> None:
+        state = getattr(self.config.app, "state", None)  # the Starlette app we passed in
+        runners = getattr(state, "runners", set())
+        if state is not None:
+            state.draining = True
+        for runner in list(runners):
+            runner.drain()
+        deadline = asyncio.get_running_loop().time() + self.drain_s
+        while runners and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        if runners:
+            logging.getLogger("tutor").warning("stopping with %d sessions still open after %.0f s",
+                                               len(runners), self.drain_s)
+        self.should_exit = True
+
+
 def uvicorn_options(settings: Settings) -> dict:
     # Compression off: audio does not compress, and permessage-deflate costs CPU and memory per
     # socket. ws_max_size is the hard cap; the softer per-message limit is in the protocol core.
@@ -97,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         # The bind address is a setting too: guest mode depends on it being loopback-only.
         settings.host = args.host or settings.host
         settings.port = args.port or settings.port
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                    log_level=args.log_level, **uvicorn_options(settings))
+        config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                                log_level=args.log_level, **uvicorn_options(settings))
+        DrainingServer(config, drain_s=settings.shutdown_drain_s).run()
     elif args.command == "ingest":
         raise SystemExit(asyncio.run(ingest_command(settings, args.paths, args.course)))
     elif args.command == "email-summaries":

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     echo_guard_ms: int = 400  # speech starting this soon after the tutor starts speaking...
     echo_persist_ms: int = 300  # ...counts only if it goes on this much longer
     audio_lead_ms: int = 300  # spoken answers go out at playback pace, this far ahead
+    shutdown_drain_s: float = 30.0  # on SIGTERM, answers in progress get this long to finish
     resume_ttl_s: float = 120.0  # a dropped session can be resumed this long (tutor.session.resumable)
     provider_timeout_s: float = 20.0  # per request; for a stream, the longest wait for the next bytes
     provider_connect_timeout_s: float = 3.0

@@ -126,6 +126,8 @@ async def readyz(request: Request) -> Response:
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"unreachable: {exc.__class__.__name__}"
+    if getattr(state, "draining", False):
+        checks["draining"] = "the server is stopping: send new sessions elsewhere"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                         status_code=200 if ready else 503)

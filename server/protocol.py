@@ -109,7 +109,8 @@ VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "s
           "verse", "marin", "cedar")
 
 # Close codes of a session ended by its plan (see docs/billing.md).
-CLOSE_CODES = {"quota_exceeded": 4402, "session_expired": 4408}
+CLOSE_CODES = {"quota_exceeded": 4402, "session_expired": 4408,
+               "server_shutting_down": 1012}  # 1012: service restart (RFC 6455 registry)
 # Client events refused once the session is closing (they would start new work).
 WORK_EVENTS = {"input_audio_buffer.commit", "conversation.item.create", "response.create"}
 
@@ -330,6 +331,11 @@ class RealtimeSession:
         """The plan's maximum session length is reached (the shell's timer says so)."""
         return self._end("session_expired", "the plan's maximum session length is reached")
 
+    def drain(self) -> list[Action]:
+        """The server is stopping: the answer in progress finishes, then close 1012."""
+        return self._end("server_shutting_down",
+                         "the server is restarting; reconnect (with your resume token) to go on")
+
     def final_charge(self) -> Charge | None:
         """When the socket is gone: the audio not yet charged."""
         if self.meter is None:
@@ -354,7 +360,9 @@ class RealtimeSession:
             return []
         self.closed = True
         code, message = self._closing
-        return [ReportLimits(), self._error(code, message, type="invalid_request_error"),
+        report: list[Action] = [ReportLimits()] if code == "quota_exceeded" else []
+        error_type = "server_error" if code == "server_shutting_down" else "invalid_request_error"
+        return [*report, self._error(code, message, type=error_type),
                 Close(CLOSE_CODES[code], code)]
 
     def _then_maybe_close(self, out: list[Action]) -> list[Action]:

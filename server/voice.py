@@ -59,6 +59,10 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     except AuthError as exc:
         await refuse(websocket, exc.code, exc.message, "authentication_error", 1008)
         return
+    if getattr(state, "draining", False):
+        await refuse(websocket, "server_shutting_down", "the server is restarting; connect "
+                     "again in a moment", "server_error", 1012)
+        return
     billing: Billing = state.billing
     config = state.session_config
     session_id = ev.Ids()("sess")
@@ -94,9 +98,11 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
                                metrics=state.metrics)
         state.metrics.sessions.inc()
         state.metrics.connected.inc()
+        state.runners.add(runner)
         try:
             await runner.run(resume=resumed)
         finally:
+            state.runners.discard(runner)
             state.metrics.connected.dec()
     finally:
         await billing.close_voice(user.id, session_id)
@@ -249,6 +255,10 @@ class SessionRunner:
         if first_delta is not None:
             self._metrics.setdefault(response_id, {})["first_audio_after_first_delta_ms"] = \
                 round((at - first_delta) * 1000, 3)
+
+    def drain(self) -> None:
+        """The server is stopping (SIGTERM): finish the current answer, then close 1012."""
+        self.execute(self.session.drain())
 
     def _stop_speaking(self, response_id: str) -> bool:
         speaker = self.speech.pop(response_id, None)
