@@ -58,6 +58,7 @@ from dialogue.providers.openai import (OpenAIChatModel, OpenAISpeech, OpenAITran
                                        make_client, warm_up)
 
 from .chat import chat_endpoint
+from .logs import route_to_stdlib
 from .metrics import Metrics, metrics_endpoint, readyz
 from .config import Settings
 from .protocol import SessionConfig, TurnDetection
@@ -328,6 +329,7 @@ async def load_sample_course(settings: Settings, retriever: Retriever) -> None:
 
 def create_app(settings: Settings | None = None, *, providers: Providers | None = None) -> Starlette:
     settings = settings or Settings()
+    route_to_stdlib()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -134,12 +134,15 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = Settings()
     if args.command == "serve":
-        logging.basicConfig(level=args.log_level.upper())
+        from .logs import configure
+
+        configure(args.log_level, settings.log_format)
         # The bind address is a setting too: guest mode depends on it being loopback-only.
         settings.host = args.host or settings.host
         settings.port = args.port or settings.port
         config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                                log_level=args.log_level, **uvicorn_options(settings))
+                                log_level=args.log_level, log_config=None,  # ours (server.logs)
+                                **uvicorn_options(settings))
         DrainingServer(config, drain_s=settings.shutdown_drain_s).run()
     elif args.command == "ingest":
         raise SystemExit(asyncio.run(ingest_command(settings, args.paths, args.course)))

@@ -26,6 +26,7 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    log_format: str = "auto"  # json | console | auto (console on a terminal, else JSON lines)
 
     # Providers
     openai_api_key: str | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))

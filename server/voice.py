@@ -15,6 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass, replace
 
+import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from typing import Any, Awaitable, Callable, Literal
@@ -31,6 +32,7 @@ from .protocol import (Action, Cancel, Charge, Close, Generate, RealtimeSession,
                        ReportLimits, Send, SendBinary, Speak, Transcribe)
 
 log = logging.getLogger("tutor.voice")
+slog = structlog.get_logger("tutor.voice")
 
 
 @dataclass
@@ -99,11 +101,16 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         state.metrics.sessions.inc()
         state.metrics.connected.inc()
         state.runners.add(runner)
+        structlog.contextvars.bind_contextvars(session_id=session_id, user_id=user.id)
+        slog.info("session opened", course=course, tier=grant.tier.name,
+                  resumed=bool(resumed), audio=binary and "binary" or "events")
         try:
             await runner.run(resume=resumed)
         finally:
             state.runners.discard(runner)
             state.metrics.connected.dec()
+            slog.info("session closed")
+            structlog.contextvars.clear_contextvars()
     finally:
         await billing.close_voice(user.id, session_id)
 
@@ -306,6 +313,9 @@ class SessionRunner:
         metrics = self._metrics.pop(turn.response_id, {})
         if self.metrics is not None:
             self.metrics.observe_turn(turn.kind, turn.status, metrics)
+        # ids, status and timings only: never the transcript or the answer at info level
+        slog.info("turn finished", response_id=turn.response_id, kind=turn.kind,
+                  status=turn.status, audio_seconds=turn.audio_seconds, **metrics)
         if self.record is None:
             return
         self.record({
