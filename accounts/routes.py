@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from authlib.integrations.starlette_client import OAuthError
 from joserfc.errors import JoseError
@@ -42,6 +43,17 @@ async def require_user(request: Request, roles: tuple[str, ...] = ()) -> User:
     if roles and user.role not in roles:
         raise HTTPException(403, f"this needs the role {' or '.join(roles)}")
     return user
+
+
+async def json_object(request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
+    """The request's JSON object body, or a 400 saying what is wrong (`empty_ok`: no body is {})."""
+    try:
+        body = await request.json() if not empty_ok or await request.body() else {}
+    except ValueError as exc:
+        raise HTTPException(400, "body must be JSON") from exc
+    if not isinstance(body, dict):
+        raise HTTPException(400, "body must be a JSON object")
+    return body
 
 
 async def google_login(request: Request) -> Response:

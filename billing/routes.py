@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from accounts.routes import require_user
+from accounts.routes import json_object, require_user
 from store.models import PaymentTransaction
 
 from .stripe import LIVE, PaymentError, StripeBilling, WebhookRejected
@@ -48,20 +48,10 @@ async def usage(request: Request) -> Response:
     return JSONResponse(await request.app.state.billing.usage(user))
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json() if await request.body() else {}
-    except ValueError as exc:
-        raise HTTPException(400, "body must be JSON") from exc
-    if not isinstance(body, dict):
-        raise HTTPException(400, "body must be a JSON object")
-    return body
-
-
 async def checkout(request: Request) -> Response:
     user = await require_user(request)
     payments = _payments(request)
-    body = await _body(request)
+    body = await json_object(request, empty_ok=True)
     catalog = request.app.state.billing.catalog
     name = body.get("tier")
     tier = catalog.tiers.get(name) if isinstance(name, str) else None

@@ -167,7 +167,7 @@ class Billing:
         try:
             decision = await self.limiter.hit(group, who, per_minute)
         except Exception as exc:
-            self._store_failed("rate limit", exc)
+            self.store_failed("rate limit", exc)
             return None
         if not decision.allowed:
             raise rate_limited(decision, group)
@@ -178,7 +178,7 @@ class Billing:
         try:
             used = await self.quotas.take_chat(user.id, tier.chat_messages_per_day, self.clock())
         except Exception as exc:
-            self._store_failed("chat quota", exc)
+            self.store_failed("chat quota", exc)
             return
         if used is None:
             raise quota_exceeded(
@@ -197,7 +197,7 @@ class Billing:
             usage = await self.quotas.voice_usage(user.id, at)
             chat_used = await self.quotas.chat_used(user.id, at)
         except Exception as exc:
-            self._store_failed("voice quota", exc)
+            self.store_failed("voice quota", exc)
             usage, chat_used = VoiceUsage(), 0
         meter = VoiceMeter(limits, usage, step_ms=self.meter_step_ms)
         if meter.exhausted:
@@ -208,7 +208,7 @@ class Billing:
                                                    tier.max_concurrent_sessions,
                                                    self.session_ttl_s, at)
         except Exception as exc:
-            self._store_failed("session count", exc)
+            self.store_failed("session count", exc)
             ok = True
         if not ok:
             raise QuotaError("too_many_sessions",
@@ -225,7 +225,7 @@ class Billing:
         try:
             usage = await self.quotas.voice_usage(user.id, at)
         except Exception as exc:
-            self._store_failed("voice quota", exc)
+            self.store_failed("voice quota", exc)
             return tier
         if VoiceLimits(*tier.voice_limits_ms()).remaining_ms(usage) == 0:
             raise quota_exceeded(self.exhausted_message(tier),
@@ -236,13 +236,13 @@ class Billing:
         try:
             await self.quotas.refresh_session(user_id, session_id, self.session_ttl_s, self.clock())
         except Exception as exc:
-            self._store_failed("session count", exc)
+            self.store_failed("session count", exc)
 
     async def close_voice(self, user_id: str, session_id: str) -> None:
         try:
             await self.quotas.release_session(user_id, session_id)
         except Exception as exc:
-            self._store_failed("session count", exc)
+            self.store_failed("session count", exc)
 
     async def charge_voice(self, user_id: str, session_id: str, tier: Tier, ms: int) -> VoiceUsage:
         """Adds received audio to the shared counters (raises if they cannot be reached: the
@@ -342,7 +342,7 @@ class Billing:
                          "amount": int(amount), "tier": tier.name,
                          "created_at": datetime.now(timezone.utc)})
 
-    def _store_failed(self, what: str, exc: BaseException) -> None:
+    def store_failed(self, what: str, exc: BaseException) -> None:
         self.store_failures += 1
         log.warning("%s store unavailable (%s: %s); allowing the request", what,
                     exc.__class__.__name__, exc)

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from accounts.routes import require_user
+from accounts.routes import json_object, require_user
 from store import queries
 from store.models import ClassMember, Classroom, EmailNotification, User, now
 
@@ -83,20 +83,10 @@ async def retry(request: Request) -> Response:
     return JSONResponse({"id": notification_id, "status": "pending"})
 
 
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise HTTPException(400, "body must be JSON") from exc
-    if not isinstance(body, dict):
-        raise HTTPException(400, "body must be a JSON object")
-    return body
-
-
 async def send(request: Request) -> Response:
     """A teacher's message to students of their classes (an admin's to anyone)."""
     sender = await require_user(request, ("teacher", "admin"))
-    body = await _json(request)
+    body = await json_object(request)
     subject, text = body.get("subject"), body.get("body")
     if not isinstance(subject, str) or not subject.strip() or len(subject) > 200:
         raise HTTPException(400, "'subject' must be a non-empty string of at most 200 characters")
@@ -147,7 +137,7 @@ async def send(request: Request) -> Response:
 
 async def preferences(request: Request) -> Response:
     user = await require_user(request)
-    body = await _json(request)
+    body = await json_object(request)
     values: dict[str, Any] = {}
     if "weekly_summary" in body:
         if not isinstance(body["weekly_summary"], bool):

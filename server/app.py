@@ -213,7 +213,8 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def open_billing(settings: Settings, db: Database, redis_client,  # type: ignore[no-untyped-def]
-                 stack: AsyncExitStack) -> Billing:
+                 stack: AsyncExitStack) -> tuple[Billing, InteractionWriter]:
+    """The billing service, and the background writer of its usage ledger."""
     catalog = TierCatalog.load(settings.tiers_file, settings.stripe_prices)
     ledger = InteractionWriter(db, model=UsageEntry)
     ledger.start()
@@ -223,8 +224,7 @@ def open_billing(settings: Settings, db: Database, redis_client,  # type: ignore
                       ledger=ledger.submit, anonymous_rpm=settings.anonymous_rpm,
                       meter_step_ms=settings.quota_step_ms, default_model=settings.llm_model,
                       large_model=settings.llm_model_large, guest_tier=settings.guest_tier)
-    billing.ledger_writer = ledger  # type: ignore[attr-defined]  # tests flush it
-    return billing
+    return billing, ledger
 
 
 def open_payments(settings: Settings, billing: Billing,  # type: ignore[no-untyped-def]
@@ -356,7 +356,8 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             app.state.auth = await open_accounts(settings, app.state.db, redis_client, stack)
             app.state.resume = RedisResume(redis_client) if redis_client is not None \
                 else MemoryResume()
-            app.state.billing = open_billing(settings, app.state.db, redis_client, stack)
+            app.state.billing, app.state.usage_writer = open_billing(
+                settings, app.state.db, redis_client, stack)
             app.state.payments = open_payments(settings, app.state.billing, stack)
             app.state.email_link_secret = link_secret
             app.state.email_worker = open_email(settings, app.state.db, app.state.billing,

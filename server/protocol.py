@@ -191,7 +191,6 @@ class RealtimeSession:
         self.binary_audio = binary_audio  # the tutor's audio as binary frames, not base64 events
         self._speech: dict[str, _Speech] = {}  # response id → its speech, while spoken
         self._last_spoken: tuple[str, str, list[Piece]] | None = None  # item id, text, pieces
-        self._audio_ms = 0.0  # input audio received
         # a speech start held as possible echo, and where voice must reach for it to count (ms)
         self._held: tuple[TurnStarted, float] | None = None
         self.provider_problem = provider_problem
@@ -285,7 +284,6 @@ class RealtimeSession:
         except AudioFormatError as exc:
             return [self._error(exc.code, str(exc), event_id=event_id)]
         self._tokens_ms -= chunk_ms
-        self._audio_ms += chunk_ms
         out: list[Action] = []
         for turn_event in turn_events:
             if isinstance(turn_event, TurnStarted):

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts.identity import user_json
-from accounts.routes import require_user
+from accounts.routes import json_object, require_user
 from store import queries
 from store.models import ROLES, Classroom, Interaction
 
@@ -76,7 +76,7 @@ async def delete_me(request: Request) -> Response:
 
 async def create_class(request: Request) -> Response:
     user = await require_user(request, ("teacher", "admin"))
-    body = await _json(request)
+    body = await json_object(request)
     if not isinstance(body.get("name"), str) or not body["name"].strip():
         raise HTTPException(400, "a class needs a 'name'")
     async with request.app.state.db.session() as s, s.begin():
@@ -97,7 +97,7 @@ async def _own_class(request: Request) -> str:
 
 async def add_student(request: Request) -> Response:
     class_id = await _own_class(request)
-    body = await _json(request)
+    body = await json_object(request)
     async with request.app.state.db.session() as s, s.begin():
         student = await queries.get_user(s, str(body.get("user_id")))
         if student is None:
@@ -124,7 +124,7 @@ async def list_users(request: Request) -> Response:
 
 async def update_user(request: Request) -> Response:
     await require_user(request, ("admin",))
-    body = await _json(request)
+    body = await json_object(request)
     async with request.app.state.db.session() as s, s.begin():
         user = await queries.get_user(s, request.path_params["user_id"])
         if user is None:
@@ -138,16 +138,6 @@ async def update_user(request: Request) -> Response:
                 raise HTTPException(400, "tier must be a non-empty string")
             user.tier = body["tier"]
     return JSONResponse(user_json(user))
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise HTTPException(400, "body must be JSON") from exc
-    if not isinstance(body, dict):
-        raise HTTPException(400, "body must be a JSON object")
-    return body
 
 
 routes = [

@@ -279,7 +279,7 @@ class SessionRunner:
             usage = await self.billing.charge_voice(self.user_id, self.session.id,
                                                     self.grant.tier, ms)
         except Exception as exc:
-            self.billing._store_failed("voice charge", exc)
+            self.billing.store_failed("voice charge", exc)
             self.execute(self.session.quota_charge_failed())
         else:
             self.execute(self.session.quota_charged(usage))
@@ -297,7 +297,7 @@ class SessionRunner:
                 await self.billing.charge_voice(self.user_id, self.session.id, self.grant.tier,
                                                 final.ms)
             except Exception as exc:
-                self.billing._store_failed("voice charge", exc)
+                self.billing.store_failed("voice charge", exc)
                 log.error("session %s: %d ms of voice could not be charged", self.session.id,
                           final.ms)
 

@@ -87,7 +87,7 @@ async def test_voice_minutes_run_out_mid_session_after_the_answer(fake, start_se
     assert usage["tier"] == "tiny" and usage["voice"]["remaining_seconds"] == 0
     assert usage["voice"]["used_today_seconds"] == pytest.approx(6.0, abs=0.1)
     # the ledger (written off the hot path) has the same total
-    assert await app.state.billing.ledger_writer.flush(5)
+    assert await app.state.usage_writer.flush(5)
     async with app.state.db.session() as s:
         total = (await s.execute(select(func.sum(UsageEntry.amount))
                                  .where(UsageEntry.kind == "voice_ms"))).scalar_one()
