@@ -56,6 +56,17 @@ async def json_object(request: Request, *, empty_ok: bool = False) -> dict[str, 
     return body
 
 
+def page_args(request: Request, *, max_page: int = 200) -> tuple[int, int | None]:
+    """`?limit=&before=` of a keyset-paged list: the page size (1 to `max_page`, default 50) and
+    the id to continue below; 400 when they are not integers."""
+    try:
+        limit = min(max_page, max(1, int(request.query_params.get("limit", 50))))
+        before = request.query_params.get("before")
+        return limit, int(before) if before else None
+    except ValueError as exc:
+        raise HTTPException(400, "limit and before must be integers") from exc
+
+
 async def google_login(request: Request) -> Response:
     oauth = request.app.state.oauth
     if oauth is None:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from accounts.routes import json_object, require_user
+from accounts.routes import json_object, page_args, require_user
 from store.models import PaymentTransaction
 
 from .stripe import LIVE, PaymentError, StripeBilling, WebhookRejected
@@ -90,12 +90,7 @@ async def portal(request: Request) -> Response:
 
 async def transactions(request: Request) -> Response:
     user = await require_user(request)
-    try:
-        limit = max(1, min(int(request.query_params.get("limit", 50)), 200))
-        before = request.query_params.get("before")
-        before_id = int(before) if before else None
-    except ValueError as exc:
-        raise HTTPException(400, "limit and before must be integers") from exc
+    limit, before_id = page_args(request)
     query = select(PaymentTransaction).where(PaymentTransaction.user_id == user.id)
     if before_id is not None:
         query = query.where(PaymentTransaction.id < before_id)

@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from accounts.routes import json_object, require_user
+from accounts.routes import json_object, page_args, require_user
 from store import queries
 from store.models import ClassMember, Classroom, EmailNotification, User, now
 
@@ -50,12 +50,7 @@ def _row(n: EmailNotification, admin: bool) -> dict[str, Any]:
 async def notifications(request: Request) -> Response:
     user = await require_user(request)
     admin = user.role == "admin"
-    try:
-        limit = max(1, min(int(request.query_params.get("limit", 50)), 200))
-        before = request.query_params.get("before")
-        before_id = int(before) if before else None
-    except ValueError as exc:
-        raise HTTPException(400, "limit and before must be integers") from exc
+    limit, before_id = page_args(request)
     T = EmailNotification
     query = select(T)
     if not admin:

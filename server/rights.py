@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts.identity import user_json
-from accounts.routes import json_object, require_user
+from accounts.routes import json_object, page_args, require_user
 from store import queries
 from store.models import ROLES, Classroom, Interaction
 
@@ -34,17 +34,8 @@ def interaction_json(row: Interaction) -> dict[str, Any]:
             "created_at": row.created_at.isoformat()}
 
 
-def _page_args(request: Request) -> tuple[int, int | None]:
-    try:
-        limit = min(MAX_PAGE, max(1, int(request.query_params.get("limit", 50))))
-        before = request.query_params.get("before")
-        return limit, int(before) if before is not None else None
-    except ValueError as exc:
-        raise HTTPException(400, "limit and before must be integers") from exc
-
-
 async def _page(request: Request, user_ids: list[str]) -> JSONResponse:
-    limit, before = _page_args(request)
+    limit, before = page_args(request, max_page=MAX_PAGE)
     async with request.app.state.db.session() as s:
         rows = await queries.interactions_page(s, user_ids, limit=limit, before_id=before)
     return JSONResponse({"items": [interaction_json(r) for r in rows],
@@ -115,7 +106,7 @@ async def class_interactions(request: Request) -> Response:
 
 async def list_users(request: Request) -> Response:
     await require_user(request, ("admin",))
-    limit, _ = _page_args(request)
+    limit, _ = page_args(request, max_page=MAX_PAGE)
     offset = int(request.query_params.get("offset", 0) or 0)
     async with request.app.state.db.session() as s:
         users = await queries.list_users(s, limit=limit, offset=offset)
