@@ -15,6 +15,7 @@ import pytest
 import websockets
 from sqlalchemy import func, select
 
+from billing.quota import RedisQuotas
 from store.models import UsageEntry
 from tests.conftest import make_settings, read_pcm
 from tests.realtime_client import Conversation, chunks, session_update
@@ -194,8 +195,9 @@ async def test_quotas_fail_open_when_redis_goes_away_and_nothing_goes_unbilled(
         await proxy.restore()
         await conv.stream(question, 16000)
     sent_ms = 3 * len(question) / 32
-    for _ in range(100):  # the last charge lands as the session closes
-        usage = await app.state.billing.quotas.voice_usage(guest.id, app.state.billing.clock())
+    counters = RedisQuotas(redis_client)  # a connection of its own: the app's pool may still
+    for _ in range(100):  # hold one the cut killed. The last charge lands as the session closes
+        usage = await counters.voice_usage(guest.id, app.state.billing.clock())
         if usage.day_ms >= sent_ms - 1:
             break
         await asyncio.sleep(0.05)
