@@ -1,7 +1,9 @@
 """The endpointer: a pure state machine that turns per-frame speech decisions into turns.
 
 Fed one boolean per fixed-size frame, it answers with `SpeechStarted` / `SpeechEnded` carrying
-sample offsets. It never reads a clock and never sees a socket: its only notion of time is the
+sample offsets, and, when a pause threshold is set, `SpeechPaused` (the student has been silent
+for `pause_frames`, well short of the end: a turn end is likely) and `SpeechResumed` (they went
+on after such a pause) so that work can start speculatively before the end is certain. It never reads a clock and never sees a socket: its only notion of time is the
 number of frames it has been fed, so a WAV file replays to exactly the same turns every time.
 """
 
@@ -17,6 +19,7 @@ class EndpointerConfig:
     silence_frames: int = 20  # unvoiced run that ends a turn
     padding_frames: int = 10  # audio kept before the first voiced frame
     max_turn_frames: int = 1000  # a turn this long is ended by force
+    pause_frames: int = 0  # unvoiced run that signals SpeechPaused (0: never; < silence_frames)
 
     @classmethod
     def from_ms(
@@ -28,6 +31,7 @@ class EndpointerConfig:
         silence_ms: int = 600,
         padding_ms: int = 300,
         max_turn_ms: int = 30000,
+        pause_ms: int = 0,
     ) -> EndpointerConfig:
         def frames(ms: int) -> int:
             return max(1, -(-ms // frame_ms))  # ceil: never shorter than asked
@@ -38,6 +42,7 @@ class EndpointerConfig:
             silence_frames=frames(silence_ms),
             padding_frames=padding_ms // frame_ms,  # floor: never more padding than asked
             max_turn_frames=frames(max_turn_ms),
+            pause_frames=frames(pause_ms) if pause_ms > 0 else 0,
         )
 
 
@@ -55,9 +60,22 @@ class SpeechEnded:
     forced: bool = False  # True when max_turn_frames cut the turn
 
 
+@dataclass(frozen=True)
+class SpeechPaused:
+    start: int  # same as the matching SpeechStarted.start
+    at: int  # sample at which the pause was noticed: the turn's audio so far is [start, at)
+    speech_end: int  # end of the last voiced frame (the turn's audio is unchanged while equal)
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    at: int  # end of the voiced frame that broke the pause
+
+
 class Endpointer:
     """IDLE → (min_speech_frames voiced in a row) → SPEAKING → (silence_frames unvoiced in a row,
-    or max_turn_frames since start) → IDLE."""
+    or max_turn_frames since start) → IDLE. While SPEAKING, pause_frames unvoiced in a row say
+    SpeechPaused, and a voiced frame after that says SpeechResumed."""
 
     def __init__(self, config: EndpointerConfig | None = None) -> None:
         self.config = config or EndpointerConfig()
@@ -78,7 +96,8 @@ class Endpointer:
         """Sample position where the last voiced frame of the current turn ended."""
         return self._last_voiced_end
 
-    def push(self, is_speech: bool) -> SpeechStarted | SpeechEnded | None:
+    def push(self, is_speech: bool
+             ) -> SpeechStarted | SpeechEnded | SpeechPaused | SpeechResumed | None:
         cfg = self.config
         self.frames += 1
         if not self.speaking:
@@ -93,7 +112,10 @@ class Endpointer:
             self._last_voiced_end = self.position
             return SpeechStarted(self._turn_start, first_voiced * cfg.frame_samples)
 
+        pausing = 0 < cfg.pause_frames < cfg.silence_frames
+        resumed = False
         if is_speech:
+            resumed = pausing and self._silent_run >= cfg.pause_frames
             self._silent_run = 0
             self._last_voiced_end = self.position
         else:
@@ -102,6 +124,10 @@ class Endpointer:
             return self._end(forced=False)
         if self.position - self._turn_start >= cfg.max_turn_frames * cfg.frame_samples:
             return self._end(forced=True)
+        if resumed:
+            return SpeechResumed(self.position)
+        if pausing and self._silent_run == cfg.pause_frames:
+            return SpeechPaused(self._turn_start, self.position, self._last_voiced_end)
         return None
 
     def end_now(self) -> SpeechEnded | None:

@@ -3,14 +3,17 @@
 Chains resampling → 30 ms framing → webrtcvad → `Endpointer`, and keeps just enough audio to
 hand each finished turn to transcription: while nobody speaks only the prefix padding is kept,
 so an idle session holds a few kilobytes. With turn detection off (manual commits) it simply
-buffers until the client commits or clears.
+buffers until the client commits or clears. With a pause threshold set, a pause in a turn
+gives `TurnPaused` with the turn's audio so far (for speculative transcription) and speech after
+it `TurnResumed`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .endpointer import Endpointer, EndpointerConfig, SpeechEnded, SpeechStarted
+from .endpointer import (Endpointer, EndpointerConfig, SpeechEnded, SpeechPaused, SpeechResumed,
+                         SpeechStarted)
 from .pcm import SAMPLE_WIDTH, VAD_RATE, AudioFormatError, Reframer, check_pcm16, samples_to_ms
 from .resample import Resampler
 from .vad import FRAME_BYTES, FRAME_MS, SpeechClassifier
@@ -22,6 +25,7 @@ class VadSettings:
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 600
     min_speech_ms: int = 200
+    pause_ms: int = 0  # a pause this long in a turn says TurnPaused (0: never)
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,22 @@ class TurnEnded:
     end_ms: int
     audio: bytes  # PCM16 mono at 16 kHz
     forced: bool = False  # cut at the maximum turn length
+    speech_end_ms: int = -1  # end of the last voiced frame (-1: manual commit, unknown)
+
+
+@dataclass(frozen=True)
+class TurnPaused:
+    """The student paused mid-turn; `audio` is the turn so far (PCM16, 16 kHz)."""
+
+    start_ms: int
+    at_ms: int
+    speech_end_ms: int  # a later TurnEnded with the same speech_end_ms has the same speech
+    audio: bytes
+
+
+@dataclass(frozen=True)
+class TurnResumed:
+    at_ms: int
 
 
 class AudioInput:
@@ -53,6 +73,7 @@ class AudioInput:
                 silence_ms=vad.silence_duration_ms,
                 padding_ms=vad.prefix_padding_ms,
                 max_turn_ms=max_turn_ms,
+                pause_ms=vad.pause_ms,
             )
             self._endpointer: Endpointer | None = Endpointer(cfg)
             self._classifier = SpeechClassifier(vad.threshold)
@@ -79,7 +100,7 @@ class AudioInput:
     def buffered_ms(self) -> int:
         return samples_to_ms(len(self._buf) // SAMPLE_WIDTH)
 
-    def feed(self, pcm: bytes) -> list[TurnStarted | TurnEnded]:
+    def feed(self, pcm: bytes) -> list[TurnStarted | TurnEnded | TurnPaused | TurnResumed]:
         """Take one client chunk (PCM16 at the input rate). Raises AudioFormatError if unusable."""
         check_pcm16(pcm)
         audio = self._resampler.feed(pcm)
@@ -93,7 +114,7 @@ class AudioInput:
             self._buf += audio
             self._samples += len(audio) // SAMPLE_WIDTH
             return []
-        events: list[TurnStarted | TurnEnded] = []
+        events: list[TurnStarted | TurnEnded | TurnPaused | TurnResumed] = []
         ep = self._endpointer
         for frame in self._reframer.feed(audio):
             self._buf += frame
@@ -102,6 +123,14 @@ class AudioInput:
                 events.append(TurnStarted(samples_to_ms(decision.start)))
             elif isinstance(decision, SpeechEnded):
                 events.append(self._take_turn(decision))
+            elif isinstance(decision, SpeechPaused):
+                lo = decision.start * SAMPLE_WIDTH - self._buf_start
+                hi = decision.at * SAMPLE_WIDTH - self._buf_start
+                events.append(TurnPaused(samples_to_ms(decision.start), samples_to_ms(decision.at),
+                                         samples_to_ms(decision.speech_end),
+                                         bytes(self._buf[lo:hi])))
+            elif isinstance(decision, SpeechResumed):
+                events.append(TurnResumed(samples_to_ms(decision.at)))
         if not ep.speaking and len(self._buf) > 2 * self._keep_idle:
             self._drop_before(ep.position * SAMPLE_WIDTH - self._keep_idle)
         return events
@@ -113,7 +142,8 @@ class AudioInput:
                 return None
             end = self._samples
             start = end - len(self._buf) // SAMPLE_WIDTH
-            turn = TurnEnded(samples_to_ms(start), samples_to_ms(end), bytes(self._buf))
+            turn = TurnEnded(samples_to_ms(start), samples_to_ms(end), bytes(self._buf),
+                             speech_end_ms=samples_to_ms(end))
             self._buf.clear()
             return turn
         ended = self._endpointer.end_now()
@@ -129,9 +159,8 @@ class AudioInput:
     def _take_turn(self, ended: SpeechEnded) -> TurnEnded:
         lo = ended.start * SAMPLE_WIDTH - self._buf_start
         hi = ended.end * SAMPLE_WIDTH - self._buf_start
-        turn = TurnEnded(
-            samples_to_ms(ended.start), samples_to_ms(ended.end), bytes(self._buf[lo:hi]), ended.forced
-        )
+        turn = TurnEnded(samples_to_ms(ended.start), samples_to_ms(ended.end),
+                         bytes(self._buf[lo:hi]), ended.forced, samples_to_ms(ended.speech_end))
         self._drop_before(ended.end * SAMPLE_WIDTH)
         return turn
 

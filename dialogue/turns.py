@@ -94,13 +94,28 @@ class TurnTaker:
     def speech_discarded(self) -> None:
         self.user_speaking = False
 
-    def transcribed(self, item_id: str, text: str) -> StartResponse | None:
+    def transcribed(self, item_id: str, text: str, reuse: StartResponse | None = None
+                    ) -> StartResponse | None:
+        """`reuse`: an answer already started speculatively (see `preview`); its id is kept when
+        the answer starting now has exactly its messages and question."""
         self.pending_transcripts.discard(item_id)
         if text.strip():
             self.user_text(text)
             if self.auto_respond:
                 self._response_wanted = True
-        return self._maybe_start()
+        return self._maybe_start(reuse)
+
+    def preview(self, text: str) -> StartResponse | None:
+        """The answer that would start if the turn in progress ended now with `text` (changes
+        nothing; a speculative answer is started with it), or None if none would start at once."""
+        if not text.strip() or not self.auto_respond or self.response is not None \
+                or self.pending_transcripts:
+            return None
+        history = deque(self.history, maxlen=self.history.maxlen)
+        history.append({"role": "user", "content": text})
+        return StartResponse(self._new_response_id(),
+                             chat_messages(self.instructions, list(history)),
+                             "\n".join([*self._unanswered, text]))
 
     def transcription_failed(self, item_id: str) -> StartResponse | None:
         self.pending_transcripts.discard(item_id)
@@ -172,7 +187,7 @@ class TurnTaker:
         self.response = None
         return cut
 
-    def _maybe_start(self) -> StartResponse | None:
+    def _maybe_start(self, reuse: StartResponse | None = None) -> StartResponse | None:
         if (
             not self._response_wanted
             or self.response is not None
@@ -181,7 +196,11 @@ class TurnTaker:
         ):
             return None
         self._response_wanted = False
-        self.response = _Response(self._new_response_id())
         question, self._unanswered = "\n".join(self._unanswered), []
-        return StartResponse(self.response.id, chat_messages(self.instructions, list(self.history)),
-                             question)
+        messages = chat_messages(self.instructions, list(self.history))
+        if reuse is not None and reuse.messages == messages and reuse.question == question:
+            response_id = reuse.response_id
+        else:
+            response_id = self._new_response_id()
+        self.response = _Response(response_id)
+        return StartResponse(response_id, messages, question)

@@ -94,6 +94,9 @@ def session_config(settings: Settings) -> SessionConfig:
         audio_lead_ms=settings.audio_lead_ms,
         audio_burst_ms=settings.audio_burst_ms,
         max_message_bytes=settings.max_message_bytes,
+        speculative_pause_ms=settings.speculative_pause_ms if settings.speculative else 0,
+        speculative_max_per_turn=settings.speculative_max_per_turn,
+        speculative_budget=settings.speculative_budget,
     )
 
 

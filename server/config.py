@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     vad_silence_ms: int = 600
     vad_prefix_padding_ms: int = 300
     vad_min_speech_ms: int = 200
+    # Speculative turn ends (docs/protocol.md §9): a pause this long (at most half of
+    # vad_silence_ms) starts transcription, and a held answer, before the turn is surely over.
+    # Plans without the "speculative" feature, and sessions that turn it off, never speculate.
+    speculative: bool = True
+    speculative_pause_ms: int = 200
+    speculative_max_per_turn: int = 2  # guesses per turn
+    speculative_budget: float = 0.5  # discarded guesses per session ≤ budget × turns + 2
     max_turn_ms: int = 30000
     # Audio may arrive ahead of real time by this much (network jitter, client buffering); more
     # than that is refused, so one client cannot make the server do minutes of VAD per second.

@@ -31,7 +31,11 @@ from store.models import EmailNotification
 STAGES = {"stt_ms": "transcription", "retrieval_ms": "retrieval",
           "llm_first_token_ms": "first_token",
           "end_of_turn_to_first_delta_ms": "end_of_speech_to_first_delta",
-          "first_audio_after_first_delta_ms": "first_audio", "server_ms": "server_own"}
+          "first_audio_after_first_delta_ms": "first_audio", "server_ms": "server_own",
+          "transcript_wait_ms": "transcript_wait"}
+FRAME_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                 0.005, 0.01)
+SAMPLE_EVERY = 50  # one audio chunk in this many is timed for tutor_vad_frame_seconds
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -49,6 +53,20 @@ class Metrics:
                                  registry=r)
         self.errors = Counter("tutor_errors", "Error events sent to clients", ["code"],
                               registry=r)
+        self.vad_frame = Histogram(
+            "tutor_vad_frame_seconds", "Compute time of VAD and endpointing per 30 ms audio "
+            "frame (one chunk in SAMPLE_EVERY is timed)", buckets=FRAME_BUCKETS, registry=r)
+        self.endpoint = Histogram(
+            "tutor_endpoint_decision_seconds", "Compute time of the audio chunk that ended a "
+            "turn (VAD, endpointing, cutting out the turn's audio)", buckets=FRAME_BUCKETS,
+            registry=r)
+        self.speculations = Counter(
+            "tutor_speculations", "Speculative turn ends, by outcome: hit (the transcript "
+            "started at the pause was used), miss (the student went on: work discarded)",
+            ["outcome"], registry=r)
+        self.speculative_calls = Counter(
+            "tutor_speculative_calls", "Provider calls started speculatively, by kind (stt, "
+            "llm) and result (used, wasted)", ["kind", "result"], registry=r)
 
     def observe_turn(self, kind: str, status: str, stages: dict[str, float]) -> None:
         self.turns.labels(kind, status).inc()

@@ -17,8 +17,9 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Union
 
 from audio.pcm import SAMPLE_WIDTH, AudioFormatError, wav_bytes
-from audio.turns import AudioInput, TurnEnded, TurnStarted, VadSettings
+from audio.turns import AudioInput, TurnEnded, TurnPaused, TurnResumed, TurnStarted, VadSettings
 from billing.meter import VoiceMeter, VoiceUsage
+from dialogue.speculation import Guess, Speculator
 from dialogue.speech import Piece, SentenceSplitter, heard_text
 from dialogue.turns import CancelResponse, ResponseAlreadyActive, StartResponse, TurnState, TurnTaker
 
@@ -38,6 +39,7 @@ class Transcribe:
     wav: bytes
     model: str
     language: str | None
+    speculative: int = 0  # a speculative transcription's serial (its result comes back with it)
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,36 @@ class Generate:
     messages: list[dict[str, str]]
     question: str = ""  # what the answer answers: retrieval looks this up first
     model: str | None = None  # the chat model (the tier's); None: the provider's default
+    held: bool = False  # speculative: generate, but hold every result until `Release`
 
 
 @dataclass(frozen=True)
 class Cancel:
     response_id: str
+
+
+@dataclass(frozen=True)
+class Adopt:
+    """The turn just ended on the speech of speculative guess `serial`: its transcription (done
+    or still running) is the turn's. The turn's end is now."""
+
+    serial: int
+
+
+@dataclass(frozen=True)
+class Release:
+    """The held answer `response_id` is the turn's answer: deliver what it holds, then go on."""
+
+    response_id: str
+
+
+@dataclass(frozen=True)
+class Abandon:
+    """Speculative work nobody will use: cancel transcription `serial` (0: none) and the held
+    answer `response_id` (None: none). Nothing of it was or will be sent to the client."""
+
+    serial: int
+    response_id: str | None
 
 
 @dataclass(frozen=True)
@@ -103,7 +130,7 @@ class Close:
 
 
 Action = Union[Send, Transcribe, Generate, Cancel, Record, Charge, ReportLimits, Close, Speak,
-               SendBinary]
+               SendBinary, Adopt, Release, Abandon]
 OUTPUT_RATE = 24000  # the tutor's audio: OpenAI's PCM output format
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
           "verse", "marin", "cedar")
@@ -122,6 +149,7 @@ class TurnDetection:
     silence_duration_ms: int = 600
     create_response: bool = True
     interrupt_response: bool = True
+    speculative: bool = True  # extension: start transcribing (and answering) at a pause
 
 
 @dataclass(frozen=True)
@@ -146,6 +174,19 @@ class SessionConfig:
     echo_guard_ms: int = 400
     echo_persist_ms: int = 300
     audio_lead_ms: int = 300  # the tutor's audio is sent at playback pace, this far ahead
+    # Speculation (dialogue.speculation): a pause this long starts the work of a turn end;
+    # 0: not available (server setting or plan). At most half the silence threshold.
+    speculative_pause_ms: int = 0
+    speculative_max_per_turn: int = 2
+    speculative_budget: float = 0.5
+
+    @property
+    def pause_ms(self) -> int:
+        """The effective speculative pause: 0 when speculation is off for this session."""
+        td = self.turn_detection
+        if td is None or not td.speculative or self.speculative_pause_ms <= 0:
+            return 0
+        return min(self.speculative_pause_ms, td.silence_duration_ms // 2)
 
 
 @dataclass
@@ -205,6 +246,9 @@ class RealtimeSession:
             history_messages=config.history_messages,
         )
         self._apply_turn_detection()
+        self.spec = Speculator(max_per_turn=config.speculative_max_per_turn,
+                               budget=config.speculative_budget)
+        self._adopted: dict[int, str] = {}  # speculative serial → the turn awaiting its transcript
         self.audio = self._new_audio_input()
         self._tokens_ms = float(config.audio_burst_ms)  # token bucket for audio ahead of real time
         self._last_audio_at: float | None = None
@@ -286,7 +330,11 @@ class RealtimeSession:
         self._tokens_ms -= chunk_ms
         out: list[Action] = []
         for turn_event in turn_events:
-            if isinstance(turn_event, TurnStarted):
+            if isinstance(turn_event, TurnPaused):
+                out += self._paused(turn_event)
+            elif isinstance(turn_event, TurnResumed):
+                out += self._discard_guess(resumed=True)
+            elif isinstance(turn_event, TurnStarted):
                 if self._echo_window(now):  # voice must go on this much longer to count
                     self._held = (turn_event, self.audio.position_ms + self.config.echo_persist_ms)
                 else:
@@ -351,7 +399,7 @@ class RealtimeSession:
         if self._speech_item_id is not None:
             self._speech_item_id = None
             self.turns.speech_discarded()
-        return self._maybe_close()
+        return self._discard_guess() + self._maybe_close()
 
     def _maybe_close(self) -> list[Action]:
         if self._closing is None or self.closed or self.turns.state != TurnState.LISTENING:
@@ -366,12 +414,62 @@ class RealtimeSession:
     def _then_maybe_close(self, out: list[Action]) -> list[Action]:
         return out + self._maybe_close() if self._closing is not None else out
 
-    def transcription_completed(self, item_id: str, text: str, seconds: float) -> list[Action]:
+    def transcription_completed(self, item_id: str, text: str, seconds: float,
+                                guess: Guess | None = None) -> list[Action]:
+        """`guess`: the speculative guess whose transcript this is (its held answer, if any, is
+        used when it fits the conversation as it is now, else discarded)."""
         out: list[Action] = [self._send(
             "conversation.item.input_audio_transcription.completed",
             item_id=item_id, content_index=0, transcript=text,
             usage={"type": "duration", "seconds": round(seconds, 3)})]
-        return self._then_maybe_close(out + self._start(self.turns.transcribed(item_id, text)))
+        held = guess.response_id if guess is not None else None
+        reuse = None if held is None or guess is None else \
+            StartResponse(held, guess.messages, guess.question)
+        start = self.turns.transcribed(item_id, text, reuse)
+        out += self._start(start, held=held)
+        if held is not None and (start is None or start.response_id != held):
+            self.spec.answer_unused()
+            out.append(Abandon(0, held))
+        return self._then_maybe_close(out)
+
+    # -- speculation -----------------------------------------------------------------------
+    def speculative_transcribed(self, serial: int, text: str, seconds: float) -> list[Action]:
+        """The transcript of a speculative transcription: the turn's, if the turn has ended on
+        it; else kept for the guess, and the answer started (held) if one would start now."""
+        item_id = self._adopted.pop(serial, None)
+        if item_id is not None:
+            return self.transcription_completed(item_id, text, seconds)
+        guess = self.spec.transcribed(serial, text, seconds)
+        if guess is None or self._closing is not None:
+            return []
+        start = self.turns.preview(text)
+        if start is None:
+            return []
+        self.spec.answering(start.response_id, start.messages, start.question)
+        return [Generate(start.response_id, start.messages, start.question, self.config.model,
+                         held=True)]
+
+    def speculative_transcription_failed(self, serial: int, code: str, message: str
+                                         ) -> list[Action]:
+        item_id = self._adopted.pop(serial, None)
+        if item_id is not None:
+            return self.transcription_failed(item_id, code, message)
+        self.spec.transcription_failed(serial)  # the turn will be transcribed afresh
+        return []
+
+    def _paused(self, paused: TurnPaused) -> list[Action]:
+        item_id = self._speech_item_id
+        if item_id is None or self._closing is not None or not paused.audio:
+            return []  # no turn the client knows of (held as echo), or ending
+        guess = self.spec.paused(item_id, paused.speech_end_ms)
+        if guess is None:
+            return []
+        return [Transcribe(item_id, wav_bytes(paused.audio), self.config.transcription_model,
+                           self.config.transcription_language, speculative=guess.serial)]
+
+    def _discard_guess(self, *, resumed: bool = False) -> list[Action]:
+        guess = self.spec.resumed() if resumed else self.spec.discard()
+        return [] if guess is None else [Abandon(guess.serial, guess.response_id)]
 
     def transcription_failed(self, item_id: str, code: str, message: str) -> list[Action]:
         out: list[Action] = [
@@ -542,6 +640,8 @@ class RealtimeSession:
             self.audio = self._new_audio_input()
             self._speech_item_id = None
             self.turns.speech_discarded()
+            return self._discard_guess() + [self._send("session.updated",
+                                                       session=self._session_object())]
         return [self._send("session.updated", session=self._session_object())]
 
     def _append(self, message: dict[str, Any], now: float) -> list[Action]:
@@ -570,7 +670,7 @@ class RealtimeSession:
         if self._speech_item_id is not None:
             self._speech_item_id = None
             self.turns.speech_discarded()
-        return [self._send("input_audio_buffer.cleared")]
+        return self._discard_guess() + [self._send("input_audio_buffer.cleared")]
 
     def _item_create(self, message: dict[str, Any], now: float) -> list[Action]:
         item = message.get("item")
@@ -648,6 +748,7 @@ class RealtimeSession:
     # -- turns and responses ---------------------------------------------------------------
     def _speech_started(self, started: TurnStarted, now: float | None = None) -> list[Action]:
         self._speech_item_id = self.ids("item")
+        self.spec.turn_started()
         out: list[Action] = [self._send("input_audio_buffer.speech_started",
                                         audio_start_ms=started.start_ms,
                                         item_id=self._speech_item_id)]
@@ -668,16 +769,28 @@ class RealtimeSession:
 
     def _committed(self, turn: TurnEnded, item_id: str) -> list[Action]:
         previous = self._last_item_id
+        used, dropped = self.spec.turn_ended(item_id, turn.speech_end_ms)
+        out: list[Action] = [] if dropped is None else [Abandon(dropped.serial,
+                                                                dropped.response_id)]
         self.turns.turn_committed(item_id)
         self._unanswered_audio_s += len(turn.audio) / SAMPLE_WIDTH / 16000
-        return [
+        out += [
             self._send("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous),
             self._item_created(ev.user_audio_item(item_id)),
-            Transcribe(item_id, wav_bytes(turn.audio), self.config.transcription_model,
-                       self.config.transcription_language),
         ]
+        if used is None:
+            return out + [Transcribe(item_id, wav_bytes(turn.audio),
+                                     self.config.transcription_model,
+                                     self.config.transcription_language)]
+        out.append(Adopt(used.serial))  # the pause's transcription is this turn's
+        if used.text is None:  # still running: its result completes the turn
+            self._adopted[used.serial] = item_id
+            return out
+        return out + self.transcription_completed(item_id, used.text, used.seconds, used)
 
-    def _start(self, start: StartResponse | None) -> list[Action]:
+    def _start(self, start: StartResponse | None, held: str | None = None) -> list[Action]:
+        """Open the answer `start`: its events, then `Generate` (or `Release` when it is the
+        speculative answer `held`, already running)."""
         if start is None:
             return []
         rid = start.response_id
@@ -696,6 +809,7 @@ class RealtimeSession:
             self._send("response.output_item.added", response_id=rid, output_index=0, item=item),
             self._item_created(item),
             self._send("response.content_part.added", part=part, **ev.text_part(rid, item_id)),
+            Release(rid) if rid == held else
             Generate(rid, start.messages, start.question, self.config.model),
         ]
 
@@ -774,7 +888,8 @@ class RealtimeSession:
         td = self.config.turn_detection
         vad = None if td is None else VadSettings(
             threshold=td.threshold, prefix_padding_ms=td.prefix_padding_ms,
-            silence_duration_ms=td.silence_duration_ms, min_speech_ms=self.config.min_speech_ms)
+            silence_duration_ms=td.silence_duration_ms, min_speech_ms=self.config.min_speech_ms,
+            pause_ms=self.config.pause_ms)
         return AudioInput(input_rate=self.config.input_rate, vad=vad,
                           max_turn_ms=self.config.max_turn_ms)
 
@@ -791,7 +906,9 @@ class RealtimeSession:
             "audio": {"input": {
                 "format": {"type": "audio/pcm", "rate": cfg.input_rate},
                 "transcription": transcription,
-                "turn_detection": None if td is None else {"type": "server_vad", **vars(td)},
+                "turn_detection": None if td is None else {
+                    "type": "server_vad", **vars(td),
+                    "speculative": cfg.pause_ms > 0},
             }, "output": {"format": {"type": "audio/pcm", "rate": OUTPUT_RATE},
                           "voice": cfg.voice}},
         }
@@ -859,8 +976,14 @@ def _updated_config(config: SessionConfig, session: dict[str, Any]) -> SessionCo
                                       f"session.audio.input.transcription.{key}")
                 changes[field] = tr[key]
     if "turn_detection" in audio_in:
+        td = audio_in["turn_detection"]
         changes["turn_detection"] = _turn_detection(
-            audio_in["turn_detection"], config.turn_detection or config.default_turn_detection)
+            td, config.turn_detection or config.default_turn_detection)
+        if isinstance(td, dict) and td.get("speculative") is True \
+                and config.speculative_pause_ms <= 0:
+            raise ClientError("feature_not_available", "speculative turn ends are not part of "
+                              "this plan (or are off on this server)",
+                              "session.audio.input.turn_detection.speculative")
     return replace(config, **changes)
 
 
@@ -889,7 +1012,7 @@ def _turn_detection(value: Any, current: TurnDetection) -> TurnDetection | None:
                 raise ClientError("invalid_value", f"{name} must be a number in [{lo}, {hi}]",
                                   f"{param}.{name}")
             fields[name] = v
-    for name in ("create_response", "interrupt_response"):
+    for name in ("create_response", "interrupt_response", "speculative"):
         if value.get(name) is not None:
             if not isinstance(value[name], bool):
                 raise ClientError("invalid_value", f"{name} must be a boolean", f"{param}.{name}")

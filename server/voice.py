@@ -3,7 +3,9 @@
 It reads messages, hands them to `RealtimeSession` with the loop's clock, and carries out the
 actions it gets back: events go to one writer task (so they leave in the order they were
 decided), provider calls run as tasks whose results are fed back to the core. Cancelling a
-response cancels its task, which closes the provider's HTTP stream at once.
+response cancels its task, which closes the provider's HTTP stream at once. Speculative work
+(see `dialogue.speculation`) runs the same way: a held answer's results wait in its `_Answer`
+until the core releases it, or are dropped with its task when the core abandons it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -26,10 +29,10 @@ from dialogue.providers import ProviderError, Providers, Usage
 from rag.grounding import Grounding
 
 from . import events as ev
-from .metrics import Metrics
+from .metrics import SAMPLE_EVERY, Metrics
 from .resume import ResumeStore
-from .protocol import (Action, Cancel, Charge, Close, Generate, RealtimeSession, Record,
-                       ReportLimits, Send, SendBinary, Speak, Transcribe)
+from .protocol import (Abandon, Action, Adopt, Cancel, Charge, Close, Generate, RealtimeSession,
+                       Record, Release, ReportLimits, Send, SendBinary, Speak, Transcribe)
 
 log = logging.getLogger("tutor.voice")
 slog = structlog.get_logger("tutor.voice")
@@ -39,9 +42,24 @@ slog = structlog.get_logger("tutor.voice")
 class TurnClock:
     """Stage timestamps of one turn (perf_counter seconds), reported as `tutor.response.metrics`."""
 
-    ended: float  # when the end of the turn was decided
+    ended: float | None  # when the end of the turn was decided (None: not yet, speculative)
     stt_start: float = 0.0
     stt_end: float = 0.0
+    speculative: bool = False  # transcription started at a pause, before the turn ended
+
+
+@dataclass
+class _Answer:
+    """One answer being generated. A held (speculative) answer keeps what it would deliver
+    in `pending` until released; the figures time it for `tutor.response.metrics`."""
+
+    clock: TurnClock | None
+    held: bool = False
+    pending: list[Callable[[], None]] = field(default_factory=list)
+    started: float = 0.0  # the chat request went out
+    first_token: float = 0.0
+    first_sent: float = 0.0  # the first delta went to the client
+    retrieval_ms: float | None = None
 
 
 async def refuse(websocket: WebSocket, code: str, message: str, error_type: str,
@@ -87,6 +105,8 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         audio_allowed = grant.tier.allows("tts") and state.providers.speech is not None
         config = replace(config, audio_allowed=audio_allowed,
                          voice=grant.tier.tts_voice or config.voice)
+        if not grant.tier.allows("speculative"):
+            config = replace(config, speculative_pause_ms=0)
         binary = websocket.query_params.get("audio") == "binary"
         session = RealtimeSession(config, provider_problem=state.providers.problem,
                                   meter=grant.meter, binary_audio=binary)
@@ -160,6 +180,9 @@ class SessionRunner:
         self.loop = asyncio.get_running_loop()
         self._answering: TurnClock | None = None  # the turn whose transcript is being handled
         self._first_delta: dict[str, float] = {}  # response id → perf_counter of its first delta
+        self._answers: dict[str, _Answer] = {}  # response id → the answer being generated
+        self._guesses: dict[int, tuple[asyncio.Task[None], TurnClock]] = {}  # speculative STT
+        self._chunks = 0  # audio messages received (one in SAMPLE_EVERY is timed)
 
     async def run(self, resume: dict[str, Any] | Literal[False] | None = None) -> None:
         """`resume`: the state of the dropped session to continue (checked by the caller), or
@@ -185,9 +208,15 @@ class SessionRunner:
                     break
                 now = self.loop.time()
                 if message.get("text") is not None:
-                    self.execute(self.session.receive_text(message["text"], now))
+                    if self.metrics is None:
+                        self.execute(self.session.receive_text(message["text"], now))
+                    else:
+                        self._timed(self.session.receive_text, message["text"], now)
                 elif message.get("bytes") is not None:
-                    self.execute(self.session.receive_audio(message["bytes"], now))
+                    if self.metrics is None:
+                        self.execute(self.session.receive_audio(message["bytes"], now))
+                    else:
+                        self._timed(self.session.receive_audio, message["bytes"], now)
         except WebSocketDisconnect:
             pass
         finally:
@@ -200,6 +229,25 @@ class SessionRunner:
             await self._save_for_resume()
             await self._settle_charges()
 
+    def _timed(self, receive: Callable[[Any, float], list[Action]], data: Any, now: float
+                ) -> None:
+        """Hand a client message to the core, timing it for the VAD histograms: a chunk that
+        ended a turn is an endpoint decision; one audio chunk in SAMPLE_EVERY gives the cost
+        per 30 ms frame. Events are sent after the clock stops."""
+        assert self.metrics is not None
+        started = time.perf_counter()
+        actions = receive(data, now)
+        spent = time.perf_counter() - started
+        if any(isinstance(a, (Transcribe, Adopt)) and not getattr(a, "speculative", 0)
+               for a in actions):
+            self.metrics.endpoint.observe(spent)
+        elif isinstance(data, bytes) and data:
+            self._chunks += 1
+            if self._chunks % SAMPLE_EVERY == 0:
+                chunk_ms = len(data) / 2 * 1000 / self.session.config.input_rate
+                self.metrics.vad_frame.observe(spent * 30 / chunk_ms)
+        self.execute(actions)
+
     def execute(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
@@ -207,15 +255,39 @@ class SessionRunner:
                 if self.metrics is not None:
                     self.metrics.event_sent(action.event)
             elif isinstance(action, Transcribe):
-                self._spawn(self._transcribe(action, TurnClock(time.perf_counter())))
+                if action.speculative:
+                    clock = TurnClock(None, speculative=True)
+                    task = self._spawn(self._transcribe(action, clock))
+                    self._guesses[action.speculative] = (task, clock)
+                else:
+                    self._spawn(self._transcribe(action, TurnClock(time.perf_counter())))
             elif isinstance(action, Generate):
-                task = self._spawn(self._generate(action, self._answering))
+                answer = self._answers[action.response_id] = _Answer(self._answering,
+                                                                      held=action.held)
+                task = self._spawn(self._generate(action, answer))
                 self.responses[action.response_id] = task
             elif isinstance(action, Cancel):
                 task = self.responses.pop(action.response_id, None)
                 if task is not None:
                     task.cancel()
+                self._answers.pop(action.response_id, None)
                 self._stop_speaking(action.response_id)
+            elif isinstance(action, Adopt):
+                _, clock = self._guesses.pop(action.serial)
+                clock.ended = time.perf_counter()  # the turn ends now; its transcript is known
+                if self.metrics is not None:      # or on its way
+                    self.metrics.speculations.labels("hit").inc()
+                    self.metrics.speculative_calls.labels("stt", "used").inc()
+            elif isinstance(action, Release):
+                answer = self._answers[action.response_id]
+                answer.held = False
+                pending, answer.pending = answer.pending, []
+                for deliver in pending:  # what it generated while held, in order
+                    deliver()
+                if self.metrics is not None:
+                    self.metrics.speculative_calls.labels("llm", "used").inc()
+            elif isinstance(action, Abandon):
+                self._abandon(action)
             elif isinstance(action, Speak):
                 speaker = self.speech.get(action.response_id)
                 if speaker is None:
@@ -262,6 +334,22 @@ class SessionRunner:
         if first_delta is not None:
             self._metrics.setdefault(response_id, {})["first_audio_after_first_delta_ms"] = \
                 round((at - first_delta) * 1000, 3)
+
+    def _abandon(self, action: Abandon) -> None:
+        """Speculative work the core will not use: cancelled, and nothing of it sent."""
+        guess = self._guesses.pop(action.serial, None)
+        if guess is not None:
+            guess[0].cancel()
+        if self.metrics is not None and action.serial:
+            self.metrics.speculations.labels("miss").inc()
+            self.metrics.speculative_calls.labels("stt", "wasted").inc()
+        if action.response_id is not None:
+            task = self.responses.pop(action.response_id, None)
+            if task is not None:
+                task.cancel()
+            self._answers.pop(action.response_id, None)
+            if self.metrics is not None:
+                self.metrics.speculative_calls.labels("llm", "wasted").inc()
 
     def drain(self) -> None:
         """The server is stopping (SIGTERM): finish the current answer, then close 1012."""
@@ -355,33 +443,42 @@ class SessionRunner:
 
     async def _transcribe(self, job: Transcribe, clock: TurnClock) -> None:
         transcriber = self.providers.transcriber
+        serial = job.speculative
+
+        def failed(code: str, message: str) -> list[Action]:
+            if serial:
+                return self.session.speculative_transcription_failed(serial, code, message)
+            return self.session.transcription_failed(job.item_id, code, message)
+
         if transcriber is None:
-            self.execute(self.session.transcription_failed(
-                job.item_id, "provider_not_configured", self.providers.problem or "no transcriber"))
+            self.execute(failed("provider_not_configured",
+                                self.providers.problem or "no transcriber"))
             return
         try:
             clock.stt_start = time.perf_counter()
             result = await transcriber.transcribe(job.wav, model=job.model, language=job.language)
             clock.stt_end = time.perf_counter()
         except ProviderError as exc:
-            self.execute(self.session.transcription_failed(job.item_id, exc.code, exc.message))
+            self.execute(failed(exc.code, exc.message))
         except Exception:
             log.exception("transcription of %s failed", job.item_id)
-            self.execute(self.session.transcription_failed(
-                job.item_id, "internal_error", "transcription failed on the server"))
+            self.execute(failed("internal_error", "transcription failed on the server"))
         else:
             self._answering = clock  # an answer started by this transcript is timed from it
             try:
-                self.execute(self.session.transcription_completed(job.item_id, result.text,
-                                                                  result.seconds))
+                self.execute(
+                    self.session.speculative_transcribed(serial, result.text, result.seconds)
+                    if serial else
+                    self.session.transcription_completed(job.item_id, result.text,
+                                                         result.seconds))
             finally:
                 self._answering = None
 
-    async def _generate(self, job: Generate, clock: TurnClock | None) -> None:
+    async def _generate(self, job: Generate, answer: _Answer) -> None:
+        """Retrieval, then the streamed completion. Every result goes to the core through
+        `_deliver`, which keeps it while the answer is held (speculative)."""
         rid = job.response_id
         chat = self.providers.chat
-        first_token = first_sent = 0.0
-        retrieval_ms = None
         messages = job.messages
         try:
             if chat is None:
@@ -389,52 +486,80 @@ class SessionRunner:
             if self.knowledge is not None and job.question:
                 # Retrieval starts as soon as the answer does: the transcript is known by now.
                 grounding = await self.knowledge(job.question, self.user_id)
-                retrieval_ms = grounding.retrieval_ms
+                answer.retrieval_ms = grounding.retrieval_ms
                 messages = grounding.apply(messages)
-                self.execute([self.session.response_citations(rid, grounding.citations())])
-            started = time.perf_counter()
+                citations = grounding.citations()
+                self._deliver(answer, lambda: self.execute(
+                    [self.session.response_citations(rid, citations)]))
+            answer.started = time.perf_counter()
             async for delta in chat.stream(messages, model=job.model):
                 if isinstance(delta, Usage):
                     self._usage[rid] = delta
                     continue
-                if not first_token:
-                    first_token = time.perf_counter()
-                self.execute(self.session.response_delta(rid, delta))
-                if not first_sent:
-                    first_sent = self._first_delta[rid] = time.perf_counter()
+                if not answer.first_token:
+                    answer.first_token = time.perf_counter()
+                self._deliver(answer, partial(self._delta, rid, answer, delta))
         except ProviderError as exc:
-            self.execute(self.session.response_failed(rid, exc.code, exc.message))
+            self._deliver(answer, partial(self._failed, rid, exc.code, exc.message))
         except Exception:
             log.exception("response %s failed", rid)
-            self.execute(self.session.response_failed(rid, "internal_error",
-                                                      "the answer failed on the server"))
+            self._deliver(answer, partial(self._failed, rid, "internal_error",
+                                          "the answer failed on the server"))
         else:
-            extra: list[Action] = []
-            if first_token:
-                self._metrics[rid] = {**self._metrics.get(rid, {}),
-                                      **_metrics(clock, started, first_token, first_sent,
-                                                 retrieval_ms)}
-                if not self.session.speaking(rid):  # a spoken answer reports when it ends
-                    extra.append(self.session.response_metrics(rid, self._metrics[rid]))
-            self.execute(self.session.response_completed(rid) + extra)
+            self._deliver(answer, partial(self._completed, rid, answer))
         finally:
             if self.responses.get(rid) is asyncio.current_task():
                 del self.responses[rid]
 
+    @staticmethod
+    def _deliver(answer: _Answer, deliver: Callable[[], None]) -> None:
+        if answer.held:
+            answer.pending.append(deliver)
+        else:
+            deliver()
 
-def _metrics(clock: TurnClock | None, started: float, first_token: float,
-             first_sent: float, retrieval_ms: float | None) -> dict[str, float]:
+    def _delta(self, rid: str, answer: _Answer, delta: str) -> None:
+        actions = self.session.response_delta(rid, delta)
+        self.execute(actions)
+        if actions and not answer.first_sent:
+            answer.first_sent = self._first_delta[rid] = time.perf_counter()
+
+    def _failed(self, rid: str, code: str, message: str) -> None:
+        self._answers.pop(rid, None)
+        self.execute(self.session.response_failed(rid, code, message))
+
+    def _completed(self, rid: str, answer: _Answer) -> None:
+        self._answers.pop(rid, None)
+        extra: list[Action] = []
+        if answer.first_token and answer.first_sent:
+            self._metrics[rid] = {**self._metrics.get(rid, {}), **_metrics(answer)}
+            if not self.session.speaking(rid):  # a spoken answer reports when it ends
+                extra.append(self.session.response_metrics(rid, self._metrics[rid]))
+        self.execute(self.session.response_completed(rid) + extra)
+
+
+def _metrics(answer: _Answer) -> dict[str, float]:
     """Stage latencies in ms. `server_ms` is our own share of end-of-turn → first delta: the
-    time not spent in transcription, retrieval, or waiting for the chat model's first token."""
-    ms = {"llm_first_token_ms": (first_token - started) * 1000}
-    if retrieval_ms is not None:
-        ms["retrieval_ms"] = retrieval_ms
-    if clock is not None:
+    time not spent in transcription, retrieval, or waiting for the chat model's first token.
+    For a speculative turn (its work overlapped the end of the turn) it is the time from the
+    later of the turn's end and the first token to the first delta."""
+    clock = answer.clock
+    ms: dict[str, float] = {"llm_first_token_ms": (answer.first_token - answer.started) * 1000}
+    if answer.retrieval_ms is not None:
+        ms["retrieval_ms"] = answer.retrieval_ms
+    if clock is not None and clock.ended is not None:
         ms["stt_ms"] = (clock.stt_end - clock.stt_start) * 1000
-        ms["end_of_turn_to_first_delta_ms"] = (first_sent - clock.ended) * 1000
-        ms["server_ms"] = (ms["end_of_turn_to_first_delta_ms"] - ms["stt_ms"]
-                           - ms["llm_first_token_ms"] - (retrieval_ms or 0.0))
-    return {k: round(v, 3) for k, v in ms.items()}
+        ms["transcript_wait_ms"] = max(0.0, clock.stt_end - clock.ended) * 1000
+        ms["end_of_turn_to_first_delta_ms"] = (answer.first_sent - clock.ended) * 1000
+        if clock.speculative:
+            ms["server_ms"] = (answer.first_sent - max(clock.ended, answer.first_token)) * 1000
+        else:
+            ms["server_ms"] = (ms["end_of_turn_to_first_delta_ms"] - ms["stt_ms"]
+                               - ms["llm_first_token_ms"] - (answer.retrieval_ms or 0.0))
+    out = {k: round(v, 3) for k, v in ms.items()}
+    if clock is not None and clock.speculative:
+        out["speculative"] = True
+    return out
 
 
 class _Speaker:

@@ -56,6 +56,9 @@ def make_settings(fake: FakeOpenAI | None = None, **overrides: Any) -> Settings:
         google_client_id=None, supabase_url=None, supabase_jwt_secret=None, redis_url=None,
         load_sample_course=False,  # the tests that want it say so
         guest_tier="unlimited",  # billing tests set their own plans
+        # one provider call per turn, as these tests count them; the speculation tests
+        # (test_speculation*.py) turn it on
+        speculative=False,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)
