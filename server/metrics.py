@@ -7,8 +7,11 @@ One registry per app (tests run several apps in a process). What is recorded, by
 - `tutor_sessions_total`, `tutor_sessions_connected`, `tutor_turns_total{kind,status}`,
   `tutor_barge_ins_total`, `tutor_errors_total{code}` (every `error` event sent);
 - `tutor_quota_store_failures_total` (Redis unreachable: quotas fail open),
-  `tutor_email_outbox{status}` (read at scrape time).
-Nothing here is observed per audio frame: the frame path stays free of it.
+  `tutor_email_outbox{status}` (read at scrape time);
+- `tutor_vad_frame_seconds` (one audio chunk in SAMPLE_EVERY timed, per 30 ms frame) and
+  `tutor_endpoint_decision_seconds` (the chunks that ended a turn), timed by `server.voice`;
+- `tutor_speculations_total{outcome}` and `tutor_speculative_calls_total{kind,result}`.
+The frame path costs two clock reads per chunk; histograms are observed only on sampled chunks.
 
 With several uvicorn workers each process has its own registry; scrape each process (or run one
 process per container), since prometheus-client's multiprocess mode is not set up.
