@@ -173,6 +173,10 @@ async def run_level(url: str, n: int, turns: int, proc: psutil.Process,
                                          for _, _, c in latencies]),
         # course retrieval (query embedding, full-text + vector search, fusion, student memory)
         "retrieval_ms": summary([c.get("retrieval_ms", 0.0) for _, _, c in latencies]),
+        # turns whose transcript was known when the turn ended (speculation hid its latency)
+        "transcript_hidden_share": round(
+            sum(1 for _, _, c in latencies if c.get("transcript_wait_ms", 1) < 1)
+            / max(1, len(latencies)), 3),
         "server_cpu_s_per_session": round(cpu / n, 4),
         "server_cpu_utilisation": round(cpu / wall, 3),
         "server_rss_mb_per_session": round((peak - rss0) / n / 2**20, 3),
@@ -226,6 +230,8 @@ async def main() -> None:
     parser.add_argument("--stt-latency", type=float, default=0.3)
     parser.add_argument("--ttft", type=float, default=0.4)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--speculative", choices=["on", "off"], default="on",
+                        help="speculative turn ends (the server's default: on)")
     parser.add_argument("--database-url", default=None,
                         help="TUTOR_DATABASE_URL for the server (default: SQLite in a temp dir)")
     args = parser.parse_args()
@@ -236,6 +242,7 @@ async def main() -> None:
     env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fake_port}/v1",
                TUTOR_VAD_SILENCE_MS=str(SILENCE_MS),
                TUTOR_GUEST_TIER="unlimited",  # metered, but 100 sessions of one guest allowed
+               TUTOR_SPECULATIVE="true" if args.speculative == "on" else "false",
                TUTOR_DATA_DIR=data_dir)
     if args.database_url:
         env["TUTOR_DATABASE_URL"] = args.database_url
@@ -268,7 +275,8 @@ async def main() -> None:
             print(f"N={n:4d}  turns={r['turns']:4d}  overhead p50={o['p50']} ms  p95={o['p95']} ms  "
                   f"p99={o['p99']} ms  (from end frame: p50={e['p50']} p99={e['p99']}; server internal: p50={i['p50']} p99={i['p99']}; stt call +{st['p50']}/+{st['p99']}; llm call +{ll['p50']}/+{ll['p99']}; retrieval {rt['p50']}/{rt['p99']})  cpu/session={r['server_cpu_s_per_session']} s  "
                   f"server cpu={r['server_cpu_utilisation']:.0%}  "
-                  f"mem/session={r['server_rss_mb_per_session']} MB  errors={len(r['errors'])}",
+                  f"mem/session={r['server_rss_mb_per_session']} MB  "
+                  f"transcript hidden={r['transcript_hidden_share']:.0%}  errors={len(r['errors'])}",
                   flush=True)
     finally:
         for p in (server, fake):
@@ -281,6 +289,7 @@ async def main() -> None:
     report = {
         "command": "python -m bench.latency " + " ".join(sys.argv[1:]),
         "database": "postgresql" if args.database_url else "sqlite",
+        "speculative": args.speculative == "on",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "fake_provider": {"stt_latency_s": args.stt_latency, "ttft_s": args.ttft,
