@@ -126,8 +126,10 @@ async def metrics_endpoint(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready to take traffic: the database answers and is migrated to head, Redis answers (when
-    configured). 503 with the failing checks otherwise. `/healthz` stays a cheap liveness check."""
+    """Ready to take traffic: the database answers and is migrated at least to this code's head
+    (a revision this code does not know is a newer release's, migrated ahead during a rolling
+    deploy: migrations only add, so this code still works), Redis answers (when configured).
+    503 with the failing checks otherwise. `/healthz` stays a cheap liveness check."""
     state = request.app.state
     checks: dict[str, str] = {}
     try:
@@ -135,9 +137,10 @@ async def readyz(request: Request) -> Response:
             await asyncio.wait_for(s.execute(text("SELECT 1")), 2.0)
             current = (await s.execute(text("SELECT version_num FROM alembic_version"))
                        ).scalar_one_or_none()
-        head = _head()
+        head, known = _revisions()
         checks["database"] = "ok"
-        checks["migrations"] = "ok" if current == head else f"at {current}, head is {head}"
+        behind = current is None or (current != head and current in known)
+        checks["migrations"] = f"at {current}, head is {head}" if behind else "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {exc.__class__.__name__}"
     redis = getattr(state, "redis", None)
@@ -154,14 +157,17 @@ async def readyz(request: Request) -> Response:
                         status_code=200 if ready else 503)
 
 
-_HEAD: str | None = None
+_REVISIONS: tuple[str | None, frozenset[str]] | None = None
 
 
-def _head() -> str | None:
-    global _HEAD
-    if _HEAD is None:
+def _revisions() -> tuple[str | None, frozenset[str]]:
+    """This code's head revision, and every revision it knows."""
+    global _REVISIONS
+    if _REVISIONS is None:
         from alembic.script import ScriptDirectory
 
         from store.db import alembic_config
-        _HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-    return _HEAD
+        scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+        _REVISIONS = (scripts.get_current_head(),
+                      frozenset(r.revision for r in scripts.walk_revisions()))
+    return _REVISIONS

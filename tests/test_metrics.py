@@ -70,3 +70,29 @@ async def test_readyz_checks_database_migrations_and_redis(fake, start_server, r
         down = await client.get("/readyz")
         assert (await client.get("/healthz")).status_code == 200  # liveness stays cheap
     assert down.status_code == 503 and down.json()["checks"]["redis"].startswith("unreachable")
+
+
+async def test_readyz_is_unready_behind_head_and_ready_ahead_of_it(fake, start_server):
+    """Behind this code's head (a migration not applied) is not ready; a revision this code
+    does not know is a newer release's, migrated ahead during a rolling deploy: still ready."""
+    from sqlalchemy import text
+
+    address = await start_server(make_settings(fake))
+    db = start_server.apps[-1].state.db
+    async with httpx.AsyncClient(base_url=f"http://{address}") as client:
+        for revision, status in (("0001", 503), ("9999_from_a_newer_release", 200)):
+            async with db.session() as s, s.begin():
+                if revision == "0001":
+                    revision = _first_revision()
+                await s.execute(text("UPDATE alembic_version SET version_num = :r"),
+                                {"r": revision})
+            ready = await client.get("/readyz")
+            assert ready.status_code == status, ready.json()
+            assert (ready.json()["checks"]["migrations"] == "ok") == (status == 200)
+
+
+def _first_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from store.db import alembic_config
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_base()
