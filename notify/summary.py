@@ -58,7 +58,7 @@ async def queue_weekly_summaries(db: Database, week_start: datetime) -> int:
             select(Interaction.user_id, Interaction.session_id, Interaction.course,
                    Interaction.transcript, Interaction.audio_seconds)
             .where(Interaction.created_at >= week_start, Interaction.created_at < end,
-                   Interaction.user_id.is_not(None))
+                   Interaction.user_id.is_not(None), Interaction.kind != "note")  # turns only
             .order_by(Interaction.user_id, Interaction.id))).all()
         by_user: dict[str, list] = {}
         for row in rows:

@@ -80,7 +80,8 @@ async def fts_search(session: AsyncSession, query: str, *, course: str | None,
 
 async def memory_search(session: AsyncSession, query: str, *, user_id: str,
                         limit: int, with_rows: bool = False) -> list[Any]:
-    """(interaction id, score) among `user_id`'s own turns only, best first.
+    """(interaction id, score) among `user_id`'s own turns only, best first. Their notes
+    (study.notes) are rows of the same table and index, so they are found here too.
 
     A privacy boundary: the user filter is part of the SQL, never applied afterwards, so another
     student's words cannot come back however the ranking goes."""
@@ -105,7 +106,7 @@ async def memory_search(session: AsyncSession, query: str, *, user_id: str,
 
 
 _CONTENT = ", c.course, c.source, c.heading_path, c.text"
-_TURN = ", i.transcript, i.answer, i.created_at"
+_TURN = ", i.transcript, i.answer, i.created_at, i.kind"  # kind: a note is rendered apart
 
 
 def _dialect(session: AsyncSession) -> str:

@@ -55,6 +55,7 @@ class MemoryHit:
     answer: str
     created_at: datetime
     score: float  # full-text score, higher is better
+    kind: str = "voice"  # voice | text | note (a note: title in transcript, text in answer)
 
 
 @dataclass
@@ -229,7 +230,7 @@ class Retriever:
             # exactly the ones the filter admitted.
             found = await memory_search(s, query, user_id=user_id, limit=k, with_rows=True)
         return [MemoryHit(r.id, r.transcript, r.answer, _aware(_timestamp(r.created_at)),
-                          float(r.score)) for r in found]
+                          float(r.score), r.kind) for r in found]
 
     async def _cached_embedding(self, query: str) -> np.ndarray | None:
         """A cache that fails (Redis down) counts as a miss: it must never fail a turn."""

@@ -18,6 +18,7 @@ from accounts.identity import user_json
 from accounts.routes import json_object, page_args, require_user
 from store import queries
 from store.models import ROLES, Classroom, Interaction
+from study.notes import NOTE, note_json
 
 MAX_PAGE = 200
 
@@ -51,7 +52,9 @@ async def my_export(request: Request) -> Response:
     user = await require_user(request)
     async with request.app.state.db.session() as s:
         rows = await queries.all_interactions(s, user.id)
-    return JSONResponse({"user": user_json(user), "interactions": [interaction_json(r) for r in rows]},
+    return JSONResponse({"user": user_json(user),
+                         "interactions": [interaction_json(r) for r in rows if r.kind != NOTE],
+                         "notes": [note_json(r) for r in rows if r.kind == NOTE]},
                         headers={"Content-Disposition": 'attachment; filename="tutor-export.json"'})
 
 

@@ -118,13 +118,14 @@ class Interaction(Base):
     """One tutor turn: what the student said (or typed), what the tutor answered, and timings."""
 
     __tablename__ = "interactions"
-    __table_args__ = (Index("ix_interactions_user_created", "user_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_interactions_user_created", "user_id", "created_at", "id"),
+                      Index("ix_interactions_user_kind", "user_id", "kind", "id"))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(String(64), index=True)
     user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     course: Mapped[str | None] = mapped_column(String(200))
-    kind: Mapped[str] = mapped_column(String(16), default="voice")  # voice | text
+    kind: Mapped[str] = mapped_column(String(16), default="voice")  # voice | text | note
     response_id: Mapped[str | None] = mapped_column(String(64))
     transcript: Mapped[str] = mapped_column(Text, default="")
     answer: Mapped[str] = mapped_column(Text, default="")
@@ -139,6 +140,11 @@ class Interaction(Base):
     end_of_turn_to_first_delta_ms: Mapped[float | None] = mapped_column(Float)
     server_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    # Notes (study.notes, kind "note"; title in `transcript`, text in `answer`): the student's own
+    # turn a note was saved from (checked by the server; not a foreign key, see migration 0006),
+    # and when it was last edited.
+    turn_id: Mapped[int | None] = mapped_column(BigId, index=True)
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Content(Base):

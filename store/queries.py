@@ -103,8 +103,10 @@ def _aware(t: datetime) -> datetime:
 
 async def interactions_page(s: AsyncSession, user_ids: Sequence[str], *, limit: int = 50,
                             before_id: int | None = None) -> list[Interaction]:
-    """Newest first; pass the last row's id as `before_id` for the next page (keyset paging)."""
-    query = select(Interaction).where(Interaction.user_id.in_(user_ids))
+    """Newest first; pass the last row's id as `before_id` for the next page (keyset paging).
+    Turns only: the students' notes (kind "note", study.notes) are theirs alone."""
+    query = select(Interaction).where(Interaction.user_id.in_(user_ids),
+                                      Interaction.kind != "note")
     if before_id is not None:
         query = query.where(Interaction.id < before_id)
     query = query.order_by(Interaction.id.desc()).limit(limit)

@@ -1,0 +1,158 @@
+"""HTTP routes of the students' notes (`/api/notes`); docs/notes.md describes them.
+
+Every route starts with `require_user`: a note is only ever read, changed or deleted by the
+student who wrote it, and anyone else gets the same 404 as for a note that does not exist.
+Refusals are `{"error": {"code", "message"}}` with a code per reason (study.notes.NoteError).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Awaitable, Callable
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from accounts.routes import page_args, require_user
+
+from . import notes
+from .notes import NoteError, note_json
+
+MAX_PAGE = 200
+# 20 000 characters of text, each up to 6 bytes as a JSON escape (\uXXXX), plus the rest
+MAX_BODY_BYTES = 160 * 1024
+TURN_WAIT_S = 2.0  # a turn that just ended may still be on its way to the database
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def refusals(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except NoteError as exc:
+            return JSONResponse({"error": {"code": exc.code, "message": exc.message}},
+                                status_code=exc.status)
+    return wrapped
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    """The JSON object body, read up to MAX_BODY_BYTES (a larger one is refused unread)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > MAX_BODY_BYTES:
+        raise NoteError(413, "body_too_large", f"a note request may be at most {MAX_BODY_BYTES} "
+                        "bytes")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_BODY_BYTES:
+            raise NoteError(413, "body_too_large", f"a note request may be at most "
+                            f"{MAX_BODY_BYTES} bytes")
+    try:
+        body = json.loads(data)
+    except ValueError as exc:
+        raise NoteError(400, "invalid_json", "body must be a JSON object") from exc
+    if not isinstance(body, dict):
+        raise NoteError(400, "invalid_json", "body must be a JSON object")
+    return body
+
+
+def _not_found() -> NoteError:
+    return NoteError(404, "note_not_found", "no such note of yours")
+
+
+@refusals
+async def create_note(request: Request) -> Response:
+    user = await require_user(request)
+    fields = notes.check_fields(await _body(request), notes.CREATE_FIELDS)
+    ref = fields.from_turn if fields.from_turn is not None else fields.turn_id
+    if ref is None and fields.text is None:
+        raise NoteError(400, "text_required", "a note needs some 'text' (or 'from_turn': the "
+                        "id of one of your turns to save)")
+    db = request.app.state.db
+    turn = None
+    if ref is not None:
+        async with db.session() as s:
+            turn = await notes.own_turn(s, user.id, ref)
+        if turn is None:  # it may still be in this process's write queue
+            await request.app.state.writer.flush(TURN_WAIT_S)
+            async with db.session() as s:
+                turn = await notes.own_turn(s, user.id, ref)
+        if turn is None:
+            raise NoteError(404, "turn_not_found", f"no turn {ref!r} of yours (a voice or typed "
+                            "turn, by its id or response id)")
+    text, title = fields.text, fields.title
+    if fields.from_turn is not None:
+        assert turn is not None
+        saved = notes.turn_text(turn)
+        if not saved:
+            raise NoteError(400, "empty_turn", "that turn has neither a question nor an answer")
+        text = notes.check_text(f"{text}\n\n{saved}" if text else saved)
+        title = title or notes.short_title(turn.transcript)
+    assert text is not None
+    async with db.session() as s, s.begin():
+        row = await notes.add_note(s, user.id, text_=text, title=title,
+                                   course=fields.course or (turn.course if turn else None),
+                                   turn=turn)
+    return JSONResponse(note_json(row), status_code=201,
+                        headers={"Location": f"/api/notes/{row.id}"})
+
+
+@refusals
+async def list_notes(request: Request) -> Response:
+    user = await require_user(request)
+    limit, before = page_args(request, max_page=MAX_PAGE)
+    query = notes.check_query(request.query_params.get("q"))
+    course = request.query_params.get("course") or None
+    async with request.app.state.db.session() as s:
+        rows = await notes.notes_page(s, user.id, course=course, query=query, limit=limit,
+                                      before_id=before)
+    return JSONResponse({"items": [note_json(r) for r in rows],
+                         "next_before": rows[-1].id if len(rows) == limit else None})
+
+
+@refusals
+async def get_note(request: Request) -> Response:
+    user = await require_user(request)
+    async with request.app.state.db.session() as s:
+        row = await notes.own_note(s, user.id, request.path_params["note_id"])
+    if row is None:
+        raise _not_found()
+    return JSONResponse(note_json(row))
+
+
+@refusals
+async def update_note(request: Request) -> Response:
+    user = await require_user(request)
+    fields = notes.check_fields(await _body(request), notes.UPDATE_FIELDS)
+    if not fields.given:
+        raise NoteError(400, "nothing_to_update", "give 'text', 'title' or 'course' to change")
+    async with request.app.state.db.session() as s, s.begin():
+        row = await notes.own_note(s, user.id, request.path_params["note_id"])
+        if row is None:
+            raise _not_found()
+        notes.apply_update(row, fields)
+    return JSONResponse(note_json(row))
+
+
+@refusals
+async def delete_note(request: Request) -> Response:
+    user = await require_user(request)
+    async with request.app.state.db.session() as s, s.begin():
+        row = await notes.own_note(s, user.id, request.path_params["note_id"])
+        if row is None:
+            raise _not_found()
+        await s.delete(row)
+    return Response(status_code=204)
+
+
+routes = [
+    Route("/api/notes", create_note, methods=["POST"]),
+    Route("/api/notes", list_notes, methods=["GET"]),
+    Route("/api/notes/{note_id:int}", get_note, methods=["GET"]),
+    Route("/api/notes/{note_id:int}", update_note, methods=["PATCH"]),
+    Route("/api/notes/{note_id:int}", delete_note, methods=["DELETE"]),
+]
