@@ -4,8 +4,14 @@
 with what it received (duration and rate, unless a transcript is queued);
 `POST /v1/chat/completions` streams SSE chunks with a set time to first token and inter-token
 delay. It fails on demand: queue "500", "timeout", "cut" (connection dropped mid-stream) or
-"stall" (stops sending mid-stream). `POST /v1/embeddings` answers deterministic
-feature-hashing vectors (texts sharing words are similar), as floats or base64 as asked. Used by
+"stall" (stops sending mid-stream). A request with `response_format: {"type": "json_schema"}`
+(structured output) is checked as OpenAI checks a strict schema (400 otherwise) and answered with
+JSON content: what `Behaviour.structured` queues (a dict/list as JSON; a string verbatim, so
+invalid output too; a `Refusal`; a `Truncated` answer; or a callable of the request body
+returning one of those), else `Behaviour.structured_reply(body)`, else a generic instance of the
+schema (an enum's first value, so a schema naming passage ids cites one).
+`POST /v1/embeddings` answers deterministic feature-hashing vectors (texts sharing words are
+similar), as floats or base64 as asked. Used by
 the tests (in-process) and by bench/ (as a subprocess:
 `python -m tests.fake_openai --port 9100 --stt-latency 0.3 --ttft 0.4`).
 """
@@ -25,7 +31,7 @@ import struct
 import time
 import wave
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -64,6 +70,20 @@ class LoopbackServer:
         await self.stop()
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """A structured-output answer the model declines: `message.refusal` set, `content` null."""
+
+    text: str = "I'm sorry, but I can't help with that request."
+
+
+@dataclass(frozen=True)
+class Truncated:
+    """A structured-output answer cut at the token limit: this text, `finish_reason: "length"`."""
+
+    text: str
+
+
 @dataclass
 class Behaviour:
     stt_latency: float = 0.0
@@ -79,6 +99,12 @@ class Behaviour:
     tts_failures: list[str] = field(default_factory=list)  # "500" | "cut", per request
     tts_audio: bytes | None = None  # 24 kHz PCM16 to speak with (looped); None: a soft tone
     hang_seconds: float = 3600.0
+    # structured output (response_format json_schema): outputs consumed one per such request,
+    # each a dict/list (sent as JSON), a str (sent verbatim: invalid JSON, wrong shapes), a
+    # Refusal, a Truncated, or a callable(request body) returning one of those; when none is
+    # queued, structured_reply(body), or else a generic instance of the requested schema
+    structured: list[Any] = field(default_factory=list)
+    structured_reply: Callable[[dict[str, Any]], Any] | None = None
 
 
 class FakeOpenAI(LoopbackServer):
@@ -137,14 +163,43 @@ class FakeOpenAI(LoopbackServer):
             await asyncio.sleep(b.hang_seconds)
         last_user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
         reply = b.reply if b.reply is not None else f"Good question! Let us work it out. You said: {last_user}"
-        tokens = re.findall(r"\S+\s*", reply)
         model = body.get("model", "fake")
+        response_format = body.get("response_format") or {}
+        if response_format.get("type") == "json_schema":
+            problem = strict_schema_problem(response_format.get("json_schema"))
+            if problem:
+                return JSONResponse({"error": {"message": problem, "type": "invalid_request_error",
+                                               "param": "response_format", "code": None}},
+                                    status_code=400)
+            output = self._structured_output(body)
+            if isinstance(output, Refusal):
+                return JSONResponse(_completion(model, None, refusal=output.text,
+                                                usage=_usage(body["messages"], output.text)))
+            if isinstance(output, Truncated):
+                return JSONResponse(_completion(model, output.text, finish_reason="length",
+                                                usage=_usage(body["messages"], output.text)))
+            reply = output
+            if not body.get("stream"):
+                return JSONResponse(_completion(model, reply,
+                                                usage=_usage(body["messages"], reply)))
+        tokens = re.findall(r"\S+\s*", reply)
         if not body.get("stream"):
             return JSONResponse(_completion(model, reply))
         usage = (body.get("stream_options") or {}).get("include_usage")
         stream = self._stream(model, tokens, failure, arrived + b.ttft, b.token_delay,
                               _prompt_tokens(body["messages"]) if usage else None)
         return StreamingResponse(stream, media_type="text/event-stream")
+
+    def _structured_output(self, body: dict[str, Any]) -> str | Refusal | Truncated:
+        b = self.behaviour
+        output: Any = b.structured.pop(0) if b.structured else b.structured_reply
+        if output is None:
+            output = schema_instance(body["response_format"]["json_schema"].get("schema") or {})
+        if callable(output):
+            output = output(body)
+        if isinstance(output, (Refusal, Truncated, str)):
+            return output
+        return json.dumps(output)
 
     async def _speech(self, request: Request) -> Response:
         """OpenAI's `POST /v1/audio/speech` with `response_format: "pcm"`: 24 kHz 16-bit mono,
@@ -273,10 +328,125 @@ def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
     return sum(len(str(m.get("content", "")).split()) for m in messages)
 
 
-def _completion(model: str, text: str) -> dict[str, Any]:
-    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [{"index": 0, "finish_reason": "stop",
-                                         "message": {"role": "assistant", "content": text}}]}
+def _completion(model: str, text: str | None, *, refusal: str | None = None,
+                finish_reason: str = "stop", usage: dict[str, int] | None = None
+                ) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if refusal is not None:
+        message["refusal"] = refusal
+    completion = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+                  "model": model, "choices": [{"index": 0, "finish_reason": finish_reason,
+                                               "message": message}]}
+    if usage is not None:
+        completion["usage"] = usage
+    return completion
+
+
+def _usage(messages: list[dict[str, Any]], output: str) -> dict[str, int]:
+    prompt, completion = _prompt_tokens(messages), len(output.split())
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+# -- structured output ---------------------------------------------------------------------------
+
+_SCHEMA_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_PASSAGE_ID = re.compile(r"\[(c\d+)\]")
+
+
+def strict_schema_problem(spec: Any) -> str | None:
+    """What OpenAI would refuse (HTTP 400) in a `json_schema` response format, or None: a name
+    of 1-64 letters, digits, `_` or `-`; an object schema at the root; with `strict`, every
+    object closed (`additionalProperties: false`) and requiring each of its properties."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
+            or not _SCHEMA_NAME.match(spec["name"]):
+        return "Invalid 'response_format.json_schema.name': 1-64 of a-z, A-Z, 0-9, _ and -."
+    schema = spec.get("schema")
+    if not isinstance(schema, dict) or schema.get("type") != "object":
+        return (f"Invalid schema for response_format '{spec['name']}': schema must be a JSON "
+                "Schema of 'type: \"object\"'.")
+    if not spec.get("strict"):
+        return None
+
+    def walk(node: Any, context: tuple[str, ...]) -> str | None:
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                if (found := walk(item, (*context, str(i)))) is not None:
+                    return found
+            return None
+        if not isinstance(node, dict):
+            return None
+        where = f"Invalid schema for response_format '{spec['name']}': In context={context}, "
+        kind = node.get("type")
+        if "properties" in node or kind == "object" or (isinstance(kind, list)
+                                                        and "object" in kind):
+            if node.get("additionalProperties") is not False:
+                return where + "'additionalProperties' is required to be supplied and to be false."
+            missing = [k for k in node.get("properties", {}) if k not in node.get("required", [])]
+            if missing:
+                return (where + "'required' is required to be supplied and to be an array "
+                        f"including every key in properties. Missing '{missing[0]}'.")
+        for key in ("properties", "$defs", "definitions"):
+            for name, sub in (node.get(key) or {}).items():
+                if (found := walk(sub, (*context, key, name))) is not None:
+                    return found
+        for key in ("items", "anyOf"):
+            if key in node and (found := walk(node[key], (*context, key))) is not None:
+                return found
+        return None
+
+    return walk(schema, ())
+
+
+def schema_instance(schema: dict[str, Any]) -> Any:
+    """A deterministic instance of a (strict) JSON schema: every property; an enum's first
+    value; for a nullable type, the other one; arrays of minItems items (at least one, at most
+    maxItems); strings "<property> <n>", distinct."""
+    counter = [0]
+
+    def make(node: dict[str, Any], name: str) -> Any:
+        if "enum" in node:
+            return node["enum"][0] if node["enum"] else None
+        if "const" in node:
+            return node["const"]
+        if "anyOf" in node:
+            return make(node["anyOf"][0], name)
+        kind = node.get("type", "string")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "null")
+        if kind == "object":
+            return {k: make(v, k) for k, v in (node.get("properties") or {}).items()}
+        if kind == "array":
+            count = max(node.get("minItems", 1), 1)
+            if "maxItems" in node:
+                count = min(count, node["maxItems"])
+            return [make(node.get("items") or {}, name) for _ in range(count)]
+        if kind == "integer":
+            return int(node.get("minimum", 0))
+        if kind == "number":
+            return float(node.get("minimum", 0))
+        if kind == "boolean":
+            return False
+        if kind == "null":
+            return None
+        counter[0] += 1
+        return f"{name} {counter[0]}"
+
+    return make(schema, "value")
+
+
+def prompt_passage_ids(body: dict[str, Any]) -> list[str]:
+    """The course passage ids (`[c12]`) a chat request's messages show the model, in order."""
+    seen: dict[str, None] = {}
+    for message in body.get("messages", []):
+        for pid in _PASSAGE_ID.findall(str(message.get("content") or "")):
+            seen.setdefault(pid, None)
+    return list(seen)
+
+
+def structured_schema(body: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema a structured-output request asked for."""
+    return body["response_format"]["json_schema"]["schema"]
 
 
 async def serve_in_loop(app: Any, **options: Any) -> tuple[uvicorn.Server, asyncio.Task[None], int]:

@@ -7,7 +7,7 @@ tell the client precisely what went wrong without knowing the SDK's exception tr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Protocol
 
 
 class ProviderError(Exception):
@@ -31,6 +31,16 @@ class Usage:
     tokens_out: int
 
 
+@dataclass(frozen=True)
+class JsonReply:
+    """A structured-output answer (`ChatModel.complete_json`): the model's JSON text as it came,
+    not yet parsed or validated (the caller does both, and may ask again with the error)."""
+
+    text: str
+    usage: Usage | None = None
+    finish_reason: str | None = None  # "length": cut at the token limit, so likely invalid
+
+
 class Transcriber(Protocol):
     async def transcribe(
         self, wav: bytes, *, model: str | None = None, language: str | None = None
@@ -42,6 +52,14 @@ class ChatModel(Protocol):
                model: str | None = None) -> AsyncIterator[str | Usage]:
         """Yield text deltas as they are generated, then a `Usage` if known; raise ProviderError
         on failure."""
+        ...
+
+    async def complete_json(self, messages: list[dict[str, str]], *, name: str,
+                            schema: dict[str, Any], model: str | None = None,
+                            max_tokens: int | None = None,
+                            timeout: float | None = None) -> JsonReply:
+        """One non-streamed answer constrained to the JSON `schema` (structured output, strict);
+        raise ProviderError on failure, with code `provider_refused` when the model refuses."""
         ...
 
 

@@ -1,4 +1,5 @@
-"""Transcription and streaming chat over the official `openai` SDK (`AsyncOpenAI`).
+"""Transcription, streaming chat and structured output over the official `openai` SDK
+(`AsyncOpenAI`).
 
 Any OpenAI-compatible server works (OpenAI, OpenRouter, Ollama, vLLM): only the base URL, key
 and model differ. One client per base URL per process, so HTTP connections are pooled across
@@ -9,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import openai
 from openai import AsyncOpenAI
 
 from audio.pcm import wav_bytes
 
-from . import ProviderError, Transcript, Usage
+from . import JsonReply, ProviderError, Transcript, Usage
 
 try:  # the HTTP library the SDK is built on (httpx2 in openai 3.x)
     import httpx2 as _http
@@ -112,6 +113,40 @@ class OpenAIChatModel:
         if not finished:
             # A stream that stops without a finish_reason was cut, even if the socket closed cleanly.
             raise ProviderError("provider_stream_interrupted", "chat provider stream ended early")
+
+    async def complete_json(self, messages: list[dict[str, str]], *, name: str,
+                            schema: dict[str, Any], model: str | None = None,
+                            max_tokens: int | None = None,
+                            timeout: float | None = None) -> JsonReply:
+        """A non-streamed completion with `response_format: json_schema` (strict). The JSON text
+        is returned as it came; a refusal (`message.refusal`, or `finish_reason:
+        content_filter`) raises `provider_refused`. `timeout` replaces the client's read timeout
+        for this request: a non-streamed answer arrives all at once, so its wait grows with its
+        length (the connect timeout stays the client's)."""
+        extra: dict[str, Any] = {}
+        if max_tokens or self.max_tokens:
+            extra["max_tokens"] = max_tokens or self.max_tokens
+        if timeout is not None:
+            connect = getattr(self.client.timeout, "connect", None)
+            extra["timeout"] = openai.Timeout(timeout, connect=connect)
+        try:
+            completion = await self.client.chat.completions.create(
+                model=model or self.model, messages=messages,  # type: ignore[arg-type]
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": name, "strict": True, "schema": schema}},
+                **extra)
+        except Exception as exc:  # SDK errors, and transport errors some versions leave raw
+            raise _provider_error(exc, "chat") from exc
+        usage = (Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
+                 if completion.usage is not None else None)
+        if not completion.choices:
+            return JsonReply("", usage, None)
+        choice = completion.choices[0]
+        refusal = getattr(choice.message, "refusal", None)
+        if refusal or choice.finish_reason == "content_filter":
+            raise ProviderError("provider_refused",
+                                f"the chat model declined: {refusal or 'content filtered'}")
+        return JsonReply(choice.message.content or "", usage, choice.finish_reason)
 
 
 async def warm_up() -> float:

@@ -1,0 +1,272 @@
+"""`POST /api/ai/quiz` and `POST /api/ai/summary`: the I/O around `study.quiz` and
+`study.summary` (the student's turns from the database, course passages from the retriever, the
+chat model's structured output with one retry, the plan's limits) and their HTTP errors.
+
+Both count as one typed question of the plan's daily allowance (`Billing.take_chat`, 402), use
+the plan's chat model, and sit in the `ai` group of per-minute request limits (the middleware,
+429) like `/api/ai/chat`. The allowance is taken once what the request needs has been found (a
+topic the course does not cover, or an unknown session, costs nothing) and just before the model
+is asked; a failed answer is not refunded, as with chat. Errors are
+`{"error": {"code", "message"}}`; the codes are in docs/study.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Callable, Sequence, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import select
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from accounts.routes import require_user
+from dialogue.providers import ProviderError
+from rag.grounding import Grounding
+from store.models import Interaction
+
+from . import quiz as quizzes
+from . import summary as summaries
+from .quiz import InvalidOutput, QuizRequest, request_errors
+from .summary import SummaryRequest
+
+log = logging.getLogger("tutor.study")
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+RECENT_SESSIONS = 3  # a quiz on recent sessions covers the student's last three sessions,
+RECENT_TURNS = 24  # at most this many turns of them
+RECENT_QUERIES = 6  # passages are retrieved for this many of the latest distinct questions
+PASSAGES_PER_QUERY = 2
+MAX_PASSAGES = 8
+
+# ProviderError codes → HTTP status; everything else a provider does wrong is 502.
+PROVIDER_STATUS = {"provider_timeout": 504, "provider_refused": 422}
+
+RETRY = """\
+Your answer could not be used:
+{errors}
+Answer again with JSON that follows the schema and fixes these problems."""
+
+
+class Refused(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def parse(request: Request, model: type[M]) -> M:
+    try:
+        return model.model_validate_json(await request.body() or b"null")
+    except ValidationError as exc:
+        raise Refused(400, "invalid_request", request_errors(exc)) from exc
+
+
+def chat_model_of(request: Request) -> Any:
+    providers = request.app.state.providers
+    chat = providers.chat
+    if chat is None:
+        raise Refused(503, "provider_not_configured", providers.problem or "no chat model")
+    if not hasattr(chat, "complete_json"):
+        raise Refused(503, "provider_not_configured",
+                      "the configured chat model does not support structured output")
+    return chat
+
+
+async def generate(chat: Any, messages: list[dict[str, str]], *, name: str,
+                   schema: dict[str, Any], model: str | None, max_tokens: int, timeout: float,
+                   validate: Callable[[Any], T]) -> T:
+    """The model's structured answer, validated. An invalid one (not JSON, cut at the token
+    limit, or refused by `validate` with `InvalidOutput`) is sent back once with what is wrong;
+    invalid twice raises ProviderError `provider_invalid_output`."""
+    for attempt in range(2):
+        reply = await chat.complete_json(messages, name=name, schema=schema, model=model,
+                                         max_tokens=max_tokens, timeout=timeout)
+        try:
+            if reply.finish_reason == "length":
+                raise InvalidOutput([f"the answer was cut at the limit of {max_tokens} tokens; "
+                                     "keep every text shorter"])
+            try:
+                data = json.loads(reply.text)
+            except ValueError as exc:
+                raise InvalidOutput([f"the answer is not valid JSON ({exc})"]) from exc
+            return validate(data)
+        except InvalidOutput as exc:
+            log.warning("%s: invalid structured output (attempt %d): %s", name, attempt + 1,
+                        "; ".join(exc.errors))
+            if attempt:
+                raise ProviderError("provider_invalid_output",
+                                    "the chat model's answer was invalid twice: "
+                                    + "; ".join(exc.errors)) from exc
+            messages = [*messages, {"role": "assistant", "content": reply.text},
+                        {"role": "user", "content": RETRY.format(
+                            errors="\n".join(f"- {e}" for e in exc.errors))}]
+    raise AssertionError("unreachable")
+
+
+def provider_failure(exc: ProviderError) -> JSONResponse:
+    return error(PROVIDER_STATUS.get(exc.code, 502), exc.code, exc.message)
+
+
+async def passages_for(retriever: Any, questions: Sequence[str], *, course: str | None,
+                       limit: int) -> list[Any]:
+    """Course passages for several questions (the latest first): each question's best ones
+    taken in turn, once each, up to `limit`. A failed lookup counts as none found."""
+    distinct: list[str] = []
+    for q in questions:
+        if q.strip() and q.strip() not in distinct:
+            distinct.append(q.strip())
+    distinct = distinct[:RECENT_QUERIES]
+    found = await asyncio.gather(*(retriever.search(q, course=course, k=PASSAGES_PER_QUERY,
+                                                    wait_for_embedding=False)
+                                   for q in distinct), return_exceptions=True)
+    for failure in (f for f in found if isinstance(f, BaseException)):
+        log.warning("retrieval failed, going on without it: %r", failure)
+    lists = [f for f in found if not isinstance(f, BaseException)]
+    passages: dict[int, Any] = {}
+    for rank in range(PASSAGES_PER_QUERY):
+        for hits in lists:
+            if rank < len(hits) and hits[rank].chunk_id not in passages:
+                passages[hits[rank].chunk_id] = hits[rank]
+    return list(passages.values())[:limit]
+
+
+async def recent_turns(db: Any, user_id: str, course: str | None) -> list[Interaction]:
+    """The student's turns of their last `RECENT_SESSIONS` sessions (of `course`, when given),
+    at most `RECENT_TURNS`, oldest first; only turns with something said or typed."""
+    query = select(Interaction).where(Interaction.user_id == user_id, Interaction.transcript != "")
+    if course is not None:
+        query = query.where(Interaction.course == course)
+    query = query.order_by(Interaction.id.desc()).limit(RECENT_TURNS * 3)
+    async with db.session() as s:
+        rows = list((await s.execute(query)).scalars())
+    sessions: list[str] = []
+    turns = []
+    for row in rows:
+        if row.session_id not in sessions:
+            if len(sessions) == RECENT_SESSIONS:
+                continue
+            sessions.append(row.session_id)
+        if row.transcript.strip():
+            turns.append(row)
+    return turns[:RECENT_TURNS][::-1]
+
+
+async def session_turns(db: Any, user_id: str, session_id: str) -> tuple[list[Interaction], bool]:
+    """The user's own turns of `session_id`, oldest first, the latest `MAX_TURNS` of them, and
+    whether earlier ones were left out. Another user's session has none."""
+    query = (select(Interaction)
+             .where(Interaction.session_id == session_id, Interaction.user_id == user_id)
+             .order_by(Interaction.id.desc()).limit(summaries.MAX_TURNS + 1))
+    async with db.session() as s:
+        rows = [r for r in (await s.execute(query)).scalars() if r.transcript.strip()
+                or r.answer.strip()]
+    return rows[: summaries.MAX_TURNS][::-1], len(rows) > summaries.MAX_TURNS
+
+
+async def quiz_endpoint(request: Request) -> Response:
+    state = request.app.state
+    settings = state.settings
+    user = await require_user(request)
+    try:
+        body = await parse(request, QuizRequest)
+        chat = chat_model_of(request)
+        course = body.course or settings.default_course
+        limit = min(MAX_PASSAGES, max(settings.rag_top_k, body.questions))
+        turns: list[Interaction] = []
+        if body.source == "recent":
+            turns = await recent_turns(state.db, user.id, body.course)
+            if not turns:
+                raise Refused(422, "no_history", "you have no recent sessions to make a quiz from"
+                              + (f" in the course {body.course!r}" if body.course else ""))
+            passages = await passages_for(state.retriever, [t.transcript for t in turns[::-1]],
+                                          course=course, limit=limit)
+        else:
+            assert body.topic is not None
+            try:
+                passages = await state.retriever.search(body.topic, course=course, k=limit)
+            except Exception as exc:
+                log.warning("retrieval failed for a quiz: %r", exc)
+                raise Refused(503, "retrieval_unavailable",
+                              "the course material could not be searched; try again") from exc
+            # Vector search always has nearest neighbours: the topic must also match the
+            # material's words, or a topic the course never mentions would get a quiz anyway.
+            if not any(h.fts_rank is not None for h in passages):
+                raise Refused(422, "no_material", f"the course material has nothing on "
+                              f"{body.topic!r}" + (f" (course {course!r})" if course else ""))
+    except Refused as exc:
+        return error(exc.status, exc.code, exc.message)
+
+    tier = await state.billing.tier_of(user)
+    await state.billing.take_chat(user, tier)  # 402 when today's typed questions are used up
+    model = state.billing.chat_model(tier)
+    ids = quizzes.passage_ids(passages)
+    try:
+        questions = await generate(
+            chat, quizzes.quiz_messages(body, passages, turns), name=quizzes.SCHEMA_NAME,
+            schema=quizzes.quiz_schema(body.questions, body.kinds, ids), model=model,
+            max_tokens=quizzes.max_tokens(body.questions),
+            timeout=settings.provider_timeout_s * (1 + body.questions / 5),
+            validate=lambda data: quizzes.validate_quiz(data, questions=body.questions,
+                                                        kinds=body.kinds, ids=ids))
+    except ProviderError as exc:
+        return provider_failure(exc)
+    return JSONResponse({
+        "quiz": {"source": body.source, "course": course, "topic": body.topic,
+                 "questions": [q.public() for q in questions]},
+        "citations": Grounding(passages=quizzes.cited(passages, questions)).citations(),
+        "model": model,
+    })
+
+
+async def summary_endpoint(request: Request) -> Response:
+    state = request.app.state
+    settings = state.settings
+    user = await require_user(request)
+    try:
+        body = await parse(request, SummaryRequest)
+        chat = chat_model_of(request)
+        turns, omitted = await session_turns(state.db, user.id, body.session_id)
+        if not turns:
+            raise Refused(404, "not_found", f"you have no session {body.session_id!r}")
+    except Refused as exc:
+        return error(exc.status, exc.code, exc.message)
+    course = next((t.course for t in reversed(turns) if t.course), settings.default_course)
+    passages = await passages_for(state.retriever, [t.transcript for t in reversed(turns)],
+                                  course=course, limit=max(settings.rag_top_k, 6))
+
+    tier = await state.billing.tier_of(user)
+    await state.billing.take_chat(user, tier)
+    model = state.billing.chat_model(tier)
+    ids = quizzes.passage_ids(passages)
+    try:
+        result = await generate(
+            chat, summaries.summary_messages(turns, passages, omitted),
+            name=summaries.SCHEMA_NAME, schema=summaries.summary_schema(ids), model=model,
+            max_tokens=summaries.MAX_TOKENS, timeout=settings.provider_timeout_s * 2,
+            validate=lambda data: summaries.validate_summary(data, ids=ids))
+    except ProviderError as exc:
+        return provider_failure(exc)
+    return JSONResponse({
+        "session_id": body.session_id, "course": course, "turns": len(turns),
+        "truncated": omitted,
+        "summary": result.summary,
+        "key_points": [p.model_dump() for p in result.key_points],
+        "topics": result.topics,
+        "citations": Grounding(passages=quizzes.cited(passages, result.key_points)).citations(),
+        "model": model,
+    })
+
+
+routes = [
+    Route("/api/ai/quiz", quiz_endpoint, methods=["POST"]),
+    Route("/api/ai/summary", summary_endpoint, methods=["POST"]),
+]
