@@ -20,7 +20,6 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
 
 from accounts import routes as account_routes
 from accounts.google import google_oauth
@@ -51,6 +50,8 @@ from rag.vectors import VectorIndex
 from store.db import Database, migrate, sqlite_url
 from store.models import UsageEntry
 from store.writer import InteractionWriter
+from study import ai_routes as study_ai_routes
+from study.notes_routes import routes as notes_routes
 
 from dialogue.prompts import TUTOR_INSTRUCTIONS
 from dialogue.providers import Providers
@@ -63,6 +64,7 @@ from .metrics import Metrics, metrics_endpoint, readyz
 from .config import Settings
 from .protocol import SessionConfig, TurnDetection
 from .resume import MemoryResume, RedisResume
+from .static import web_routes
 from . import rights
 from .voice import realtime_endpoint
 
@@ -148,23 +150,6 @@ async def healthz(request: Request) -> JSONResponse:
         "transcription": providers.transcriber is not None,
         "chat": providers.chat is not None,
     })
-
-
-class WebFiles(StaticFiles):
-    """The client's modules, revalidated on every load (ETag), so an update is never half seen."""
-
-    def file_response(self, *args, **kwargs) -> Response:  # type: ignore[no-untyped-def]
-        response = super().file_response(*args, **kwargs)
-        response.headers["Cache-Control"] = "no-cache"
-        return response
-
-
-async def index(request: Request) -> Response:
-    page = WEB_DIR / "index.html"
-    if not page.is_file():
-        return JSONResponse({"error": {"code": "not_found", "message": "no browser client "
-                                       f"installed ({WEB_DIR})"}}, status_code=404)
-    return FileResponse(page, headers={"Cache-Control": "no-cache"})
 
 
 async def open_storage(settings: Settings, stack: AsyncExitStack) -> Database:
@@ -393,6 +378,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             Route("/api/ai/chat", chat_endpoint, methods=["POST"]),
+            *study_ai_routes.routes,  # /api/ai/quiz, /api/ai/summary
             WebSocketRoute("/api/voice", realtime_endpoint),
             WebSocketRoute("/v1/realtime", realtime_endpoint),
             *account_routes.routes,
@@ -400,9 +386,9 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             *rag_routes.routes,
             *billing_routes.routes,
             *email_routes.routes,
+            *notes_routes,
             # last, so that every API route wins: the browser client
-            Route("/", index, methods=["GET", "HEAD"]),
-            Mount("/web", WebFiles(directory=WEB_DIR, check_dir=False), name="web"),
+            *web_routes(WEB_DIR),  # `/` and `/web/...`, content-hashed (server/static.py)
         ],
         middleware=[Middleware(SessionMiddleware, secret_key=session_secret,
                                session_cookie="tutor_session", max_age=settings.session_max_age_s,

@@ -1,4 +1,5 @@
-"""The `tutor` command: `serve`, `migrate`, `ingest`, `email-summaries`, `mcp-email`."""
+"""The `tutor` command: `serve`, `migrate`, `ingest`, `email-summaries`, `worker`, `mcp-email`,
+`backup`, `restore`."""
 
 from __future__ import annotations
 
@@ -108,6 +109,135 @@ async def summaries_command(settings: Settings, week: str | None) -> int:
     return 0
 
 
+async def worker_command(settings: Settings, *, summaries: bool = True, once: bool = False,
+                         stop: asyncio.Event | None = None) -> int:
+    """`tutor worker`: the email outbox worker (and, hourly, the weekly summaries) in a process of
+    its own, without HTTP, for deployments whose servers run with TUTOR_EMAIL_WORKER=false.
+    Runs until SIGTERM/SIGINT (or `stop`); `once`: send what is due now, then exit. On
+    PostgreSQL several workers (and servers' workers) share the outbox safely (SKIP LOCKED)."""
+    import signal
+
+    from notify.render import Renderer
+    from notify.summary import last_full_week, queue_weekly_summaries
+    from notify.worker import OutboxWorker, WorkerConfig, utcnow
+    from store.db import Database, migrate, sqlite_url
+
+    from .app import email_transport
+
+    link_secret = settings.email_link_secret or settings.session_secret
+    if not link_secret:
+        print("tutor worker needs TUTOR_EMAIL_LINK_SECRET or TUTOR_SESSION_SECRET, the same as "
+              "the servers', to sign unsubscribe links they accept")
+        return 2
+    log = logging.getLogger("tutor.worker")
+    db = Database(settings.database_url or sqlite_url(settings.data_dir))
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(db.close)
+        if settings.auto_migrate:
+            await asyncio.to_thread(migrate, db.url)
+        transport = email_transport(settings)
+        stack.push_async_callback(transport.aclose)
+        base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+        config = WorkerConfig(sender=settings.email_from, base_url=base_url,
+                              link_secret=link_secret, poll_s=settings.email_poll_s,
+                              lease_s=settings.email_lease_s,
+                              retry_base_s=settings.email_retry_base_s,
+                              max_attempts=settings.email_max_attempts)
+
+        async def weekly() -> None:
+            start, _ = last_full_week(utcnow())
+            await queue_weekly_summaries(db, start)
+
+        worker = OutboxWorker(db, transport, Renderer(), config,
+                              periodic=weekly if summaries else None)
+        if once:
+            if summaries:
+                await weekly()
+            claimed = 0
+            while batch := await worker.run_once():
+                claimed += batch
+            print(f"{claimed} messages claimed: {worker.sent} sent, {worker.retried} to retry, "
+                  f"{worker.failed} failed")
+            return 0
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # not the main thread, or Windows
+                pass
+        log.info("email outbox worker started (transport %s, weekly summaries %s)",
+                 settings.email_transport, "on" if summaries else "off")
+        worker.start()
+        stack.push_async_callback(worker.stop)
+        await stop.wait()
+        log.info("email outbox worker stopping: %d sent, %d to retry, %d failed",
+                 worker.sent, worker.retried, worker.failed)
+    return 0
+
+
+def backup_command(settings: Settings, out: Path | None) -> int:
+    """`tutor backup [--out PATH]`: a consistent backup of the configured database, taken while
+    the server runs; by default a timestamped file under DATA_DIR/backups."""
+    import sys
+
+    from store.backup import BackupError, backend_of, backup, default_path, describe
+    from store.db import sqlite_url
+
+    url = settings.database_url or sqlite_url(settings.data_dir)
+    try:
+        backend = backend_of(url)
+        if out is None:
+            out = default_path(settings.data_dir / "backups", backend)
+        elif out.is_dir():
+            out = default_path(out, backend)
+        manifest = asyncio.run(backup(url, out))
+    except BackupError as exc:
+        print(f"tutor backup: {exc}", file=sys.stderr)
+        return 1
+    print(f"backed up {describe(url)} ({manifest.backend}, revision {manifest.alembic_revision}, "
+          f"{manifest.rows} rows in {len(manifest.tables)} tables) to {out}")
+    return 0
+
+
+def restore_command(settings: Settings, archive: Path, *, yes: bool, force: bool,
+                    safety: bool) -> int:
+    """`tutor restore PATH [--yes]`: replace the configured database with a backup. Stop the
+    servers first; what is replaced is backed up under DATA_DIR/backups beforehand."""
+    import sys
+
+    from store.backup import BackupError, describe, read_manifest, restore
+    from store.db import sqlite_url
+
+    url = settings.database_url or sqlite_url(settings.data_dir)
+    try:
+        manifest = read_manifest(archive)
+        if not yes:
+            print(f"{archive}: {manifest.backend} backup of {manifest.database}, taken "
+                  f"{manifest.created_at}, revision {manifest.alembic_revision}, {manifest.rows} "
+                  f"rows in {len(manifest.tables)} tables.\nThis replaces everything in "
+                  f"{describe(url)}.")
+            if not sys.stdin.isatty():
+                print("tutor restore: not confirmed (pass --yes)", file=sys.stderr)
+                return 1
+            if input("Type yes to restore: ").strip().lower() != "yes":
+                print("nothing restored")
+                return 1
+        result = asyncio.run(restore(url, archive, force=force,
+                                     safety_dir=settings.data_dir / "backups" if safety else None))
+    except BackupError as exc:
+        print(f"tutor restore: {exc}", file=sys.stderr)
+        return 1
+    if result.safety_backup is not None:
+        print(f"what was there before is in {result.safety_backup}")
+    print(f"restored {archive} into {result.target}: {manifest.rows} rows in "
+          f"{len(manifest.tables)} tables, as backed up on {manifest.created_at}")
+    if result.migrated_to is not None:
+        print(f"the backup was at revision {manifest.alembic_revision}: migrated to "
+              f"{result.migrated_to}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tutor", description="Real-time voice tutor server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,6 +251,24 @@ def main(argv: list[str] | None = None) -> None:
     ingest.add_argument("--course", required=True, help="course name, e.g. algebra-1")
     summaries = sub.add_parser("email-summaries", help="queue the weekly progress summaries")
     summaries.add_argument("--week", help="ISO week, e.g. 2026-W47 (default: the last full one)")
+    worker_help = ("run the email outbox worker (and the weekly summaries) without HTTP; "
+                   "servers then set TUTOR_EMAIL_WORKER=false")
+    worker = sub.add_parser("worker", help=worker_help, description=worker_help)
+    worker.add_argument("--no-summaries", action="store_true",
+                        help="do not queue the weekly summaries (hourly check)")
+    worker.add_argument("--once", action="store_true", help="send what is due now, then exit")
+    worker.add_argument("--log-level", default="info")
+    backup = sub.add_parser("backup", help="back the database up (safe while the server runs)")
+    backup.add_argument("--out", type=Path, help="file or folder to write (default: a "
+                        "timestamped file under DATA_DIR/backups)")
+    restore = sub.add_parser("restore", help="replace the database with a backup (stop the "
+                             "servers first)")
+    restore.add_argument("path", type=Path, help="a file made by `tutor backup`")
+    restore.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    restore.add_argument("--force", action="store_true",
+                         help="restore even though other connections to the database are open")
+    restore.add_argument("--no-safety-backup", dest="safety", action="store_false",
+                         help="do not back up what is replaced first")
     sub.add_parser("mcp-email", add_help=False,
                    help="the MCP email tool server (stdio; --http --port N for HTTP)")
     args, rest = parser.parse_known_args(argv)
@@ -148,6 +296,17 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(asyncio.run(ingest_command(settings, args.paths, args.course)))
     elif args.command == "email-summaries":
         raise SystemExit(asyncio.run(summaries_command(settings, args.week)))
+    elif args.command == "worker":
+        from .logs import configure
+
+        configure(args.log_level, settings.log_format)
+        raise SystemExit(asyncio.run(worker_command(settings, summaries=not args.no_summaries,
+                                                    once=args.once)))
+    elif args.command == "backup":
+        raise SystemExit(backup_command(settings, args.out))
+    elif args.command == "restore":
+        raise SystemExit(restore_command(settings, args.path, yes=args.yes, force=args.force,
+                                         safety=args.safety))
     elif args.command == "migrate":
         from store.db import migrate, sqlite_url
 

@@ -6,6 +6,14 @@ export const MIC_CONSTRAINTS = {
   audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
 };
 
+// A file next to this module. addModule() takes a URL, not a module specifier, so the page's
+// import map (the server maps each file of web/ to its content-hashed name, docs/web.md) is
+// applied here through import.meta.resolve; without either, the plain name next to this file.
+function moduleURL(specifier) {
+  if (typeof import.meta.resolve === "function") return import.meta.resolve(specifier);
+  return new URL(specifier, import.meta.url).href;
+}
+
 export class AudioEngine {
   constructor({ onFrame, onPlayer, prebufferMs = 100 }) {
     this.onFrame = onFrame; // (ArrayBuffer of 640 bytes) => void
@@ -25,10 +33,9 @@ export class AudioEngine {
     }
     const context = new AudioContext({ latencyHint: "interactive" });
     this.context = context;
-    const base = new URL(".", import.meta.url);
     await Promise.all([
-      context.audioWorklet.addModule(new URL("mic-worklet.js", base)),
-      context.audioWorklet.addModule(new URL("player-worklet.js", base)),
+      context.audioWorklet.addModule(moduleURL("./mic-worklet.js")),
+      context.audioWorklet.addModule(moduleURL("./player-worklet.js")),
     ]);
     this.player = new AudioWorkletNode(context, "pcm-player", {
       numberOfInputs: 0, numberOfOutputs: 1, outputChannelCount: [1],
