@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from sqlalchemy import select
 from starlette.exceptions import HTTPException

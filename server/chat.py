@@ -82,6 +82,7 @@ async def chat_endpoint(request: Request) -> Response:
                 parts.append(delta)
                 yield _sse("delta", {"delta": delta})
         except ProviderError as exc:
+            state.metrics.provider_failed("llm", exc.code)
             status = "failed"
             yield _sse("error", {"code": exc.code, "message": exc.message})
         else:

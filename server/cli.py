@@ -310,6 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "migrate":
         from store.db import migrate, sqlite_url
 
+        if not settings.database_url:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)  # a fresh checkout has none
         url = settings.database_url or sqlite_url(settings.data_dir)
         migrate(url)
         print(f"migrated {url.split('@')[-1]}")

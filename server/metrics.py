@@ -10,6 +10,7 @@ One registry per app (tests run several apps in a process). What is recorded, by
   `tutor_email_outbox{status}` (read at scrape time);
 - `tutor_vad_frame_seconds` (one audio chunk in SAMPLE_EVERY timed, per 30 ms frame) and
   `tutor_endpoint_decision_seconds` (the chunks that ended a turn), timed by `server.voice`;
+- `tutor_provider_failures_total{provider,code}` (stt, llm, tts; voice, /api/ai/*);
 - `tutor_speculations_total{outcome}` and `tutor_speculative_calls_total{kind,result}`.
 The frame path costs two clock reads per chunk; histograms are observed only on sampled chunks.
 
@@ -63,6 +64,10 @@ class Metrics:
             "tutor_endpoint_decision_seconds", "Compute time of the audio chunk that ended a "
             "turn (VAD, endpointing, cutting out the turn's audio)", buckets=FRAME_BUCKETS,
             registry=r)
+        self.provider_failures = Counter(
+            "tutor_provider_failures", "Provider calls that failed, by provider (stt, llm, tts) "
+            "and error code (provider_timeout, provider_error, ...)", ["provider", "code"],
+            registry=r)
         self.speculations = Counter(
             "tutor_speculations", "Speculative turn ends, by outcome: hit (the transcript "
             "started at the pause was used), miss (the student went on: work discarded)",
@@ -77,6 +82,10 @@ class Metrics:
             value = stages.get(key)
             if value is not None and value >= 0:
                 self.stage.labels(stage).observe(value / 1000)
+
+    def provider_failed(self, provider: str, code: str) -> None:
+        if code != "provider_not_configured":  # a setting missing, not a provider failing
+            self.provider_failures.labels(provider, code).inc()
 
     def event_sent(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

@@ -459,6 +459,8 @@ class SessionRunner:
             result = await transcriber.transcribe(job.wav, model=job.model, language=job.language)
             clock.stt_end = time.perf_counter()
         except ProviderError as exc:
+            if self.metrics is not None:
+                self.metrics.provider_failed("stt", exc.code)
             self.execute(failed(exc.code, exc.message))
         except Exception:
             log.exception("transcription of %s failed", job.item_id)
@@ -500,6 +502,8 @@ class SessionRunner:
                     answer.first_token = time.perf_counter()
                 self._deliver(answer, partial(self._delta, rid, answer, delta))
         except ProviderError as exc:
+            if self.metrics is not None:
+                self.metrics.provider_failed("llm", exc.code)
             self._deliver(answer, partial(self._failed, rid, exc.code, exc.message))
         except Exception:
             log.exception("response %s failed", rid)
@@ -604,6 +608,8 @@ class _Speaker:
                 async for chunk in speech.stream(speak.text, voice=speak.voice):
                     queue.put_nowait(chunk)
             except ProviderError as exc:
+                if self.runner.metrics is not None:
+                    self.runner.metrics.provider_failed("tts", exc.code)
                 queue.put_nowait(exc)
             except asyncio.CancelledError:
                 raise

@@ -218,6 +218,7 @@ async def quiz_endpoint(request: Request) -> Response:
             validate=lambda data: quizzes.validate_quiz(data, questions=body.questions,
                                                         kinds=body.kinds, ids=ids))
     except ProviderError as exc:
+        request.app.state.metrics.provider_failed("llm", exc.code)
         return provider_failure(exc)
     return JSONResponse({
         "quiz": {"source": body.source, "course": course, "topic": body.topic,
@@ -254,6 +255,7 @@ async def summary_endpoint(request: Request) -> Response:
             max_tokens=summaries.MAX_TOKENS, timeout=settings.provider_timeout_s * 2,
             validate=lambda data: summaries.validate_summary(data, ids=ids))
     except ProviderError as exc:
+        request.app.state.metrics.provider_failed("llm", exc.code)
         return provider_failure(exc)
     return JSONResponse({
         "session_id": body.session_id, "course": course, "turns": len(turns),

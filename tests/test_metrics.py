@@ -96,3 +96,23 @@ def _first_revision() -> str:
 
     from store.db import alembic_config
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_base()
+
+
+async def test_provider_failures_are_counted_by_provider_and_code(fake, start_server):
+    fake.behaviour.stt_failures = ["500"]
+    fake.behaviour.chat_failures = ["500"]
+    address = await start_server(make_settings(fake))
+    async with websockets.connect(f"ws://{address}/api/voice") as ws:
+        conv = Conversation(ws)
+        await ws.send(session_update(16000))
+        await conv.stream(read_pcm("q_war.wav"), 16000, polite=False)
+        failed = await conv.until("conversation.item.input_audio_transcription.failed")
+    assert failed["error"]["code"] == "provider_error"
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"http://{address}/api/ai/chat", json={"message": "2+2?"})
+        assert "event: error" in r.text
+        after = samples((await client.get(f"http://{address}/metrics")).text)
+    assert after[("tutor_provider_failures_total",
+                  (("code", "provider_error"), ("provider", "stt")))] == 1
+    assert after[("tutor_provider_failures_total",
+                  (("code", "provider_error"), ("provider", "llm")))] == 1
