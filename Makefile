@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test bench bench-side clean chromium promtool pg-client
+.PHONY: run test bench bench-side clean debian-tools
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,51 +16,38 @@ $(BIN)/.installed: pyproject.toml
 run: $(BIN)/.installed
 	$(BIN)/tutor serve
 
-# The browser tests drive Debian's Chromium (Playwright's own download is not used). Installed
-# here when missing and we are root; otherwise those tests skip (and fail under CI=true).
-chromium:
-	@if [ ! -x $(CHROMIUM) ]; then \
+# What some tests need from Debian, installed when missing and we are root (one apt-get update):
+# chromium for the browser tests (Playwright's own download is never used), postgresql-client
+# (pg_dump, pg_restore, psql) for the backup tests, haproxy to check deploy/haproxy.cfg, and
+# promtool for the alert tests (only the binary, taken out of the prometheus package: no
+# Prometheus service is installed or started). Otherwise those tests skip, and fail under CI=true.
+debian-tools:
+	@missing=""; \
+	[ -x $(CHROMIUM) ] || missing="$$missing chromium"; \
+	{ command -v pg_dump && command -v psql; } >/dev/null 2>&1 || missing="$$missing postgresql-client"; \
+	command -v haproxy >/dev/null 2>&1 || missing="$$missing haproxy"; \
+	command -v promtool >/dev/null 2>&1 || promtool=1; \
+	if [ -n "$$missing$$promtool" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's chromium for the browser tests"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends chromium >/dev/null) \
-	      || echo "chromium could not be installed: the browser tests will skip (fail under CI)"; \
+	    echo "installing from Debian for the tests:$$missing$${promtool:+ promtool}"; \
+	    apt-get update -qq || true; \
+	    if [ -n "$$missing" ]; then \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	        $$missing >/dev/null || echo "could not install$$missing: their tests will skip (fail under CI)"; \
+	    fi; \
+	    if [ -n "$$promtool" ]; then \
+	      tmp=$$(mktemp -d) && chmod 755 $$tmp; \
+	      (cd $$tmp && apt-get download -qq prometheus >/dev/null 2>&1 \
+	        && dpkg -x prometheus_*.deb root && install -m 755 root/usr/bin/promtool /usr/local/bin/) \
+	        || echo "promtool could not be installed: the alert tests will skip (fail under CI)"; \
+	      rm -rf $$tmp; \
+	    fi; \
 	  else \
-	    echo "$(CHROMIUM) is missing (apt-get install chromium as root): the browser tests will skip"; \
+	    echo "missing for some tests (apt-get install as root):$$missing$${promtool:+ promtool}; they will skip"; \
 	  fi; \
 	fi
 
-# The alert tests run promtool (tests/test_alerts.py). Only the promtool binary is taken from
-# Debian's prometheus package (no Prometheus service installed or started), into /usr/local/bin,
-# when missing and we are root; otherwise those tests skip (and fail under CI=true).
-promtool:
-	@if ! command -v promtool >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing promtool (from Debian's prometheus package) for the alert tests"; \
-	    tmp=$$(mktemp -d) && chmod 755 $$tmp; \
-	    (cd $$tmp && apt-get update -qq && apt-get download -qq prometheus >/dev/null 2>&1 \
-	      && dpkg -x prometheus_*.deb root && install -m 755 root/usr/bin/promtool /usr/local/bin/) \
-	      || echo "promtool could not be installed: the alert tests will skip (fail under CI)"; \
-	    rm -rf $$tmp; \
-	  else \
-	    echo "promtool is missing (Debian's prometheus package has it): the alert tests will skip"; \
-	  fi; \
-	fi
-
-# The PostgreSQL backup tests (tests/test_backup.py) run pg_dump, pg_restore and psql.
-pg-client:
-	@if ! command -v pg_dump >/dev/null 2>&1 || ! command -v psql >/dev/null 2>&1; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's postgresql-client for the backup tests"; \
-	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-	      --no-install-recommends postgresql-client >/dev/null) \
-	      || echo "postgresql-client could not be installed: the PostgreSQL backup tests will fail"; \
-	  else \
-	    echo "pg_dump is missing (apt-get install postgresql-client as root): PostgreSQL backup tests will fail"; \
-	  fi; \
-	fi
-
-test: $(BIN)/.installed chromium promtool pg-client
+test: $(BIN)/.installed debian-tools
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/.installed
