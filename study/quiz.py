@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Sequence, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 log = logging.getLogger("tutor.study")
+M = TypeVar("M", bound=BaseModel)
 
 KINDS = ("mcq", "open")
 MAX_QUESTIONS = 10
@@ -48,6 +49,19 @@ def error_lines(exc: ValidationError, limit: int = 12) -> list[str]:
         where = ".".join(str(p) for p in e["loc"]) or "(root)"
         lines.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
     return lines
+
+
+def validated(model: type[M], data: Any, context: dict[str, Any], what: str) -> M:
+    """`data` checked as `model` (with `context["ids"]`, the passages given), or
+    `InvalidOutput`. Sources the model made up are dropped by the validators, and logged here."""
+    try:
+        result = model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise InvalidOutput(error_lines(exc)) from exc
+    if context.get("dropped"):
+        log.warning("%s: dropped source ids that were not among the passages given: %s",
+                    what, sorted(set(context["dropped"])))
+    return result
 
 
 def request_errors(exc: ValidationError) -> str:
@@ -284,14 +298,7 @@ def validate_quiz(data: Any, *, questions: int, kinds: Sequence[str],
                   ids: Sequence[str]) -> list[QuizQuestion]:
     """The quiz's questions, or `InvalidOutput`. Sources the model made up are dropped (logged)."""
     context: dict[str, Any] = {"questions": questions, "kinds": list(kinds), "ids": list(ids)}
-    try:
-        quiz = QuizOutput.model_validate(data, context=context)
-    except ValidationError as exc:
-        raise InvalidOutput(error_lines(exc)) from exc
-    if context.get("dropped"):
-        log.warning("quiz: dropped source ids that were not among the passages given: %s",
-                    sorted(set(context["dropped"])))
-    return quiz.questions
+    return validated(QuizOutput, data, context, "quiz").questions
 
 
 def cited(passages: Sequence[Any], questions_or_points: Sequence[Any]) -> list[Any]:

@@ -9,15 +9,11 @@ may cite none (a session can go beyond the course).
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from .quiz import InvalidOutput, error_lines, known_sources, passage_block, sources_schema, \
-    turn_block
-
-log = logging.getLogger("tutor.study")
+from .quiz import known_sources, passage_block, sources_schema, turn_block, validated
 
 MAX_TURNS = 60  # the most recent turns of a longer session are summarised
 TURN_CHARS = 1200
@@ -102,12 +98,4 @@ class SessionSummary(BaseModel):
 
 
 def validate_summary(data: Any, *, ids: Sequence[str]) -> SessionSummary:
-    context: dict[str, Any] = {"ids": list(ids)}
-    try:
-        summary = SessionSummary.model_validate(data, context=context)
-    except ValidationError as exc:
-        raise InvalidOutput(error_lines(exc)) from exc
-    if context.get("dropped"):
-        log.warning("summary: dropped source ids that were not among the passages given: %s",
-                    sorted(set(context["dropped"])))
-    return summary
+    return validated(SessionSummary, data, {"ids": list(ids)}, "summary")
