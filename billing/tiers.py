@@ -41,7 +41,7 @@ class Tier(BaseModel):
     rank: int = 0  # order of plans, for "upgrade" and for picking the better of two
     voice_minutes_per_day: float | None = None
     voice_minutes_per_month: float | None = None
-    chat_messages_per_day: int | None = None  # typed questions to /api/ai/chat
+    chat_messages_per_day: int | None = None  # /api/ai/chat questions, quizzes and summaries
     requests_per_minute: dict[str, int] = Field(default_factory=dict)  # route group → limit
     max_session_minutes: float | None = 60
     max_concurrent_sessions: int | None = 1
