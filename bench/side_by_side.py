@@ -878,9 +878,14 @@ async def main() -> None:
             on["transcription_hidden_share_client"]
         share = on["transcription_hidden_share"]
         goals["goal_hidden_in_80_percent_of_turns"] = None if share is None else share >= 0.8
-    ratio = goals.get("ours-spec-on_vs_pipecat_sessions_per_core_ratio_overhead", {}).get("50")
-    goals["goal_10x_pipecat_sessions_per_core_at_p99_50ms"] = (
-        None if ratio is None else ratio >= 10)  # None: Pipecat sustains no level at 50 ms
+    # "At equal p99": judged at every threshold where Pipecat sustains a level, and the smallest
+    # ratio decides, so a threshold Pipecat meets by a hair at one session (its p99 is ~50 ms
+    # there) cannot decide it alone. None: Pipecat sustains no level at any threshold.
+    ratios = [r for r in goals.get("ours-spec-on_vs_pipecat_sessions_per_core_ratio_overhead",
+                                   {}).values() if r is not None]
+    goals["ours-spec-on_vs_pipecat_smallest_ratio"] = min(ratios) if ratios else None
+    goals["goal_10x_pipecat_sessions_per_core_at_equal_p99"] = (
+        None if not ratios else min(ratios) >= 10)
     report["goals"] = goals
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "side_by_side.json").write_text(json.dumps(report, indent=2) + "\n")
