@@ -273,9 +273,10 @@ class SessionRunner:
                 self._answers.pop(action.response_id, None)
                 self._stop_speaking(action.response_id)
             elif isinstance(action, Adopt):
-                _, clock = self._guesses.pop(action.serial)
-                clock.ended = time.perf_counter()  # the turn ends now; its transcript is known
-                if self.metrics is not None:      # or on its way
+                guess = self._guesses.pop(action.serial, None)
+                if guess is not None:  # the turn ends now; its transcript is known or on its way
+                    guess[1].ended = time.perf_counter()
+                if self.metrics is not None:
                     self.metrics.speculations.labels("hit").inc()
                     self.metrics.speculative_calls.labels("stt", "used").inc()
             elif isinstance(action, Release):
