@@ -50,8 +50,9 @@ class TurnClock:
 
 @dataclass
 class _Answer:
-    """One answer being generated. A held (speculative) answer keeps what it would deliver
-    in `pending` until released; the figures time it for `tutor.response.metrics`."""
+    """One answer, from its `Generate` to its `Record`. A held (speculative) answer keeps what
+    it would deliver in `pending` until released; the figures time it for
+    `tutor.response.metrics`, which `metrics` holds once worked out."""
 
     clock: TurnClock | None
     held: bool = False
@@ -60,6 +61,8 @@ class _Answer:
     first_token: float = 0.0
     first_sent: float = 0.0  # the first delta went to the client
     retrieval_ms: float | None = None
+    usage: Usage | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 async def refuse(websocket: WebSocket, code: str, message: str, error_type: str,
@@ -172,15 +175,12 @@ class SessionRunner:
         self.resume_token = secrets.token_urlsafe(24)
         self.charges: set[asyncio.Task[None]] = set()  # never cancelled: billing must land
         self.speech: dict[str, _Speaker] = {}  # response id → its synthesis and playback
-        self._usage: dict[str, Usage] = {}
-        self._metrics: dict[str, dict[str, float]] = {}
         self.outbox: asyncio.Queue[str | bytes | Close] = asyncio.Queue()
         self.responses: dict[str, asyncio.Task[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
         self._answering: TurnClock | None = None  # the turn whose transcript is being handled
-        self._first_delta: dict[str, float] = {}  # response id → perf_counter of its first delta
-        self._answers: dict[str, _Answer] = {}  # response id → the answer being generated
+        self._answers: dict[str, _Answer] = {}  # response id → its answer, until recorded
         self._guesses: dict[int, tuple[asyncio.Task[None], TurnClock]] = {}  # speculative STT
         self._chunks = 0  # audio messages received (one in SAMPLE_EVERY is timed)
 
@@ -208,15 +208,9 @@ class SessionRunner:
                     break
                 now = self.loop.time()
                 if message.get("text") is not None:
-                    if self.metrics is None:
-                        self.execute(self.session.receive_text(message["text"], now))
-                    else:
-                        self._timed(self.session.receive_text, message["text"], now)
+                    self._receive(self.session.receive_text, message["text"], now)
                 elif message.get("bytes") is not None:
-                    if self.metrics is None:
-                        self.execute(self.session.receive_audio(message["bytes"], now))
-                    else:
-                        self._timed(self.session.receive_audio, message["bytes"], now)
+                    self._receive(self.session.receive_audio, message["bytes"], now)
         except WebSocketDisconnect:
             pass
         finally:
@@ -229,17 +223,19 @@ class SessionRunner:
             await self._save_for_resume()
             await self._settle_charges()
 
-    def _timed(self, receive: Callable[[Any, float], list[Action]], data: Any, now: float
-                ) -> None:
+    def _receive(self, receive: Callable[[Any, float], list[Action]], data: Any, now: float
+                 ) -> None:
         """Hand a client message to the core, timing it for the VAD histograms: a chunk that
         ended a turn is an endpoint decision; one audio chunk in SAMPLE_EVERY gives the cost
         per 30 ms frame. Events are sent after the clock stops."""
-        assert self.metrics is not None
+        if self.metrics is None:
+            self.execute(receive(data, now))
+            return
         started = time.perf_counter()
         actions = receive(data, now)
         spent = time.perf_counter() - started
-        if any(isinstance(a, (Transcribe, Adopt)) and not getattr(a, "speculative", 0)
-               for a in actions):
+        if actions and any(isinstance(a, Adopt) or (isinstance(a, Transcribe)
+                                                    and not a.speculative) for a in actions):
             self.metrics.endpoint.observe(spent)
         elif isinstance(data, bytes) and data:
             self._chunks += 1
@@ -270,7 +266,6 @@ class SessionRunner:
                 task = self.responses.pop(action.response_id, None)
                 if task is not None:
                     task.cancel()
-                self._answers.pop(action.response_id, None)
                 self._stop_speaking(action.response_id)
             elif isinstance(action, Adopt):
                 guess = self._guesses.pop(action.serial, None)
@@ -298,12 +293,11 @@ class SessionRunner:
                 self.outbox.put_nowait(action.data)
             elif isinstance(action, Record):
                 spoken = self._stop_speaking(action.response_id)  # finished, failed or cut
-                metrics = self._metrics.get(action.response_id)
-                if spoken and metrics and action.status == "completed":
-                    event = self.session.response_metrics(action.response_id, metrics)
+                answer = self._answers.pop(action.response_id, None)
+                if spoken and answer and answer.metrics and action.status == "completed":
+                    event = self.session.response_metrics(action.response_id, answer.metrics)
                     self.outbox.put_nowait(json.dumps(event.event))
-                self._first_delta.pop(action.response_id, None)
-                self._record(action)
+                self._record(action, answer)
                 if self.resume is not None:  # each answer makes the token's state current
                     self._spawn(self._save_for_resume())
             elif isinstance(action, Charge):
@@ -331,10 +325,10 @@ class SessionRunner:
 
     def first_audio(self, response_id: str, at: float) -> None:
         """The first audio of an answer went out: how long after its first text delta."""
-        first_delta = self._first_delta.get(response_id)
-        if first_delta is not None:
-            self._metrics.setdefault(response_id, {})["first_audio_after_first_delta_ms"] = \
-                round((at - first_delta) * 1000, 3)
+        answer = self._answers.get(response_id)
+        if answer is not None and answer.first_sent:
+            answer.metrics["first_audio_after_first_delta_ms"] = \
+                round((at - answer.first_sent) * 1000, 3)
 
     def _abandon(self, action: Abandon) -> None:
         """Speculative work the core will not use: cancelled, and nothing of it sent."""
@@ -397,9 +391,9 @@ class SessionRunner:
             await asyncio.sleep(self.billing.session_ttl_s / 3)
             await self.billing.keep_voice(self.user_id, self.session.id)
 
-    def _record(self, turn: Record) -> None:
-        usage = self._usage.pop(turn.response_id, None)
-        metrics = self._metrics.pop(turn.response_id, {})
+    def _record(self, turn: Record, answer: _Answer | None) -> None:
+        usage = answer.usage if answer is not None else None
+        metrics = answer.metrics if answer is not None else {}
         if self.metrics is not None:
             self.metrics.observe_turn(turn.kind, turn.status, metrics)
         # ids, status and timings only: never the transcript or the answer at info level
@@ -497,7 +491,7 @@ class SessionRunner:
             answer.started = time.perf_counter()
             async for delta in chat.stream(messages, model=job.model):
                 if isinstance(delta, Usage):
-                    self._usage[rid] = delta
+                    answer.usage = delta
                     continue
                 if not answer.first_token:
                     answer.first_token = time.perf_counter()
@@ -527,19 +521,17 @@ class SessionRunner:
         actions = self.session.response_delta(rid, delta)
         self.execute(actions)
         if actions and not answer.first_sent:
-            answer.first_sent = self._first_delta[rid] = time.perf_counter()
+            answer.first_sent = time.perf_counter()
 
     def _failed(self, rid: str, code: str, message: str) -> None:
-        self._answers.pop(rid, None)
         self.execute(self.session.response_failed(rid, code, message))
 
     def _completed(self, rid: str, answer: _Answer) -> None:
-        self._answers.pop(rid, None)
         extra: list[Action] = []
         if answer.first_token and answer.first_sent:
-            self._metrics[rid] = {**self._metrics.get(rid, {}), **_metrics(answer)}
+            answer.metrics.update(_metrics(answer))
             if not self.session.speaking(rid):  # a spoken answer reports when it ends
-                extra.append(self.session.response_metrics(rid, self._metrics[rid]))
+                extra.append(self.session.response_metrics(rid, answer.metrics))
         self.execute(self.session.response_completed(rid) + extra)
 
 
