@@ -78,6 +78,7 @@ class Abandon:
 
     serial: int
     response_id: str | None
+    missed: bool = False  # the student went on (a miss); False: cleared, ending, or unused
 
 
 @dataclass(frozen=True)
@@ -469,7 +470,7 @@ class RealtimeSession:
 
     def _discard_guess(self, *, resumed: bool = False) -> list[Action]:
         guess = self.spec.resumed() if resumed else self.spec.discard()
-        return [] if guess is None else [Abandon(guess.serial, guess.response_id)]
+        return [] if guess is None else [Abandon(guess.serial, guess.response_id, resumed)]
 
     def transcription_failed(self, item_id: str, code: str, message: str) -> list[Action]:
         out: list[Action] = [
@@ -771,7 +772,7 @@ class RealtimeSession:
         previous = self._last_item_id
         used, dropped = self.spec.turn_ended(item_id, turn.speech_end_ms)
         out: list[Action] = [] if dropped is None else [Abandon(dropped.serial,
-                                                                dropped.response_id)]
+                                                                dropped.response_id, True)]
         self.turns.turn_committed(item_id)
         self._unanswered_audio_s += len(turn.audio) / SAMPLE_WIDTH / 16000
         out += [

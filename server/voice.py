@@ -336,7 +336,8 @@ class SessionRunner:
         if guess is not None:
             guess[0].cancel()
         if self.metrics is not None and action.serial:
-            self.metrics.speculations.labels("miss").inc()
+            if action.missed:  # as the core's Speculator counts them (not a clear or the end)
+                self.metrics.speculations.labels("miss").inc()
             self.metrics.speculative_calls.labels("stt", "wasted").inc()
         if action.response_id is not None:
             task = self.responses.pop(action.response_id, None)
