@@ -47,7 +47,7 @@ from rag.grounding import Grounding, ground
 from rag.ingest import IngestError, ingest_paths
 from rag.search import MemoryQueryCache, RedisQueryCache, Retriever
 from rag.vectors import VectorIndex
-from store.db import Database, migrate, sqlite_url
+from store.db import Database, migrate
 from store.models import UsageEntry
 from store.writer import InteractionWriter
 from study import ai_routes as study_ai_routes
@@ -153,7 +153,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def open_storage(settings: Settings, stack: AsyncExitStack) -> Database:
-    db = Database(settings.database_url or sqlite_url(settings.data_dir))
+    db = Database(settings.database)
     stack.push_async_callback(db.close)
     if settings.auto_migrate:
         await asyncio.to_thread(migrate, db.url)  # Alembic is synchronous
@@ -260,13 +260,19 @@ def email_transport(settings: Settings) -> Transport:
     return LogTransport()
 
 
-def open_email(settings: Settings, db: Database, billing: Billing, link_secret: str,
-               stack: AsyncExitStack) -> OutboxWorker:
+def public_base_url(settings: Settings) -> str:
+    return (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+
+
+def outbox_worker(settings: Settings, db: Database, link_secret: str, stack: AsyncExitStack,
+                  *, summaries: bool = True) -> OutboxWorker:
+    """The email outbox worker (not started), with its transport, and the weekly summaries as
+    its periodic job unless `summaries` is off: the server's and `tutor worker`'s."""
     transport = email_transport(settings)
     stack.push_async_callback(transport.aclose)
-    base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-    config = WorkerConfig(sender=settings.email_from, base_url=base_url, link_secret=link_secret,
-                          poll_s=settings.email_poll_s, lease_s=settings.email_lease_s,
+    config = WorkerConfig(sender=settings.email_from, base_url=public_base_url(settings),
+                          link_secret=link_secret, poll_s=settings.email_poll_s,
+                          lease_s=settings.email_lease_s,
                           retry_base_s=settings.email_retry_base_s,
                           max_attempts=settings.email_max_attempts)
 
@@ -274,8 +280,15 @@ def open_email(settings: Settings, db: Database, billing: Billing, link_secret: 
         start, _ = last_full_week(utcnow())
         await queue_weekly_summaries(db, start)
 
-    worker = OutboxWorker(db, transport, Renderer(), config, periodic=weekly)
-    billing.on_voice_threshold = quota_notifier(db, upgrade_url=base_url + "/?upgrade=1")
+    return OutboxWorker(db, transport, Renderer(), config,
+                        periodic=weekly if summaries else None)
+
+
+def open_email(settings: Settings, db: Database, billing: Billing, link_secret: str,
+               stack: AsyncExitStack) -> OutboxWorker:
+    worker = outbox_worker(settings, db, link_secret, stack)
+    billing.on_voice_threshold = quota_notifier(
+        db, upgrade_url=public_base_url(settings) + "/?upgrade=1")
     billing.warning_percent = settings.email_quota_warning_percent
     if settings.email_worker:
         worker.start()

@@ -66,11 +66,11 @@ def uvicorn_options(settings: Settings) -> dict:
 async def ingest_command(settings: Settings, paths: list[Path], course: str) -> int:
     """`tutor ingest`: one line per file; exit status 1 if any file was refused."""
     from rag.ingest import IngestError, ingest_paths
-    from store.db import Database, migrate, sqlite_url
+    from store.db import Database, migrate
 
     from .app import embedder_for
 
-    db = Database(settings.database_url or sqlite_url(settings.data_dir))
+    db = Database(settings.database)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(db.close)
         await asyncio.to_thread(migrate, db.url)
@@ -93,13 +93,13 @@ async def summaries_command(settings: Settings, week: str | None) -> int:
     from datetime import datetime, timezone
 
     from notify.summary import last_full_week, queue_weekly_summaries
-    from store.db import Database, migrate, sqlite_url
+    from store.db import Database, migrate
 
     if week:
         start = datetime.strptime(week + "-1", "%G-W%V-%u").replace(tzinfo=timezone.utc)
     else:
         start, week = last_full_week(datetime.now(timezone.utc))
-    db = Database(settings.database_url or sqlite_url(settings.data_dir))
+    db = Database(settings.database)
     try:
         await asyncio.to_thread(migrate, db.url)
         queued = await queue_weekly_summaries(db, start)
@@ -117,12 +117,7 @@ async def worker_command(settings: Settings, *, summaries: bool = True, once: bo
     PostgreSQL several workers (and servers' workers) share the outbox safely (SKIP LOCKED)."""
     import signal
 
-    from notify.render import Renderer
-    from notify.summary import last_full_week, queue_weekly_summaries
-    from notify.worker import OutboxWorker, WorkerConfig, utcnow
-    from store.db import Database, migrate, sqlite_url
-
-    from .app import email_transport
+    from .app import open_storage, outbox_worker
 
     link_secret = settings.email_link_secret or settings.session_secret
     if not link_secret:
@@ -130,29 +125,12 @@ async def worker_command(settings: Settings, *, summaries: bool = True, once: bo
               "the servers', to sign unsubscribe links they accept")
         return 2
     log = logging.getLogger("tutor.worker")
-    db = Database(settings.database_url or sqlite_url(settings.data_dir))
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(db.close)
-        if settings.auto_migrate:
-            await asyncio.to_thread(migrate, db.url)
-        transport = email_transport(settings)
-        stack.push_async_callback(transport.aclose)
-        base_url = (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
-        config = WorkerConfig(sender=settings.email_from, base_url=base_url,
-                              link_secret=link_secret, poll_s=settings.email_poll_s,
-                              lease_s=settings.email_lease_s,
-                              retry_base_s=settings.email_retry_base_s,
-                              max_attempts=settings.email_max_attempts)
-
-        async def weekly() -> None:
-            start, _ = last_full_week(utcnow())
-            await queue_weekly_summaries(db, start)
-
-        worker = OutboxWorker(db, transport, Renderer(), config,
-                              periodic=weekly if summaries else None)
+        db = await open_storage(settings, stack)
+        worker = outbox_worker(settings, db, link_secret, stack, summaries=summaries)
         if once:
-            if summaries:
-                await weekly()
+            if worker.periodic is not None:
+                await worker.periodic()
             claimed = 0
             while batch := await worker.run_once():
                 claimed += batch
@@ -182,9 +160,7 @@ def backup_command(settings: Settings, out: Path | None) -> int:
     import sys
 
     from store.backup import BackupError, backend_of, backup, default_path, describe
-    from store.db import sqlite_url
-
-    url = settings.database_url or sqlite_url(settings.data_dir)
+    url = settings.database
     try:
         backend = backend_of(url)
         if out is None:
@@ -207,9 +183,7 @@ def restore_command(settings: Settings, archive: Path, *, yes: bool, force: bool
     import sys
 
     from store.backup import BackupError, describe, read_manifest, restore
-    from store.db import sqlite_url
-
-    url = settings.database_url or sqlite_url(settings.data_dir)
+    url = settings.database
     try:
         manifest = read_manifest(archive)
         if not yes:
@@ -308,11 +282,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(restore_command(settings, args.path, yes=args.yes, force=args.force,
                                          safety=args.safety))
     elif args.command == "migrate":
-        from store.db import migrate, sqlite_url
+        from store.db import migrate
 
-        if not settings.database_url:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)  # a fresh checkout has none
-        url = settings.database_url or sqlite_url(settings.data_dir)
+        url = settings.database
         migrate(url)
         print(f"migrated {url.split('@')[-1]}")
 

@@ -165,6 +165,13 @@ class Settings(BaseSettings):
         return not self.sign_in_configured and self.loopback_only
 
     @property
+    def database(self) -> str:
+        """The database to use: TUTOR_DATABASE_URL, else the SQLite file in the data dir."""
+        from store.db import sqlite_url
+
+        return self.database_url or sqlite_url(self.data_dir)
+
+    @property
     def chat_api_key(self) -> str | None:
         # A local server (Ollama, vLLM) needs no key, but the SDK wants a non-empty string.
         key = self.llm_api_key or self.openai_api_key

@@ -30,6 +30,7 @@ from sqlalchemy import func, select, text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from store.db import revisions
 from store.models import EmailNotification
 
 STAGES = {"stt_ms": "transcription", "retrieval_ms": "retrieval",
@@ -146,7 +147,7 @@ async def readyz(request: Request) -> Response:
             await asyncio.wait_for(s.execute(text("SELECT 1")), 2.0)
             current = (await s.execute(text("SELECT version_num FROM alembic_version"))
                        ).scalar_one_or_none()
-        head, known = _revisions()
+        head, known = revisions()
         checks["database"] = "ok"
         behind = current is None or (current != head and current in known)
         checks["migrations"] = f"at {current}, head is {head}" if behind else "ok"
@@ -164,19 +165,3 @@ async def readyz(request: Request) -> Response:
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},
                         status_code=200 if ready else 503)
-
-
-_REVISIONS: tuple[str | None, frozenset[str]] | None = None
-
-
-def _revisions() -> tuple[str | None, frozenset[str]]:
-    """This code's head revision, and every revision it knows."""
-    global _REVISIONS
-    if _REVISIONS is None:
-        from alembic.script import ScriptDirectory
-
-        from store.db import alembic_config
-        scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
-        _REVISIONS = (scripts.get_current_head(),
-                      frozenset(r.revision for r in scripts.walk_revisions()))
-    return _REVISIONS

@@ -47,7 +47,7 @@ from urllib.parse import quote
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from .db import Database, alembic_config, migrate, normalise_url
+from .db import Database, migrate, normalise_url, revisions
 
 FORMAT = "tutor-backup"
 VERSION = 1
@@ -112,22 +112,11 @@ def default_path(directory: Path, backend: str, at: datetime | None = None) -> P
 
 
 def head_revision() -> str | None:
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return revisions()[0]
 
 
 def _known_revision(revision: str | None) -> bool:
-    from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
-
-    if revision is None:
-        return True
-    try:
-        return ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(
-            revision) is not None
-    except CommandError:
-        return False
+    return revision is None or revision in revisions()[1]
 
 
 # -- the archive ------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ a plain `postgresql://` or `postgres://` URL (as Supabase shows it) is given the
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 from pathlib import Path
 
@@ -35,12 +36,8 @@ class Database:
     def __init__(self, url: str, *, sqlite_busy_timeout_ms: int = 5000,
                  **engine_options) -> None:  # type: ignore[no-untyped-def]
         self.url = normalise_url(url)
-        self.is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
-        if self.is_sqlite:
-            database = make_url(self.url).database
-            if database and database != ":memory:":
-                Path(database).parent.mkdir(parents=True, exist_ok=True)
-        else:
+        self.is_sqlite = _make_sqlite_folder(self.url)
+        if not self.is_sqlite:
             engine_options.setdefault("pool_pre_ping", True)
         # Each live turn reads (retrieval, memory) while the writer writes: the default 5 (+10)
         # connections queue under a hundred sessions.
@@ -71,6 +68,26 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+def _make_sqlite_folder(url: str) -> bool:
+    """For a SQLite file, create its folder (a fresh checkout has no data dir); True if SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return False
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    return True
+
+
+@functools.cache
+def revisions() -> tuple[str | None, frozenset[str]]:
+    """This code's head migration revision, and every revision it knows (read once)."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return scripts.get_current_head(), frozenset(r.revision for r in scripts.walk_revisions())
+
+
 def migrate(url: str, revision: str = "head") -> None:
     """Bring the schema to `revision`. Blocking (Alembic is sync): call it from a thread."""
+    _make_sqlite_folder(normalise_url(url))
     command.upgrade(alembic_config(url), revision)
