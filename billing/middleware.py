@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from accounts.errors import AuthError
 
 from .service import QuotaError
-from .tiers import UNLIMITED_PATHS, route_group
+from .tiers import route_group, unlimited
 
 
 class RequestLimitMiddleware:
@@ -24,9 +24,7 @@ class RequestLimitMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"] if scope["type"] == "http" else ""
-        if scope["type"] != "http" or path in UNLIMITED_PATHS or path == "/" \
-                or path.startswith("/web/"):  # the browser client's page and static files
+        if scope["type"] != "http" or unlimited(scope["path"]):
             await self.app(scope, receive, send)
             return
         state = scope["app"].state

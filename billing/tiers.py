@@ -25,7 +25,13 @@ ROUTE_GROUPS: tuple[tuple[str, str], ...] = (
     ("/api/auth", "auth"),
 )
 # cheap and for the operator's probes, or authenticated by signature
-UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics", "/api/payments/webhook")
+# Outside request limits: probes, the scraper, Stripe's webhook, the browser client's files.
+UNLIMITED_PATHS = ("/healthz", "/readyz", "/metrics", "/api/payments/webhook", "/")
+UNLIMITED_PREFIXES = ("/web/",)
+
+
+def unlimited(path: str) -> bool:
+    return path in UNLIMITED_PATHS or path.startswith(UNLIMITED_PREFIXES)
 
 
 def route_group(path: str) -> str:

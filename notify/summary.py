@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from store import queries
 from store.db import Database
-from store.models import Interaction, User
+from store.models import TURN_KINDS, Interaction, User
 
 STOPWORDS = set("""
 a about above after again all also am an and any are as at be because been before being below
@@ -58,7 +58,7 @@ async def queue_weekly_summaries(db: Database, week_start: datetime) -> int:
             select(Interaction.user_id, Interaction.session_id, Interaction.course,
                    Interaction.transcript, Interaction.audio_seconds)
             .where(Interaction.created_at >= week_start, Interaction.created_at < end,
-                   Interaction.user_id.is_not(None), Interaction.kind != "note")  # turns only
+                   Interaction.user_id.is_not(None), Interaction.kind.in_(TURN_KINDS))
             .order_by(Interaction.user_id, Interaction.id))).all()
         by_user: dict[str, list] = {}
         for row in rows:

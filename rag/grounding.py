@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dialogue.prompts import grounded
+from store.models import NOTE
 
 SNIPPET_CHARS = 160
 # The student's own notes (study.notes) found by memory search, after their earlier turns. A note
@@ -35,8 +36,8 @@ class Grounding:
                  "snippet": _snippet(h.text)} for h in self.passages]
 
     def apply(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        notes = [m for m in self.memories if getattr(m, "kind", None) == "note"]
-        turns = [m for m in self.memories if getattr(m, "kind", None) != "note"]
+        notes = [m for m in self.memories if m.kind == NOTE]
+        turns = [m for m in self.memories if m.kind != NOTE]
         out = grounded(messages,
                        [(f"c{h.chunk_id}", h.heading_path, h.text) for h in self.passages],
                        [(m.transcript, m.answer) for m in turns])

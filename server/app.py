@@ -401,7 +401,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             *email_routes.routes,
             *notes_routes,
             # last, so that every API route wins: the browser client
-            *web_routes(WEB_DIR),  # `/` and `/web/...`, content-hashed (server/static.py)
+            *web_routes(WEB_DIR, watch=settings.loopback_only),  # `/` and `/web/...`, content-hashed (server/static.py)
         ],
         middleware=[Middleware(SessionMiddleware, secret_key=session_secret,
                                session_cookie="tutor_session", max_age=settings.session_max_age_s,

@@ -18,7 +18,8 @@ from accounts.identity import user_json
 from accounts.routes import json_object, page_args, require_user
 from store import queries
 from store.models import ROLES, Classroom, Interaction
-from study.notes import NOTE, note_json
+from store.models import NOTE
+from study.notes import note_json
 
 MAX_PAGE = 200
 

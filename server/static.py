@@ -11,9 +11,10 @@ keep working (`no-cache`: revalidated with the ETag on every use), for developme
 pages, and for a browser without import maps.
 
 Only files found in `web/` at the last scan can be served, by a lookup in a dict: no path from
-the request ever reaches the filesystem. The folder is scanned again (a `stat` per file, no read)
-when the page or a plain name is asked for, so an edited file is picked up without a restart;
-hashed names of earlier versions stay served by this process. Compression is of these files
+the request ever reaches the filesystem. With `watch` (a server on loopback, as `make run` starts it) the folder is scanned
+again (a `stat` per file, no read) when the page or a plain name is asked for, so an edited file
+is picked up without a restart; hashed names of earlier versions stay served by this process.
+Otherwise it is read once at start, and no request touches the filesystem. Compression is of these files
 only: the voice socket, `/api/ai/chat`'s event stream and every API response are untouched.
 """
 
@@ -174,8 +175,9 @@ class WebClient:
     """web/ in memory: the current version of each file, every hashed name this process has
     made, and the page rendered against the current hashes."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, watch: bool = True) -> None:
         self.directory = Path(directory)
+        self.watch = watch  # look for edits on requests for the page or a plain name
         self.files: dict[str, Asset] = {}  # plain name → current version
         self.hashed: OrderedDict[str, Asset] = OrderedDict()  # hashed name → version
         self.page: Asset | None = None
@@ -232,22 +234,15 @@ class WebClient:
         for asset in files.values():
             self.hashed[asset.hashed] = asset
             self.hashed.move_to_end(asset.hashed)
-        current = {a.hashed for a in files.values()}
-        while len(self.hashed) > max(KEEP_OLD_VERSIONS, len(current)):
-            oldest = next(iter(self.hashed))
-            if oldest in current:  # never reached: current ones were moved to the end
-                break
-            del self.hashed[oldest]
+        while len(self.hashed) > max(KEEP_OLD_VERSIONS, len(files)):
+            del self.hashed[next(iter(self.hashed))]  # the oldest: current ones are at the end
         self.files, self.page, self._stamp = files, page, stamp
         return True
 
-    def url(self, name: str) -> str:
-        """The hashed URL of a file of web/ (for tests and templates)."""
-        return PREFIX + self.files[name].hashed
-
     # -- endpoints ---------------------------------------------------------------------------
     async def index(self, request: Request) -> Response:
-        self.refresh()
+        if self.watch:
+            self.refresh()
         if self.page is None:
             return JSONResponse({"error": {"code": "not_found", "message": "no browser client "
                                            f"installed ({self.directory})"}}, status_code=404)
@@ -260,7 +255,8 @@ class WebClient:
         asset = self.hashed.get(name)
         if asset is not None:
             return respond(request, asset, IMMUTABLE)
-        self.refresh()
+        if self.watch:
+            self.refresh()
         asset = self.files.get(name)
         if asset is not None:
             return respond(request, asset, REVALIDATE)
@@ -270,8 +266,9 @@ class WebClient:
         raise HTTPException(404)
 
 
-def web_routes(directory: Path) -> list[BaseRoute]:
-    """`/` (the page) and `/web/...` (everything in web/); they go last in the app's routes."""
-    client = WebClient(directory)
+def web_routes(directory: Path, *, watch: bool = True) -> list[BaseRoute]:
+    """`/` (the page) and `/web/...` (everything in web/); they go last in the app's routes.
+    `watch`: pick up edits without a restart (a scan of the folder on some requests)."""
+    client = WebClient(directory, watch=watch)
     return [Route("/", client.index, methods=["GET", "HEAD"]),
             Route(PREFIX + "{path:path}", client.file, methods=["GET", "HEAD"], name="web")]

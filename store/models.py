@@ -114,6 +114,10 @@ class ClassMember(Base):
     joined_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=now)
 
 
+NOTE = "note"  # an interaction that is a student's note (study.notes), not a turn
+TURN_KINDS = ("voice", "text")  # the interactions that are turns: spoken or typed
+
+
 class Interaction(Base):
     """One tutor turn: what the student said (or typed), what the tutor answered, and timings."""
 

@@ -16,8 +16,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import (ROLES, ApiToken, ClassMember, Classroom, EmailNotification, Interaction, User,
-                     new_id, now)
+from .models import (ROLES, TURN_KINDS, ApiToken, ClassMember, Classroom, EmailNotification,
+                     Interaction, User, new_id, now)
 
 API_TOKEN_PREFIX = "tt_"
 
@@ -106,7 +106,7 @@ async def interactions_page(s: AsyncSession, user_ids: Sequence[str], *, limit: 
     """Newest first; pass the last row's id as `before_id` for the next page (keyset paging).
     Turns only: the students' notes (kind "note", study.notes) are theirs alone."""
     query = select(Interaction).where(Interaction.user_id.in_(user_ids),
-                                      Interaction.kind != "note")
+                                      Interaction.kind.in_(TURN_KINDS))
     if before_id is not None:
         query = query.where(Interaction.id < before_id)
     query = query.order_by(Interaction.id.desc()).limit(limit)

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from accounts.routes import require_user
 from dialogue.providers import ProviderError
 from rag.grounding import Grounding
-from store.models import Interaction
+from store.models import TURN_KINDS, Interaction
 
 from . import quiz as quizzes
 from . import summary as summaries
@@ -142,7 +142,8 @@ async def passages_for(retriever: Any, questions: Sequence[str], *, course: str 
 async def recent_turns(db: Any, user_id: str, course: str | None) -> list[Interaction]:
     """The student's turns of their last `RECENT_SESSIONS` sessions (of `course`, when given),
     at most `RECENT_TURNS`, oldest first; only turns with something said or typed."""
-    query = select(Interaction).where(Interaction.user_id == user_id, Interaction.transcript != "")
+    query = select(Interaction).where(Interaction.user_id == user_id, Interaction.transcript != "",
+                                      Interaction.kind.in_(TURN_KINDS))  # not the notes
     if course is not None:
         query = query.where(Interaction.course == course)
     query = query.order_by(Interaction.id.desc()).limit(RECENT_TURNS * 3)
@@ -164,7 +165,8 @@ async def session_turns(db: Any, user_id: str, session_id: str) -> tuple[list[In
     """The user's own turns of `session_id`, oldest first, the latest `MAX_TURNS` of them, and
     whether earlier ones were left out. Another user's session has none."""
     query = (select(Interaction)
-             .where(Interaction.session_id == session_id, Interaction.user_id == user_id)
+             .where(Interaction.session_id == session_id, Interaction.user_id == user_id,
+                    Interaction.kind.in_(TURN_KINDS))  # a turn saved as a note is not a turn
              .order_by(Interaction.id.desc()).limit(summaries.MAX_TURNS + 1))
     async with db.session() as s:
         rows = [r for r in (await s.execute(query)).scalars() if r.transcript.strip()

@@ -20,10 +20,8 @@ from sqlalchemy import Integer, column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag.fts import fts5_query, terms, websearch_query
-from store.models import Interaction, now
+from store.models import NOTE, TURN_KINDS, Interaction, now
 
-NOTE = "note"
-TURN_KINDS = ("voice", "text")  # what can be saved as a note: a spoken or a typed turn
 MAX_TEXT_CHARS = 20_000
 MAX_TITLE_CHARS = 200
 MAX_COURSE_CHARS = 200  # interactions.course is String(200)

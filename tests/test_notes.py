@@ -103,7 +103,7 @@ def system_prompt(fake) -> str:  # type: ignore[no-untyped-def]
 
 async def test_a_student_writes_reads_edits_and_deletes_notes_and_nobody_else_can(
         fake, jwks, start_server, blank_db_url):  # noqa: F811
-    base, _ = await start(fake, jwks, start_server, blank_db_url)
+    base, app = await start(fake, jwks, start_server, blank_db_url)
     async with httpx.AsyncClient(base_url=base) as client:
         ada, bob = await sign_in(client, jwks, "ada@example.com"), await sign_in(
             client, jwks, "bob@example.com")
@@ -144,6 +144,7 @@ async def test_a_student_writes_reads_edits_and_deletes_notes_and_nobody_else_ca
         assert (await ada.get(f"/api/notes/{note['id']}")).json()["text"] == edited["text"]
         # and a turn is not a note
         await ada.ask("What is a prime number?")
+        assert await app.state.writer.flush(5)  # the turn is written off the request's path
         turn_id = (await ada.get("/api/me/interactions")).json()["items"][0]["id"]
         assert error(await ada.get(f"/api/notes/{turn_id}"), 404) == "note_not_found"
         assert error(await ada.delete(turn_id), 404) == "note_not_found"
@@ -219,7 +220,7 @@ async def test_bad_requests_get_clear_codes_and_store_nothing(fake, jwks, start_
 
 async def test_notes_are_searched_by_their_words_filtered_by_course_and_paged(
         fake, jwks, start_server, blank_db_url):  # noqa: F811
-    base, _ = await start(fake, jwks, start_server, blank_db_url)
+    base, app = await start(fake, jwks, start_server, blank_db_url)
     async with httpx.AsyncClient(base_url=base) as client:
         ada, bob = await sign_in(client, jwks, "ada@example.com"), await sign_in(
             client, jwks, "bob@example.com")
@@ -230,6 +231,7 @@ async def test_notes_are_searched_by_their_words_filtered_by_course_and_paged(
         await bob.note(text="My own fraction tricks.", course="algebra")
         # a turn that mentions fractions is not a note, and is not listed
         await ada.ask("How do I add fractions?", course="algebra")
+        assert await app.state.writer.flush(5)  # written, so the search could find it
 
         ids = lambda items: [n["id"] for n in items]  # noqa: E731
         # stemmed ("fraction" finds "fractions"), over title and text, the student's own only

@@ -180,3 +180,23 @@ async def test_without_a_provider_it_says_what_to_configure(start_server):
     async with httpx.AsyncClient(base_url=base) as client:
         r = await client.post("/api/ai/summary", json={"session_id": "sess_x"})
     assert r.status_code == 503 and r.json()["error"]["code"] == "provider_not_configured"
+
+
+async def test_notes_in_a_session_are_not_turns_of_it(fake, jwks, start_server):
+    """A turn saved as a note takes the turn's session; the summary still counts and shows the
+    turns only."""
+    base, app = await signed_in(fake, jwks, start_server)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        ana, ana_id = await student(client, jwks, "ana@example.com")
+        await record(app, ana_id, "sess_ana1", TURNS)
+        app.state.writer.submit({"session_id": "sess_ana1", "user_id": ana_id, "kind": "note",
+                                 "course": "sample", "transcript": "My note on fractions",
+                                 "answer": "Flip and multiply.", "status": "completed",
+                                 "cancelled": False})
+        assert await app.state.writer.flush(5)
+        fake.behaviour.structured_reply = summary_of
+        r = await client.post("/api/ai/summary", json={"session_id": "sess_ana1"}, headers=ana)
+    assert r.status_code == 200, r.text
+    assert r.json()["turns"] == len(TURNS)
+    prompt = json.dumps(structured_requests(fake)[0]["messages"])
+    assert "My note on fractions" not in prompt
