@@ -22,8 +22,6 @@ from typing import Any
 
 import stripe
 from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store import queries
@@ -312,8 +310,7 @@ class StripeBilling:
 
 async def _record_event(s: AsyncSession, event: dict[str, Any]) -> bool:
     """Insert the event id; False when it is already there (a concurrent duplicate delivery)."""
-    insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
-    result = await s.execute(insert(StripeEvent).values(
+    result = await s.execute(queries.dialect_insert(s)(StripeEvent).values(
         id=event["id"], type=str(event.get("type", ""))[:100], created=event.get("created"),
         processed_at=datetime.now(timezone.utc)).on_conflict_do_nothing(index_elements=["id"]))
     return bool(result.rowcount)

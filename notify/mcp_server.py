@@ -68,7 +68,6 @@ log = logging.getLogger("tutor.notify.mcp_server")
 TOOL_NAME = "send_email"
 DEFAULT_JOURNAL = "data/mcp-email.db"
 DEFAULT_HTTP_PORT = 8790
-PERMANENT_SMTP_CODES = frozenset({550, 551, 553})  # as notify.smtp decides for DATA replies
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII but ':'
 
 
@@ -184,11 +183,9 @@ def _error(what: str, permanent: bool, detail: str) -> CallToolResult:
 def _smtp_failure(exc: TransportError) -> CallToolResult:
     cause = exc.__cause__
     if isinstance(cause, aiosmtplib.SMTPRecipientsRefused) and cause.recipients:
-        # The recipient was refused at RCPT: notify.smtp sees only the wrapper, which has no code,
-        # so even "550 no such user" would look temporary there.
+        # Refused at RCPT: notify.smtp decided `permanent` from the codes; say them all.
         refused = cause.recipients
-        permanent = all(r.code in PERMANENT_SMTP_CODES for r in refused)
-        return _error("SMTP", permanent,
+        return _error("SMTP", exc.permanent,
                       "; ".join(f"{r.code} {r.message} ({r.recipient})" for r in refused))
     if isinstance(cause, aiosmtplib.SMTPResponseException):
         return _error("SMTP", exc.permanent, f"{cause.code} {cause.message}")

@@ -20,13 +20,13 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Awaitable, Callable
 
 from sqlalchemy import and_, or_, select, update
 
 from store.db import Database
-from store.models import EmailNotification, User
+from store.models import EmailNotification, User, now
 
 from .message import Email, Transport, TransportError
 from .render import TEMPLATES, Renderer
@@ -35,8 +35,7 @@ from .unsubscribe import unsubscribe_url
 log = logging.getLogger("tutor.notify.worker")
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+utcnow = now  # the outbox's clock (store.models.now: aware UTC)
 
 
 @dataclass

@@ -21,7 +21,6 @@ from store.models import ROLES, Classroom, Interaction
 from store.models import NOTE
 from study.notes import note_json
 
-MAX_PAGE = 200
 
 
 def interaction_json(row: Interaction) -> dict[str, Any]:
@@ -37,7 +36,7 @@ def interaction_json(row: Interaction) -> dict[str, Any]:
 
 
 async def _page(request: Request, user_ids: list[str]) -> JSONResponse:
-    limit, before = page_args(request, max_page=MAX_PAGE)
+    limit, before = page_args(request)
     async with request.app.state.db.session() as s:
         rows = await queries.interactions_page(s, user_ids, limit=limit, before_id=before)
     return JSONResponse({"items": [interaction_json(r) for r in rows],
@@ -110,7 +109,7 @@ async def class_interactions(request: Request) -> Response:
 
 async def list_users(request: Request) -> Response:
     await require_user(request, ("admin",))
-    limit, _ = page_args(request, max_page=MAX_PAGE)
+    limit, _ = page_args(request)
     offset = int(request.query_params.get("offset", 0) or 0)
     async with request.app.state.db.session() as s:
         users = await queries.list_users(s, limit=limit, offset=offset)

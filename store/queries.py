@@ -30,7 +30,7 @@ async def upsert_user(s: AsyncSession, *, provider: str, subject: str, email: st
     if user is None:
         # INSERT … ON CONFLICT DO NOTHING: two first sign-ins at once end with one row, and no
         # savepoint is needed (SQLite's driver would commit one outside the caller's transaction).
-        created = await s.execute(_insert(s)(User).values(
+        created = await s.execute(dialect_insert(s)(User).values(
             id=new_id(), auth_provider=provider, auth_subject=subject, email=email, name=name,
             role=role).on_conflict_do_nothing(index_elements=["auth_provider", "auth_subject"]))
         user = (await s.execute(query)).scalar_one()
@@ -45,7 +45,8 @@ async def upsert_user(s: AsyncSession, *, provider: str, subject: str, email: st
     return user
 
 
-def _insert(s: AsyncSession):  # type: ignore[no-untyped-def]
+def dialect_insert(s: AsyncSession):  # type: ignore[no-untyped-def]
+    """The `INSERT` of the session's dialect (PostgreSQL or SQLite), for ON CONFLICT clauses."""
     return pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
 
 
@@ -54,7 +55,7 @@ async def enqueue_email(s: AsyncSession, *, recipient: str, template: str,
                         key: str | None = None, language: str | None = None) -> bool:
     """Put a message in the outbox, in the caller's transaction. `key` makes it once-only (the
     same key again is ignored: a replayed event does not mail twice); False when it was."""
-    result = await s.execute(_insert(s)(EmailNotification).values(
+    result = await s.execute(dialect_insert(s)(EmailNotification).values(
         user_id=user_id, recipient=recipient, template=template, payload=payload,
         transactional=transactional, status="pending", attempts=0, next_attempt_at=now(),
         idempotency_key=key or new_id(), language=language, created_at=now(),

@@ -89,7 +89,8 @@ def check_fields(body: dict[str, Any], allowed: frozenset[str]) -> NoteFields:
         ref = body["from_turn"]
         if isinstance(ref, str) and ref.strip() and len(ref.strip()) <= MAX_RESPONSE_ID_CHARS:
             ref = ref.strip()
-            fields.from_turn = _id(int(ref), "from_turn") if ref.isdigit() else ref
+            fields.from_turn = _id(int(ref), "from_turn") if ref.isascii() and ref.isdigit() \
+                else ref
         else:
             fields.from_turn = _id(ref, "from_turn")
     if fields.turn_id is not None and fields.from_turn is not None:
@@ -217,9 +218,8 @@ async def notes_page(s: AsyncSession, user_id: str, *, course: str | None = None
 
 
 def apply_update(row: Interaction, fields: NoteFields) -> None:
-    if "text" in fields.given:
-        if fields.text is None:
-            raise NoteError(400, "text_required", "a note needs some 'text'")
+    if "text" in fields.given:  # check_fields made sure it is some text
+        assert fields.text is not None
         row.answer = fields.text
     if "title" in fields.given:
         row.transcript = fields.title or ""
