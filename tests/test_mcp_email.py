@@ -293,4 +293,5 @@ async def test_message_id_survives_keys_with_colons(stdio: McpEmailTransport,
                                                     smtp_sink: SmtpSink) -> None:
     email = make_email("welcome:42")
     message_id = await stdio.send(email)
+    assert message_id == email.message_id == "<welcome=3A42@example.org>"  # ":" escaped
     assert smtp_sink.messages[0].message["Message-ID"] == message_id

@@ -11,6 +11,7 @@ import pytest
 import websockets
 
 from server.resume import MemoryResume, RedisResume
+from server.voice import take_resume
 from tests.conftest import make_settings
 from tests.realtime_client import Conversation
 from tests.services import redis_client  # noqa: F401  (a fixture)
@@ -73,6 +74,10 @@ async def test_tokens_expire_and_belong_to_their_user():
     await store.save("t2", {"user_id": "u1", "history": []}, 10)
     assert (await store.take("t2"))["user_id"] == "u1"
     assert await store.take("t2") is None
+    # the socket's check: another user's token is refused (and used up)
+    await store.save("t3", {"user_id": "u1", "history": []}, 10)
+    assert await take_resume(store, "t3", "u2") is False
+    assert await take_resume(store, "t3", "u1") is False
 
 
 async def test_through_redis_another_process_resumes(fake, start_server, redis_client):  # noqa: F811

@@ -298,7 +298,6 @@ def test_a_failed_speculative_transcription_means_the_turn_is_transcribed_afresh
     d2.feed(pcm[:cut])
     [guess] = d2.deferred
     d2.deferred.clear()
-    assert s.speculative_transcription_failed(guess.speculative, "x", "y") == []
     d2.run(d2.session.speculative_transcription_failed(guess.speculative, "x", "y"))
     d2.feed(pcm[cut:], t0=10.0)
     assert [t for t in d2.of(Transcribe) if not t.speculative]
