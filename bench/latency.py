@@ -8,7 +8,8 @@ which talks to the loopback fake provider with set latencies. For every turn:
                       − silence threshold − fake STT latency − fake time to first token
 
 It also reports server CPU time and memory per session, and the cost of VAD per audio chunk.
-Writes bench/results/latency.json and bench/results/latency.png.
+Writes bench/results/latency.json and .png (with `--speculative off`:
+latency-speculation-off.json and .png).
 
     python -m bench.latency [--sessions 1 10 50 100] [--turns 3]
 """
@@ -52,6 +53,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_stack(env_extra: dict[str, str], fake_args: list[str]
+                ) -> tuple[subprocess.Popen, subprocess.Popen, int]:
+    """The fake provider and one `tutor serve` (no OPENAI_/LLM_/TUTOR_ settings of the caller's
+    environment leak in); returns both processes and the server's port."""
+    fake_port, port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "TUTOR_"))}
+    env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fake_port}/v1",
+               **env_extra)
+    fake = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--port", str(fake_port),
+                             *fake_args], cwd=ROOT, env=env)
+    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port),
+                               "--log-level", "warning"], cwd=ROOT, env=env)
+    return fake, server, port
+
+
+async def wait_healthy(port: int, server: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """Until the server says it has a chat provider; raises if it exits or takes too long."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"tutor serve exited with status {server.returncode}")
+            try:
+                if (await client.get(f"http://127.0.0.1:{port}/healthz")).json()["chat"]:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"tutor serve on port {port} was not ready after {timeout_s:.0f} s")
 
 
 def load(name: str) -> bytes:
@@ -236,29 +268,17 @@ async def main() -> None:
                         help="TUTOR_DATABASE_URL for the server (default: SQLite in a temp dir)")
     args = parser.parse_args()
 
-    fake_port, port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "TUTOR_"))}
-    data_dir = tempfile.mkdtemp(prefix="tutor-bench-")  # the server records every turn here
-    env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fake_port}/v1",
-               TUTOR_VAD_SILENCE_MS=str(SILENCE_MS),
+    env = dict(TUTOR_VAD_SILENCE_MS=str(SILENCE_MS),
                TUTOR_GUEST_TIER="unlimited",  # metered, but 100 sessions of one guest allowed
                TUTOR_SPECULATIVE="true" if args.speculative == "on" else "false",
-               TUTOR_DATA_DIR=data_dir)
+               # the server records every turn here
+               TUTOR_DATA_DIR=tempfile.mkdtemp(prefix="tutor-bench-"))
     if args.database_url:
         env["TUTOR_DATABASE_URL"] = args.database_url
-    fake = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--port", str(fake_port),
-                             "--stt-latency", str(args.stt_latency), "--ttft", str(args.ttft)],
-                            cwd=ROOT, env=env)
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port),
-                               "--log-level", "warning"], cwd=ROOT, env=env)
+    fake, server, port = start_stack(env, ["--stt-latency", str(args.stt_latency),
+                                           "--ttft", str(args.ttft)])
     try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(200):
-                try:
-                    if (await client.get(f"http://127.0.0.1:{port}/healthz")).json()["chat"]:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+        await wait_healthy(port, server)
         proc = psutil.Process(server.pid)
         latency = (args.stt_latency * 1000, args.ttft * 1000)
         # warm-up (not reported): the first request opens the server's provider connections
@@ -299,9 +319,11 @@ async def main() -> None:
         "vad_us_per_chunk_24khz": round(vad24_us, 1),
         "levels": results,
     }
-    (args.out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, args.out / "latency.png")
-    print(f"wrote {args.out / 'latency.json'} and {args.out / 'latency.png'}")
+    # speculation on (the server's default): latency.*; off: latency-speculation-off.*
+    name = "latency" if args.speculative == "on" else "latency-speculation-off"
+    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, args.out / f"{name}.png")
+    print(f"wrote {args.out / (name + '.json')} and {args.out / (name + '.png')}")
 
 
 if __name__ == "__main__":

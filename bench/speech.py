@@ -22,16 +22,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import websockets
 
-from .latency import RESULTS, ROOT, free_port
+from .latency import RESULTS, start_stack, wait_healthy
 
 QUESTIONS = ["What is a fraction?", "How do plants make food?", "What is a derivative?",
              "When did the war end?", "How do I say thank you in French?"]
@@ -95,25 +92,13 @@ async def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    fake_port, port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "TUTOR_"))}
-    env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fake_port}/v1",
-               TUTOR_GUEST_TIER="unlimited", TUTOR_DATA_DIR=tempfile.mkdtemp(prefix="tutor-b-"),
-               TUTOR_LOAD_SAMPLE_COURSE="false")
-    fake = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--port", str(fake_port),
-                             "--ttft", "0.05", "--token-delay", "0",
-                             "--tts-latency", str(args.tts_latency), "--tts-ms-per-char", "5"],
-                            cwd=ROOT, env=env)
-    server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port),
-                               "--log-level", "warning"], cwd=ROOT, env=env)
+    fake, server, port = start_stack(
+        dict(TUTOR_GUEST_TIER="unlimited", TUTOR_DATA_DIR=tempfile.mkdtemp(prefix="tutor-b-"),
+             TUTOR_LOAD_SAMPLE_COURSE="false"),
+        ["--ttft", "0.05", "--token-delay", "0", "--tts-latency", str(args.tts_latency),
+         "--tts-ms-per-char", "5"])
     try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(200):
-                try:
-                    if (await client.get(f"http://127.0.0.1:{port}/healthz")).json()["chat"]:
-                        break
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)
+        await wait_healthy(port, server)
         url = f"ws://127.0.0.1:{port}/api/voice?audio=binary"
         tts_ms = args.tts_latency * 1000
         await run_level(url, 2, 1, tts_ms)  # warm-up: opens the provider connections

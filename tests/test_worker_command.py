@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from server.cli import worker_command
 from store import queries
@@ -93,10 +93,18 @@ async def test_refuses_to_start_without_the_link_secret(tmp_path: Path, capsys) 
 async def test_without_migrating_when_told_not_to(tmp_path: Path) -> None:
     """TUTOR_AUTO_MIGRATE=false (as in deploy/compose.yaml): the migrate job owns the schema."""
     settings = settings_for(tmp_path, auto_migrate=False)
-    await asyncio.to_thread(migrate, settings.database_url)
+    # a schema one migration behind (the outbox is there since 0005): left as it is
+    await asyncio.to_thread(migrate, settings.database_url, "0005")
     await queue_welcome(settings.database_url, "w")
-    assert await worker_command(settings, once=True, summaries=True) == 0
+    assert await worker_command(settings, once=True, summaries=False) == 0
     assert (await statuses(settings.database_url))["w"] == "sent"
+    db = Database(settings.database_url)
+    try:
+        async with db.session() as s:
+            version = (await s.execute(text("SELECT version_num FROM alembic_version"))).scalar()
+    finally:
+        await db.close()
+    assert version == "0005"
 
 
 def test_the_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -124,3 +132,34 @@ def test_the_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_queues_last_weeks_summaries_unless_told_not_to(tmp_path: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from notify.summary import last_full_week
+    from store.models import Interaction
+
+    settings = settings_for(tmp_path)
+    await asyncio.to_thread(migrate, settings.database_url)
+    start, _ = last_full_week(datetime.now(timezone.utc))
+    db = Database(settings.database_url)
+    try:
+        async with db.session() as s, s.begin():
+            ada = await queries.upsert_user(s, provider="supabase", subject="ada",
+                                            email="ada@example.com", name="Ada")
+            s.add(Interaction(session_id="sess", user_id=ada.id, kind="voice",
+                              transcript="What is a fraction?", answer="...",
+                              created_at=start + timedelta(days=2)))
+
+        async def summaries() -> int:
+            async with db.session() as s:
+                return len((await s.execute(select(EmailNotification).where(
+                    EmailNotification.template == "weekly_summary"))).scalars().all())
+
+        assert await worker_command(settings, once=True, summaries=False) == 0
+        assert await summaries() == 0
+        assert await worker_command(settings, once=True, summaries=True) == 0
+        assert await summaries() == 1
+    finally:
+        await db.close()
