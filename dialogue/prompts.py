@@ -24,15 +24,23 @@ help from general knowledge."""
 MEMORY = """
 What this student asked you before (most relevant first), in case they refer back to it:"""
 
+# The student's own notes (study.notes) found by memory search, after their earlier turns. A note
+# can be 20 000 characters: only its beginning goes into the prompt.
+NOTES = """
+Notes this student wrote for themselves (most relevant first), in case they ask about them:"""
+NOTE_PROMPT_CHARS = 1500
+
 
 def chat_messages(instructions: str, history: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{"role": "system", "content": instructions}, *history]
 
 
 def grounded(messages: list[dict[str, str]], passages: list[tuple[str, str, str]],
-             memories: list[tuple[str, str]] = ()) -> list[dict[str, str]]:
-    """`messages` with the system prompt extended by course passages (id, heading, text) and the
-    student's earlier turns (question, answer). Only the system message changes."""
+             memories: list[tuple[str, str]] = (),
+             notes: list[tuple[str, str]] = ()) -> list[dict[str, str]]:
+    """`messages` with the system prompt extended by course passages (id, heading, text), the
+    student's earlier turns (question, answer) and notes (title, text). Only the system message
+    changes."""
     system = messages[0]["content"]
     if passages:
         system += GROUNDING + "".join(f"\n\n[{pid}] {heading}\n{text}" if heading else
@@ -41,4 +49,13 @@ def grounded(messages: list[dict[str, str]], passages: list[tuple[str, str, str]
         system += NO_MATERIAL
     if memories:
         system += MEMORY + "".join(f"\n- Student: {q}\n  Tutor: {a}" for q, a in memories)
+    if notes:
+        system += NOTES + "".join(_note_line(title, text) for title, text in notes)
     return [{"role": "system", "content": system}, *messages[1:]]
+
+
+def _note_line(title: str, text: str) -> str:
+    if len(text) > NOTE_PROMPT_CHARS:
+        text = text[: NOTE_PROMPT_CHARS - 1] + "…"
+    text = text.strip().replace("\n", "\n  ")
+    return f"\n- {title}: {text}" if title else f"\n- {text}"

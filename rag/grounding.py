@@ -16,11 +16,6 @@ from dialogue.prompts import grounded
 from store.models import NOTE
 
 SNIPPET_CHARS = 160
-# The student's own notes (study.notes) found by memory search, after their earlier turns. A note
-# can be 20 000 characters: only its beginning goes into the prompt.
-NOTES = """
-Notes this student wrote for themselves (most relevant first), in case they ask about them:"""
-NOTE_PROMPT_CHARS = 1500
 log = logging.getLogger("tutor.rag")
 
 
@@ -36,15 +31,10 @@ class Grounding:
                  "snippet": _snippet(h.text)} for h in self.passages]
 
     def apply(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        notes = [m for m in self.memories if m.kind == NOTE]
-        turns = [m for m in self.memories if m.kind != NOTE]
-        out = grounded(messages,
-                       [(f"c{h.chunk_id}", h.heading_path, h.text) for h in self.passages],
-                       [(m.transcript, m.answer) for m in turns])
-        if notes:
-            out[0] = {"role": "system", "content": out[0]["content"] + NOTES + "".join(
-                _note_line(n.transcript, n.answer) for n in notes)}
-        return out
+        return grounded(messages,
+                        [(f"c{h.chunk_id}", h.heading_path, h.text) for h in self.passages],
+                        [(m.transcript, m.answer) for m in self.memories if m.kind != NOTE],
+                        [(m.transcript, m.answer) for m in self.memories if m.kind == NOTE])
 
 
 async def ground(retriever: Any, question: str, *, course: str | None, user_id: str | None,
@@ -65,12 +55,6 @@ async def ground(retriever: Any, question: str, *, course: str | None, user_id: 
                 else [])
     return Grounding(list(passages), list(memories), (time.perf_counter() - started) * 1000)
 
-
-def _note_line(title: str, text: str) -> str:
-    if len(text) > NOTE_PROMPT_CHARS:
-        text = text[: NOTE_PROMPT_CHARS - 1] + "…"
-    text = text.strip().replace("\n", "\n  ")
-    return f"\n- {title}: {text}" if title else f"\n- {text}"
 
 
 def _snippet(text: str) -> str:

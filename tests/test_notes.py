@@ -17,7 +17,7 @@ import websockets
 from sqlalchemy import select
 
 from notify.summary import queue_weekly_summaries
-from rag.grounding import NOTES
+from dialogue.prompts import NOTES
 from store import queries
 from store.models import EmailNotification, Interaction, now
 from study.notes import MAX_TEXT_CHARS, MAX_TITLE_CHARS
