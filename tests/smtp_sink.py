@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +27,8 @@ from typing import Any, Literal
 import pytest
 from aiosmtpd.controller import Controller
 
+from tests.processes import free_port
+
 Stage = Literal["rcpt", "data"]
 
 
@@ -37,12 +38,6 @@ class Received:
     rcpt_tos: list[str]
     message: EmailMessage
     raw: bytes
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _Handler:

@@ -18,7 +18,6 @@ import asyncio
 import json
 import re
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import yaml
 from server.cli import main as tutor_main
 from server.config import Settings
 from tests.conftest import ROOT, make_settings
+from tests.processes import free_port
 
 DEPLOY = ROOT / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
@@ -241,12 +241,6 @@ def test_haproxy_accepts_the_config() -> None:
     r = subprocess.run([haproxy, "-c", "-f", str(HAPROXY)], capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_through_haproxy_voice_sockets_and_a_draining_server(fake, start_server,

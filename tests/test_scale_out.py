@@ -40,7 +40,7 @@ from tests.fake_openai import FakeOpenAI
 from tests.realtime_client import Conversation, session_update
 from tests.services import redis_client, redis_url  # noqa: F401  (a fixture)
 from tests.storage_fixtures import blank_database
-from tests.test_billing_multiprocess import ServerProcess, refused, wait_for
+from tests.processes import ServerProcess, refused, wait_for
 
 TIERS = {
     "tiers": {
