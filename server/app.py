@@ -64,6 +64,7 @@ from .metrics import Metrics, metrics_endpoint, readyz
 from .config import Settings
 from .protocol import SessionConfig, TurnDetection
 from .resume import MemoryResume, RedisResume
+from .errors import ApiError, api_error
 from .static import web_routes
 from . import rights
 from .voice import realtime_endpoint
@@ -407,6 +408,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
                                session_cookie="tutor_session", max_age=settings.session_max_age_s,
                                same_site="lax", https_only=settings.cookie_secure),
                     Middleware(RequestLimitMiddleware)],
-        exception_handlers={HTTPException: http_error, QuotaError: quota_error},
+        exception_handlers={HTTPException: http_error, QuotaError: quota_error,
+                            ApiError: api_error},
         lifespan=lifespan,
     )

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from accounts.routes import require_user
 from dialogue.providers import ProviderError
 from rag.grounding import Grounding
+from server.errors import ApiError
 from store.models import TURN_KINDS, Interaction
 
 from . import quiz as quizzes
@@ -53,14 +54,8 @@ Your answer could not be used:
 Answer again with JSON that follows the schema and fixes these problems."""
 
 
-class Refused(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+class Refused(ApiError):
+    """A refusal of a quiz or summary request (answered by the app's ApiError handler)."""
 
 
 async def parse(request: Request, model: type[M]) -> M:
@@ -112,8 +107,19 @@ async def generate(chat: Any, messages: list[dict[str, str]], *, name: str,
     raise AssertionError("unreachable")
 
 
-def provider_failure(exc: ProviderError) -> JSONResponse:
-    return error(PROVIDER_STATUS.get(exc.code, 502), exc.code, exc.message)
+async def answer(request: Request, user: Any, chat: Any, messages: list[dict[str, str]],
+                 **generation: Any) -> tuple[Any, str | None]:
+    """Charge one of the plan's typed questions, then `generate` with the plan's model: its
+    result and the model. A provider's failure is counted and refused with its status."""
+    state = request.app.state
+    tier = await state.billing.tier_of(user)
+    await state.billing.take_chat(user, tier)  # 402 when today's typed questions are used up
+    model = state.billing.chat_model(tier)
+    try:
+        return await generate(chat, messages, model=model, **generation), model
+    except ProviderError as exc:
+        state.metrics.provider_failed("llm", exc.code)
+        raise Refused(PROVIDER_STATUS.get(exc.code, 502), exc.code, exc.message) from exc
 
 
 async def passages_for(retriever: Any, questions: Sequence[str], *, course: str | None,
@@ -178,50 +184,40 @@ async def quiz_endpoint(request: Request) -> Response:
     state = request.app.state
     settings = state.settings
     user = await require_user(request)
-    try:
-        body = await parse(request, QuizRequest)
-        chat = chat_model_of(request)
-        course = body.course or settings.default_course
-        limit = min(MAX_PASSAGES, max(settings.rag_top_k, body.questions))
-        turns: list[Interaction] = []
-        if body.source == "recent":
-            turns = await recent_turns(state.db, user.id, body.course)
-            if not turns:
-                raise Refused(422, "no_history", "you have no recent sessions to make a quiz from"
-                              + (f" in the course {body.course!r}" if body.course else ""))
-            passages = await passages_for(state.retriever, [t.transcript for t in turns[::-1]],
-                                          course=course, limit=limit)
-        else:
-            assert body.topic is not None
-            try:
-                passages = await state.retriever.search(body.topic, course=course, k=limit)
-            except Exception as exc:
-                log.warning("retrieval failed for a quiz: %r", exc)
-                raise Refused(503, "retrieval_unavailable",
-                              "the course material could not be searched; try again") from exc
-            # Vector search always has nearest neighbours: the topic must also match the
-            # material's words, or a topic the course never mentions would get a quiz anyway.
-            if not any(h.fts_rank is not None for h in passages):
-                raise Refused(422, "no_material", f"the course material has nothing on "
-                              f"{body.topic!r}" + (f" (course {course!r})" if course else ""))
-    except Refused as exc:
-        return error(exc.status, exc.code, exc.message)
+    body = await parse(request, QuizRequest)
+    chat = chat_model_of(request)
+    course = body.course or settings.default_course
+    limit = min(MAX_PASSAGES, max(settings.rag_top_k, body.questions))
+    turns: list[Interaction] = []
+    if body.source == "recent":
+        turns = await recent_turns(state.db, user.id, body.course)
+        if not turns:
+            raise Refused(422, "no_history", "you have no recent sessions to make a quiz from"
+                          + (f" in the course {body.course!r}" if body.course else ""))
+        passages = await passages_for(state.retriever, [t.transcript for t in turns[::-1]],
+                                      course=course, limit=limit)
+    else:
+        assert body.topic is not None
+        try:
+            passages = await state.retriever.search(body.topic, course=course, k=limit)
+        except Exception as exc:
+            log.warning("retrieval failed for a quiz: %r", exc)
+            raise Refused(503, "retrieval_unavailable",
+                          "the course material could not be searched; try again") from exc
+        # Vector search always has nearest neighbours: the topic must also match the
+        # material's words, or a topic the course never mentions would get a quiz anyway.
+        if not any(h.fts_rank is not None for h in passages):
+            raise Refused(422, "no_material", f"the course material has nothing on "
+                          f"{body.topic!r}" + (f" (course {course!r})" if course else ""))
 
-    tier = await state.billing.tier_of(user)
-    await state.billing.take_chat(user, tier)  # 402 when today's typed questions are used up
-    model = state.billing.chat_model(tier)
     ids = quizzes.passage_ids(passages)
-    try:
-        questions = await generate(
-            chat, quizzes.quiz_messages(body, passages, turns), name=quizzes.SCHEMA_NAME,
-            schema=quizzes.quiz_schema(body.questions, body.kinds, ids), model=model,
-            max_tokens=quizzes.max_tokens(body.questions),
-            timeout=settings.provider_timeout_s * (1 + body.questions / 5),
-            validate=lambda data: quizzes.validate_quiz(data, questions=body.questions,
-                                                        kinds=body.kinds, ids=ids))
-    except ProviderError as exc:
-        request.app.state.metrics.provider_failed("llm", exc.code)
-        return provider_failure(exc)
+    questions, model = await answer(
+        request, user, chat, quizzes.quiz_messages(body, passages, turns),
+        name=quizzes.SCHEMA_NAME, schema=quizzes.quiz_schema(body.questions, body.kinds, ids),
+        max_tokens=quizzes.max_tokens(body.questions),
+        timeout=settings.provider_timeout_s * (1 + body.questions / 5),
+        validate=lambda data: quizzes.validate_quiz(data, questions=body.questions,
+                                                    kinds=body.kinds, ids=ids))
     return JSONResponse({
         "quiz": {"source": body.source, "course": course, "topic": body.topic,
                  "questions": [q.public() for q in questions]},
@@ -234,31 +230,21 @@ async def summary_endpoint(request: Request) -> Response:
     state = request.app.state
     settings = state.settings
     user = await require_user(request)
-    try:
-        body = await parse(request, SummaryRequest)
-        chat = chat_model_of(request)
-        turns, omitted = await session_turns(state.db, user.id, body.session_id)
-        if not turns:
-            raise Refused(404, "not_found", f"you have no session {body.session_id!r}")
-    except Refused as exc:
-        return error(exc.status, exc.code, exc.message)
+    body = await parse(request, SummaryRequest)
+    chat = chat_model_of(request)
+    turns, omitted = await session_turns(state.db, user.id, body.session_id)
+    if not turns:
+        raise Refused(404, "not_found", f"you have no session {body.session_id!r}")
     course = next((t.course for t in reversed(turns) if t.course), settings.default_course)
     passages = await passages_for(state.retriever, [t.transcript for t in reversed(turns)],
                                   course=course, limit=max(settings.rag_top_k, 6))
 
-    tier = await state.billing.tier_of(user)
-    await state.billing.take_chat(user, tier)
-    model = state.billing.chat_model(tier)
     ids = quizzes.passage_ids(passages)
-    try:
-        result = await generate(
-            chat, summaries.summary_messages(turns, passages, omitted),
-            name=summaries.SCHEMA_NAME, schema=summaries.summary_schema(ids), model=model,
-            max_tokens=summaries.MAX_TOKENS, timeout=settings.provider_timeout_s * 2,
-            validate=lambda data: summaries.validate_summary(data, ids=ids))
-    except ProviderError as exc:
-        request.app.state.metrics.provider_failed("llm", exc.code)
-        return provider_failure(exc)
+    result, model = await answer(
+        request, user, chat, summaries.summary_messages(turns, passages, omitted),
+        name=summaries.SCHEMA_NAME, schema=summaries.summary_schema(ids),
+        max_tokens=summaries.MAX_TOKENS, timeout=settings.provider_timeout_s * 2,
+        validate=lambda data: summaries.validate_summary(data, ids=ids))
     return JSONResponse({
         "session_id": body.session_id, "course": course, "turns": len(turns),
         "truncated": omitted,

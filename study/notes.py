@@ -20,6 +20,7 @@ from sqlalchemy import Integer, column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag.fts import fts5_query, terms, websearch_query
+from server.errors import ApiError
 from store.models import NOTE, TURN_KINDS, Interaction, now
 
 MAX_TEXT_CHARS = 20_000
@@ -30,12 +31,8 @@ MAX_RESPONSE_ID_CHARS = 64  # interactions.response_id is String(64)
 MAX_ID = 2**63 - 1  # interactions.id is a BIGINT
 
 
-class NoteError(Exception):
-    """A refusal with its HTTP status and a stable `error.code`."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
+class NoteError(ApiError):
+    """A refusal of a notes route (answered by the app's ApiError handler)."""
 
 
 def note_json(row: Interaction) -> dict[str, Any]:

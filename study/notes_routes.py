@@ -2,14 +2,14 @@
 
 Every route starts with `require_user`: a note is only ever read, changed or deleted by the
 student who wrote it, and anyone else gets the same 404 as for a note that does not exist.
-Refusals are `{"error": {"code", "message"}}` with a code per reason (study.notes.NoteError).
+Refusals are `{"error": {"code", "message"}}` with a code per reason (study.notes.NoteError,
+answered by the app's `server.errors.ApiError` handler).
 """
 
 from __future__ import annotations
 
-import functools
 import json
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,20 +23,6 @@ from .notes import NoteError, note_json
 # 20 000 characters of text, each up to 6 bytes as a JSON escape (\uXXXX), plus the rest
 MAX_BODY_BYTES = 160 * 1024
 TURN_WAIT_S = 2.0  # a turn that just ended may still be on its way to the database
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def refusals(handler: Handler) -> Handler:
-    @functools.wraps(handler)
-    async def wrapped(request: Request) -> Response:
-        try:
-            return await handler(request)
-        except NoteError as exc:
-            return JSONResponse({"error": {"code": exc.code, "message": exc.message}},
-                                status_code=exc.status)
-    return wrapped
-
 
 async def _body(request: Request) -> dict[str, Any]:
     """The JSON object body, read up to MAX_BODY_BYTES (a larger one is refused unread)."""
@@ -63,7 +49,6 @@ def _not_found() -> NoteError:
     return NoteError(404, "note_not_found", "no such note of yours")
 
 
-@refusals
 async def create_note(request: Request) -> Response:
     user = await require_user(request)
     fields = notes.check_fields(await _body(request), notes.CREATE_FIELDS)
@@ -100,7 +85,6 @@ async def create_note(request: Request) -> Response:
                         headers={"Location": f"/api/notes/{row.id}"})
 
 
-@refusals
 async def list_notes(request: Request) -> Response:
     user = await require_user(request)
     limit, before = page_args(request)
@@ -113,7 +97,6 @@ async def list_notes(request: Request) -> Response:
                          "next_before": rows[-1].id if len(rows) == limit else None})
 
 
-@refusals
 async def get_note(request: Request) -> Response:
     user = await require_user(request)
     async with request.app.state.db.session() as s:
@@ -123,7 +106,6 @@ async def get_note(request: Request) -> Response:
     return JSONResponse(note_json(row))
 
 
-@refusals
 async def update_note(request: Request) -> Response:
     user = await require_user(request)
     fields = notes.check_fields(await _body(request), notes.UPDATE_FIELDS)
@@ -137,7 +119,6 @@ async def update_note(request: Request) -> Response:
     return JSONResponse(note_json(row))
 
 
-@refusals
 async def delete_note(request: Request) -> Response:
     user = await require_user(request)
     async with request.app.state.db.session() as s, s.begin():
