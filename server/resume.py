@@ -10,14 +10,15 @@ SHA-256 of the token is stored.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from typing import Any, Protocol
 
+from accounts.tickets import ticket_hash
+
 
 def _key(token: str) -> str:
-    return "tutor:resume:" + hashlib.sha256(token.encode()).hexdigest()
+    return "tutor:resume:" + ticket_hash(token)  # stored as a ticket is: hashed
 
 
 class ResumeStore(Protocol):
