@@ -8,8 +8,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Integer, column, text
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from store.models import Interaction
 
 # Words only: quotes, operators, `^`, `*`, `:` and the like never reach either query parser.
 _WORD = re.compile(r"\w+")
@@ -103,6 +105,17 @@ async def memory_search(session: AsyncSession, query: str, *, user_id: str,
     sql += " ORDER BY score DESC, i.id DESC LIMIT :limit"  # ties: the more recent turn
     rows = (await session.execute(text(sql), params)).all()
     return rows if with_rows else [(int(i), float(s)) for i, s, *_ in rows]
+
+
+def interactions_matching(session: AsyncSession, query: str) -> Any:
+    """A WHERE clause on `Interaction`: the rows whose words match `query` (any of its words,
+    stemmed), by the index memory_search uses. `query` must have `terms`."""
+    if _dialect(session) == "postgresql":
+        return text("interactions.search @@ websearch_to_tsquery('english', :q)").bindparams(
+            q=websearch_query(query))
+    matching = (text("SELECT rowid FROM fts_interactions WHERE fts_interactions MATCH :q")
+                .bindparams(q=fts5_query(query)).columns(column("rowid", Integer)))
+    return Interaction.id.in_(matching)
 
 
 _CONTENT = ", c.course, c.source, c.heading_path, c.text"

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Integer, column, select, text
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from rag.fts import fts5_query, terms, websearch_query
+from rag.fts import interactions_matching, terms
 from server.errors import ApiError
 from store.models import NOTE, TURN_KINDS, Interaction, now
 
@@ -203,13 +203,7 @@ async def notes_page(s: AsyncSession, user_id: str, *, course: str | None = None
     if query is not None:
         if not terms(query):
             return []  # only stop words or punctuation: nothing to look for
-        if s.get_bind().dialect.name == "postgresql":
-            sql = sql.where(text("interactions.search @@ websearch_to_tsquery('english', :q)")
-                            .bindparams(q=websearch_query(query)))
-        else:
-            matching = (text("SELECT rowid FROM fts_interactions WHERE fts_interactions MATCH :q")
-                        .bindparams(q=fts5_query(query)).columns(column("rowid", Integer)))
-            sql = sql.where(Interaction.id.in_(matching))
+        sql = sql.where(interactions_matching(s, query))
     sql = sql.order_by(Interaction.id.desc()).limit(limit)
     return list((await s.execute(sql)).scalars())
 
