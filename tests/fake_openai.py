@@ -97,7 +97,8 @@ class Behaviour:
     tts_latency: float = 0.0  # time to the first audio bytes
     tts_ms_per_char: float = 60.0  # audio length of the synthesised text (~15 characters/s)
     tts_failures: list[str] = field(default_factory=list)  # "500" | "cut", per request
-    tts_audio: bytes | None = None  # 24 kHz PCM16 to speak with (looped); None: a soft tone
+    # 24 kHz PCM16 to speak with (looped), or a function of the text giving it; None: a soft tone
+    tts_audio: bytes | Callable[[str], bytes] | None = None
     hang_seconds: float = 3600.0
     # structured output (response_format json_schema): outputs consumed one per such request,
     # each a dict/list (sent as JSON), a str (sent verbatim: invalid JSON, wrong shapes), a
@@ -214,7 +215,8 @@ class FakeOpenAI(LoopbackServer):
             return JSONResponse({"error": {"message": "fake upstream failure",
                                            "type": "server_error"}}, status_code=500)
         n = int(len(body.get("input", "")) * b.tts_ms_per_char * 24)  # samples
-        source = b.tts_audio or _tone(24000)
+        source = (b.tts_audio(body.get("input", "")) if callable(b.tts_audio)
+                  else b.tts_audio) or _tone(24000)
         reps = n * 2 // len(source) + 1
         pcm = (source * reps)[: n * 2]
 

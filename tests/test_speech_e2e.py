@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 
+import numpy as np
 import pytest
 import websockets
 
@@ -16,8 +18,10 @@ from tests.realtime_client import Conversation, session_update
 
 AUDIO = {"type": "session.update", "session": {"type": "realtime", "output_modalities": ["audio"],
                                                "audio": {"output": {"voice": "coral"}}}}
-REPLY = ("Fractions are parts of a whole. To add two fractions, first find a common "
-         "denominator. Then add the numerators, and keep the denominator. Simplify at the end!")
+SENTENCES = ["Fractions are parts of a whole.",
+             "To add two fractions, first find a common denominator.",
+             "Then add the numerators, and keep the denominator.", "Simplify at the end!"]
+REPLY = " ".join(SENTENCES)
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +43,7 @@ async def spoken_session(address: str, conv_params: str = "") -> tuple:
 
 async def test_a_spoken_answer_streams_its_audio_in_order(fake, start_server):
     fake.behaviour.reply = REPLY
+    fake.behaviour.tts_audio = lambda text: struct.pack("<h", len(text))
     address = await start_server(make_settings(fake))
     ws, conv = await spoken_session(address)
     async with ws:
@@ -64,6 +69,10 @@ async def test_a_spoken_answer_streams_its_audio_in_order(fake, start_server):
     assert {s["response_format"] for s in fake.speeches} == {"pcm"}
     audio = b"".join(base64.b64decode(e["delta"]) for e in conv.of("response.output_audio.delta"))
     assert len(audio) == sum(int(len(s["input"]) * 4 * 24) * 2 for s in fake.speeches)
+    # each sentence's audio is one constant sample (its length): they came in reply order
+    values = np.frombuffer(audio, "<i2")
+    runs = [int(v) for k, v in enumerate(values) if k == 0 or v != values[k - 1]]
+    assert runs == [len(s) for s in SENTENCES]
     # the closing events come after the last audio, in the protocol's order
     tail = [t for t in types if t not in ("response.output_audio.delta",
                                           "response.output_audio_transcript.delta")]
