@@ -3,6 +3,8 @@ including the course passages and the student's own earlier turns retrieved for 
 
 from __future__ import annotations
 
+from typing import Any
+
 TUTOR_INSTRUCTIONS = """\
 You are a patient, encouraging tutor talking with a student by voice.
 Guide the student to the answer instead of just giving it: ask one short question at a time,
@@ -31,13 +33,41 @@ Notes this student wrote for themselves (most relevant first), in case they ask 
 NOTE_PROMPT_CHARS = 1500
 
 
-def chat_messages(instructions: str, history: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{"role": "system", "content": instructions}, *history]
+def chat_messages(instructions: str, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chat request's messages: the instructions, then the conversation's entries as the
+    chat-completions API takes them. Entries may carry private keys (`_id`, `_audio`: the
+    Realtime item they stand for), which are left out. Consecutive function calls (and the
+    assistant text before them) become one assistant message with `tool_calls`; a call whose
+    output is not (or no longer) in the conversation is left out with its output, as the API
+    refuses either alone."""
+    answered = {e.get("tool_call_id") for e in history if e.get("role") == "tool"}
+    messages: list[dict[str, Any]] = [{"role": "system", "content": instructions}]
+    offered: set[str] = set()
+    for entry in history:
+        role = entry.get("role")
+        if "tool_calls" in entry:
+            calls = [c for c in entry["tool_calls"] if c["id"] in answered]
+            if not calls:
+                continue
+            offered.update(c["id"] for c in calls)
+            last = messages[-1]
+            if last["role"] == "assistant":  # the text (or calls) just before: one message
+                messages[-1] = {"role": "assistant", "content": last.get("content"),
+                                "tool_calls": [*last.get("tool_calls", []), *calls]}
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": calls})
+        elif role == "tool":
+            if entry.get("tool_call_id") in offered:
+                messages.append({"role": "tool", "tool_call_id": entry["tool_call_id"],
+                                 "content": entry.get("content") or ""})
+        else:
+            messages.append({"role": role, "content": entry.get("content")})
+    return messages
 
 
-def grounded(messages: list[dict[str, str]], passages: list[tuple[str, str, str]],
+def grounded(messages: list[dict[str, Any]], passages: list[tuple[str, str, str]],
              memories: list[tuple[str, str]] = (),
-             notes: list[tuple[str, str]] = ()) -> list[dict[str, str]]:
+             notes: list[tuple[str, str]] = ()) -> list[dict[str, Any]]:
     """`messages` with the system prompt extended by course passages (id, heading, text), the
     student's earlier turns (question, answer) and notes (title, text). Only the system message
     changes."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable
+from typing import Any, Callable
 
 from .prompts import chat_messages
 
@@ -23,10 +23,26 @@ class TurnState(str, Enum):
 
 
 @dataclass(frozen=True)
+class ResponseOptions:
+    """What one requested answer asks for beyond the session's defaults (a `response.create`).
+    `spec` is the protocol's own description of the answer (modalities, tools...), carried
+    through untouched."""
+
+    instructions: str | None = None  # None: the session's
+    input: list[dict[str, Any]] | None = None  # entries replacing the conversation as context
+    in_conversation: bool = True  # False: out of band, the answer is not added to it
+    spec: Any = None
+
+
+AUTO = ResponseOptions()  # an answer started by turn detection
+
+
+@dataclass(frozen=True)
 class StartResponse:
     response_id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     question: str = ""  # what the student said or typed since the previous answer
+    options: ResponseOptions = AUTO
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,16 @@ class ResponseAlreadyActive(Exception):
 @dataclass
 class _Response:
     id: str
+    options: ResponseOptions = AUTO
     parts: list[str] = field(default_factory=list)
+    # set by the protocol: the assistant item's id and flags, and its function calls (entries)
+    entry: dict[str, Any] = field(default_factory=dict)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+
+    def entries(self, text: str) -> list[dict[str, Any]]:
+        """What the answer adds to the conversation: its text (if any), then its calls."""
+        said = [{"role": "assistant", "content": text, **self.entry}] if text else []
+        return said + self.calls
 
     @property
     def text(self) -> str:
@@ -64,11 +89,12 @@ class TurnTaker:
         self.auto_respond = auto_respond  # answer each transcribed turn without response.create
         self.interrupt = interrupt  # speech during an answer cancels it (barge-in)
         self._new_response_id = new_response_id
-        self.history: deque[dict[str, str]] = deque(maxlen=history_messages)
+        # the conversation: chat-message entries, each with its Realtime item id (`_id`)
+        self.history: deque[dict[str, Any]] = deque(maxlen=history_messages)
         self.user_speaking = False
         self.pending_transcripts: set[str] = set()
         self.response: _Response | None = None
-        self._response_wanted = False
+        self._wanted: ResponseOptions | None = None  # an answer is wanted, with these options
         self._unanswered: list[str] = []
 
     @property
@@ -100,9 +126,9 @@ class TurnTaker:
         the answer starting now has exactly its messages and question."""
         self.pending_transcripts.discard(item_id)
         if text.strip():
-            self.user_text(text)
-            if self.auto_respond:
-                self._response_wanted = True
+            self.user_text(text, {"_id": item_id, "_audio": True})
+            if self.auto_respond and self._wanted is None:
+                self._wanted = AUTO
         return self._maybe_start(reuse)
 
     def preview(self, text: str) -> StartResponse | None:
@@ -120,23 +146,52 @@ class TurnTaker:
     def transcription_failed(self, item_id: str) -> StartResponse | None:
         self.pending_transcripts.discard(item_id)
         if not self.history or self.history[-1]["role"] != "user":
-            self._response_wanted = False  # nothing the student said is left to answer
+            self._wanted = None  # nothing the student said is left to answer
         return self._maybe_start()
 
-    def user_text(self, text: str) -> None:
-        self.history.append({"role": "user", "content": text})
+    def user_text(self, text: str, item: dict[str, Any] | None = None,
+                  after: str | None = None) -> None:
+        """What the student said or typed (`item`: its Realtime id and flags; `after`: placed
+        after that entry, as in `add_entry`)."""
+        self.add_entry({"role": "user", "content": text, **(item or {})}, after)
         self._unanswered.append(text)
 
-    def request_response(self) -> StartResponse | None:
+    def add_entry(self, entry: dict[str, Any], after: str | None = None) -> None:
+        """A conversation item the client created that is not the student's question (a system
+        or assistant message, a function call or its output). `after`: the id of the entry it
+        follows ("root": first; None: last). Raises KeyError for an unknown `after`."""
+        if after is None:
+            self.history.append(entry)
+            return
+        index = 0 if after == "root" else self._index(after) + 1
+        if len(self.history) == self.history.maxlen:
+            self.history.popleft()  # the oldest goes, as appending would drop it
+            index = max(0, index - 1)
+        self.history.insert(index, entry)
+
+    def entry(self, item_id: str) -> dict[str, Any]:
+        """The conversation entry of a Realtime item; KeyError when it is not (or no longer) held."""
+        return self.history[self._index(item_id)]
+
+    def delete(self, item_id: str) -> None:
+        del self.history[self._index(item_id)]
+
+    def _index(self, item_id: str) -> int:
+        for i, entry in enumerate(self.history):
+            if entry.get("_id") == item_id:
+                return i
+        raise KeyError(item_id)
+
+    def request_response(self, options: ResponseOptions = AUTO) -> StartResponse | None:
         """An explicit `response.create`; it waits for pending transcripts, then starts."""
         if self.response is not None:
             raise ResponseAlreadyActive(self.response.id)
-        self._response_wanted = True
+        self._wanted = options
         return self._maybe_start()
 
     def cancel(self) -> CancelResponse | None:
         """Cancel the answer in progress; a requested answer not yet started is dropped too."""
-        self._response_wanted = False
+        self._wanted = None
         return self._cancel("client_cancelled") if self.response is not None else None
 
     def next_response(self) -> StartResponse | None:
@@ -155,7 +210,8 @@ class TurnTaker:
         if self.response is None or self.response.id != response_id:
             return None
         text = self.response.text
-        self.history.append({"role": "assistant", "content": text})
+        if self.response.options.in_conversation:
+            self.history.extend(self.response.entries(text))
         self.response = None
         return text, self._maybe_start()
 
@@ -173,7 +229,7 @@ class TurnTaker:
             message = self.history[i]
             if message["role"] == "assistant" and message["content"] == said:
                 if heard:
-                    self.history[i] = {"role": "assistant", "content": heard}
+                    self.history[i] = {**message, "content": heard}
                 else:
                     del self.history[i]
                 return
@@ -182,25 +238,34 @@ class TurnTaker:
     def _cancel(self, reason: str) -> CancelResponse:
         assert self.response is not None
         cut = CancelResponse(self.response.id, reason, self.response.text)
-        if cut.text:
-            self.history.append({"role": "assistant", "content": cut.text})
+        if self.response.options.in_conversation:  # calls cut short are kept: never answered,
+            self.history.extend(self.response.entries(cut.text))  # they reach no prompt
         self.response = None
         return cut
 
     def _maybe_start(self, reuse: StartResponse | None = None) -> StartResponse | None:
+        options = self._wanted
         if (
-            not self._response_wanted
+            options is None
             or self.response is not None
             or self.pending_transcripts
             or self.user_speaking
         ):
             return None
-        self._response_wanted = False
-        question, self._unanswered = "\n".join(self._unanswered), []
-        messages = chat_messages(self.instructions, list(self.history))
+        self._wanted = None
+        instructions = self.instructions if options.instructions is None else options.instructions
+        if options.input is not None:  # its own context: the conversation is neither read nor
+            messages = chat_messages(instructions, options.input)  # answered
+            question = next((e["content"] for e in reversed(options.input)
+                             if e.get("role") == "user" and e.get("content")), "")
+        else:
+            messages = chat_messages(instructions, list(self.history))
+            question = "\n".join(self._unanswered)
+            if options.in_conversation:
+                self._unanswered = []
         if reuse is not None and reuse.messages == messages and reuse.question == question:
             response_id = reuse.response_id
         else:
             response_id = self._new_response_id()
-        self.response = _Response(response_id)
-        return StartResponse(response_id, messages, question)
+        self.response = _Response(response_id, options)
+        return StartResponse(response_id, messages, question, options)

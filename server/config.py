@@ -7,6 +7,8 @@ have set: `OPENAI_API_KEY` / `OPENAI_BASE_URL` for everything, and `LLM_BASE_URL
 
 from __future__ import annotations
 
+from typing import Literal
+
 from ipaddress import ip_address
 from pathlib import Path
 
@@ -26,6 +28,9 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = 8000
+    # TLS in uvicorn itself, so wss:// and https:// work without a proxy (also --ssl-certfile/-keyfile)
+    ssl_certfile: Path | None = None  # PEM certificate chain
+    ssl_keyfile: Path | None = None  # PEM private key (omit if it is in the certificate file)
     log_format: str = "auto"  # json | console | auto (console on a terminal, else JSON lines)
 
     # Providers
@@ -59,6 +64,10 @@ class Settings(BaseSettings):
     # vad_silence_ms) starts transcription, and a held answer, before the turn is surely over.
     # Plans without the "speculative" feature, and sessions that turn it off, never speculate.
     speculative: bool = True
+    # A session's answers before the client says (`output_modalities`): "auto" speaks them when
+    # the plan includes spoken answers and a speech provider is configured (OpenAI's default),
+    # "text" writes them unless a client asks for audio.
+    output_modalities: Literal["auto", "text"] = "auto"
     speculative_pause_ms: int = 200
     speculative_max_per_turn: int = 2  # guesses per turn
     speculative_budget: float = 0.5  # discarded guesses per session ≤ budget × turns + 2
@@ -113,7 +122,7 @@ class Settings(BaseSettings):
     tiers_file: Path | None = None  # JSON plans; default: billing.tiers.DEFAULT_TIERS
     llm_model_large: str = Field("gpt-4o", validation_alias=AliasChoices("LLM_MODEL_LARGE",
                                                                          "llm_model_large"))
-    guest_tier: str = "free"  # the dev guest's plan
+    guest_tier: str | None = None  # the dev guest's plan; None: the plan with every feature
     anonymous_rpm: int | None = 60  # requests a minute per address before sign-in
     quota_step_ms: int = 1000  # voice is charged to the shared counters in steps of this much
     stripe_api_key: str | None = Field(None, validation_alias=AliasChoices(

@@ -55,13 +55,39 @@ def assistant_item(item_id: str, status: str, text: str | None = None, *,
             "status": status, "content": content}
 
 
+def function_call_item(item_id: str, call_id: str, name: str, arguments: str,
+                       status: str) -> Event:
+    return {"id": item_id, "object": "realtime.item", "type": "function_call",
+            "status": status, "call_id": call_id, "name": name, "arguments": arguments}
+
+
+def function_call_output_item(item_id: str, call_id: str, output: str) -> Event:
+    return {"id": item_id, "object": "realtime.item", "type": "function_call_output",
+            "status": "completed", "call_id": call_id, "output": output}
+
+
+def message_item(item_id: str, role: str, text: str) -> Event:
+    """A system or assistant message a client created (text content)."""
+    kind = "output_text" if role == "assistant" else "input_text"
+    return {"id": item_id, "object": "realtime.item", "type": "message", "role": role,
+            "status": "completed", "content": [{"type": kind, "text": text}]}
+
+
 def response(response_id: str, status: str, output: list[Event], *,
-             status_details: Event | None = None, modalities: list[str] | None = None) -> Event:
+             status_details: Event | None = None, modalities: list[str] | None = None,
+             metadata: dict[str, str] | None = None, conversation_id: str | None = None,
+             max_output_tokens: int | None = None, voice: str | None = None,
+             output_format: Event | None = None) -> Event:
+    audio: Event = {"output": {"format": output_format or {"type": "audio/pcm", "rate": 24000},
+                               "voice": voice or "alloy"}}
     return {"id": response_id, "object": "realtime.response", "status": status,
             "status_details": status_details, "output": output,
             "output_modalities": modalities or ["text"],
-            "conversation_id": None}
+            "conversation_id": conversation_id, "metadata": metadata,
+            "max_output_tokens": "inf" if max_output_tokens is None else max_output_tokens,
+            "audio": audio}
 
 
-def text_part(response_id: str, item_id: str) -> Event:
-    return {"response_id": response_id, "item_id": item_id, "output_index": 0, "content_index": 0}
+def text_part(response_id: str, item_id: str, output_index: int = 0) -> Event:
+    return {"response_id": response_id, "item_id": item_id, "output_index": output_index,
+            "content_index": 0}

@@ -13,15 +13,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Union
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Iterator, Union
 
 from audio.pcm import SAMPLE_WIDTH, AudioFormatError, wav_bytes
 from audio.turns import AudioInput, TurnEnded, TurnPaused, TurnResumed, TurnStarted, VadSettings
 from billing.meter import VoiceMeter, VoiceUsage
 from dialogue.speculation import Guess, Speculator
 from dialogue.speech import Piece, SentenceSplitter, heard_text
-from dialogue.turns import CancelResponse, ResponseAlreadyActive, StartResponse, TurnState, TurnTaker
+from dialogue.turns import (CancelResponse, ResponseAlreadyActive, ResponseOptions, StartResponse,
+                            TurnState, TurnTaker)
 
 from . import events as ev
 
@@ -45,10 +47,13 @@ class Transcribe:
 @dataclass(frozen=True)
 class Generate:
     response_id: str
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     question: str = ""  # what the answer answers: retrieval looks this up first
     model: str | None = None  # the chat model (the tier's); None: the provider's default
     held: bool = False  # speculative: generate, but hold every result until `Release`
+    tools: tuple[dict[str, Any], ...] = ()  # chat-completions shaped function tools
+    tool_choice: str | dict[str, Any] | None = None  # chat-completions shaped; None: default
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,15 @@ CLOSE_CODES = {"quota_exceeded": 4402, "session_expired": 4408,
 WORK_EVENTS = {"input_audio_buffer.commit", "conversation.item.create", "response.create"}
 
 
+# semantic_vad's eagerness → how long a silence ends the turn (no end-of-turn model yet: the
+# eagerness only moves the silence threshold; "auto" and "medium" keep the session's default)
+EAGERNESS_SILENCE_MS = {"low": 1000, "high": 400}
+
+
 @dataclass(frozen=True)
 class TurnDetection:
+    type: str = "server_vad"  # or "semantic_vad" (eagerness mapped onto the silence threshold)
+    eagerness: str = "auto"
     threshold: float = 0.5
     prefix_padding_ms: int = 300
     silence_duration_ms: int = 600
@@ -180,6 +192,9 @@ class SessionConfig:
     speculative_pause_ms: int = 0
     speculative_max_per_turn: int = 2
     speculative_budget: float = 0.5
+    tools: tuple[dict[str, Any], ...] = ()  # Realtime function tools ({type, name, ...})
+    tool_choice: str | dict[str, Any] = "auto"
+    max_output_tokens: int | None = None  # None: "inf"
 
     @property
     def pause_ms(self) -> int:
@@ -212,6 +227,46 @@ class _Speech:
         return heard_text(self.pieces, min(self.sent_ms, played))
 
 
+@dataclass(frozen=True)
+class ResponseSpec:
+    """A response as `response.create` asked for it (or the session's defaults)."""
+
+    audio: bool
+    voice: str
+    metadata: dict[str, str] | None = None
+    tools: tuple[dict[str, Any], ...] = ()  # Realtime function tools
+    tool_choice: str | dict[str, Any] = "auto"
+    max_output_tokens: int | None = None
+    in_conversation: bool = True  # conversation "auto"; False: "none" (out of band)
+
+
+@dataclass
+class _Call:
+    item_id: str
+    call_id: str
+    name: str
+    output_index: int
+    arguments: list[str] = field(default_factory=list)
+
+    def item(self, status: str) -> dict[str, Any]:
+        return ev.function_call_item(self.item_id, self.call_id, self.name,
+                                     "".join(self.arguments), status)
+
+
+@dataclass
+class _Reply:
+    """One response's items as the client sees them: its message item (opened at the first
+    delta), its function calls, and the turn it answers."""
+
+    spec: ResponseSpec
+    question: str
+    audio_s: float
+    item_id: str | None = None
+    item_index: int = 0
+    calls: dict[int, _Call] = field(default_factory=dict)  # by the provider's call index
+    outputs: int = 0
+
+
 class ClientError(Exception):
     """A client event we refuse; becomes an `error` event, the session goes on."""
 
@@ -223,7 +278,7 @@ class ClientError(Exception):
 
 
 # OpenAI client events we recognise but do not implement (yet): refused with a clear reason.
-UNSUPPORTED = {"conversation.item.delete", "conversation.item.retrieve"}
+UNSUPPORTED: set[str] = {"transcription_session.update"}
 
 
 class RealtimeSession:
@@ -255,9 +310,10 @@ class RealtimeSession:
         self._last_audio_at: float | None = None
         self._last_item_id: str | None = None
         self._speech_item_id: str | None = None
-        self._response_items: dict[str, str] = {}  # response id → its assistant item id
+        self._replies: dict[str, _Reply] = {}  # response id → its items, while it runs
         self._unanswered_audio_s = 0.0  # audio of the turns the next answer will answer
-        self._response_turns: dict[str, tuple[str, float]] = {}  # id → (question, audio s)
+        self._conversation_id = self.ids("conv")
+        self._heard: dict[str, str] = {}  # recent user audio items → transcript (for retrieve)
         self._handlers: dict[str, Callable[[dict[str, Any], float], list[Action]]] = {
             "session.update": self._session_update,
             "input_audio_buffer.append": self._append,
@@ -268,6 +324,8 @@ class RealtimeSession:
             "response.cancel": self._response_cancel,
             "output_audio_buffer.clear": self._output_clear,
             "conversation.item.truncate": self._item_truncate,
+            "conversation.item.retrieve": self._item_retrieve,
+            "conversation.item.delete": self._item_delete,
         }
 
     # -- entry points ----------------------------------------------------------------------
@@ -423,6 +481,9 @@ class RealtimeSession:
             "conversation.item.input_audio_transcription.completed",
             item_id=item_id, content_index=0, transcript=text,
             usage={"type": "duration", "seconds": round(seconds, 3)})]
+        self._heard[item_id] = text
+        if len(self._heard) > 32:
+            del self._heard[next(iter(self._heard))]
         held = guess.response_id if guess is not None else None
         reuse = None if held is None or guess is None else \
             StartResponse(held, guess.messages, guess.question)
@@ -447,8 +508,7 @@ class RealtimeSession:
         if start is None:
             return []
         self.spec.answering(start.response_id, start.messages, start.question)
-        return [Generate(start.response_id, start.messages, start.question, self.config.model,
-                         held=True)]
+        return [self._generate(start, self._default_spec(), held=True)]
 
     def speculative_transcription_failed(self, serial: int, code: str, message: str
                                          ) -> list[Action]:
@@ -484,13 +544,61 @@ class RealtimeSession:
     def response_delta(self, response_id: str, delta: str) -> list[Action]:
         if not self.turns.delta(response_id, delta):
             return []  # a late delta of a response already cancelled
-        part = ev.text_part(response_id, self._response_items[response_id])
+        reply = self._replies[response_id]
+        out = self._open_message(response_id, reply)
+        part = ev.text_part(response_id, reply.item_id, reply.item_index)  # type: ignore[arg-type]
         st = self._speech.get(response_id)
         if st is None:
-            return [self._send("response.output_text.delta", delta=delta, **part)]
-        out: list[Action] = [self._send("response.output_audio_transcript.delta", delta=delta,
-                                        **part)]
+            return [*out, self._send("response.output_text.delta", delta=delta, **part)]
+        out.append(self._send("response.output_audio_transcript.delta", delta=delta, **part))
         return out + [self._speak(response_id, st, text) for text in st.splitter.feed(delta)]
+
+    def response_tool_call(self, response_id: str, index: int, call_id: str | None,
+                           name: str | None, arguments: str) -> list[Action]:
+        """A fragment of function call `index` of an answer: the first opens its item."""
+        response = self.turns.response
+        if response is None or response.id != response_id:
+            return []  # a late fragment of a response already cancelled
+        reply = self._replies[response_id]
+        out: list[Action] = []
+        call = reply.calls.get(index)
+        if call is None:
+            call = reply.calls[index] = _Call(self.ids("item"), call_id or self.ids("call"),
+                                              name or "", reply.outputs)
+            reply.outputs += 1
+            item = call.item("in_progress")
+            out.append(self._send("response.output_item.added", response_id=response_id,
+                                  output_index=call.output_index, item=item))
+            if reply.spec.in_conversation:
+                out.append(self._item_added(item))
+        if arguments:
+            call.arguments.append(arguments)
+            out.append(self._send("response.function_call_arguments.delta",
+                                  response_id=response_id, item_id=call.item_id,
+                                  output_index=call.output_index, call_id=call.call_id,
+                                  delta=arguments))
+        return out
+
+    def _open_message(self, rid: str, reply: _Reply) -> list[Action]:
+        """The answer's message item, opened at its first delta (a response that only calls
+        functions has none)."""
+        if reply.item_id is not None:
+            return []
+        item_id = reply.item_id = self.ids("item")
+        reply.item_index, reply.outputs = reply.outputs, reply.outputs + 1
+        response = self.turns.response
+        if response is not None and response.id == rid:
+            response.entry = {"_id": item_id, "_audio": reply.spec.audio}
+        item = ev.assistant_item(item_id, "in_progress")
+        audio = reply.spec.audio
+        part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
+        out: list[Action] = [self._send("response.output_item.added", response_id=rid,
+                                        output_index=reply.item_index, item=item)]
+        if reply.spec.in_conversation:
+            out.append(self._item_added(item))
+        out.append(self._send("response.content_part.added", part=part,
+                              **ev.text_part(rid, item_id, reply.item_index)))
+        return out
 
     def _speak(self, rid: str, st: _Speech, text: str) -> Speak:
         st.pieces.append(Piece(text))
@@ -537,9 +645,11 @@ class RealtimeSession:
         st.pieces[index].ms += len(pcm) / SAMPLE_WIDTH * 1000 / OUTPUT_RATE
         if self.binary_audio:
             return [SendBinary(pcm)]
+        reply = self._replies[response_id]
         return [self._send("response.output_audio.delta",
                            delta=base64.b64encode(pcm).decode("ascii"),
-                           **ev.text_part(response_id, self._response_items[response_id]))]
+                           **ev.text_part(response_id, reply.item_id,  # type: ignore[arg-type]
+                                          reply.item_index))]
 
     def speech_done(self, response_id: str, index: int) -> list[Action]:
         st = self._speech.get(response_id)
@@ -618,9 +728,15 @@ class RealtimeSession:
         return self._send("tutor.session.resumable", resume_token=token,
                           expires_in_s=expires_in_s)
 
-    def rate_limits_updated(self, rate_limits: list[dict[str, Any]]) -> Send:
-        """`rate_limits.updated`: what the plan has left (entries built by `billing`)."""
-        return self._send("rate_limits.updated", rate_limits=rate_limits)
+    def rate_limits_updated(self, rate_limits: list[dict[str, Any]]) -> list[Send]:
+        """What the plan has left (entries built by `billing`; none on an unlimited plan):
+        `rate_limits.updated` with the entries OpenAI's clients know (`requests`, `tokens`),
+        and `tutor.rate_limits.updated` with all of them, voice minutes included."""
+        if not rate_limits:
+            return []
+        known = [e for e in rate_limits if e.get("name") in ("requests", "tokens")]
+        out = [self._send("rate_limits.updated", rate_limits=known)] if known else []
+        return out + [self._send("tutor.rate_limits.updated", rate_limits=rate_limits)]
 
     def response_metrics(self, response_id: str, metrics: dict[str, float]) -> Send:
         """`tutor.response.metrics`: stage latencies of a finished response, measured by the shell."""
@@ -633,17 +749,26 @@ class RealtimeSession:
             raise ClientError("missing_required_parameter", "session.update needs a 'session' object",
                               "session")
         old = self.config
-        self.config = _updated_config(old, session)
+        self.config, problems = _updated_config(old, session)
         self._apply_turn_detection()
+        out: list[Action] = []
         if (old.input_rate, old.turn_detection, old.min_speech_ms) != (
             self.config.input_rate, self.config.turn_detection, self.config.min_speech_ms
         ):
             self.audio = self._new_audio_input()
             self._speech_item_id = None
             self.turns.speech_discarded()
-            return self._discard_guess() + [self._send("session.updated",
-                                                       session=self._session_object())]
-        return [self._send("session.updated", session=self._session_object())]
+            out += self._discard_guess()
+        out.append(self._send("session.updated", session=self._session_object()))
+        if problems:  # one error for the fields refused; the rest was applied
+            event_id = message.get("event_id")
+            out.append(self._error(
+                problems[0].code, "; ".join(f"{p.param}: {p.message}" if p.param else p.message
+                                            for p in problems)
+                + " (the rest of the update was applied)",
+                event_id=event_id if isinstance(event_id, str) else None,
+                param=problems[0].param))
+        return out
 
     def _append(self, message: dict[str, Any], now: float) -> list[Action]:
         audio = message.get("audio")
@@ -678,29 +803,147 @@ class RealtimeSession:
         if not isinstance(item, dict):
             raise ClientError("missing_required_parameter", "conversation.item.create needs 'item'",
                               "item")
-        if item.get("type") != "message" or item.get("role") != "user":
-            raise ClientError("unsupported_item",
-                              "only user messages can be created (type 'message', role 'user')",
-                              "item.role")
-        content = item.get("content")
-        texts = [part.get("text") for part in content or [] if isinstance(part, dict)
-                 and part.get("type") == "input_text"] if isinstance(content, list) else []
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise ClientError("missing_required_parameter",
-                              "a user message needs content [{type: 'input_text', text: ...}]",
-                              "item.content")
-        text = "\n".join(texts)
-        item_id = item["id"] if isinstance(item.get("id"), str) else self.ids("item")
-        self.turns.user_text(text)
-        return [self._item_created(ev.user_text_item(item_id, text))]
+        previous = message.get("previous_item_id")
+        if previous is not None and not isinstance(previous, str):
+            raise ClientError("invalid_value", "previous_item_id must be a string",
+                              "previous_item_id")
+        item_id = item["id"] if isinstance(item.get("id"), str) and item["id"] \
+            else self.ids("item")
+        entry, created = conversation_item(item, item_id)
+        if previous is not None and previous != "root" and not self._holds(previous):
+            previous = None  # an item we no longer hold (or never did): at the end, as OpenAI
+        if entry["role"] == "user" and "_audio" not in entry and "tool_calls" not in entry:
+            self.turns.user_text(entry["content"], {"_id": item_id},
+                                 after=None if previous is None else previous)
+        else:
+            self.turns.add_entry(entry, after=previous)
+        return self._item_complete(created, None if previous is None else
+                                   (None if previous == "root" else previous))
+
+    def _holds(self, item_id: str) -> bool:
+        try:
+            self.turns.entry(item_id)
+        except KeyError:
+            return item_id in self._heard
+        return True
+
+    def _item_retrieve(self, message: dict[str, Any], now: float) -> list[Action]:
+        item_id = message.get("item_id")
+        if not isinstance(item_id, str):
+            raise ClientError("missing_required_parameter", "retrieve needs 'item_id'", "item_id")
+        try:
+            item = realtime_item(self.turns.entry(item_id))
+        except KeyError:
+            if item_id not in self._heard:
+                raise ClientError("item_not_found", f"no item '{item_id}' in the conversation "
+                                  f"(only the last {self.config.history_messages} are kept)",
+                                  "item_id")
+            item = ev.user_audio_item(item_id, self._heard[item_id])
+        return [self._send("conversation.item.retrieved", item=item)]
+
+    def _item_delete(self, message: dict[str, Any], now: float) -> list[Action]:
+        item_id = message.get("item_id")
+        if not isinstance(item_id, str):
+            raise ClientError("missing_required_parameter", "delete needs 'item_id'", "item_id")
+        try:
+            self.turns.delete(item_id)
+        except KeyError:
+            if self._heard.pop(item_id, None) is None:
+                raise ClientError("item_not_found", f"no item '{item_id}' in the conversation",
+                                  "item_id")
+        return [self._send("conversation.item.deleted", item_id=item_id)]
 
     def _response_create(self, message: dict[str, Any], now: float) -> list[Action]:
+        response = message.get("response") or {}
+        if not isinstance(response, dict):
+            raise ClientError("invalid_value", "response must be an object", "response")
+        options, problems = self._response_options(response)
         try:
-            start = self.turns.request_response()
+            start = self.turns.request_response(options)
         except ResponseAlreadyActive as exc:
             raise ClientError("conversation_already_has_active_response",
                               f"response {exc} is still in progress; cancel it first")
-        return self._start(start)
+        out: list[Action] = []
+        if problems:
+            out.append(self._error(problems[0].code, "; ".join(p.message for p in problems),
+                                   event_id=message.get("event_id") if isinstance(
+                                       message.get("event_id"), str) else None,
+                                   param=problems[0].param))
+        return out + self._start(start)
+
+    def _response_options(self, response: dict[str, Any]) -> tuple[ResponseOptions,
+                                                                    list[ClientError]]:
+        """A `response.create`'s own settings over the session's: invalid ones are refused
+        (the answer goes on without them), as `session.update` does."""
+        cfg = self.config
+        problems: list[ClientError] = []
+        instructions = None
+        audio, voice = cfg.output_audio, cfg.voice
+        metadata = None
+        tools, choice, max_tokens = cfg.tools, cfg.tool_choice, cfg.max_output_tokens
+        in_conversation, entries = True, None
+        with _collect(problems):
+            if response.get("instructions") is not None:
+                if not isinstance(response["instructions"], str):
+                    raise ClientError("invalid_value", "instructions must be a string",
+                                      "response.instructions")
+                instructions = response["instructions"]
+        with _collect(problems):
+            if response.get("output_modalities") is not None:
+                audio = _modalities(response["output_modalities"], cfg.audio_allowed,
+                                    "response.output_modalities")
+        with _collect(problems):
+            out_audio = _object(_object(response, "audio", "response.audio"), "output",
+                                "response.audio.output")
+            if "voice" in out_audio:
+                voice = _voice(out_audio["voice"], "response.audio.output.voice")
+        with _collect(problems):
+            if response.get("metadata") is not None:
+                metadata = _metadata(response["metadata"])
+        with _collect(problems):
+            if "tools" in response:
+                tools = _tools(response["tools"], "response.tools")
+        with _collect(problems):
+            if "tool_choice" in response:
+                choice = _tool_choice(response["tool_choice"], "response.tool_choice")
+        with _collect(problems):
+            if "max_output_tokens" in response:
+                max_tokens = _max_tokens(response["max_output_tokens"],
+                                         "response.max_output_tokens")
+        with _collect(problems):
+            conversation = response.get("conversation", "auto")
+            if conversation not in ("auto", "none", None):
+                raise ClientError("invalid_value", "conversation must be 'auto' or 'none'",
+                                  "response.conversation")
+            in_conversation = conversation != "none"
+        with _collect(problems):
+            if response.get("input") is not None:
+                entries = self._input_entries(response["input"])
+        spec = ResponseSpec(audio=audio, voice=voice, metadata=metadata, tools=tools,
+                            tool_choice=choice, max_output_tokens=max_tokens,
+                            in_conversation=in_conversation)
+        return ResponseOptions(instructions=instructions, input=entries,
+                               in_conversation=in_conversation, spec=spec), problems
+
+    def _input_entries(self, items: Any) -> list[dict[str, Any]]:
+        """`response.input`: the items this answer sees instead of the conversation (new
+        items, or `item_reference`s to ones the conversation holds)."""
+        if not isinstance(items, list):
+            raise ClientError("invalid_value", "input must be a list of items", "response.input")
+        entries = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise ClientError("invalid_value", "each input item must be an object",
+                                  f"response.input[{i}]")
+            if item.get("type") == "item_reference":
+                try:
+                    entries.append(self.turns.entry(str(item.get("id"))))
+                except KeyError:
+                    raise ClientError("item_not_found", f"no item '{item.get('id')}' in the "
+                                      "conversation", f"response.input[{i}].id")
+            else:
+                entries.append(conversation_item(item, str(item.get("id") or f"input_{i}"))[0])
+        return entries
 
     def _response_cancel(self, message: dict[str, Any], now: float) -> list[Action]:
         cut = self.turns.cancel()
@@ -728,7 +971,7 @@ class RealtimeSession:
                               "audio_end_ms")
         out: list[Action] = []
         response = self.turns.response
-        if response is not None and self._response_items.get(response.id) == item_id \
+        if response is not None and self._replies[response.id].item_id == item_id \
                 and response.id in self._speech:
             cut = self.turns.cancel()
             assert cut is not None
@@ -777,7 +1020,7 @@ class RealtimeSession:
         self._unanswered_audio_s += len(turn.audio) / SAMPLE_WIDTH / 16000
         out += [
             self._send("input_audio_buffer.committed", item_id=item_id, previous_item_id=previous),
-            self._item_created(ev.user_audio_item(item_id)),
+            *self._item_complete(ev.user_audio_item(item_id)),
         ]
         if used is None:
             return out + [Transcribe(item_id, wav_bytes(turn.audio),
@@ -790,29 +1033,48 @@ class RealtimeSession:
         return out + self.transcription_completed(item_id, used.text, used.seconds, used)
 
     def _start(self, start: StartResponse | None, held: str | None = None) -> list[Action]:
-        """Open the answer `start`: its events, then `Generate` (or `Release` when it is the
-        speculative answer `held`, already running)."""
+        """Open the answer `start`: `response.created`, then `Generate` (or `Release` when it is
+        the speculative answer `held`, already running). Its items open as its output comes."""
         if start is None:
             return []
         rid = start.response_id
-        item_id = self._response_items[rid] = self.ids("item")
-        self._response_turns[rid] = (start.question, self._unanswered_audio_s)
-        self._unanswered_audio_s = 0.0
-        item = ev.assistant_item(item_id, "in_progress")
-        audio = self.config.output_audio
-        if audio:
+        spec = start.options.spec or self._default_spec()
+        reply = self._replies[rid] = _Reply(spec, start.question, 0.0)
+        if spec.in_conversation and start.options.input is None:
+            reply.audio_s, self._unanswered_audio_s = self._unanswered_audio_s, 0.0
+        if spec.audio:
             self._speech[rid] = _Speech(SentenceSplitter(), [])
-        part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
-        modalities = ["audio"] if audio else ["text"]
-        return [
-            self._send("response.created",
-                       response=ev.response(rid, "in_progress", [], modalities=modalities)),
-            self._send("response.output_item.added", response_id=rid, output_index=0, item=item),
-            self._item_created(item),
-            self._send("response.content_part.added", part=part, **ev.text_part(rid, item_id)),
-            Release(rid) if rid == held else
-            Generate(rid, start.messages, start.question, self.config.model),
-        ]
+        return [self._send("response.created",
+                           response=self._response_object(rid, "in_progress", reply, [])),
+                Release(rid) if rid == held else self._generate(start, spec)]
+
+    def _generate(self, start: StartResponse, spec: ResponseSpec, held: bool = False
+                  ) -> Generate:
+        tools = tuple({"type": "function", "function": {
+            k: v for k, v in tool.items() if k in ("name", "description", "parameters")}}
+            for tool in spec.tools)
+        choice = spec.tool_choice
+        if isinstance(choice, dict):
+            choice = {"type": "function", "function": {"name": choice.get("name")}}
+        return Generate(start.response_id, start.messages, start.question, self.config.model,
+                        held=held, tools=tools, tool_choice=choice if tools else None,
+                        max_tokens=spec.max_output_tokens)
+
+    def _default_spec(self) -> ResponseSpec:
+        cfg = self.config
+        return ResponseSpec(audio=cfg.output_audio, voice=cfg.voice, tools=cfg.tools,
+                            tool_choice=cfg.tool_choice, max_output_tokens=cfg.max_output_tokens)
+
+    def _response_object(self, rid: str, status: str, reply: _Reply, output: list[Any],
+                         details: dict[str, Any] | None = None) -> dict[str, Any]:
+        spec = reply.spec
+        return ev.response(rid, status, output, status_details=details,
+                           modalities=["audio"] if spec.audio else ["text"],
+                           metadata=spec.metadata,
+                           conversation_id=self._conversation_id if spec.in_conversation
+                           else None,
+                           max_output_tokens=spec.max_output_tokens,
+                           voice=spec.voice)
 
     def _cancelled(self, cut: CancelResponse, now: float | None = None) -> list[Action]:
         details = {"type": "cancelled", "reason": cut.reason}
@@ -829,40 +1091,73 @@ class RealtimeSession:
 
     def _close_response(self, rid: str, text: str, status: str,
                         details: dict[str, Any] | None = None) -> list[Action]:
-        item_id = self._response_items.pop(rid)
-        question, audio_s = self._response_turns.pop(rid)
-        part = ev.text_part(rid, item_id)
-        item_status = "completed" if status == "completed" else "incomplete"
+        reply = self._replies.pop(rid)
         st = self._speech.pop(rid, None)
-        if st is None:
-            item = ev.assistant_item(item_id, item_status, text)
-            closing = [self._send("response.output_text.done", text=text, **part),
-                       self._send("response.content_part.done", part={"type": "text", "text": text},
-                                  **part)]
-        else:
-            self._last_spoken = (item_id, text, st.pieces)
-            item = ev.assistant_item(item_id, item_status, text, audio=True)
-            closing = [self._send("response.output_audio.done", **part),
-                       self._send("response.output_audio_transcript.done", transcript=text,
-                                  **part),
-                       self._send("response.content_part.done",
-                                  part={"type": "audio", "transcript": text}, **part)]
-        modalities = ["text"] if st is None else ["audio"]
+        out: list[Action] = []
+        if reply.item_id is None and not reply.calls and status == "completed":
+            out += self._open_message(rid, reply)  # an empty answer still has its message
+        item_status = "completed" if status == "completed" else "incomplete"
+        output: list[tuple[int, dict[str, Any]]] = []
+        if reply.item_id is not None:
+            item_id = reply.item_id
+            part = ev.text_part(rid, item_id, reply.item_index)
+            if st is None:
+                item = ev.assistant_item(item_id, item_status, text)
+                out += [self._send("response.output_text.done", text=text, **part),
+                        self._send("response.content_part.done",
+                                   part={"type": "text", "text": text}, **part)]
+            else:
+                self._last_spoken = (item_id, text, st.pieces)
+                item = ev.assistant_item(item_id, item_status, text, audio=True)
+                out += [self._send("response.output_audio.done", **part),
+                        self._send("response.output_audio_transcript.done", transcript=text,
+                                   **part),
+                        self._send("response.content_part.done",
+                                   part={"type": "audio", "transcript": text}, **part)]
+            out.append(self._send("response.output_item.done", response_id=rid,
+                                  output_index=reply.item_index, item=item))
+            if reply.spec.in_conversation:
+                out.append(self._item_done(item))
+            output.append((reply.item_index, item))
+        for call in reply.calls.values():
+            item = call.item(item_status)
+            if status == "completed":
+                out.append(self._send("response.function_call_arguments.done", response_id=rid,
+                                      item_id=call.item_id, output_index=call.output_index,
+                                      call_id=call.call_id, name=call.name,
+                                      arguments=item["arguments"]))
+            out.append(self._send("response.output_item.done", response_id=rid,
+                                  output_index=call.output_index, item=item))
+            if reply.spec.in_conversation:
+                out.append(self._item_done(item))
+            output.append((call.output_index, item))
+        items = [item for _, item in sorted(output, key=lambda pair: pair[0])]
+        audio_s = reply.audio_s
         return [
-            *closing,
-            self._send("response.output_item.done", response_id=rid, output_index=0, item=item),
+            *out,
             self._send("response.done",
-                       response=ev.response(rid, status, [item], status_details=details,
-                                            modalities=modalities)),
-            Record(rid, "voice" if audio_s else "text", question, text, status,
+                       response=self._response_object(rid, status, reply, items, details)),
+            Record(rid, "voice" if audio_s else "text", reply.question, text, status,
                    round(audio_s, 3) if audio_s else None),
             *([ReportLimits()] if self.meter is not None else []),
         ]
 
     # -- helpers ---------------------------------------------------------------------------
-    def _item_created(self, item: dict[str, Any]) -> Send:
+    def _item_added(self, item: dict[str, Any]) -> Send:
+        """`conversation.item.added`: an item joins the end of the conversation."""
         previous, self._last_item_id = self._last_item_id, item["id"]
-        return self._send("conversation.item.created", previous_item_id=previous, item=item)
+        return self._send("conversation.item.added", previous_item_id=previous, item=item)
+
+    def _item_complete(self, item: dict[str, Any], previous: str | None = None) -> list[Action]:
+        """A complete item joins the conversation (after `previous`, else at the end):
+        `conversation.item.added`, then `conversation.item.done`."""
+        if previous is None:
+            return [self._item_added(item), self._item_done(item)]
+        return [self._send("conversation.item.added", previous_item_id=previous, item=item),
+                self._item_done(item)]
+
+    def _item_done(self, item: dict[str, Any]) -> Send:
+        return self._send("conversation.item.done", item=item)
 
     def _send(self, kind: str, **fields: Any) -> Send:
         return Send({"type": kind, "event_id": self.ids("event"), **fields})
@@ -904,88 +1199,273 @@ class RealtimeSession:
             "type": "realtime", "object": "realtime.session", "id": self.id, "model": cfg.model,
             "output_modalities": ["audio"] if cfg.output_audio else ["text"],
             "instructions": cfg.instructions,
+            "tools": list(cfg.tools), "tool_choice": cfg.tool_choice,
+            "max_output_tokens": "inf" if cfg.max_output_tokens is None
+            else cfg.max_output_tokens,
             "audio": {"input": {
                 "format": {"type": "audio/pcm", "rate": cfg.input_rate},
                 "transcription": transcription,
-                "turn_detection": None if td is None else {
-                    "type": "server_vad", **vars(td),
-                    "speculative": cfg.pause_ms > 0},
+                "turn_detection": _turn_detection_object(td, cfg.pause_ms > 0),
             }, "output": {"format": {"type": "audio/pcm", "rate": OUTPUT_RATE},
                           "voice": cfg.voice}},
         }
 
 
-def _updated_config(config: SessionConfig, session: dict[str, Any]) -> SessionConfig:
-    """Validate a `session.update` payload as a whole and return the new config (or raise)."""
-    if session.get("type", "realtime") != "realtime":
-        raise ClientError("invalid_value", "only 'realtime' sessions are supported", "session.type")
+def _turn_detection_object(td: TurnDetection | None, speculative: bool) -> dict[str, Any] | None:
+    if td is None:
+        return None
+    if td.type == "semantic_vad":
+        return {"type": "semantic_vad", "eagerness": td.eagerness,
+                "create_response": td.create_response,
+                "interrupt_response": td.interrupt_response, "speculative": speculative}
+    fields = {k: v for k, v in vars(td).items() if k not in ("type", "eagerness")}
+    return {"type": "server_vad", **fields, "speculative": speculative}
+
+
+@contextmanager
+def _collect(problems: list[ClientError]) -> Iterator[None]:
+    """One field of an update: a refusal is noted and the rest of the update goes on."""
+    try:
+        yield
+    except ClientError as exc:
+        problems.append(exc)
+
+
+def _updated_config(config: SessionConfig, session: dict[str, Any]
+                    ) -> tuple[SessionConfig, list[ClientError]]:
+    """Apply a `session.update` payload field by field: the new config, and the fields refused
+    (each left as it was). Fields of OpenAI's session that this server does not use (tracing,
+    noise reduction, prompt, ...) are accepted and ignored."""
+    problems: list[ClientError] = []
     changes: dict[str, Any] = {}
-    if "instructions" in session:
-        instructions = session["instructions"]
-        if not isinstance(instructions, str):
-            raise ClientError("invalid_value", "instructions must be a string",
-                              "session.instructions")
-        changes["instructions"] = instructions
-    if "output_modalities" in session:
-        modalities = session["output_modalities"]
-        if not isinstance(modalities, list) or not modalities or \
-                not set(modalities) <= {"text", "audio"} or len(modalities) > 1:
-            raise ClientError("invalid_value", "output_modalities must be [\"text\"] or "
-                              "[\"audio\"] (audio comes with its transcript)",
-                              "session.output_modalities")
-        if modalities == ["audio"] and not config.audio_allowed:
-            raise ClientError("feature_not_available", "spoken answers are not part of this "
-                              "plan; answers stay text", "session.output_modalities")
-        changes["output_audio"] = modalities == ["audio"]
-    audio = _object(session, "audio", "session.audio")
-    audio_out = _object(audio, "output", "session.audio.output")
-    if "voice" in audio_out:
-        voice = audio_out["voice"]
-        if not isinstance(voice, str) or voice not in VOICES:
-            raise ClientError("invalid_value", f"voice must be one of {', '.join(VOICES)}",
-                              "session.audio.output.voice")
-        changes["voice"] = voice
-    if "format" in audio_out:
-        fmt = audio_out["format"]
-        if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm" \
-                or fmt.get("rate", OUTPUT_RATE) != OUTPUT_RATE:
-            raise ClientError("unsupported_audio_format",
-                              "output audio is {type: 'audio/pcm', rate: 24000}",
-                              "session.audio.output.format")
-    audio_in = _object(audio, "input", "session.audio.input")
-    if "format" in audio_in:
-        fmt = audio_in["format"]
-        if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm":
-            raise ClientError("unsupported_audio_format",
-                              "input audio must be {type: 'audio/pcm', rate: 16000 or 24000}",
-                              "session.audio.input.format")
-        rate = fmt.get("rate", 24000)
-        if isinstance(rate, bool) or rate not in SUPPORTED_RATES:
-            raise ClientError("unsupported_sample_rate",
-                              f"input rate {rate!r} is not supported; use 16000 or 24000",
-                              "session.audio.input.format.rate")
-        changes["input_rate"] = int(rate)
-    if "transcription" in audio_in:
-        tr = audio_in["transcription"] or {}
-        if not isinstance(tr, dict):
-            raise ClientError("invalid_value", "transcription must be an object",
-                              "session.audio.input.transcription")
-        for key, field in (("model", "transcription_model"), ("language", "transcription_language")):
-            if key in tr:
-                if not isinstance(tr[key], str) and not (key == "language" and tr[key] is None):
-                    raise ClientError("invalid_value", f"transcription.{key} must be a string",
-                                      f"session.audio.input.transcription.{key}")
-                changes[field] = tr[key]
-    if "turn_detection" in audio_in:
-        td = audio_in["turn_detection"]
-        changes["turn_detection"] = _turn_detection(
-            td, config.turn_detection or config.default_turn_detection)
-        if isinstance(td, dict) and td.get("speculative") is True \
-                and config.speculative_pause_ms <= 0:
-            raise ClientError("feature_not_available", "speculative turn ends are not part of "
-                              "this plan (or are off on this server)",
-                              "session.audio.input.turn_detection.speculative")
-    return replace(config, **changes)
+    with _collect(problems):
+        if session.get("type", "realtime") != "realtime":
+            raise ClientError("invalid_value", "only 'realtime' sessions are supported "
+                              "(not transcription sessions)", "session.type")
+    with _collect(problems):
+        if "instructions" in session:
+            instructions = session["instructions"]
+            if not isinstance(instructions, str):
+                raise ClientError("invalid_value", "instructions must be a string",
+                                  "session.instructions")
+            changes["instructions"] = instructions
+    with _collect(problems):
+        if session.get("output_modalities") is not None:
+            changes["output_audio"] = _modalities(session["output_modalities"],
+                                                  config.audio_allowed,
+                                                  "session.output_modalities")
+    with _collect(problems):
+        if "tools" in session:
+            changes["tools"] = _tools(session["tools"], "session.tools")
+    with _collect(problems):
+        if "tool_choice" in session:
+            changes["tool_choice"] = _tool_choice(session["tool_choice"], "session.tool_choice")
+    with _collect(problems):
+        if "max_output_tokens" in session:
+            changes["max_output_tokens"] = _max_tokens(session["max_output_tokens"],
+                                                       "session.max_output_tokens")
+    audio: dict[str, Any] = {}
+    with _collect(problems):
+        audio = _object(session, "audio", "session.audio")
+    audio_out: dict[str, Any] = {}
+    with _collect(problems):
+        audio_out = _object(audio, "output", "session.audio.output")
+    with _collect(problems):
+        if "voice" in audio_out:
+            changes["voice"] = _voice(audio_out["voice"], "session.audio.output.voice")
+    with _collect(problems):
+        if "format" in audio_out:
+            fmt = audio_out["format"]
+            if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm" \
+                    or fmt.get("rate", OUTPUT_RATE) != OUTPUT_RATE:
+                raise ClientError("unsupported_audio_format",
+                                  "output audio is {type: 'audio/pcm', rate: 24000}",
+                                  "session.audio.output.format")
+    audio_in: dict[str, Any] = {}
+    with _collect(problems):
+        audio_in = _object(audio, "input", "session.audio.input")
+    with _collect(problems):
+        if "format" in audio_in:
+            fmt = audio_in["format"]
+            if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm":
+                raise ClientError("unsupported_audio_format",
+                                  "input audio must be {type: 'audio/pcm', rate: 16000 or 24000}",
+                                  "session.audio.input.format")
+            rate = fmt.get("rate", 24000)
+            if isinstance(rate, bool) or rate not in SUPPORTED_RATES:
+                raise ClientError("unsupported_sample_rate",
+                                  f"input rate {rate!r} is not supported; use 16000 or 24000",
+                                  "session.audio.input.format.rate")
+            changes["input_rate"] = int(rate)
+    with _collect(problems):
+        if "transcription" in audio_in:
+            tr = audio_in["transcription"] or {}
+            if not isinstance(tr, dict):
+                raise ClientError("invalid_value", "transcription must be an object",
+                                  "session.audio.input.transcription")
+            for key, name in (("model", "transcription_model"),
+                              ("language", "transcription_language")):
+                if key in tr:
+                    if not isinstance(tr[key], str) and not (key == "language" and tr[key] is None):
+                        raise ClientError("invalid_value", f"transcription.{key} must be a string",
+                                          f"session.audio.input.transcription.{key}")
+                    changes[name] = tr[key]
+    with _collect(problems):
+        if "turn_detection" in audio_in:
+            td = audio_in["turn_detection"]
+            if isinstance(td, dict) and td.get("speculative") is True \
+                    and config.speculative_pause_ms <= 0:
+                raise ClientError("feature_not_available", "speculative turn ends are not part "
+                                  "of this plan (or are off on this server)",
+                                  "session.audio.input.turn_detection.speculative")
+            changes["turn_detection"] = _turn_detection(
+                td, config.turn_detection or config.default_turn_detection,
+                config.default_turn_detection)
+    return replace(config, **changes), problems
+
+
+def _modalities(value: Any, audio_allowed: bool, param: str) -> bool:
+    """`output_modalities`: True for spoken answers (["audio"], with their transcript)."""
+    if not isinstance(value, list) or not value or not set(value) <= {"text", "audio"} \
+            or len(value) > 1:
+        raise ClientError("invalid_value", "output_modalities must be [\"text\"] or "
+                          "[\"audio\"] (audio comes with its transcript)", param)
+    if value == ["audio"] and not audio_allowed:
+        raise ClientError("feature_not_available", "spoken answers are not part of this "
+                          "plan; answers stay text", param)
+    return value == ["audio"]
+
+
+def _voice(value: Any, param: str) -> str:
+    if not isinstance(value, str) or value not in VOICES:
+        raise ClientError("invalid_value", f"voice must be one of {', '.join(VOICES)}", param)
+    return value
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > 16 or not all(
+            isinstance(k, str) and len(k) <= 64 and isinstance(v, str) and len(v) <= 512
+            for k, v in value.items()):
+        raise ClientError("invalid_value", "metadata must be at most 16 string keys (64 "
+                          "characters) with string values (512 characters)", "response.metadata")
+    return dict(value)
+
+
+def _tools(value: Any, param: str) -> tuple[dict[str, Any], ...]:
+    """Function tools, as Realtime declares them: {type: "function", name, description,
+    parameters}. Other tool types (MCP servers) are not run by this server."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > 128:
+        raise ClientError("invalid_value", "tools must be a list (at most 128)", param)
+    tools = []
+    for i, tool in enumerate(value):
+        if not isinstance(tool, dict) or tool.get("type", "function") != "function":
+            raise ClientError("unsupported_tool_type", "only function tools are supported "
+                              "(type 'function'); MCP tools are not", f"{param}[{i}].type")
+        name = tool.get("name")
+        if not isinstance(name, str) or not name or len(name) > 64:
+            raise ClientError("invalid_value", "a function tool needs a 'name' (1-64 "
+                              "characters)", f"{param}[{i}].name")
+        parameters = tool.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise ClientError("invalid_value", "parameters must be a JSON schema object",
+                              f"{param}[{i}].parameters")
+        description = tool.get("description")
+        if description is not None and not isinstance(description, str):
+            raise ClientError("invalid_value", "description must be a string",
+                              f"{param}[{i}].description")
+        tools.append({"type": "function", "name": name,
+                      **({"description": description} if description else {}),
+                      "parameters": parameters or {"type": "object", "properties": {}}})
+    return tuple(tools)
+
+
+def _tool_choice(value: Any, param: str) -> str | dict[str, Any]:
+    if value in ("auto", "none", "required"):
+        return str(value)
+    if isinstance(value, dict) and value.get("type") == "function" \
+            and isinstance(value.get("name"), str):
+        return {"type": "function", "name": value["name"]}
+    raise ClientError("invalid_value", "tool_choice must be 'auto', 'none', 'required' or "
+                      "{type: 'function', name}", param)
+
+
+def _max_tokens(value: Any, param: str) -> int | None:
+    if value == "inf" or value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+        raise ClientError("invalid_value", "max_output_tokens must be 1-4096 or 'inf'", param)
+    return value
+
+
+def _text(content: Any, kinds: tuple[str, ...], param: str) -> str:
+    texts = [part.get("text", part.get("transcript")) for part in content or []
+             if isinstance(part, dict) and part.get("type") in kinds] \
+        if isinstance(content, list) else []
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ClientError("missing_required_parameter",
+                          f"a message needs content [{{type: '{kinds[0]}', text: ...}}]", param)
+    return "\n".join(texts)
+
+
+def conversation_item(item: dict[str, Any], item_id: str
+                      ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A client's Realtime item → (the conversation entry, the item as the server reports
+    it). Messages of any role with text, function calls and their outputs; audio and image
+    content is refused."""
+    kind, role = item.get("type", "message"), item.get("role")
+    if kind == "message":
+        if role == "user":
+            text = _text(item.get("content"), ("input_text",), "item.content")
+            return {"role": "user", "content": text, "_id": item_id}, \
+                ev.user_text_item(item_id, text)
+        if role in ("system", "assistant"):
+            kinds = ("input_text",) if role == "system" else ("output_text", "text",
+                                                              "output_audio", "audio")
+            text = _text(item.get("content"), kinds, "item.content")
+            return {"role": role, "content": text, "_id": item_id}, \
+                ev.message_item(item_id, role, text)
+        raise ClientError("invalid_value", "a message's role is 'user', 'assistant' or "
+                          "'system'", "item.role")
+    if kind == "function_call":
+        call_id, name = item.get("call_id"), item.get("name")
+        arguments = item.get("arguments", "")
+        if not isinstance(call_id, str) or not isinstance(name, str) \
+                or not isinstance(arguments, str):
+            raise ClientError("missing_required_parameter", "a function_call item needs "
+                              "'call_id', 'name' and 'arguments' (strings)", "item")
+        entry = {"role": "assistant", "content": None, "_id": item_id, "tool_calls": [
+            {"id": call_id, "type": "function",
+             "function": {"name": name, "arguments": arguments}}]}
+        return entry, ev.function_call_item(item_id, call_id, name, arguments, "completed")
+    if kind == "function_call_output":
+        call_id, output = item.get("call_id"), item.get("output")
+        if not isinstance(call_id, str) or not isinstance(output, str):
+            raise ClientError("missing_required_parameter", "a function_call_output item needs "
+                              "'call_id' and 'output' (strings)", "item")
+        return {"role": "tool", "tool_call_id": call_id, "content": output, "_id": item_id}, \
+            ev.function_call_output_item(item_id, call_id, output)
+    raise ClientError("unsupported_item", f"items of type '{kind}' are not supported (message, "
+                      "function_call and function_call_output are)", "item.type")
+
+
+def realtime_item(entry: dict[str, Any]) -> dict[str, Any]:
+    """A conversation entry as the Realtime item it stands for (`conversation.item.retrieve`)."""
+    item_id = entry["_id"]
+    if "tool_calls" in entry:
+        call = entry["tool_calls"][0]
+        return ev.function_call_item(item_id, call["id"], call["function"]["name"],
+                                     call["function"]["arguments"], "completed")
+    if entry["role"] == "tool":
+        return ev.function_call_output_item(item_id, entry["tool_call_id"], entry["content"])
+    if entry["role"] == "user":
+        return ev.user_audio_item(item_id, entry["content"]) if entry.get("_audio") \
+            else ev.user_text_item(item_id, entry["content"])
+    if entry["role"] == "assistant":
+        return ev.assistant_item(item_id, "completed", entry["content"],
+                                 audio=bool(entry.get("_audio")))
+    return ev.message_item(item_id, entry["role"], entry["content"])
 
 
 def _object(parent: dict[str, Any], key: str, param: str) -> dict[str, Any]:
@@ -995,24 +1475,40 @@ def _object(parent: dict[str, Any], key: str, param: str) -> dict[str, Any]:
     return value
 
 
-def _turn_detection(value: Any, current: TurnDetection) -> TurnDetection | None:
+def _turn_detection(value: Any, current: TurnDetection, default: TurnDetection
+                    ) -> TurnDetection | None:
+    """`server_vad` with its settings, or `semantic_vad` with an eagerness (mapped onto the
+    silence threshold: EAGERNESS_SILENCE_MS)."""
     param = "session.audio.input.turn_detection"
     if value is None:
         return None
-    if not isinstance(value, dict) or value.get("type", "server_vad") != "server_vad":
-        raise ClientError("unsupported_turn_detection",
-                          "turn_detection must be {type: 'server_vad', ...} or null", param)
+    kind = value.get("type", current.type) if isinstance(value, dict) else None
+    if kind not in ("server_vad", "semantic_vad"):
+        raise ClientError("unsupported_turn_detection", "turn_detection must be {type: "
+                          "'server_vad' or 'semantic_vad', ...} or null", param)
     base = current
-    fields: dict[str, Any] = {}
-    for name, kind, lo, hi in (("threshold", (int, float), 0.0, 1.0),
-                               ("prefix_padding_ms", int, 0, 5000),
-                               ("silence_duration_ms", int, 30, 10000)):
-        if value.get(name) is not None:
-            v = value[name]
-            if isinstance(v, bool) or not isinstance(v, kind) or not lo <= v <= hi:
-                raise ClientError("invalid_value", f"{name} must be a number in [{lo}, {hi}]",
-                                  f"{param}.{name}")
-            fields[name] = v
+    fields: dict[str, Any] = {"type": kind}
+    if kind == "semantic_vad":
+        eagerness = value.get("eagerness") or "auto"
+        if eagerness not in ("low", "medium", "high", "auto"):
+            raise ClientError("invalid_value", "eagerness must be low, medium, high or auto",
+                              f"{param}.eagerness")
+        fields["eagerness"] = eagerness
+        fields["silence_duration_ms"] = EAGERNESS_SILENCE_MS.get(
+            eagerness, default.silence_duration_ms)
+        fields["threshold"], fields["prefix_padding_ms"] = default.threshold, \
+            default.prefix_padding_ms
+    else:
+        fields["eagerness"] = "auto"
+        for name, types, lo, hi in (("threshold", (int, float), 0.0, 1.0),
+                                    ("prefix_padding_ms", int, 0, 5000),
+                                    ("silence_duration_ms", int, 30, 10000)):
+            if value.get(name) is not None:
+                v = value[name]
+                if isinstance(v, bool) or not isinstance(v, types) or not lo <= v <= hi:
+                    raise ClientError("invalid_value", f"{name} must be a number in [{lo}, {hi}]",
+                                      f"{param}.{name}")
+                fields[name] = v
     for name in ("create_response", "interrupt_response", "speculative"):
         if value.get(name) is not None:
             if not isinstance(value[name], bool):

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Literal
 
 from accounts.errors import AuthError
 from billing.service import Billing, QuotaError, VoiceGrant
-from dialogue.providers import ProviderError, Providers, Usage
+from dialogue.providers import ProviderError, Providers, ToolCallDelta, Usage
 from rag.grounding import Grounding
 
 from . import events as ev
@@ -107,6 +107,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
             config = replace(config, model=model)
         audio_allowed = grant.tier.allows("tts") and state.providers.speech is not None
         config = replace(config, audio_allowed=audio_allowed,
+                         output_audio=audio_allowed and state.settings.output_modalities == "auto",
                          voice=grant.tier.tts_voice or config.voice)
         if not grant.tier.allows("speculative"):
             config = replace(config, speculative_pause_ms=0)
@@ -307,8 +308,7 @@ class SessionRunner:
             elif isinstance(action, ReportLimits):
                 entries = (self.billing.rate_limits(self.grant)
                            if self.billing is not None and self.grant is not None else [])
-                if entries:  # an unlimited plan has nothing to report
-                    event = self.session.rate_limits_updated(entries)
+                for event in self.session.rate_limits_updated(entries):
                     self.outbox.put_nowait(json.dumps(event.event))
             elif isinstance(action, Close):
                 self.outbox.put_nowait(action)  # the writer closes after what is queued before
@@ -490,13 +490,21 @@ class SessionRunner:
                 self._deliver(answer, lambda: self.execute(
                     [self.session.response_citations(rid, citations)]))
             answer.started = time.perf_counter()
-            async for delta in chat.stream(messages, model=job.model):
+            options: dict[str, Any] = {}
+            if job.tools:
+                options.update(tools=list(job.tools), tool_choice=job.tool_choice)
+            if job.max_tokens is not None:
+                options["max_tokens"] = job.max_tokens
+            async for delta in chat.stream(messages, model=job.model, **options):
                 if isinstance(delta, Usage):
                     answer.usage = delta
                     continue
                 if not answer.first_token:
                     answer.first_token = time.perf_counter()
-                self._deliver(answer, partial(self._delta, rid, answer, delta))
+                if isinstance(delta, ToolCallDelta):
+                    self._deliver(answer, partial(self._tool_call, rid, delta))
+                else:
+                    self._deliver(answer, partial(self._delta, rid, answer, delta))
         except ProviderError as exc:
             if self.metrics is not None:
                 self.metrics.provider_failed("llm", exc.code)
@@ -523,6 +531,10 @@ class SessionRunner:
         self.execute(actions)
         if actions and not answer.first_sent:
             answer.first_sent = time.perf_counter()
+
+    def _tool_call(self, rid: str, call: ToolCallDelta) -> None:
+        self.execute(self.session.response_tool_call(rid, call.index, call.call_id, call.name,
+                                                     call.arguments))
 
     def _failed(self, rid: str, code: str, message: str) -> None:
         self.execute(self.session.response_failed(rid, code, message))

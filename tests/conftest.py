@@ -59,6 +59,8 @@ def make_settings(fake: FakeOpenAI | None = None, **overrides: Any) -> Settings:
         # one provider call per turn, as these tests count them; the speculation tests
         # (test_speculation*.py) turn it on
         speculative=False,
+        # written answers unless a test asks for speech (the interop tests keep the default)
+        output_modalities="text",
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -29,6 +29,25 @@ def chunks(pcm: bytes, rate: int, ms: int = CHUNK_MS) -> list[bytes]:
     return [pcm[i : i + size] for i in range(0, len(pcm), size)]
 
 
+# One spoken turn answered in text, as the client sees it: the fixed prologue, then one or more
+# `response.output_text.delta`, then the fixed epilogue.
+TURN_EVENTS = [
+    "input_audio_buffer.speech_started",
+    "input_audio_buffer.speech_stopped",
+    "input_audio_buffer.committed",
+    "conversation.item.added",
+    "conversation.item.done",
+    "conversation.item.input_audio_transcription.completed",
+    "response.created",
+    "tutor.citations",
+    "response.output_item.added",
+    "conversation.item.added",
+    "response.content_part.added",
+]
+TURN_END = ["response.output_text.done", "response.content_part.done",
+            "response.output_item.done", "conversation.item.done", "response.done",
+            "tutor.response.metrics"]
+
 KEEP = object()  # session_update: leave turn detection as it is
 
 
@@ -53,13 +72,6 @@ def check_shape(event: dict[str, Any]) -> None:
         if rate != 24000:  # the SDK types the rate as Literal[24000]; 16000 is our extension
             event = json.loads(json.dumps(event))
             event["session"]["audio"]["input"]["format"]["rate"] = 24000
-    if event["type"] == "rate_limits.updated":
-        names = {limit["name"] for limit in event["rate_limits"]}
-        assert names <= {"requests", "tokens", "voice_seconds"}, names
-        event = json.loads(json.dumps(event))  # "voice_seconds" is our extension of the names
-        for limit in event["rate_limits"]:
-            if limit["name"] == "voice_seconds":
-                limit["name"] = "tokens"
     SERVER_EVENTS.validate_python(event)
 
 

@@ -34,7 +34,7 @@ def test_a_spoken_turn_is_committed_then_transcribed_then_answered():
     actions = feed(s, read_pcm("q_war.wav"))
     assert [e["type"] for e in sent(actions)] == [
         "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-        "input_audio_buffer.committed", "conversation.item.created"]
+        "input_audio_buffer.committed", "conversation.item.added", "conversation.item.done"]
     job = next(a for a in actions if isinstance(a, Transcribe))
     after = s.transcription_completed(job.item_id, "When did the war end?", 3.3)
     assert [e["type"] for e in sent(after)][:2] == [
@@ -42,7 +42,10 @@ def test_a_spoken_turn_is_committed_then_transcribed_then_answered():
     gen = next(a for a in after if isinstance(a, Generate))
     assert gen.messages[-1] == {"role": "user", "content": "When did the war end?"}
     deltas = sent(s.response_delta(gen.response_id, "In 1945."))
-    assert deltas[0]["delta"] == "In 1945."
+    assert [e["type"] for e in deltas] == [  # the answer's item opens with its first delta
+        "response.output_item.added", "conversation.item.added", "response.content_part.added",
+        "response.output_text.delta"]
+    assert deltas[-1]["delta"] == "In 1945."
     done = sent(s.response_completed(gen.response_id))
     assert done[-1]["type"] == "response.done" and done[-1]["response"]["status"] == "completed"
 

@@ -14,7 +14,8 @@ import websockets
 from openai import AsyncOpenAI
 
 from tests.conftest import CORPUS_FILES, expected_turns, make_settings, read_pcm
-from tests.realtime_client import Conversation, check_shape, chunks, session_update, to_rate
+from tests.realtime_client import (TURN_END, TURN_EVENTS, Conversation, check_shape, chunks,
+                                   session_update, to_rate)
 
 async def api_token(server: str) -> str:
     """An API token of the local guest (dev mode), as a program would use for the SDK."""
@@ -22,22 +23,6 @@ async def api_token(server: str) -> str:
         r = await client.post(f"http://{server}/api/auth/token", json={"name": "sdk test"})
     assert r.status_code == 201
     return r.json()["token"]
-
-
-TURN_EVENTS = [
-    "input_audio_buffer.speech_started",
-    "input_audio_buffer.speech_stopped",
-    "input_audio_buffer.committed",
-    "conversation.item.created",
-    "conversation.item.input_audio_transcription.completed",
-    "response.created",
-    "response.output_item.added",
-    "conversation.item.created",
-    "response.content_part.added",
-    "tutor.citations",
-]
-TURN_END = ["response.output_text.done", "response.content_part.done",
-            "response.output_item.done", "response.done", "tutor.response.metrics"]
 
 
 def check_turns(conv: Conversation, n: int) -> None:
@@ -158,7 +143,8 @@ async def test_barge_in_cancels_the_answer(server, fake):
         # cancellation follows the new speech at once: nothing of the old answer in between
         between = conv.events[conv.events.index(barge_in) + 1 : conv.events.index(cancelled)]
         assert [e["type"] for e in between] == [
-            "response.output_text.done", "response.content_part.done", "response.output_item.done"]
+            "response.output_text.done", "response.content_part.done", "response.output_item.done",
+            "conversation.item.done"]
         late = [e for e in conv.events[conv.events.index(cancelled) + 1 :]
                 if e.get("response_id") == cancelled["response"]["id"]]
         assert late == []
@@ -231,7 +217,9 @@ BAD_INPUT = [
     ("[1, 2]", "invalid_json"),
     ('{"no_type": 1}', "missing_required_parameter"),
     ('{"type": "no.such.event"}', "unknown_event_type"),
-    ('{"type": "conversation.item.delete", "item_id": "x"}', "unsupported_event"),
+    ('{"type": "conversation.item.delete", "item_id": "x"}', "item_not_found"),
+    ('{"type": "conversation.item.retrieve", "item_id": "x"}', "item_not_found"),
+    ('{"type": "transcription_session.update", "session": {}}', "unsupported_event"),
     ('{"type": "conversation.item.truncate"}', "missing_required_parameter"),
     ('{"type": "conversation.item.truncate", "item_id": "x", "audio_end_ms": -1}',
      "invalid_value"),

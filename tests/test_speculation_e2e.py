@@ -11,23 +11,14 @@ import httpx
 import websockets
 
 from tests.conftest import make_settings, read_pcm
-from tests.realtime_client import Conversation, session_update
+from tests.realtime_client import TURN_END as END, TURN_EVENTS as TURN, Conversation, session_update
 from tests.test_metrics import samples
-
-TURN = ["input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped",
-        "input_audio_buffer.committed", "conversation.item.created",
-        "conversation.item.input_audio_transcription.completed", "response.created",
-        "response.output_item.added", "conversation.item.created",
-        "response.content_part.added", "tutor.citations"]
-END = ["response.output_text.done", "response.content_part.done", "response.output_item.done",
-       "response.done", "tutor.response.metrics"]
-
 
 def check_turns(conv: Conversation, n: int) -> None:
     """Each turn exactly as without speculation: prologue, deltas, epilogue; nothing else."""
     types = [t for t in conv.types()
              if t not in ("session.created", "session.updated", "tutor.session.resumable",
-                          "rate_limits.updated")]
+                          "rate_limits.updated", "tutor.rate_limits.updated")]
     for i in range(n):
         assert types[: len(TURN)] == TURN, f"turn {i}: {types[:12]}"
         types = types[len(TURN):]

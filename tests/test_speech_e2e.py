@@ -77,9 +77,9 @@ async def test_a_spoken_answer_streams_its_audio_in_order(fake, start_server):
     tail = [t for t in types if t not in ("response.output_audio.delta",
                                           "response.output_audio_transcript.delta")]
     i = tail.index("response.output_audio.done")
-    assert tail[i:i + 5] == ["response.output_audio.done", "response.output_audio_transcript.done",
+    assert tail[i:i + 6] == ["response.output_audio.done", "response.output_audio_transcript.done",
                              "response.content_part.done", "response.output_item.done",
-                             "response.done"]
+                             "conversation.item.done", "response.done"]
     assert types.index("response.output_audio.done") > max(
         i for i, t in enumerate(types) if t == "response.output_audio.delta")
     assert metrics["first_audio_after_first_delta_ms"] > 0
