@@ -13,11 +13,13 @@ VAD_RATE = 16000  # the rate the VAD, the endpointer and transcription work at
 
 
 class AudioFormatError(ValueError):
-    """A chunk that cannot be PCM16 mono; `code` is the protocol error code."""
+    """Audio, or an audio format, we cannot take; `code` is the protocol error code and `param`
+    the offending field of the client event, when there is one."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.param = param
 
 
 def check_pcm16(chunk: bytes) -> None:

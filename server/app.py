@@ -53,6 +53,7 @@ from store.writer import InteractionWriter
 from study import ai_routes as study_ai_routes
 from study.notes_routes import routes as notes_routes
 
+from audio.formats import AudioFormat
 from dialogue.prompts import TUTOR_INSTRUCTIONS
 from dialogue.providers import Providers
 from dialogue.providers.openai import (OpenAIChatModel, OpenAISpeech, OpenAITranscriber,
@@ -85,6 +86,7 @@ def session_config(settings: Settings) -> SessionConfig:
         instructions=settings.instructions or TUTOR_INSTRUCTIONS,
         model=settings.llm_model,
         input_rate=settings.input_sample_rate,
+        input_format=AudioFormat("audio/pcm", settings.input_sample_rate),
         turn_detection=vad,
         default_turn_detection=vad,
         transcription_model=settings.transcription_model,
@@ -212,7 +214,9 @@ def open_billing(settings: Settings, db: Database, redis_client,  # type: ignore
     billing = Billing(db, catalog, quotas, RequestLimiter(storage_for(settings.redis_url)),
                       ledger=ledger.submit, anonymous_rpm=settings.anonymous_rpm,
                       meter_step_ms=settings.quota_step_ms, default_model=settings.llm_model,
-                      large_model=settings.llm_model_large, guest_tier=settings.guest_tier)
+                      large_model=settings.llm_model_large,
+                      guest_tier=catalog.guest_plan(settings.guest_tier,
+                                                    dev_mode=settings.guest_allowed))
     return billing, ledger
 
 
@@ -344,6 +348,11 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
                     await warm_up()
             else:
                 app.state.providers = providers
+            if app.state.providers.problem:
+                # where a newcomer looks first: the log, before any turn has failed
+                log.warning("%s Voice sessions open but cannot transcribe or answer until it is "
+                            "set (in the environment or .env) and the server restarted.",
+                            app.state.providers.problem)
             app.state.settings = settings
             app.state.session_config = session_config(settings)
             app.state.db = await open_storage(settings, stack)

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Union
 
+from audio.formats import DEFAULT_FORMAT, AudioFormat, InputDecoder, OutputEncoder, parse
 from audio.pcm import SAMPLE_WIDTH, AudioFormatError, wav_bytes
 from audio.turns import AudioInput, TurnEnded, TurnPaused, TurnResumed, TurnStarted, VadSettings
 from billing.meter import VoiceMeter, VoiceUsage
@@ -26,8 +27,6 @@ from dialogue.turns import (CancelResponse, ResponseAlreadyActive, ResponseOptio
                             TurnState, TurnTaker)
 
 from . import events as ev
-
-SUPPORTED_RATES = (16000, 24000)
 
 
 @dataclass(frozen=True)
@@ -169,7 +168,9 @@ class TurnDetection:
 class SessionConfig:
     instructions: str
     model: str
-    input_rate: int = 24000
+    input_rate: int = 24000  # of the PCM16 the input decodes to (8000 for G.711)
+    input_format: AudioFormat = DEFAULT_FORMAT  # audio/pcm (24 or 16 kHz), pcmu, pcma
+    output_format: AudioFormat = DEFAULT_FORMAT  # audio/pcm at 24 kHz, pcmu, pcma
     turn_detection: TurnDetection | None = TurnDetection()
     default_turn_detection: TurnDetection = TurnDetection()  # what re-enabling VAD starts from
     transcription_model: str = "gpt-4o-mini-transcribe"
@@ -196,6 +197,11 @@ class SessionConfig:
     tool_choice: str | dict[str, Any] = "auto"
     max_output_tokens: int | None = None  # None: "inf"
 
+    def __post_init__(self) -> None:
+        if self.input_format.type == "audio/pcm" and self.input_format.rate != self.input_rate:
+            # configured by its rate alone (TUTOR_INPUT_SAMPLE_RATE, older resume state)
+            object.__setattr__(self, "input_format", AudioFormat("audio/pcm", self.input_rate))
+
     @property
     def pause_ms(self) -> int:
         """The effective speculative pause: 0 when speculation is off for this session."""
@@ -211,6 +217,7 @@ class _Speech:
 
     splitter: SentenceSplitter
     pieces: list[Piece]
+    encoder: OutputEncoder
     text_done: bool = False
     first_audio_at: float | None = None
     failed: bool = False
@@ -371,7 +378,7 @@ class RealtimeSession:
             return [self._too_large(len(pcm), event_id)]
         if self._closing is not None:
             return []  # the plan ended the session: what arrives now is neither heard nor billed
-        chunk_ms = len(pcm) / SAMPLE_WIDTH * 1000 / self.config.input_rate
+        chunk_ms = self.config.input_format.ms(len(pcm))
         if self._last_audio_at is not None:
             refill = (now - self._last_audio_at) * 1000
             self._tokens_ms = min(float(self.config.audio_burst_ms), self._tokens_ms + refill)
@@ -383,7 +390,7 @@ class RealtimeSession:
                 " ms ahead); this chunk was dropped",
                 event_id=event_id)]
         try:
-            turn_events = self.audio.feed(pcm)
+            turn_events = self.audio.feed(self._decoder.decode(pcm))
         except AudioFormatError as exc:
             return [self._error(exc.code, str(exc), event_id=event_id)]
         self._tokens_ms -= chunk_ms
@@ -643,11 +650,17 @@ class RealtimeSession:
         if st.first_audio_at is None:
             st.first_audio_at = now
         st.pieces[index].ms += len(pcm) / SAMPLE_WIDTH * 1000 / OUTPUT_RATE
+        return self._audio_out(response_id, st.encoder.encode(pcm))
+
+    def _audio_out(self, response_id: str, data: bytes) -> list[Action]:
+        """Audio in the session's output format, as a binary frame or an event."""
+        if not data:
+            return []
         if self.binary_audio:
-            return [SendBinary(pcm)]
+            return [SendBinary(data)]
         reply = self._replies[response_id]
         return [self._send("response.output_audio.delta",
-                           delta=base64.b64encode(pcm).decode("ascii"),
+                           delta=base64.b64encode(data).decode("ascii"),
                            **ev.text_part(response_id, reply.item_id,  # type: ignore[arg-type]
                                           reply.item_index))]
 
@@ -679,11 +692,12 @@ class RealtimeSession:
         st = self._speech[rid]
         if not st.text_done or not all(p.done for p in st.pieces):
             return []
+        tail = self._audio_out(rid, st.encoder.flush()) if st.first_audio_at is not None else []
         result = self.turns.finished(rid)
         if result is None:
             return []
         text, next_response = result
-        return self._close_response(rid, text, "completed") + self._start(next_response)
+        return tail + self._close_response(rid, text, "completed") + self._start(next_response)
 
     def _echo_window(self, now: float) -> bool:
         """The tutor started speaking less than `echo_guard_ms` ago (and still is)."""
@@ -698,24 +712,30 @@ class RealtimeSession:
         """What a resumed session needs: the conversation and the settings a client chose."""
         cfg = self.config
         return {"history": list(self.turns.history), "instructions": cfg.instructions,
-                "input_rate": cfg.input_rate, "output_audio": cfg.output_audio,
-                "voice": cfg.voice,
+                "input_format": cfg.input_format.to_json(),
+                "output_format": cfg.output_format.to_json(), "output_audio": cfg.output_audio,
+                "voice": cfg.voice, "tools": list(cfg.tools), "tool_choice": cfg.tool_choice,
                 "turn_detection": None if cfg.turn_detection is None
                 else vars(cfg.turn_detection)}
 
     def restore(self, state: dict[str, Any]) -> list[Action]:
         """Continue a dropped session's conversation (the shell checked the token and user)."""
         td = state.get("turn_detection")
+        input_format = parse(state["input_format"], "input") if "input_format" in state \
+            else self.config.input_format
         self.config = replace(
             self.config, instructions=state.get("instructions", self.config.instructions),
-            input_rate=state.get("input_rate", self.config.input_rate),
+            input_format=input_format, input_rate=input_format.pcm_rate,
+            tools=tuple(state.get("tools", ())), tool_choice=state.get("tool_choice", "auto"),
+            output_format=parse(state["output_format"], "output") if "output_format" in state
+            else self.config.output_format,
             output_audio=bool(state.get("output_audio")) and self.config.audio_allowed,
             voice=state.get("voice", self.config.voice),
             turn_detection=None if td is None else TurnDetection(**td))
         self._apply_turn_detection()
         self.audio = self._new_audio_input()
-        for message in state.get("history", [])[-self.turns.history.maxlen:]:  # type: ignore[index]
-            self.turns.history.append({"role": message["role"], "content": message["content"]})
+        for entry in state.get("history", [])[-self.turns.history.maxlen:]:  # type: ignore[index]
+            self.turns.history.append(dict(entry))  # our own export: items, calls and all
         return [self._send("session.updated", session=self._session_object()),
                 self._send("tutor.session.resumed", messages=len(self.turns.history))]
 
@@ -752,8 +772,8 @@ class RealtimeSession:
         self.config, problems = _updated_config(old, session)
         self._apply_turn_detection()
         out: list[Action] = []
-        if (old.input_rate, old.turn_detection, old.min_speech_ms) != (
-            self.config.input_rate, self.config.turn_detection, self.config.min_speech_ms
+        if (old.input_format, old.turn_detection, old.min_speech_ms) != (
+            self.config.input_format, self.config.turn_detection, self.config.min_speech_ms
         ):
             self.audio = self._new_audio_input()
             self._speech_item_id = None
@@ -1043,7 +1063,8 @@ class RealtimeSession:
         if spec.in_conversation and start.options.input is None:
             reply.audio_s, self._unanswered_audio_s = self._unanswered_audio_s, 0.0
         if spec.audio:
-            self._speech[rid] = _Speech(SentenceSplitter(), [])
+            self._speech[rid] = _Speech(SentenceSplitter(), [],
+                                        OutputEncoder(self.config.output_format))
         return [self._send("response.created",
                            response=self._response_object(rid, "in_progress", reply, [])),
                 Release(rid) if rid == held else self._generate(start, spec)]
@@ -1074,7 +1095,7 @@ class RealtimeSession:
                            conversation_id=self._conversation_id if spec.in_conversation
                            else None,
                            max_output_tokens=spec.max_output_tokens,
-                           voice=spec.voice)
+                           voice=spec.voice, output_format=self.config.output_format.to_json())
 
     def _cancelled(self, cut: CancelResponse, now: float | None = None) -> list[Action]:
         details = {"type": "cancelled", "reason": cut.reason}
@@ -1181,6 +1202,7 @@ class RealtimeSession:
         self.turns.interrupt = td.interrupt_response if td else False
 
     def _new_audio_input(self) -> AudioInput:
+        self._decoder = InputDecoder(self.config.input_format)
         td = self.config.turn_detection
         vad = None if td is None else VadSettings(
             threshold=td.threshold, prefix_padding_ms=td.prefix_padding_ms,
@@ -1203,11 +1225,10 @@ class RealtimeSession:
             "max_output_tokens": "inf" if cfg.max_output_tokens is None
             else cfg.max_output_tokens,
             "audio": {"input": {
-                "format": {"type": "audio/pcm", "rate": cfg.input_rate},
+                "format": cfg.input_format.to_json(),
                 "transcription": transcription,
                 "turn_detection": _turn_detection_object(td, cfg.pause_ms > 0),
-            }, "output": {"format": {"type": "audio/pcm", "rate": OUTPUT_RATE},
-                          "voice": cfg.voice}},
+            }, "output": {"format": cfg.output_format.to_json(), "voice": cfg.voice}},
         }
 
 
@@ -1275,28 +1296,14 @@ def _updated_config(config: SessionConfig, session: dict[str, Any]
             changes["voice"] = _voice(audio_out["voice"], "session.audio.output.voice")
     with _collect(problems):
         if "format" in audio_out:
-            fmt = audio_out["format"]
-            if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm" \
-                    or fmt.get("rate", OUTPUT_RATE) != OUTPUT_RATE:
-                raise ClientError("unsupported_audio_format",
-                                  "output audio is {type: 'audio/pcm', rate: 24000}",
-                                  "session.audio.output.format")
+            changes["output_format"] = _format(audio_out["format"], "output")
     audio_in: dict[str, Any] = {}
     with _collect(problems):
         audio_in = _object(audio, "input", "session.audio.input")
     with _collect(problems):
         if "format" in audio_in:
-            fmt = audio_in["format"]
-            if not isinstance(fmt, dict) or fmt.get("type", "audio/pcm") != "audio/pcm":
-                raise ClientError("unsupported_audio_format",
-                                  "input audio must be {type: 'audio/pcm', rate: 16000 or 24000}",
-                                  "session.audio.input.format")
-            rate = fmt.get("rate", 24000)
-            if isinstance(rate, bool) or rate not in SUPPORTED_RATES:
-                raise ClientError("unsupported_sample_rate",
-                                  f"input rate {rate!r} is not supported; use 16000 or 24000",
-                                  "session.audio.input.format.rate")
-            changes["input_rate"] = int(rate)
+            fmt = changes["input_format"] = _format(audio_in["format"], "input")
+            changes["input_rate"] = fmt.pcm_rate
     with _collect(problems):
         if "transcription" in audio_in:
             tr = audio_in["transcription"] or {}
@@ -1322,6 +1329,13 @@ def _updated_config(config: SessionConfig, session: dict[str, Any]
                 td, config.turn_detection or config.default_turn_detection,
                 config.default_turn_detection)
     return replace(config, **changes), problems
+
+
+def _format(value: Any, direction: str) -> AudioFormat:
+    try:
+        return parse(value, direction)  # type: ignore[arg-type]
+    except AudioFormatError as exc:
+        raise ClientError(exc.code, str(exc), getattr(exc, "param", None))
 
 
 def _modalities(value: Any, audio_allowed: bool, param: str) -> bool:

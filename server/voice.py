@@ -29,6 +29,7 @@ from dialogue.providers import ProviderError, Providers, ToolCallDelta, Usage
 from rag.grounding import Grounding
 
 from . import events as ev
+from .beta import client_text_to_ga, ga_to_client, is_beta
 from .metrics import SAMPLE_EVERY, Metrics
 from .resume import ResumeStore
 from .protocol import (Abandon, Action, Adopt, Cancel, Charge, Close, Generate, RealtimeSession,
@@ -118,6 +119,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         await websocket.accept()
         course = websocket.query_params.get("course") or state.settings.default_course
         runner = SessionRunner(websocket, session, state.providers, user_id=user.id,
+                               beta=is_beta(websocket.headers, websocket.query_params),
                                record=state.writer.submit, course=course,
                                knowledge=state.knowledge(course), billing=billing, grant=grant,
                                resume=state.resume, resume_ttl_s=state.settings.resume_ttl_s,
@@ -160,7 +162,8 @@ class SessionRunner:
                  knowledge: Callable[[str, str | None], Awaitable[Grounding]] | None = None,
                  course: str | None = None, billing: Billing | None = None,
                  grant: VoiceGrant | None = None, resume: ResumeStore | None = None,
-                 resume_ttl_s: float = 120.0, metrics: Metrics | None = None) -> None:
+                 resume_ttl_s: float = 120.0, metrics: Metrics | None = None,
+                 beta: bool = False) -> None:
         self.websocket = websocket
         self.session = session
         self.providers = providers
@@ -173,6 +176,7 @@ class SessionRunner:
         self.resume = resume
         self.resume_ttl_s = resume_ttl_s
         self.metrics = metrics
+        self.beta = beta  # the client speaks the beta protocol: events translated both ways
         self.resume_token = secrets.token_urlsafe(24)
         self.charges: set[asyncio.Task[None]] = set()  # never cancelled: billing must land
         self.speech: dict[str, _Speaker] = {}  # response id → its synthesis and playback
@@ -209,7 +213,8 @@ class SessionRunner:
                     break
                 now = self.loop.time()
                 if message.get("text") is not None:
-                    self._receive(self.session.receive_text, message["text"], now)
+                    text = client_text_to_ga(message["text"]) if self.beta else message["text"]
+                    self._receive(self.session.receive_text, text, now)
                 elif message.get("bytes") is not None:
                     self._receive(self.session.receive_audio, message["bytes"], now)
         except WebSocketDisconnect:
@@ -248,9 +253,11 @@ class SessionRunner:
     def execute(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
-                self.outbox.put_nowait(json.dumps(action.event))
                 if self.metrics is not None:
                     self.metrics.event_sent(action.event)
+                event = ga_to_client(action.event) if self.beta else action.event
+                if event is not None:
+                    self.outbox.put_nowait(json.dumps(event))
             elif isinstance(action, Transcribe):
                 if action.speculative:
                     clock = TurnClock(None, speculative=True)

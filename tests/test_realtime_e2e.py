@@ -238,7 +238,9 @@ BAD_INPUT = [
     ('{"type": "session.update", "session": {"audio": {"input": {"format": '
      '{"type": "audio/pcm", "rate": 44100}}}}}', "unsupported_sample_rate"),
     ('{"type": "session.update", "session": {"audio": {"input": {"format": '
-     '{"type": "audio/pcmu"}}}}}', "unsupported_audio_format"),
+     '{"type": "audio/pcmu", "rate": 16000}}}}}', "unsupported_sample_rate"),
+    ('{"type": "session.update", "session": {"audio": {"input": {"format": '
+     '{"type": "audio/opus"}}}}}', "unsupported_audio_format"),
     ('{"type": "session.update", "session": {"audio": {"input": {"turn_detection": '
      '{"type": "server_vad", "threshold": 7}}}}}', "invalid_value"),
     ('{"type": "session.update"}', "missing_required_parameter"),
