@@ -249,15 +249,30 @@ class ResponseSpec:
 
 @dataclass
 class _Call:
+    """A function call of an answer: its item, and its conversation entry (the turn-taker
+    keeps that one; the arguments grow in it as they stream)."""
+
     item_id: str
     call_id: str
     name: str
     output_index: int
-    arguments: list[str] = field(default_factory=list)
+    entry: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.entry = {"role": "assistant", "content": None, "_id": self.item_id, "tool_calls": [
+            {"id": self.call_id, "type": "function",
+             "function": {"name": self.name, "arguments": ""}}]}
+
+    @property
+    def arguments(self) -> str:
+        return self.entry["tool_calls"][0]["function"]["arguments"]
+
+    def add(self, fragment: str) -> None:
+        self.entry["tool_calls"][0]["function"]["arguments"] += fragment
 
     def item(self, status: str) -> dict[str, Any]:
-        return ev.function_call_item(self.item_id, self.call_id, self.name,
-                                     "".join(self.arguments), status)
+        return ev.function_call_item(self.item_id, self.call_id, self.name, self.arguments,
+                                     status)
 
 
 @dataclass
@@ -573,13 +588,14 @@ class RealtimeSession:
             call = reply.calls[index] = _Call(self.ids("item"), call_id or self.ids("call"),
                                               name or "", reply.outputs)
             reply.outputs += 1
+            response.calls.append(call.entry)
             item = call.item("in_progress")
             out.append(self._send("response.output_item.added", response_id=response_id,
                                   output_index=call.output_index, item=item))
             if reply.spec.in_conversation:
                 out.append(self._item_added(item))
         if arguments:
-            call.arguments.append(arguments)
+            call.add(arguments)
             out.append(self._send("response.function_call_arguments.delta",
                                   response_id=response_id, item_id=call.item_id,
                                   output_index=call.output_index, call_id=call.call_id,
