@@ -10,6 +10,16 @@ JSON content: what `Behaviour.structured` queues (a dict/list as JSON; a string 
 invalid output too; a `Refusal`; a `Truncated` answer; or a callable of the request body
 returning one of those), else `Behaviour.structured_reply(body)`, else a generic instance of the
 schema (an enum's first value, so a schema naming passage ids cites one).
+A request with `tools` (and `tool_choice` not "none") makes tool calls, streamed as OpenAI
+streams them (a first fragment per call with its index, id and name, then its JSON arguments in
+pieces, then `finish_reason: "tool_calls"`): the calls `Behaviour.tool_calls` queues (one entry
+per such request; an unknown name or invalid arguments too), else one per offered tool whose
+name the last (user) message mentions, in the order mentioned, with `schema_instance` of its
+parameters as arguments; a `tool_choice` naming a function, or "required", forces a call. After
+`role: "tool"` messages the reply quotes them ("The tool said: ..."). Tools, `tool_choice` and
+the tool-call/tool-answer pairing of the messages are checked as OpenAI checks them (400
+otherwise). `max_completion_tokens` (or `max_tokens`) caps the streamed tokens (text tokens or
+argument pieces), then `finish_reason: "length"`.
 `POST /v1/embeddings` answers deterministic feature-hashing vectors (texts sharing words are
 similar), as floats or base64 as asked. Used by
 the tests (in-process) and by bench/ (as a subprocess:
@@ -29,6 +39,7 @@ import re
 import socket
 import struct
 import time
+import uuid
 import wave
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
@@ -106,6 +117,9 @@ class Behaviour:
     # queued, structured_reply(body), or else a generic instance of the requested schema
     structured: list[Any] = field(default_factory=list)
     structured_reply: Callable[[dict[str, Any]], Any] | None = None
+    # tool calls to make, one entry per request offering tools (tool_choice not "none"): each
+    # the calls as (function name, arguments JSON), sent as given; [] answers with text
+    tool_calls: list[list[tuple[str, str]]] = field(default_factory=list)
 
 
 class FakeOpenAI(LoopbackServer):
@@ -162,8 +176,20 @@ class FakeOpenAI(LoopbackServer):
                                 status_code=500)
         if failure == "timeout":
             await asyncio.sleep(b.hang_seconds)
-        last_user = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
-        reply = b.reply if b.reply is not None else f"Good question! Let us work it out. You said: {last_user}"
+        problem = request_problem(body)
+        if problem:
+            message, param = problem
+            return JSONResponse({"error": {"message": message, "type": "invalid_request_error",
+                                           "param": param, "code": None}}, status_code=400)
+        messages = body["messages"]
+        last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+        answers = _trailing_tool_answers(messages)
+        if b.reply is not None:
+            reply = b.reply
+        elif answers:
+            reply = "The tool said: " + "; ".join(answers)
+        else:
+            reply = f"Good question! Let us work it out. You said: {last_user}"
         model = body.get("model", "fake")
         response_format = body.get("response_format") or {}
         if response_format.get("type") == "json_schema":
@@ -183,13 +209,53 @@ class FakeOpenAI(LoopbackServer):
             if not body.get("stream"):
                 return JSONResponse(_completion(model, reply,
                                                 usage=_usage(body["messages"], reply)))
-        tokens = re.findall(r"\S+\s*", reply)
+        calls = self._tool_calls(body)
         if not body.get("stream"):
+            if calls:
+                return JSONResponse(_completion(model, None, finish_reason="tool_calls",
+                                                tool_calls=calls))
             return JSONResponse(_completion(model, reply))
+        if calls:
+            head, deltas = None, _tool_call_deltas(calls)
+            finish_reason = "tool_calls"
+        else:
+            head = {"role": "assistant", "content": ""}
+            deltas = [{"content": token} for token in re.findall(r"\S+\s*", reply)]
+            finish_reason = "stop"
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if limit is not None and len(deltas) > limit:
+            deltas, finish_reason = deltas[:limit], "length"
         usage = (body.get("stream_options") or {}).get("include_usage")
-        stream = self._stream(model, tokens, failure, arrived + b.ttft, b.token_delay,
-                              _prompt_tokens(body["messages"]) if usage else None)
+        stream = self._stream(model, head, deltas, finish_reason, failure, arrived + b.ttft,
+                              b.token_delay, _prompt_tokens(messages) if usage else None)
         return StreamingResponse(stream, media_type="text/event-stream")
+
+    def _tool_calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The calls to answer a request with, as a message's `tool_calls`: none without tools
+        or with `tool_choice: "none"`; else the queued ones, or those the last user message
+        names (or the forced one)."""
+        tools = body.get("tools") or []
+        choice = body.get("tool_choice")
+        if not tools or choice == "none":
+            return []
+        b = self.behaviour
+        if b.tool_calls:
+            named = b.tool_calls.pop(0)
+        else:
+            functions = {t["function"]["name"]: t["function"] for t in tools}
+            if isinstance(choice, dict):
+                chosen = [choice["function"]["name"]]
+            else:
+                last = body["messages"][-1]
+                text = _text(last.get("content")) if last.get("role") == "user" else ""
+                chosen = sorted((n for n in functions if n in text), key=text.index)
+                if not chosen and choice == "required":
+                    chosen = [tools[0]["function"]["name"]]
+            default = {"type": "object", "properties": {}}
+            named = [(n, json.dumps(schema_instance(functions[n].get("parameters") or default)))
+                     for n in chosen]
+        return [{"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                 "function": {"name": name, "arguments": arguments}} for name, arguments in named]
 
     def _structured_output(self, body: dict[str, Any]) -> str | Refusal | Truncated:
         b = self.behaviour
@@ -257,26 +323,30 @@ class FakeOpenAI(LoopbackServer):
         return JSONResponse({"object": "list", "data": data, "model": model,
                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
 
-    async def _stream(self, model: str, tokens: list[str], failure: str | None,
+    async def _stream(self, model: str, head: dict[str, Any] | None,
+                      deltas: list[dict[str, Any]], finish_reason: str, failure: str | None,
                       first_token_at: float, token_delay: float,
                       prompt_tokens: int | None) -> AsyncIterator[bytes]:
+        """`head` (the role, for a text answer) at once, then each delta (a token, or a piece of
+        a tool call) from the time of the first token on, then `finish_reason`."""
         b = self.behaviour
-        yield _chunk(model, {"role": "assistant", "content": ""})
+        if head is not None:
+            yield _chunk(model, head)
         await asyncio.sleep(first_token_at - time.perf_counter())
-        for i, token in enumerate(tokens):
+        for i, delta in enumerate(deltas):
             if i and token_delay:
                 await asyncio.sleep(token_delay)
             if i == 2 and failure == "cut":
                 raise ConnectionAbortedError("fake provider drops the connection mid-stream")
             if i == 2 and failure == "stall":
                 await asyncio.sleep(b.hang_seconds)
-            yield _chunk(model, {"content": token})
-        yield _chunk(model, {}, finish_reason="stop")
+            yield _chunk(model, delta)
+        yield _chunk(model, {}, finish_reason=finish_reason)
         if prompt_tokens is not None:  # OpenAI's last chunk with stream_options.include_usage
             payload = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 0,
                        "model": model, "choices": [],
-                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(tokens),
-                                 "total_tokens": prompt_tokens + len(tokens)}}
+                       "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(deltas),
+                                 "total_tokens": prompt_tokens + len(deltas)}}
             yield f"data: {json.dumps(payload)}\n\n".encode()
         yield b"data: [DONE]\n\n"
 
@@ -331,11 +401,13 @@ def _prompt_tokens(messages: list[dict[str, Any]]) -> int:
 
 
 def _completion(model: str, text: str | None, *, refusal: str | None = None,
-                finish_reason: str = "stop", usage: dict[str, int] | None = None
-                ) -> dict[str, Any]:
+                finish_reason: str = "stop", usage: dict[str, int] | None = None,
+                tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if refusal is not None:
         message["refusal"] = refusal
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     completion = {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
                   "model": model, "choices": [{"index": 0, "finish_reason": finish_reason,
                                                "message": message}]}
@@ -348,6 +420,124 @@ def _usage(messages: list[dict[str, Any]], output: str) -> dict[str, int]:
     prompt, completion = _prompt_tokens(messages), len(output.split())
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
+
+
+# -- tool calls ----------------------------------------------------------------------------------
+
+_FUNCTION_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_ARGUMENT_PIECE = 8  # characters of a call's JSON arguments per streamed fragment
+
+
+def _text(content: Any) -> str:
+    """A message's text: its content string, or its text parts joined."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def _trailing_tool_answers(messages: list[dict[str, Any]]) -> list[str]:
+    """The contents of the `role: "tool"` messages that end the conversation, in order."""
+    answers: list[str] = []
+    for message in reversed(messages):
+        if message.get("role") != "tool":
+            break
+        answers.append(_text(message.get("content")))
+    return answers[::-1]
+
+
+def _tool_call_deltas(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The stream deltas of `calls` as OpenAI sends them: per call, a first fragment with its
+    index, id, type and name (and the role, for the first call), then its arguments in pieces."""
+    deltas: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        first: dict[str, Any] = {"tool_calls": [{
+            "index": index, "id": call["id"], "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": ""}}]}
+        if not index:
+            first = {"role": "assistant", "content": None, **first}
+        deltas.append(first)
+        arguments = call["function"]["arguments"]
+        for i in range(0, len(arguments), _ARGUMENT_PIECE):
+            deltas.append({"tool_calls": [{"index": index, "function": {
+                "arguments": arguments[i: i + _ARGUMENT_PIECE]}}]})
+    return deltas
+
+
+def request_problem(body: dict[str, Any]) -> tuple[str, str | None] | None:
+    """What OpenAI would refuse (HTTP 400) in a chat request's tools, tool choice, token caps
+    and tool-call/tool-answer pairing, as (message, param), or None."""
+    if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
+        return ("Setting 'max_tokens' and 'max_completion_tokens' at the same time is not "
+                "supported.", "max_tokens")
+    tools = body.get("tools")
+    choice = body.get("tool_choice")
+    names: list[str] = []
+    for i, tool in enumerate(tools or []):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict):
+            return f"Missing required parameter: 'tools[{i}].function'.", f"tools[{i}].function"
+        if tool.get("type") != "function":
+            return (f"Invalid value: '{tool.get('type')}'. Supported values are: 'function'.",
+                    f"tools[{i}].type")
+        name = function.get("name")
+        if not isinstance(name, str) or not _FUNCTION_NAME.match(name):
+            return (f"Invalid 'tools[{i}].function.name': string does not match pattern. "
+                    "Expected a string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+                    f"tools[{i}].function.name")
+        names.append(name)
+    if choice is not None:
+        if not tools:
+            return ("Invalid value for 'tool_choice': 'tool_choice' is only allowed when "
+                    "'tools' are specified.", "tool_choice")
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name")
+            if choice.get("type") != "function" or name not in names:
+                return (f"Invalid 'tool_choice': no function named '{name}' in 'tools'.",
+                        "tool_choice")
+        elif choice not in ("none", "auto", "required"):
+            return (f"Invalid value: '{choice}'. Supported values are: 'none', 'auto', and "
+                    "'required'.", "tool_choice")
+    calls: list[str] | None = None  # the ids the current run of tool messages answers
+    pending: list[str] = []  # those not answered yet
+    for i, message in enumerate(body.get("messages") or []):
+        role = message.get("role")
+        if role == "tool":
+            call_id = message.get("tool_call_id")
+            for key in ("tool_call_id", "content"):
+                if message.get(key) is None:
+                    return (f"Missing required parameter: 'messages[{i}].{key}'.",
+                            f"messages[{i}].{key}")
+            if calls is None:
+                return ("Invalid parameter: messages with role 'tool' must be a response to a "
+                        "preceeding message with 'tool_calls'.", f"messages.[{i}].role")
+            if call_id not in calls:
+                return (f"Invalid parameter: 'tool_call_id' of '{call_id}' not found in "
+                        "'tool_calls' of previous message.", f"messages.[{i}].tool_call_id")
+            if call_id in pending:
+                pending.remove(call_id)
+            continue
+        if pending:
+            return ("An assistant message with 'tool_calls' must be followed by tool messages "
+                    "responding to each 'tool_call_id'. The following tool_call_ids did not "
+                    f"have response messages: {', '.join(pending)}", f"messages.[{i}].role")
+        calls = None
+        if role != "assistant" or not message.get("tool_calls"):
+            continue
+        for j, call in enumerate(message["tool_calls"]):
+            where = f"messages[{i}].tool_calls[{j}]"
+            for key in ("id", "type", "function"):
+                if key not in call:
+                    return f"Missing required parameter: '{where}.{key}'.", f"{where}.{key}"
+            if not isinstance(call["function"].get("arguments"), str):
+                return (f"Missing required parameter: '{where}.function.arguments'.",
+                        f"{where}.function.arguments")
+        calls = [call["id"] for call in message["tool_calls"]]
+        pending = list(calls)
+    if pending:
+        return ("An assistant message with 'tool_calls' must be followed by tool messages "
+                "responding to each 'tool_call_id'. The following tool_call_ids did not have "
+                f"response messages: {', '.join(pending)}", "messages")
+    return None
 
 
 # -- structured output ---------------------------------------------------------------------------

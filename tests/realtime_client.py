@@ -7,6 +7,7 @@ import base64
 import json
 from typing import Any
 
+import httpx
 import numpy as np
 import soxr
 from pydantic import TypeAdapter
@@ -143,3 +144,11 @@ def sse_events(body: str) -> list[tuple[str, Any]]:
         lines = dict(line.split(": ", 1) for line in block.splitlines())
         out.append((lines["event"], json.loads(lines["data"])))
     return out
+
+
+async def api_token(server: str) -> str:
+    """An API token of the local guest (dev mode), as a program would use for the SDK."""
+    async with httpx.AsyncClient() as client:
+        r = await client.post(f"http://{server}/api/auth/token", json={"name": "sdk test"})
+    assert r.status_code == 201
+    return r.json()["token"]

@@ -8,21 +8,14 @@ import asyncio
 import base64
 import json
 
-import httpx
 import pytest
 import websockets
 from openai import AsyncOpenAI
 
 from tests.conftest import CORPUS_FILES, expected_turns, make_settings, read_pcm
-from tests.realtime_client import (TURN_END, TURN_EVENTS, Conversation, check_shape, chunks,
-                                   session_update, to_rate)
+from tests.realtime_client import (TURN_END, TURN_EVENTS, Conversation, api_token, check_shape,
+                                   chunks, session_update, to_rate)
 
-async def api_token(server: str) -> str:
-    """An API token of the local guest (dev mode), as a program would use for the SDK."""
-    async with httpx.AsyncClient() as client:
-        r = await client.post(f"http://{server}/api/auth/token", json={"name": "sdk test"})
-    assert r.status_code == 201
-    return r.json()["token"]
 
 
 def check_turns(conv: Conversation, n: int) -> None:

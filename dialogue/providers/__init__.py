@@ -32,6 +32,18 @@ class Usage:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A fragment of a streamed tool call: `index` is the call's position among the answer's
+    calls; `call_id` and `name` come with the first fragment of a call (None after);
+    `arguments` is a piece of its JSON arguments (may be "")."""
+
+    index: int
+    call_id: str | None
+    name: str | None
+    arguments: str
+
+
+@dataclass(frozen=True)
 class JsonReply:
     """A structured-output answer (`ChatModel.complete_json`): the model's JSON text as it came,
     not yet parsed or validated (the caller does both, and may ask again with the error)."""
@@ -48,10 +60,17 @@ class Transcriber(Protocol):
 
 
 class ChatModel(Protocol):
-    def stream(self, messages: list[dict[str, str]], *,
-               model: str | None = None) -> AsyncIterator[str | Usage]:
-        """Yield text deltas as they are generated, then a `Usage` if known; raise ProviderError
-        on failure."""
+    def stream(self, messages: list[dict[str, Any]], *, model: str | None = None,
+               tools: list[dict[str, Any]] | None = None,
+               tool_choice: str | dict[str, Any] | None = None,
+               max_tokens: int | None = None) -> AsyncIterator[str | ToolCallDelta | Usage]:
+        """Yield text deltas and `ToolCallDelta` fragments as they are generated, then a `Usage`
+        if known; raise ProviderError on failure. `tools` and `tool_choice` are in
+        chat-completions shape (`{"type": "function", "function": {"name", "description",
+        "parameters"}}`; `"auto" | "none" | "required" | {"type": "function", "function":
+        {"name": ...}}`); `messages` may hold assistant messages with `tool_calls` (content
+        possibly None) and `role: "tool"` answers with their `tool_call_id`. `max_tokens` caps
+        this answer (the adapter's own default otherwise)."""
         ...
 
     async def complete_json(self, messages: list[dict[str, str]], *, name: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any, AsyncIterator
 
 import openai
@@ -17,7 +18,7 @@ from openai import AsyncOpenAI
 
 from audio.pcm import wav_bytes
 
-from . import JsonReply, ProviderError, Transcript, Usage
+from . import JsonReply, ProviderError, ToolCallDelta, Transcript, Usage
 
 try:  # the HTTP library the SDK is built on (httpx2 in openai 3.x)
     import httpx2 as _http
@@ -86,11 +87,22 @@ class OpenAIChatModel:
         self.max_tokens = max_tokens
         self.stream_usage = stream_usage  # some compatible servers refuse stream_options
 
-    async def stream(self, messages: list[dict[str, str]], *,
-                     model: str | None = None) -> AsyncIterator[str | Usage]:
-        extra: dict = {"max_tokens": self.max_tokens} if self.max_tokens else {}
+    async def stream(self, messages: list[dict[str, Any]], *, model: str | None = None,
+                     tools: list[dict[str, Any]] | None = None,
+                     tool_choice: str | dict[str, Any] | None = None,
+                     max_tokens: int | None = None) -> AsyncIterator[str | ToolCallDelta | Usage]:
+        # A per-answer cap goes as `max_completion_tokens` (OpenAI's name; its reasoning models
+        # refuse `max_tokens`); the configured default keeps `max_tokens`, which every
+        # compatible server (Ollama, LM Studio) honours. Never both: OpenAI refuses the pair.
+        extra: dict[str, Any] = ({"max_completion_tokens": max_tokens} if max_tokens
+                                 else {"max_tokens": self.max_tokens} if self.max_tokens else {})
+        if tools:  # tool_choice without tools is a 400 at OpenAI
+            extra["tools"] = tools
+            if tool_choice is not None:
+                extra["tool_choice"] = tool_choice
         if self.stream_usage:
             extra["stream_options"] = {"include_usage": True}
+        calls = _ToolCalls()
         finished = streaming = False
         try:
             stream = await self.client.chat.completions.create(
@@ -102,8 +114,12 @@ class OpenAIChatModel:
                     if chunk.usage is not None:
                         yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
                     for choice in chunk.choices:
-                        if choice.delta.content:
-                            yield choice.delta.content
+                        delta = choice.delta
+                        if delta.content:
+                            yield delta.content
+                        if delta.tool_calls:
+                            for call in delta.tool_calls:
+                                yield calls.fragment(call)
                         if choice.finish_reason:
                             finished = True
         except ProviderError:
@@ -147,6 +163,32 @@ class OpenAIChatModel:
             raise ProviderError("provider_refused",
                                 f"the chat model declined: {refusal or 'content filtered'}")
         return JsonReply(choice.message.content or "", usage, choice.finish_reason)
+
+
+class _ToolCalls:
+    """Numbers the tool calls of one streamed answer as OpenAI does (0, 1, ...), whatever the
+    server sent: a call is known by its id, so a server that reuses `index` 0 for every parallel
+    call (Ollama) or repeats the id on each fragment still gives one call per id; a fragment
+    without an id continues the call last started at its index, and a call that never had an
+    id gets one, since the answer to it must name it."""
+
+    __slots__ = ("by_id", "by_index")
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, int] = {}
+        self.by_index: dict[int, int] = {}  # the server's index -> ours
+
+    def fragment(self, call: Any) -> ToolCallDelta:
+        function = call.function
+        arguments = (function.arguments if function is not None else None) or ""
+        their_index = getattr(call, "index", None) or 0
+        known = self.by_id.get(call.id) if call.id else self.by_index.get(their_index)
+        if known is not None:
+            return ToolCallDelta(known, None, None, arguments)
+        call_id = call.id or f"call_{uuid.uuid4().hex[:24]}"
+        index = self.by_id[call_id] = self.by_index[their_index] = len(self.by_id)
+        return ToolCallDelta(index, call_id, function.name if function is not None else None,
+                             arguments)
 
 
 async def warm_up() -> float:
