@@ -36,32 +36,36 @@ NOTE_PROMPT_CHARS = 1500
 def chat_messages(instructions: str, history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The chat request's messages: the instructions, then the conversation's entries as the
     chat-completions API takes them. Entries may carry private keys (`_id`, `_audio`: the
-    Realtime item they stand for), which are left out. Consecutive function calls (and the
-    assistant text before them) become one assistant message with `tool_calls`; a call whose
-    output is not (or no longer) in the conversation is left out with its output, as the API
-    refuses either alone."""
-    answered = {e.get("tool_call_id") for e in history if e.get("role") == "tool"}
+    Realtime item they stand for), which are left out.
+
+    Function calls follow the API's rule: an assistant message with `tool_calls` is followed at
+    once by one `tool` message per call. So a call's output is placed right after its call
+    wherever the client added it, consecutive calls (and the text just before them) share one
+    assistant message, and a call without an output (never answered, or cut by a barge-in) is
+    left out, as is an output whose call is not in the conversation."""
+    outputs = {e.get("tool_call_id"): e for e in history if e.get("role") == "tool"}
     messages: list[dict[str, Any]] = [{"role": "system", "content": instructions}]
-    offered: set[str] = set()
+    calling: dict[str, Any] | None = None  # the assistant message the last calls joined
     for entry in history:
-        role = entry.get("role")
         if "tool_calls" in entry:
-            calls = [c for c in entry["tool_calls"] if c["id"] in answered]
+            calls = [c for c in entry["tool_calls"] if c["id"] in outputs]
             if not calls:
                 continue
-            offered.update(c["id"] for c in calls)
-            last = messages[-1]
-            if last["role"] == "assistant":  # the text (or calls) just before: one message
-                messages[-1] = {"role": "assistant", "content": last.get("content"),
-                                "tool_calls": [*last.get("tool_calls", []), *calls]}
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": calls})
-        elif role == "tool":
-            if entry.get("tool_call_id") in offered:
-                messages.append({"role": "tool", "tool_call_id": entry["tool_call_id"],
-                                 "content": entry.get("content") or ""})
+            if calling is None:
+                last = messages[-1]
+                if last["role"] == "assistant" and "tool_calls" not in last:
+                    calling = last  # the answer's text, then its calls: one message
+                else:
+                    calling = {"role": "assistant", "content": None}
+                    messages.append(calling)
+                calling["tool_calls"] = []
+            calling["tool_calls"].extend(calls)
+            messages.extend({"role": "tool", "tool_call_id": c["id"],
+                             "content": outputs[c["id"]].get("content") or ""} for c in calls)
         else:
-            messages.append({"role": role, "content": entry.get("content")})
+            calling = None  # an output (placed above already) or a message ends the calls
+            if entry.get("role") != "tool":
+                messages.append({"role": entry.get("role"), "content": entry.get("content")})
     return messages
 
 

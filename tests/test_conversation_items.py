@@ -193,6 +193,19 @@ def test_parallel_calls_after_text_each_get_their_output_index():
     assert follow.messages[-1]["role"] == "tool"
 
 
+def test_an_output_sent_after_the_student_spoke_is_placed_after_its_call():
+    s = session(tools=(TOOL,))
+    send(s, {"type": "conversation.item.create", "item": text_item("Grade?")})
+    rid = generate(send(s, {"type": "response.create"})).response_id
+    s.response_tool_call(rid, 0, "call_1", "lookup_grade", "{}")
+    s.response_completed(rid)
+    send(s, {"type": "conversation.item.create", "item": text_item("Hurry up!")})
+    send(s, {"type": "conversation.item.create", "item": {
+        "type": "function_call_output", "call_id": "call_1", "output": "B+"}})
+    roles = [m["role"] for m in generate(send(s, {"type": "response.create"})).messages]
+    assert roles == ["system", "user", "assistant", "tool", "user"]
+
+
 def test_barge_in_during_a_call_leaves_it_incomplete():
     s = session(tools=(TOOL,))
     send(s, {"type": "conversation.item.create", "item": text_item("Grade?")})
