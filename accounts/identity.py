@@ -2,7 +2,9 @@
 
 Credentials, in order: `Authorization: Bearer` (an API token `tt_…`, else a Supabase access
 token), the signed session cookie (HTTP only; never for WebSockets, which use tickets), and in
-dev mode the local guest. An invalid credential is refused, never downgraded to the guest.
+dev mode the local guest. An invalid credential of ours is refused, never downgraded to the guest;
+but in dev mode a bearer that is not ours at all (the `sk-…` every OpenAI client sends) is ignored,
+as local OpenAI-compatible servers ignore it, so any client works on its defaults.
 """
 
 from __future__ import annotations
@@ -54,11 +56,25 @@ class Authenticator:
             return await queries.upsert_user(s, provider="guest", subject="local", email=None,
                                              name="Local guest")
 
+    def recognises(self, token: str) -> bool:
+        """Whether a bearer token is one of ours, valid or not: an API token, or a JWT when
+        Supabase sign-in is configured to check it."""
+        return token.startswith(queries.API_TOKEN_PREFIX) or (
+            self.supabase is not None and self.supabase.recognises(token))
+
+    async def _bearer_user(self, header: str) -> User | None:
+        """The user an Authorization header names; None for a bearer ignored in dev mode."""
+        token = _bearer_token(header)
+        if self.guest_allowed and not self.recognises(token):
+            return None
+        return await self.bearer(token)
+
     async def user_of(self, conn: HTTPConnection) -> User | None:
         """The caller of an HTTP request; None when there are no credentials (and no guest)."""
         header = conn.headers.get("authorization")
-        if header:
-            return await self.bearer(_bearer_token(header))
+        user = await self._bearer_user(header) if header else None
+        if user is not None:
+            return user
         uid = conn.session.get("uid") if "session" in conn.scope else None
         if uid:
             async with self.db.session() as s:
@@ -85,8 +101,9 @@ class Authenticator:
                 raise AuthError("invalid_ticket", "the ticket's user no longer exists")
             return user
         header = conn.headers.get("authorization")
-        if header:
-            return await self.bearer(_bearer_token(header))
+        user = await self._bearer_user(header) if header else None
+        if user is not None:
+            return user
         if self.guest_allowed:
             return await self.guest()
         raise AuthError("unauthorized", "sign in: open the socket with ?ticket= from "

@@ -78,6 +78,15 @@ class SupabaseVerifier:
         if self._owns_http:
             await self._http.aclose()
 
+    def recognises(self, token: str) -> bool:
+        """Whether `token` is shaped like what this verifier checks (a signed JWT), good or bad:
+        in dev mode, a bearer that is not is someone else's key and is ignored, not refused."""
+        try:
+            _header(token)
+        except AuthError:
+            return False
+        return True
+
     async def verify(self, token: str) -> dict[str, Any]:
         """The token's claims if it is genuine, current and meant for us; otherwise AuthError."""
         header = _header(token)

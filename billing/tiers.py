@@ -116,6 +116,19 @@ class TierCatalog:
     def best(self, *names: str | None) -> Tier:
         return max((self.get(n) for n in names), key=lambda t: t.rank)
 
+    def fullest(self) -> Tier:
+        """The plan with every feature any plan has (the highest ranked of those, or the highest
+        ranked plan if none has them all): the dev guest's, so `make run` shows everything."""
+        every = {f for t in self.tiers.values() for f in t.features}
+        return max(self.tiers.values(), key=lambda t: (every <= set(t.features), t.rank))
+
+    def guest_plan(self, configured: str | None, *, dev_mode: bool) -> str | None:
+        """The dev guest's plan: TUTOR_GUEST_TIER if set, else in dev mode the fullest plan, so
+        a newcomer's `make run` speaks its answers; None leaves the guest on its own tier."""
+        if configured:
+            return configured
+        return self.fullest().name if dev_mode else None
+
     @classmethod
     def load(cls, path: Path | None = None, prices: dict[str, str] | None = None) -> "TierCatalog":
         spec: dict[str, Any] = {"tiers": DEFAULT_TIERS, "default": "free"}

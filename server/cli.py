@@ -59,8 +59,11 @@ class DrainingServer(uvicorn.Server):
 def uvicorn_options(settings: Settings) -> dict:
     # Compression off: audio does not compress, and permessage-deflate costs CPU and memory per
     # socket. ws_max_size is the hard cap; the softer per-message limit is in the protocol core.
+    # TLS, when configured, is uvicorn's own: wss:// without a proxy in front.
+    tls = {name: str(path) for name, path in (("ssl_certfile", settings.ssl_certfile),
+                                              ("ssl_keyfile", settings.ssl_keyfile)) if path}
     return dict(ws="websockets-sansio", ws_max_size=settings.ws_max_size,
-                ws_per_message_deflate=False, lifespan="on")
+                ws_per_message_deflate=False, lifespan="on", **tls)
 
 
 async def ingest_command(settings: Settings, paths: list[Path], course: str) -> int:
@@ -219,6 +222,11 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default=None, help="bind address (default TUTOR_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default TUTOR_PORT or 8000)")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--ssl-certfile", type=Path, default=None,
+                       help="serve https:// and wss:// with this PEM certificate (chain) "
+                       "(default TUTOR_SSL_CERTFILE)")
+    serve.add_argument("--ssl-keyfile", type=Path, default=None,
+                       help="its PEM private key (default TUTOR_SSL_KEYFILE)")
     sub.add_parser("migrate", help="bring the database schema up to date (serve also does this)")
     ingest = sub.add_parser("ingest", help="load course documents (Markdown, text, HTML, PDF)")
     ingest.add_argument("paths", nargs="+", type=Path, help="files, or folders to walk")
@@ -262,6 +270,10 @@ def main(argv: list[str] | None = None) -> None:
         # The bind address is a setting too: guest mode depends on it being loopback-only.
         settings.host = args.host or settings.host
         settings.port = args.port or settings.port
+        settings.ssl_certfile = args.ssl_certfile or settings.ssl_certfile
+        settings.ssl_keyfile = args.ssl_keyfile or settings.ssl_keyfile
+        if settings.ssl_keyfile and not settings.ssl_certfile:
+            parser.error("--ssl-keyfile (TUTOR_SSL_KEYFILE) needs --ssl-certfile too")
         config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                                 log_level=args.log_level, log_config=None,  # ours (server.logs)
                                 **uvicorn_options(settings))

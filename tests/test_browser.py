@@ -116,6 +116,33 @@ async def test_signed_out_offers_google_sign_in(browser_ready, fake, start_serve
         watch.assert_clean()
 
 
+async def test_a_server_without_a_provider_says_so_before_the_first_turn(browser_ready,
+                                                                          start_server) -> None:
+    """`make run` without OPENAI_API_KEY: the page says what to set as soon as it loads, instead
+    of "Ready", and in the server's own words (`provider_not_configured`) once a session opens."""
+    address = await start_server(make_settings(None))
+    problem = start_server.apps[-1].state.providers.problem
+    async with chromium() as browser:
+        page, watch = await open_page(browser, address)
+        notice = page.locator("#notice")
+        assert await notice.is_visible()
+        assert "OPENAI_API_KEY" in await notice.inner_text()
+        label = await page.locator("#state-label").inner_text()
+        assert label != "Ready" and "no AI provider" in label
+
+        await page.locator("#typed-input").fill(Q_WAR)
+        await page.locator("#typed-input").press("Enter")
+        await watch.until(f"{count('session.created')} >= 1 && {count('error')} >= 1",
+                          what="the session's provider_not_configured error")
+        [first, *_] = await watch.events("error")
+        assert first["error"]["code"] == "provider_not_configured"
+        await watch.until("document.getElementById('notice-text').textContent === "
+                          f"{json.dumps(problem)}", what="the server's own words in the notice")
+        assert await notice.is_visible()
+        assert "no AI provider" in await page.locator("#state-label").inner_text()
+        watch.assert_clean()
+
+
 async def test_spoken_question_answered_aloud_and_interrupted(browser_ready, fake, start_server,
                                                              tmp_path) -> None:
     """A spoken question is captioned and answered, in text with its sources and aloud through

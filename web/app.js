@@ -36,6 +36,9 @@ let pttFrames = 0;
 let wantMic = false;
 let pendingTyped = [];
 let billing = { target: null };
+// Why the server cannot hear or answer (no AI provider configured): shown as a notice, and the
+// status never says "Ready" while it holds.
+let providerProblem = null;
 
 function message(role, text = "", { pending = false } = {}) {
   const li = document.createElement("li");
@@ -204,7 +207,15 @@ function setState(state, label) {
   }
   tutor.state = state;
   document.body.dataset.state = state;
-  $("state-label").textContent = label || STATE_LABELS[state] || state;
+  const waiting = state === "idle" || state === "listening";
+  $("state-label").textContent = providerProblem && waiting
+    ? "Not set up: no AI provider" : label || STATE_LABELS[state] || state;
+}
+
+function showProviderProblem(text) {
+  providerProblem = text;
+  notice(text);
+  setState(tutor.state);
 }
 
 function idleState() {
@@ -302,7 +313,7 @@ function handle(event) {
   switch (event.type) {
     case "session.created":
       tutor.conn.send(sessionUpdate());
-      clearNotice();
+      if (!providerProblem) clearNotice();
       setState(...idleState());
       if (wantMic) startMic();
       for (const text of pendingTyped.splice(0)) sendTyped(text);
@@ -365,7 +376,7 @@ function handle(event) {
       interrupt();
       settle();
       break;
-    case "rate_limits.updated":
+    case "tutor.rate_limits.updated": // every limit, voice minutes (voice_seconds) included
       showLimits(event.rate_limits);
       break;
     case "error":
@@ -413,7 +424,9 @@ function serverError(error) {
     if (tutor.conn) tutor.conn.send(sessionUpdate());
     return;
   }
-  if (error.code === "resume_not_found") {
+  if (error.code === "provider_not_configured") {
+    showProviderProblem(error.message || "No AI provider is configured on the server.");
+  } else if (error.code === "resume_not_found") {
     system("Reconnected, but the earlier conversation had expired: the tutor starts afresh.");
   } else if (error.code === "quota_exceeded") {
     notice("Your voice minutes are used up for now. Upgrade for more, or come back later.",
@@ -675,6 +688,22 @@ async function upgrade() {
 }
 
 // -- start-up ---------------------------------------------------------------------------------
+async function checkProviders() {
+  // before the first turn: a server without a provider says so at once (the socket's
+  // provider_not_configured error, with the server's own wording, replaces this on connecting)
+  try {
+    const response = await fetch("/healthz");
+    const health = await response.json();
+    if (health.transcription && health.chat) return;
+    const missing = [!health.transcription && "transcribe", !health.chat && "answer"].filter(Boolean);
+    showProviderProblem(`No AI provider is configured, so the tutor cannot ${missing.join(" or ")} ` +
+      "yet. Set OPENAI_API_KEY (or OPENAI_BASE_URL, or LLM_BASE_URL for a local " +
+      "OpenAI-compatible server) where the server runs, then restart it.");
+  } catch {
+    // the health check is informative only
+  }
+}
+
 function showSignedOut() {
   $("signed-out").hidden = false;
   $("tutor").hidden = true;
@@ -744,7 +773,7 @@ async function main() {
   tutor.user = user;
   $("user-name").textContent = user.name || user.email || "Signed in";
   $("tutor").hidden = false;
-  await Promise.all([loadCourses(), loadBilling(user)]);
+  await Promise.all([loadCourses(), loadBilling(user), checkProviders()]);
   const params = new URLSearchParams(location.search);
   if (params.get("checkout") === "success") notice("Thank you! Your new plan is on its way; it applies within a minute.");
   else if (params.get("upgrade") && billing.target) notice("Upgrade for more voice minutes:", { upgrade: true });
