@@ -101,7 +101,8 @@ async def session(url: str, files: list[bytes], start_delay: float,
     await asyncio.sleep(start_delay)
     sent_at: list[float] = []  # send time of every chunk of the session, by index
     async with websockets.connect(url, compression=None, max_size=None) as ws:
-        await ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "output_modalities": ["text"], "audio": {"input": {
             "format": {"type": "audio/pcm", "rate": 16000}}}}}))
         loop = asyncio.get_running_loop()
         for pcm in files:

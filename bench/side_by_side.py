@@ -300,7 +300,8 @@ async def session(url: str, speeches: list[Speech], start_delay: float, silence_
 
     read = asyncio.create_task(reader())
     try:
-        await ws.send(json.dumps({"type": "session.update", "session": {"audio": {"input": {
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "output_modalities": ["text"], "audio": {"input": {
             "format": {"type": "audio/pcm", "rate": 16000}}}}}))
         t0 = time.perf_counter()
         for k in range(n_chunks):

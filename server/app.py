@@ -266,7 +266,8 @@ def email_transport(settings: Settings) -> Transport:
 
 
 def public_base_url(settings: Settings) -> str:
-    return (settings.public_url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    scheme = "https" if settings.ssl_certfile else "http"
+    return (settings.public_url or f"{scheme}://{settings.host}:{settings.port}").rstrip("/")
 
 
 def outbox_worker(settings: Settings, db: Database, link_secret: str, stack: AsyncExitStack,
