@@ -100,7 +100,7 @@ class Authenticator:
             if user is None:
                 raise AuthError("invalid_ticket", "the ticket's user no longer exists")
             return user
-        header = conn.headers.get("authorization")
+        header = conn.headers.get("authorization") or _subprotocol_bearer(conn)
         user = await self._bearer_user(header) if header else None
         if user is not None:
             return user
@@ -112,6 +112,20 @@ class Authenticator:
     def origin_allowed(self, origin: str, host: str) -> bool:
         """Listed origins, or the server's own (same host and port as the request)."""
         return origin in self.allowed_origins or urlsplit(origin).netloc == host
+
+
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+
+
+def _subprotocol_bearer(conn: HTTPConnection) -> str | None:
+    """Browsers cannot set headers on a WebSocket: OpenAI's browser clients offer the key as a
+    subprotocol, `openai-insecure-api-key.<key>` (beside `realtime`). Read as a bearer."""
+    offered = conn.headers.get("sec-websocket-protocol") or ""
+    for protocol in offered.split(","):
+        protocol = protocol.strip()
+        if protocol.startswith(KEY_SUBPROTOCOL) and len(protocol) > len(KEY_SUBPROTOCOL):
+            return "Bearer " + protocol[len(KEY_SUBPROTOCOL):]
+    return None
 
 
 def _bearer_token(header: str) -> str:

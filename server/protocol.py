@@ -287,6 +287,7 @@ class _Reply:
     item_index: int = 0
     calls: dict[int, _Call] = field(default_factory=dict)  # by the provider's call index
     outputs: int = 0
+    truncated: bool = False  # the model stopped at max_output_tokens
 
 
 class ClientError(Exception):
@@ -627,7 +628,12 @@ class RealtimeSession:
         st.pieces.append(Piece(text))
         return Speak(rid, len(st.pieces) - 1, text, self.config.voice)
 
-    def response_completed(self, response_id: str) -> list[Action]:
+    def response_completed(self, response_id: str, truncated: bool = False) -> list[Action]:
+        """The answer's text is complete (`truncated`: it stopped at `max_output_tokens`, and
+        the response is `incomplete`)."""
+        reply = self._replies.get(response_id)
+        if reply is not None and truncated:
+            reply.truncated = True
         st = self._speech.get(response_id)
         if st is not None:  # the text is complete; the answer ends when its audio has gone out
             if self.turns.response is None or self.turns.response.id != response_id:
@@ -640,8 +646,14 @@ class RealtimeSession:
         if result is None:
             return []
         text, next_response = result
-        return self._then_maybe_close(self._close_response(response_id, text, "completed")
-                                      + self._start(next_response))
+        return self._then_maybe_close(self._finish(response_id, text) + self._start(next_response))
+
+    def _finish(self, rid: str, text: str) -> list[Action]:
+        """Close an answer that ran to its end: completed, or incomplete at its token cap."""
+        if self._replies[rid].truncated:
+            return self._close_response(rid, text, "incomplete",
+                                        {"type": "incomplete", "reason": "max_output_tokens"})
+        return self._close_response(rid, text, "completed")
 
     def response_failed(self, response_id: str, code: str, message: str) -> list[Action]:
         text = self.turns.failed(response_id)
@@ -713,7 +725,7 @@ class RealtimeSession:
         if result is None:
             return []
         text, next_response = result
-        return tail + self._close_response(rid, text, "completed") + self._start(next_response)
+        return tail + self._finish(rid, text) + self._start(next_response)
 
     def _echo_window(self, now: float) -> bool:
         """The tutor started speaking less than `echo_guard_ms` ago (and still is)."""

@@ -25,7 +25,7 @@ from typing import Any, Awaitable, Callable, Literal
 
 from accounts.errors import AuthError
 from billing.service import Billing, QuotaError, VoiceGrant
-from dialogue.providers import ProviderError, Providers, ToolCallDelta, Usage
+from dialogue.providers import ProviderError, Providers, ToolCallDelta, Truncated, Usage
 from rag.grounding import Grounding
 
 from . import events as ev
@@ -63,13 +63,21 @@ class _Answer:
     first_sent: float = 0.0  # the first delta went to the client
     retrieval_ms: float | None = None
     usage: Usage | None = None
+    truncated: bool = False  # stopped at its token cap
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def subprotocol(websocket: WebSocket) -> str | None:
+    """`realtime` when the client offers it (OpenAI's browser clients do, with the key as a
+    second subprotocol): a browser fails the handshake unless one it offered is chosen."""
+    offered = websocket.scope.get("subprotocols") or []
+    return "realtime" if "realtime" in offered else None
 
 
 async def refuse(websocket: WebSocket, code: str, message: str, error_type: str,
                  close_code: int) -> None:
     """Accepted only to say why, in the protocol's own terms, then closed: no audio is read."""
-    await websocket.accept()
+    await websocket.accept(subprotocol=subprotocol(websocket))
     refusal = ev.error(code, message, type=error_type)
     refusal["event_id"] = ev.Ids()("event")
     await websocket.send_text(json.dumps(refusal))
@@ -116,7 +124,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         session = RealtimeSession(config, provider_problem=state.providers.problem,
                                   meter=grant.meter, binary_audio=binary)
         session.id = session_id
-        await websocket.accept()
+        await websocket.accept(subprotocol=subprotocol(websocket))
         course = websocket.query_params.get("course") or state.settings.default_course
         runner = SessionRunner(websocket, session, state.providers, user_id=user.id,
                                beta=is_beta(websocket.headers, websocket.query_params),
@@ -506,6 +514,9 @@ class SessionRunner:
                 if isinstance(delta, Usage):
                     answer.usage = delta
                     continue
+                if isinstance(delta, Truncated):
+                    answer.truncated = True
+                    continue
                 if not answer.first_token:
                     answer.first_token = time.perf_counter()
                 if isinstance(delta, ToolCallDelta):
@@ -552,7 +563,7 @@ class SessionRunner:
             answer.metrics.update(_metrics(answer))
             if not self.session.speaking(rid):  # a spoken answer reports when it ends
                 extra.append(self.session.response_metrics(rid, answer.metrics))
-        self.execute(self.session.response_completed(rid) + extra)
+        self.execute(self.session.response_completed(rid, truncated=answer.truncated) + extra)
 
 
 def _metrics(answer: _Answer) -> dict[str, float]:

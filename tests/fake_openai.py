@@ -184,10 +184,10 @@ class FakeOpenAI(LoopbackServer):
         messages = body["messages"]
         last_user = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
         answers = _trailing_tool_answers(messages)
-        if b.reply is not None:
-            reply = b.reply
-        elif answers:
+        if answers:  # after a tool's output the model answers from it, whatever `reply` says
             reply = "The tool said: " + "; ".join(answers)
+        elif b.reply is not None:
+            reply = b.reply
         else:
             reply = f"Good question! Let us work it out. You said: {last_user}"
         model = body.get("model", "fake")

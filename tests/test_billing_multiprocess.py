@@ -108,7 +108,7 @@ async def test_quota_and_rate_limit_hold_across_two_server_processes(fake, redis
                 conv = Conversation(ws)
                 created = await conv.until("session.created")
                 session_a = created["session"]["id"]
-                [voice] = [e for e in (await conv.until("rate_limits.updated"))["rate_limits"]
+                [voice] = [e for e in (await conv.until("tutor.rate_limits.updated"))["rate_limits"]
                            if e["name"] == "voice_seconds"]
                 assert (voice["limit"], voice["remaining"]) == (6, 6)
                 await ws.send(session_update(16000))
@@ -124,7 +124,7 @@ async def test_quota_and_rate_limit_hold_across_two_server_processes(fake, redis
             async with websockets.connect(f"ws://{b}/api/voice", additional_headers=bearer) as ws:
                 conv = Conversation(ws)
                 session_b = (await conv.until("session.created"))["session"]["id"]
-                [voice] = [e for e in (await conv.until("rate_limits.updated"))["rate_limits"]
+                [voice] = [e for e in (await conv.until("tutor.rate_limits.updated"))["rate_limits"]
                            if e["name"] == "voice_seconds"]
                 assert voice["remaining"] == 2  # A's 4 s counted
                 await ws.send(session_update(16000))
@@ -140,7 +140,7 @@ async def test_quota_and_rate_limit_hold_across_two_server_processes(fake, redis
             errors = conv.of("error")
             assert [e["error"]["code"] for e in errors] == ["quota_exceeded"], errors
             assert conv.events[-1]["type"] == "error"  # the last word before the close
-            [voice] = [e for e in conv.of("rate_limits.updated")[-1]["rate_limits"]
+            [voice] = [e for e in conv.of("tutor.rate_limits.updated")[-1]["rate_limits"]
                        if e["name"] == "voice_seconds"]
             assert voice["remaining"] == 0
             assert sent_ms >= 2000

@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dialogue.providers import ProviderError, ToolCallDelta, Usage
+from dialogue.providers import ProviderError, ToolCallDelta, Truncated, Usage
 from dialogue.providers.openai import OpenAIChatModel
 from server.app import build_providers
 from tests.conftest import make_settings
@@ -60,8 +60,11 @@ async def answer(chat: OpenAIChatModel, messages: list[dict[str, Any]], **option
             text.append(piece)
         elif isinstance(piece, ToolCallDelta):
             fragments.append(piece)
-        else:
+        elif isinstance(piece, Usage):
             usage.append(piece)
+        else:
+            assert isinstance(piece, Truncated)
+            text.append("<truncated>")
     return "".join(text), fragments, usage
 
 
@@ -188,7 +191,7 @@ async def test_a_per_answer_token_cap_cuts_the_answer_and_is_sent_as_max_complet
 
     text, _, usage = await answer(chat, user("Count for me."), max_tokens=3)
 
-    assert text == "one two three "
+    assert text == "one two three <truncated>"  # said once, where the answer stopped
     assert usage[0].tokens_out == 3
     sent = fake.chats[-1]
     assert sent["max_completion_tokens"] == 3 and "max_tokens" not in sent

@@ -274,3 +274,16 @@ def _speak(s: RealtimeSession, t0: float = 0.0) -> list:
     for k, i in enumerate(range(0, len(pcm), 640)):
         out += s.receive_audio(pcm[i: i + 640], t0 + k * 0.02)
     return out
+
+
+def test_an_answer_cut_at_its_token_cap_is_incomplete():
+    s = session()
+    send(s, {"type": "conversation.item.create", "item": text_item("Tell me everything.")})
+    rid = generate(send(s, {"type": "response.create",
+                            "response": {"max_output_tokens": 3}})).response_id
+    s.response_delta(rid, "Once upon a")
+    done = sent(s.response_completed(rid, truncated=True))[-1]
+    assert done["response"]["status"] == "incomplete"
+    assert done["response"]["status_details"] == {"type": "incomplete",
+                                                  "reason": "max_output_tokens"}
+    assert done["response"]["output"][0]["status"] == "incomplete"

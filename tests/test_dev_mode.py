@@ -197,3 +197,15 @@ async def test_a_server_with_a_provider_does_not_warn(fake, start_server, caplog
     caplog.set_level(logging.INFO)
     await start_server(make_settings(fake))
     assert provider_warnings(caplog) == []
+
+
+async def test_a_browser_client_offering_the_key_as_a_subprotocol_is_answered_realtime(server):
+    """OpenAI's browser clients cannot set headers: they offer `realtime` and the key as a
+    subprotocol. The server picks `realtime` (a browser refuses a handshake that picks none)
+    and reads the key as a bearer (here any key: dev mode)."""
+    async with websockets.connect(
+            f"ws://{server}/v1/realtime?model=gpt-realtime",
+            subprotocols=["realtime", "openai-insecure-api-key.sk-browser", "openai-beta.realtime-v1"]
+    ) as ws:
+        assert ws.subprotocol == "realtime"
+        assert json.loads(await ws.recv())["type"] == "session.created"

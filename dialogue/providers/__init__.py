@@ -44,6 +44,12 @@ class ToolCallDelta:
 
 
 @dataclass(frozen=True)
+class Truncated:
+    """Yielded by `ChatModel.stream` when the answer stopped at its token cap (finish reason
+    `length`): what came before it is all there is."""
+
+
+@dataclass(frozen=True)
 class JsonReply:
     """A structured-output answer (`ChatModel.complete_json`): the model's JSON text as it came,
     not yet parsed or validated (the caller does both, and may ask again with the error)."""
@@ -63,7 +69,7 @@ class ChatModel(Protocol):
     def stream(self, messages: list[dict[str, Any]], *, model: str | None = None,
                tools: list[dict[str, Any]] | None = None,
                tool_choice: str | dict[str, Any] | None = None,
-               max_tokens: int | None = None) -> AsyncIterator[str | ToolCallDelta | Usage]:
+               max_tokens: int | None = None) -> AsyncIterator[str | ToolCallDelta | Usage | Truncated]:
         """Yield text deltas and `ToolCallDelta` fragments as they are generated, then a `Usage`
         if known; raise ProviderError on failure. `tools` and `tool_choice` are in
         chat-completions shape (`{"type": "function", "function": {"name", "description",

@@ -18,7 +18,7 @@ from openai import AsyncOpenAI
 
 from audio.pcm import wav_bytes
 
-from . import JsonReply, ProviderError, ToolCallDelta, Transcript, Usage
+from . import JsonReply, ProviderError, ToolCallDelta, Transcript, Truncated, Usage
 
 try:  # the HTTP library the SDK is built on (httpx2 in openai 3.x)
     import httpx2 as _http
@@ -90,7 +90,7 @@ class OpenAIChatModel:
     async def stream(self, messages: list[dict[str, Any]], *, model: str | None = None,
                      tools: list[dict[str, Any]] | None = None,
                      tool_choice: str | dict[str, Any] | None = None,
-                     max_tokens: int | None = None) -> AsyncIterator[str | ToolCallDelta | Usage]:
+                     max_tokens: int | None = None) -> AsyncIterator[str | ToolCallDelta | Usage | Truncated]:
         # A per-answer cap goes as `max_completion_tokens` (OpenAI's name; its reasoning models
         # refuse `max_tokens`); the configured default keeps `max_tokens`, which every
         # compatible server (Ollama, LM Studio) honours. Never both: OpenAI refuses the pair.
@@ -122,6 +122,8 @@ class OpenAIChatModel:
                                 yield calls.fragment(call)
                         if choice.finish_reason:
                             finished = True
+                            if choice.finish_reason == "length":
+                                yield Truncated()
         except ProviderError:
             raise
         except Exception as exc:  # SDK errors, and transport errors some versions leave raw

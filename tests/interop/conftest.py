@@ -221,7 +221,8 @@ async def stack(start_server) -> Any:  # type: ignore[no-untyped-def]
     fake = FakeOpenAI(behaviour())
     await fake.start()
     try:
-        address = await start_server(make_settings(fake, guest_tier="unlimited"))
+        address = await start_server(make_settings(fake, guest_tier="unlimited",
+                                                   output_modalities="auto"))
         yield Stack(fake, address, start_server.apps[-1])
     finally:
         await fake.stop()

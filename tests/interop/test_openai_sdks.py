@@ -1,0 +1,114 @@
+"""The official `openai` SDKs against the tutor: the Python SDK's `client.realtime.connect`
+(over ws://) and the Node SDK's `OpenAIRealtimeWS` (which always dials wss://, so its server
+here serves TLS with a self-signed certificate that node is told to trust). Each plays the
+interop scenario through a driver in `drivers/` on the SDK's defaults, only URL and key set.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import make_settings
+from tests.fake_openai import FakeOpenAI
+from tests.interop.conftest import (DRIVERS, REQUIRED_CHECKS, TOOL_NAME, TOOL_OUTPUT, TOOL_PROMPT,
+                                    TOOL_SCHEMA, Stack, behaviour, check_report, node_env,
+                                    python_env, speech_pcm)
+
+SPEECH = "q_derivative.wav"
+TOOL = json.dumps({"name": TOOL_NAME, "schema": TOOL_SCHEMA, "prompt": TOOL_PROMPT,
+                   "output": TOOL_OUTPUT})
+DRIVER_TIMEOUT_S = 120.0
+
+
+def tool_round_trip_reached_the_model(fake: FakeOpenAI) -> bool:
+    """The chat request after the tool ran carried the tool's output back to the model."""
+    return any(message.get("role") == "tool" and TOOL_OUTPUT in str(message.get("content"))
+               for chat in fake.chats for message in chat.get("messages", []))
+
+
+async def test_the_python_sdk_plays_the_scenario_and_every_event_parses_as_its_own_type(
+        stack: Stack, tmp_path: Path) -> None:
+    python = python_env("openai-python", ["openai[realtime]"])
+    speech = speech_pcm(SPEECH, 24000, tmp_path)
+    report = await stack.run([str(python), str(DRIVERS / "openai_python.py"), str(speech)],
+                             env={"INTEROP_TOOL": TOOL}, timeout=DRIVER_TIMEOUT_S)
+    check_report(report, [*REQUIRED_CHECKS, "events_validate"], stack)
+    assert tool_round_trip_reached_the_model(stack.fake)
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate and key for 127.0.0.1, valid for a day, written under `folder`."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@dataclass
+class TlsStack(Stack):
+    """`Stack`, served over TLS (wss://, https://) with a certificate clients must trust."""
+
+    cert: Path
+
+    @property
+    def ws_url(self) -> str:
+        return f"wss://{self.address}/v1/realtime"
+
+    @property
+    def http_url(self) -> str:
+        return f"https://{self.address}/v1"
+
+
+@pytest.fixture
+async def tls_stack(start_server: Any, tmp_path: Path) -> AsyncIterator[TlsStack]:
+    """What the interop `stack` fixture does, with the app serving TLS (settings
+    ssl_certfile/ssl_keyfile, as `tutor serve --ssl-certfile/--ssl-keyfile` does)."""
+    cert, key = self_signed(tmp_path)
+    fake = FakeOpenAI(behaviour())
+    await fake.start()
+    try:
+        # output_modalities "auto" is the server's shipped default (spoken answers), which
+        # tests/conftest.py's make_settings turns off for the other tests
+        address = await start_server(make_settings(fake, guest_tier="unlimited",
+                                                   output_modalities="auto",
+                                                   ssl_certfile=cert, ssl_keyfile=key))
+        yield TlsStack(fake, address, start_server.apps[-1], cert)
+    finally:
+        await fake.stop()
+
+
+async def test_the_node_sdk_plays_the_scenario_over_tls(tls_stack: TlsStack,
+                                                         tmp_path: Path) -> None:
+    stack = tls_stack
+    folder = node_env("openai-node", ["openai", "ws"])
+    speech = speech_pcm(SPEECH, 24000, tmp_path)
+    report = await stack.run([shutil.which("node") or "node", str(DRIVERS / "openai_node.mjs"),
+                              str(speech)], cwd=folder, timeout=DRIVER_TIMEOUT_S,
+                             env={"INTEROP_TOOL": TOOL, "NODE_EXTRA_CA_CERTS": str(stack.cert)})
+    check_report(report, REQUIRED_CHECKS, stack)
+    assert tool_round_trip_reached_the_model(stack.fake)
