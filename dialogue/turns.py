@@ -65,9 +65,14 @@ class _Response:
     entry: dict[str, Any] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)
 
-    def entries(self, text: str) -> list[dict[str, Any]]:
-        """What the answer adds to the conversation: its text (if any), then its calls."""
+    def entries(self, text: str, cut: bool = False) -> list[dict[str, Any]]:
+        """What the answer adds to the conversation: its text (if any), then its calls
+        (`cut`: it was cancelled, so its items are incomplete)."""
         said = [{"role": "assistant", "content": text, **self.entry}] if text else []
+        if cut:
+            said = [{**e, "_incomplete": True} for e in said]
+            for call in self.calls:
+                call["_incomplete"] = True
         return said + self.calls
 
     @property
@@ -239,7 +244,7 @@ class TurnTaker:
         assert self.response is not None
         cut = CancelResponse(self.response.id, reason, self.response.text)
         if self.response.options.in_conversation:  # calls cut short are kept: never answered,
-            self.history.extend(self.response.entries(cut.text))  # they reach no prompt
+            self.history.extend(self.response.entries(cut.text, cut=True))  # reach no prompt
         self.response = None
         return cut
 

@@ -1495,17 +1495,18 @@ def conversation_item(item: dict[str, Any], item_id: str
 def realtime_item(entry: dict[str, Any]) -> dict[str, Any]:
     """A conversation entry as the Realtime item it stands for (`conversation.item.retrieve`)."""
     item_id = entry["_id"]
+    status = "incomplete" if entry.get("_incomplete") else "completed"
     if "tool_calls" in entry:
         call = entry["tool_calls"][0]
         return ev.function_call_item(item_id, call["id"], call["function"]["name"],
-                                     call["function"]["arguments"], "completed")
+                                     call["function"]["arguments"], status)
     if entry["role"] == "tool":
         return ev.function_call_output_item(item_id, entry["tool_call_id"], entry["content"])
     if entry["role"] == "user":
         return ev.user_audio_item(item_id, entry["content"]) if entry.get("_audio") \
             else ev.user_text_item(item_id, entry["content"])
     if entry["role"] == "assistant":
-        return ev.assistant_item(item_id, "completed", entry["content"],
+        return ev.assistant_item(item_id, status, entry["content"],
                                  audio=bool(entry.get("_audio")))
     return ev.message_item(item_id, entry["role"], entry["content"])
 

@@ -217,6 +217,9 @@ def test_barge_in_during_a_call_leaves_it_incomplete():
     assert done["response"]["status"] == "cancelled"
     assert done["response"]["output"][0]["status"] == "incomplete"
     assert "response.function_call_arguments.done" not in types(out)
+    call_id = done["response"]["output"][0]["id"]
+    retrieved = sent(send(s, {"type": "conversation.item.retrieve", "item_id": call_id}))[0]
+    assert retrieved["item"]["status"] == "incomplete"  # as its item.done said
 
 
 def test_a_call_while_the_answer_is_spoken_closes_after_its_audio():

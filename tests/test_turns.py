@@ -34,7 +34,7 @@ def test_speech_during_an_answer_cancels_it_and_keeps_what_was_said():
     cut = t.speech_started()
     assert cut == CancelResponse(start.response_id, "turn_detected", "Let us ")
     assert t.state is TurnState.LISTENING
-    assert list(t.history)[-1] == {"role": "assistant", "content": "Let us "}
+    assert list(t.history)[-1] == {"role": "assistant", "content": "Let us ", "_incomplete": True}
     assert t.delta(start.response_id, "late") is False  # a late delta is dropped
 
 
