@@ -36,7 +36,8 @@ async def test_sigterm_lets_the_answer_finish_then_closes_with_1012(slow_fake, t
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "TUTOR_"))}
     env.update(OPENAI_API_KEY="k", OPENAI_BASE_URL=slow_fake.base_url,
                TUTOR_DATA_DIR=str(tmp_path), TUTOR_LOAD_SAMPLE_COURSE="false",
-               TUTOR_GUEST_TIER="unlimited", TUTOR_SHUTDOWN_DRAIN_S="10")
+               TUTOR_GUEST_TIER="unlimited", TUTOR_SHUTDOWN_DRAIN_S="10",
+               TUTOR_OUTPUT_MODALITIES="text")
     tutor = os.path.join(os.path.dirname(sys.executable), "tutor")
     proc = subprocess.Popen([tutor, "serve", "--port", str(port), "--log-level", "warning"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
