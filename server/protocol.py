@@ -337,6 +337,7 @@ class RealtimeSession:
         self._unanswered_audio_s = 0.0  # audio of the turns the next answer will answer
         self._conversation_id = self.ids("conv")
         self._heard: dict[str, str] = {}  # recent user audio items → transcript (for retrieve)
+        self._cut_by_speech = False  # the last answer was cut by barge-in, none started since
         self._handlers: dict[str, Callable[[dict[str, Any], float], list[Action]]] = {
             "session.update": self._session_update,
             "input_audio_buffer.append": self._append,
@@ -858,21 +859,25 @@ class RealtimeSession:
         item_id = item["id"] if isinstance(item.get("id"), str) and item["id"] \
             else self.ids("item")
         entry, created = conversation_item(item, item_id)
-        if previous is not None and previous != "root" and not self._holds(previous):
+        if previous == self._last_item_id:
+            previous = None  # after the last item: at the end
+        elif previous not in (None, "root") and not self._in_history(previous):
             previous = None  # an item we no longer hold (or never did): at the end, as OpenAI
-        if entry["role"] == "user" and "_audio" not in entry and "tool_calls" not in entry:
-            self.turns.user_text(entry["content"], {"_id": item_id},
-                                 after=None if previous is None else previous)
+        if entry["role"] == "user" and "tool_calls" not in entry:
+            self.turns.user_text(entry["content"], {"_id": item_id}, after=previous)
         else:
             self.turns.add_entry(entry, after=previous)
-        return self._item_complete(created, None if previous is None else
-                                   (None if previous == "root" else previous))
+        if previous is None:
+            return self._item_complete(created)
+        return [self._send("conversation.item.added", item=created,
+                           previous_item_id=None if previous == "root" else previous),
+                self._item_done(created)]
 
-    def _holds(self, item_id: str) -> bool:
+    def _in_history(self, item_id: str) -> bool:
         try:
             self.turns.entry(item_id)
         except KeyError:
-            return item_id in self._heard
+            return False
         return True
 
     def _item_retrieve(self, message: dict[str, Any], now: float) -> list[Action]:
@@ -996,7 +1001,10 @@ class RealtimeSession:
     def _response_cancel(self, message: dict[str, Any], now: float) -> list[Action]:
         cut = self.turns.cancel()
         if cut is None:
-            raise ClientError("response_cancel_not_active", "there is no response to cancel")
+            if self._cut_by_speech:
+                return []  # the answer the client cancels was just cut by the student's speech
+            raise ClientError("response_cancel_not_active",
+                              "Cancellation failed: no active response found")
         return self._cancelled(cut, now)
 
     def _output_clear(self, message: dict[str, Any], now: float) -> list[Action]:
@@ -1086,6 +1094,7 @@ class RealtimeSession:
         if start is None:
             return []
         rid = start.response_id
+        self._cut_by_speech = False
         spec = start.options.spec or self._default_spec()
         reply = self._replies[rid] = _Reply(spec, start.question, 0.0)
         if spec.in_conversation and start.options.input is None:
@@ -1127,6 +1136,7 @@ class RealtimeSession:
 
     def _cancelled(self, cut: CancelResponse, now: float | None = None) -> list[Action]:
         details = {"type": "cancelled", "reason": cut.reason}
+        self._cut_by_speech = cut.reason == "turn_detected"
         text = cut.text
         out: list[Action] = [Cancel(cut.response_id)]
         st = self._speech.get(cut.response_id)
@@ -1197,13 +1207,10 @@ class RealtimeSession:
         previous, self._last_item_id = self._last_item_id, item["id"]
         return self._send("conversation.item.added", previous_item_id=previous, item=item)
 
-    def _item_complete(self, item: dict[str, Any], previous: str | None = None) -> list[Action]:
-        """A complete item joins the conversation (after `previous`, else at the end):
-        `conversation.item.added`, then `conversation.item.done`."""
-        if previous is None:
-            return [self._item_added(item), self._item_done(item)]
-        return [self._send("conversation.item.added", previous_item_id=previous, item=item),
-                self._item_done(item)]
+    def _item_complete(self, item: dict[str, Any]) -> list[Action]:
+        """A complete item joins the end of the conversation: `conversation.item.added`, then
+        `conversation.item.done`."""
+        return [self._item_added(item), self._item_done(item)]
 
     def _item_done(self, item: dict[str, Any]) -> Send:
         return self._send("conversation.item.done", item=item)

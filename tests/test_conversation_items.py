@@ -290,3 +290,31 @@ def test_an_answer_cut_at_its_token_cap_is_incomplete():
     assert done["response"]["status_details"] == {"type": "incomplete",
                                                   "reason": "max_output_tokens"}
     assert done["response"]["output"][0]["status"] == "incomplete"
+
+
+def test_cancelling_an_answer_the_student_just_cut_is_harmless():
+    s = session()
+    send(s, {"type": "conversation.item.create", "item": text_item("Tell me a story.")})
+    rid = generate(send(s, {"type": "response.create"})).response_id
+    s.response_delta(rid, "Once")
+    cut = _speak(s, t0=5.0)
+    assert Cancel(rid) in cut
+    s.transcription_completed(next(a for a in cut if isinstance(a, Transcribe)).item_id, "", 1.0)
+    # the client saw speech_started and cancels too (LiveKit does): nothing to say
+    assert sent(send(s, {"type": "response.cancel"})) == []
+    job = next(a for a in _speak(s, t0=20.0) if isinstance(a, Transcribe))
+    later = generate(s.transcription_completed(job.item_id, "Go on", 1.0))
+    s.response_completed(later.response_id)  # an answer started and ended since: a real error
+    refused = sent(send(s, {"type": "response.cancel"}))[0]
+    assert refused["error"]["code"] == "response_cancel_not_active"
+    assert refused["error"]["message"].startswith("Cancellation failed")  # OpenAI's words
+
+
+def test_an_item_created_after_the_last_one_moves_the_end_of_the_conversation():
+    s = session()
+    send(s, {"type": "conversation.item.create", "item": text_item("a", id="a")})
+    added = sent(send(s, {"type": "conversation.item.create", "previous_item_id": "a",
+                          "item": text_item("b", id="b")}))[0]
+    assert added["previous_item_id"] == "a"
+    after = sent(send(s, {"type": "conversation.item.create", "item": text_item("c", id="c")}))
+    assert after[0]["previous_item_id"] == "b"  # b is now the last item
