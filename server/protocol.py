@@ -859,8 +859,8 @@ class RealtimeSession:
         item_id = item["id"] if isinstance(item.get("id"), str) and item["id"] \
             else self.ids("item")
         entry, created = conversation_item(item, item_id)
-        if previous == self._last_item_id:
-            previous = None  # after the last item: at the end
+        if previous == self._last_item_id or (previous == "root" and self._last_item_id is None):
+            previous = None  # after the last item (or first of none): at the end
         elif previous not in (None, "root") and not self._in_history(previous):
             previous = None  # an item we no longer hold (or never did): at the end, as OpenAI
         if entry["role"] == "user" and "tool_calls" not in entry:

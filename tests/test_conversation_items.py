@@ -318,3 +318,14 @@ def test_an_item_created_after_the_last_one_moves_the_end_of_the_conversation():
     assert added["previous_item_id"] == "a"
     after = sent(send(s, {"type": "conversation.item.create", "item": text_item("c", id="c")}))
     assert after[0]["previous_item_id"] == "b"  # b is now the last item
+
+
+def test_the_first_item_placed_at_root_is_the_end_of_the_conversation():
+    s = session()
+    first = sent(send(s, {"type": "conversation.item.create", "previous_item_id": "root",
+                          "item": text_item("hi", id="a")}))[0]
+    assert first["previous_item_id"] is None
+    rid = generate(send(s, {"type": "response.create"})).response_id
+    opened = sent(s.response_delta(rid, "Hello"))
+    assert opened[1]["type"] == "conversation.item.added"
+    assert opened[1]["previous_item_id"] == "a"  # the answer follows the message it answers

@@ -194,6 +194,10 @@ def check_report(report: dict[str, Any], required: list[str], stack: Stack) -> N
         f"output:\n{report['_output']}")
 
 
+# The clients tested (the `client` of each driver's report): each must be in docs/protocol.md §10.
+CLIENTS = ["openai-python", "openai-node", "openai-agents-js", "pipecat-openai-realtime",
+           "livekit-agents"]
+
 # The scenario every client plays (a driver may add client-specific checks).
 REQUIRED_CHECKS = ["session_setup", "typed_turn", "spoken_turn", "spoken_answer_audio",
                    "barge_in", "function_call"]
