@@ -23,10 +23,10 @@ import shutil
 import subprocess
 import sys
 import wave
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import numpy as np
 import pytest
@@ -220,13 +220,22 @@ def behaviour() -> Behaviour:
                             "Then try a small example, and tell me what you notice."))
 
 
-@pytest.fixture
-async def stack(start_server) -> Any:  # type: ignore[no-untyped-def]
+@asynccontextmanager
+async def serving(start_server: Any, **settings: Any) -> AsyncIterator[Stack]:
+    """The fake provider and the app on the server's shipped defaults (spoken answers when the
+    plan allows: `output_modalities` "auto", which tests/conftest.py turns off for the rest of
+    the suite), the guest on the plan with every feature; `settings` override."""
     fake = FakeOpenAI(behaviour())
     await fake.start()
     try:
         address = await start_server(make_settings(fake, guest_tier="unlimited",
-                                                   output_modalities="auto"))
+                                                   output_modalities="auto", **settings))
         yield Stack(fake, address, start_server.apps[-1])
     finally:
         await fake.stop()
+
+
+@pytest.fixture
+async def stack(start_server: Any) -> AsyncIterator[Stack]:
+    async with serving(start_server) as running:
+        yield running

@@ -6,8 +6,6 @@ interop scenario through a driver in `drivers/` on the SDK's defaults, only URL 
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import shutil
 from dataclasses import dataclass
@@ -15,16 +13,12 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from tests.conftest import make_settings
 from tests.fake_openai import FakeOpenAI
 from tests.interop.conftest import (DRIVERS, REQUIRED_CHECKS, TOOL_NAME, TOOL_OUTPUT, TOOL_PROMPT,
-                                    TOOL_SCHEMA, Stack, behaviour, check_report, node_env,
-                                    python_env, speech_pcm)
+                                    TOOL_SCHEMA, Stack, check_report, node_env, python_env,
+                                    serving, speech_pcm)
+from tests.processes import self_signed_cert
 
 SPEECH = "q_derivative.wav"
 TOOL = json.dumps({"name": TOOL_NAME, "schema": TOOL_SCHEMA, "prompt": TOOL_PROMPT,
@@ -48,27 +42,6 @@ async def test_the_python_sdk_plays_the_scenario_and_every_event_parses_as_its_o
     assert tool_round_trip_reached_the_model(stack.fake)
 
 
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate and key for 127.0.0.1, valid for a day, written under `folder`."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
-
-
 @dataclass
 class TlsStack(Stack):
     """`Stack`, served over TLS (wss://, https://) with a certificate clients must trust."""
@@ -88,18 +61,9 @@ class TlsStack(Stack):
 async def tls_stack(start_server: Any, tmp_path: Path) -> AsyncIterator[TlsStack]:
     """What the interop `stack` fixture does, with the app serving TLS (settings
     ssl_certfile/ssl_keyfile, as `tutor serve --ssl-certfile/--ssl-keyfile` does)."""
-    cert, key = self_signed(tmp_path)
-    fake = FakeOpenAI(behaviour())
-    await fake.start()
-    try:
-        # output_modalities "auto" is the server's shipped default (spoken answers), which
-        # tests/conftest.py's make_settings turns off for the other tests
-        address = await start_server(make_settings(fake, guest_tier="unlimited",
-                                                   output_modalities="auto",
-                                                   ssl_certfile=cert, ssl_keyfile=key))
-        yield TlsStack(fake, address, start_server.apps[-1], cert)
-    finally:
-        await fake.stop()
+    cert, key = self_signed_cert(tmp_path)
+    async with serving(start_server, ssl_certfile=cert, ssl_keyfile=key) as stack:
+        yield TlsStack(stack.fake, stack.address, stack.app, cert)
 
 
 async def test_the_node_sdk_plays_the_scenario_over_tls(tls_stack: TlsStack,
