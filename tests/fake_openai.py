@@ -232,8 +232,8 @@ class FakeOpenAI(LoopbackServer):
 
     def _tool_calls(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """The calls to answer a request with, as a message's `tool_calls`: none without tools
-        or with `tool_choice: "none"`; else the queued ones, or those the last user message
-        names (or the forced one)."""
+        or with `tool_choice: "none"`; else the queued ones, or those the last message names
+        when it is the student's (or a system message after the prompt), or the forced one."""
         tools = body.get("tools") or []
         choice = body.get("tool_choice")
         if not tools or choice == "none":
@@ -246,8 +246,13 @@ class FakeOpenAI(LoopbackServer):
             if isinstance(choice, dict):
                 chosen = [choice["function"]["name"]]
             else:
-                last = body["messages"][-1]
-                text = _text(last.get("content")) if last.get("role") == "user" else ""
+                # the latest instruction: a user message, or a system message added after the
+                # prompt (Pipecat adds typed user text as a system item)
+                messages = body["messages"]
+                last = messages[-1]
+                latest = last.get("role") == "user" or (last.get("role") == "system"
+                                                        and len(messages) > 1)
+                text = _text(last.get("content")) if latest else ""
                 chosen = sorted((n for n in functions if n in text), key=text.index)
                 if not chosen and choice == "required":
                     chosen = [tools[0]["function"]["name"]]
