@@ -69,7 +69,7 @@ def check_shape(event: dict[str, Any]) -> None:
     if event["type"].startswith("tutor."):
         return
     if event["type"] in ("session.created", "session.updated"):
-        rate = event["session"]["audio"]["input"]["format"]["rate"]
+        rate = event["session"]["audio"]["input"]["format"].get("rate", 24000)
         if rate != 24000:  # the SDK types the rate as Literal[24000]; 16000 is our extension
             event = json.loads(json.dumps(event))
             event["session"]["audio"]["input"]["format"]["rate"] = 24000
