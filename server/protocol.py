@@ -372,6 +372,8 @@ class RealtimeSession:
             message = json.loads(text)
         except ValueError as exc:
             return [self._error("invalid_json", f"message is not valid JSON: {exc}")]
+        except RecursionError:  # json's parser recurses per level: a hostile frame ends here
+            return [self._error("invalid_json", "message is nested too deeply")]
         if not isinstance(message, dict):
             return [self._error("invalid_json", "message must be a JSON object")]
         event_id = message.get("event_id") if isinstance(message.get("event_id"), str) else None

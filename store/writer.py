@@ -6,8 +6,10 @@ ledger (`InteractionWriter(db, model=UsageEntry)`).
 `submit()` only appends to an in-memory queue, so the voice loop never waits on the database.
 A single task writes batches; when the database is unreachable it keeps the batch and retries with
 exponential backoff, so nothing accepted is lost while the process lives. A row the database
-refuses for good (for example, its user was deleted meanwhile) is logged and dropped, so one bad
-row cannot stall every later one.
+refuses for good (its user was deleted meanwhile, a value the column cannot hold: any integrity or
+data error, SQLSTATE classes 23 and 22) is logged and dropped, so one bad row cannot stall every
+later one. NUL characters, which PostgreSQL refuses in text and SQLite stores, are replaced by
+U+FFFD when a row is submitted, so a turn is stored the same on both.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections import deque
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.exc import DataError, IntegrityError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from .db import Database
 from .models import Base, Interaction
@@ -48,7 +50,8 @@ class InteractionWriter:
         return len(self._queue)
 
     def submit(self, row: dict[str, Any]) -> None:
-        self._queue.append(row)
+        self._queue.append({k: v.replace("\x00", "\ufffd") if isinstance(v, str) and "\x00" in v
+                            else v for k, v in row.items()})
         self._idle.clear()
         self._wakeup.set()
 
@@ -84,7 +87,9 @@ class InteractionWriter:
             try:
                 try:
                     await self._write(batch)
-                except (IntegrityError, DataError):
+                except DBAPIError as exc:
+                    if not refused_for_good(exc):
+                        raise
                     await self._write_one_by_one(len(batch))
                 else:
                     for _ in batch:
@@ -110,9 +115,21 @@ class InteractionWriter:
             row = self._queue[0]
             try:
                 await self._write([row])
-            except (IntegrityError, DataError) as exc:
+            except DBAPIError as exc:
+                if not refused_for_good(exc):
+                    raise
                 self.dropped += 1
                 log.error("%s row refused by the database, dropped: %s (%s)",
                           self.model.__tablename__,
                           {k: row.get(k) for k in ("session_id", "user_id", "response_id")}, exc)
             self._queue.popleft()
+
+
+def refused_for_good(exc: DBAPIError) -> bool:
+    """The database refused the row itself (writing it again would fail again), as opposed to
+    being unreachable, restarting or locked: an integrity or data error, however the driver
+    classes it (asyncpg's NUL refusal arrives as a bare DBAPIError with SQLSTATE 22021)."""
+    if isinstance(exc, (IntegrityError, DataError)):
+        return True
+    sqlstate = str(getattr(exc.orig, "sqlstate", None) or "")
+    return sqlstate[:2] in ("22", "23")

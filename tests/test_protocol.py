@@ -135,3 +135,15 @@ def test_non_string_event_ids_are_not_echoed():
                               '"event_id": 5}', 0))
     assert out[0]["error"]["code"] == "invalid_audio_length"
     assert out[0]["error"]["event_id"] is None
+
+
+def test_a_frame_nested_thousands_deep_is_refused_and_the_session_goes_on():
+    s = session()
+    [refused] = sent(s.receive_text("[" * 3000 + "]" * 3000, 0.0))
+    assert refused["error"]["code"] == "invalid_json"
+    assert "nested too deeply" in refused["error"]["message"]
+    [deep_object] = sent(s.receive_text('{"type": "session.update", "session": ' + '{"a": ' * 3000
+                                        + "1" + "}" * 3001, 0.0))
+    assert deep_object["error"]["code"] == "invalid_json"
+    assert sent(s.receive_text('{"type": "session.update", "session": {}}', 0.0))[0]["type"] == \
+        "session.updated"

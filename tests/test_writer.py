@@ -253,3 +253,35 @@ async def test_stop_flushes_what_is_pending(db: Database) -> None:
     await writer.stop()
     assert writer.pending == 0
     assert sorted(await response_ids(db)) == sorted(f"t-{i}" for i in range(50))
+
+
+async def test_a_turn_with_a_nul_character_is_stored_and_blocks_nothing(db: Database) -> None:
+    """PostgreSQL refuses NUL in text (SQLite stores it): the writer replaces it before the
+    database sees it, so the turn is kept and every later turn of every user too."""
+    writer = InteractionWriter(db, **FAST)
+    writer.start()
+    writer.submit(turn(0) | {"transcript": "two\x00plus two", "answer": "four\x00"})
+    for i in range(1, 4):
+        writer.submit(turn(i))
+    assert await writer.flush(timeout=5)
+    await writer.stop()
+    assert sorted(await response_ids(db)) == [f"t-{i}" for i in range(4)]
+    async with db.session() as s:
+        row = (await s.execute(select(Interaction).where(Interaction.response_id == "t-0"))
+               ).scalar_one()
+    assert (row.transcript, row.answer) == ("two\ufffdplus two", "four\ufffd")
+    assert (writer.dropped, writer.failures) == (0, 0)
+
+
+async def test_a_row_refused_for_any_permanent_reason_never_stalls_the_rest(db: Database) -> None:
+    """A value the column cannot hold (a course name longer than its 200 characters: PostgreSQL
+    refuses it) is dropped and counted; the writer does not retry it forever."""
+    writer = InteractionWriter(db, **FAST)
+    writer.start()
+    writer.submit(turn(0) | {"course": "c" * 300})
+    writer.submit(turn(1))
+    assert await writer.flush(timeout=5)
+    await writer.stop()
+    ids = sorted(await response_ids(db))
+    assert "t-1" in ids and writer.failures == 0
+    assert ids == ["t-0", "t-1"] or writer.dropped == 1  # SQLite does not check lengths
