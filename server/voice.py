@@ -128,6 +128,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         course = websocket.query_params.get("course") or state.settings.default_course
         runner = SessionRunner(websocket, session, state.providers, user_id=user.id,
                                beta=is_beta(websocket.headers, websocket.query_params),
+                               outbox_max_bytes=state.settings.ws_outbox_max_bytes,
                                record=state.writer.submit, course=course,
                                knowledge=state.knowledge(course), billing=billing, grant=grant,
                                resume=state.resume, resume_ttl_s=state.settings.resume_ttl_s,
@@ -171,7 +172,7 @@ class SessionRunner:
                  course: str | None = None, billing: Billing | None = None,
                  grant: VoiceGrant | None = None, resume: ResumeStore | None = None,
                  resume_ttl_s: float = 120.0, metrics: Metrics | None = None,
-                 beta: bool = False) -> None:
+                 beta: bool = False, outbox_max_bytes: int = 4 * 1024 * 1024) -> None:
         self.websocket = websocket
         self.session = session
         self.providers = providers
@@ -189,6 +190,10 @@ class SessionRunner:
         self.charges: set[asyncio.Task[None]] = set()  # never cancelled: billing must land
         self.speech: dict[str, _Speaker] = {}  # response id → its synthesis and playback
         self.outbox: asyncio.Queue[str | bytes | Close] = asyncio.Queue()
+        self.outbox_max_bytes = outbox_max_bytes
+        self.queued_bytes = 0  # of the events decided and not yet handed to the socket
+        self.overflowed = False  # the client stopped reading: the session is being closed
+        self._receiving: asyncio.Task[Any] | None = None  # the reader loop, while it runs
         self.responses: dict[str, asyncio.Task[None]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.loop = asyncio.get_running_loop()
@@ -214,6 +219,7 @@ class SessionRunner:
                                                lambda: self.execute(self.session.expire())))
         if self.grant is not None and self.billing is not None:
             self._spawn(self._keep_alive())
+        self._receiving = asyncio.current_task()
         try:
             while True:
                 message = await self.websocket.receive()
@@ -227,7 +233,12 @@ class SessionRunner:
                     self._receive(self.session.receive_audio, message["bytes"], now)
         except WebSocketDisconnect:
             pass
+        except asyncio.CancelledError:
+            if not self.overflowed:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]  # ended by _overflow
         finally:
+            self._receiving = None
             for timer in timers:
                 timer.cancel()
             for task in (*self.tasks, writer):
@@ -265,7 +276,7 @@ class SessionRunner:
                     self.metrics.event_sent(action.event)
                 event = ga_to_client(action.event) if self.beta else action.event
                 if event is not None:
-                    self.outbox.put_nowait(json.dumps(event))
+                    self._put(json.dumps(event))
             elif isinstance(action, Transcribe):
                 if action.speculative:
                     clock = TurnClock(None, speculative=True)
@@ -306,13 +317,13 @@ class SessionRunner:
                     speaker = self.speech[action.response_id] = _Speaker(self, action.response_id)
                 speaker.add(action)
             elif isinstance(action, SendBinary):
-                self.outbox.put_nowait(action.data)
+                self._put(action.data)
             elif isinstance(action, Record):
                 spoken = self._stop_speaking(action.response_id)  # finished, failed or cut
                 answer = self._answers.pop(action.response_id, None)
                 if spoken and answer and answer.metrics and action.status == "completed":
                     event = self.session.response_metrics(action.response_id, answer.metrics)
-                    self.outbox.put_nowait(json.dumps(event.event))
+                    self._put(json.dumps(event.event))
                 self._record(action, answer)
                 if self.resume is not None:  # each answer makes the token's state current
                     self._spawn(self._save_for_resume())
@@ -324,9 +335,9 @@ class SessionRunner:
                 entries = (self.billing.rate_limits(self.grant)
                            if self.billing is not None and self.grant is not None else [])
                 for event in self.session.rate_limits_updated(entries):
-                    self.outbox.put_nowait(json.dumps(event.event))
+                    self._put(json.dumps(event.event))
             elif isinstance(action, Close):
-                self.outbox.put_nowait(action)  # the writer closes after what is queued before
+                self._put(action)  # the writer closes after what is queued before
 
     async def _save_for_resume(self) -> None:
         if self.resume is None:
@@ -438,6 +449,37 @@ class SessionRunner:
         task.add_done_callback(self.tasks.discard)
         return task
 
+    def _put(self, message: str | bytes | Close) -> None:
+        """Queue a message for the writer, within the session's byte budget."""
+        if self.overflowed:
+            return
+        if not isinstance(message, Close):
+            self.queued_bytes += len(message)
+            if self.queued_bytes > self.outbox_max_bytes:
+                self._overflow()
+                return
+        self.outbox.put_nowait(message)
+
+    def _overflow(self) -> None:
+        """The client does not read what it is sent (its socket's buffers are full and the
+        backlog passed `outbox_max_bytes`): drop the backlog and end the session, rather than
+        hold memory for a reader that is not there. It gets `slow_consumer` and close 1008 if
+        it ever reads again; the reader loop is stopped either way."""
+        self.overflowed = True
+        while not self.outbox.empty():
+            self.outbox.get_nowait()
+        self.queued_bytes = 0
+        slog.warning("slow consumer: session closed", backlog_limit=self.outbox_max_bytes)
+        refusal = ev.error("slow_consumer", f"more than {self.outbox_max_bytes} bytes of events "
+                           "were waiting to be read; the session is closed")
+        refusal["event_id"] = self.session.ids("event")
+        if self.metrics is not None:
+            self.metrics.event_sent(refusal)
+        self.outbox.put_nowait(json.dumps(refusal))
+        self.outbox.put_nowait(Close(1008, "slow_consumer"))
+        if self._receiving is not None:
+            self._receiving.cancel()
+
     async def _write(self) -> None:
         try:
             while True:
@@ -449,6 +491,7 @@ class SessionRunner:
                     await self.websocket.send_bytes(message)
                 else:
                     await self.websocket.send_text(message)
+                self.queued_bytes = max(0, self.queued_bytes - len(message))
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client went away; the reader loop sees the disconnect
 
