@@ -10,6 +10,7 @@ SHA-256 of the token is stored.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any, Protocol
@@ -27,19 +28,37 @@ class ResumeStore(Protocol):
 
 
 class MemoryResume:
-    def __init__(self, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+    """Resume states in this process, each dropped when its time is up (a timer per token, so
+    a quiet server gives the memory back too), and at most `max_entries` (the oldest go)."""
+
+    def __init__(self, clock=time.monotonic, max_entries: int = 1000) -> None:  # type: ignore[no-untyped-def]
         self.clock = clock
-        self._items: dict[str, tuple[float, dict[str, Any]]] = {}
+        self.max_entries = max_entries
+        self._items: dict[str, tuple[float, dict[str, Any]]] = {}  # oldest first
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     async def save(self, token: str, state: dict[str, Any], ttl_s: float) -> None:
-        now = self.clock()
-        if len(self._items) > 10_000:
-            self._items = {k: v for k, v in self._items.items() if v[0] > now}
-        self._items[_key(token)] = (now + ttl_s, state)
+        key = _key(token)
+        self._drop(key)  # saved again: it moves to the end, with a new time
+        self._items[key] = (self.clock() + ttl_s, state)
+        self._timers[key] = asyncio.get_running_loop().call_later(ttl_s, self._drop, key)
+        while len(self._items) > self.max_entries:
+            self._drop(next(iter(self._items)))
 
     async def take(self, token: str) -> dict[str, Any] | None:
-        item = self._items.pop(_key(token), None)
+        key = _key(token)
+        item = self._items.get(key)
+        self._drop(key)
         return item[1] if item and item[0] > self.clock() else None
+
+    def _drop(self, key: str) -> None:
+        self._items.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
 
 
 class RedisResume:

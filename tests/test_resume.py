@@ -80,6 +80,19 @@ async def test_tokens_expire_and_belong_to_their_user():
     assert await take_resume(store, "t3", "u1") is False
 
 
+async def test_expired_states_are_let_go_without_any_further_use_of_the_store():
+    """Closed sessions' states leave memory when their time is up, even if no one connects
+    again (they were kept until 10 000 had piled up), and there are never more than the cap."""
+    store = MemoryResume(max_entries=3)
+    big = {"user_id": "u1", "history": [{"role": "user", "content": "x" * 100_000}] * 20}
+    for i in range(5):
+        await store.save(f"t{i}", big, 0.05)
+    assert len(store) == 3  # the two oldest went at once
+    assert await store.take("t0") is None and (await store.take("t4"))["user_id"] == "u1"
+    await asyncio.sleep(0.1)
+    assert len(store) == 0 and not store._timers
+
+
 async def test_through_redis_another_process_resumes(fake, start_server, redis_client):  # noqa: F811
     settings = make_settings(fake, redis_url="redis://127.0.0.1:6379/15")
     one, two = await start_server(settings), await start_server(settings)
