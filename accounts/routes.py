@@ -62,9 +62,12 @@ def page_args(request: Request, *, max_page: int = 200) -> tuple[int, int | None
     try:
         limit = min(max_page, max(1, int(request.query_params.get("limit", 50))))
         before = request.query_params.get("before")
-        return limit, int(before) if before else None
+        below = int(before) if before else None
     except ValueError as exc:
         raise HTTPException(400, "limit and before must be integers") from exc
+    if below is not None and not 0 < below < 2**63:  # ids are 64-bit: the database would fail
+        raise HTTPException(400, "before must be an id (1 to 2**63 - 1)")
+    return limit, below
 
 
 async def google_login(request: Request) -> Response:

@@ -110,7 +110,10 @@ async def class_interactions(request: Request) -> Response:
 async def list_users(request: Request) -> Response:
     await require_user(request, ("admin",))
     limit, _ = page_args(request)
-    offset = int(request.query_params.get("offset", 0) or 0)
+    offset = request.query_params.get("offset", "0") or "0"
+    if not (offset.isascii() and offset.isdigit()) or int(offset) >= 2**63:  # no sign, no "²"
+        raise HTTPException(400, "offset must be a whole number of rows")
+    offset = int(offset)
     async with request.app.state.db.session() as s:
         users = await queries.list_users(s, limit=limit, offset=offset)
     return JSONResponse({"items": [user_json(u) for u in users]})

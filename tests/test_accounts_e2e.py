@@ -267,6 +267,13 @@ async def test_roles_and_data_rights(app_server, jwks):
         assert (await client.post("/api/classes", json={"name": "x"}, headers=student)).status_code == 403
         assert (await client.get("/api/admin/users", headers=student)).status_code == 403
         assert (await client.get("/api/admin/users", headers=teacher)).status_code == 403
+        # paging arguments out of range are refusals, not server errors
+        for query in ("offset=abc", "offset=-1", "offset=%C2%B2", f"offset={2**64}"):
+            r = await client.get(f"/api/admin/users?{query}", headers=admin)
+            assert r.status_code == 400, query
+        for query in (f"before={2**64}", "before=0", "before=-5"):
+            r = await client.get(f"/api/me/interactions?{query}", headers=student)
+            assert r.status_code == 400, query
         # a teacher sees the transcripts of the students in their class, and only those
         room = (await client.post("/api/classes", json={"name": "Maths 7B"}, headers=teacher)).json()
         assert (await client.post(f"/api/classes/{room['id']}/students",
