@@ -319,12 +319,18 @@ def client_to_ga(message: dict[str, Any]) -> dict[str, Any]:
     return {**message, field: convert(message[field])}
 
 
+# The client events whose beta form differs from GA (the only ones worth parsing here).
+TRANSLATED = ("session.update", "response.create", "conversation.item.create")
+
+
 def client_text_to_ga(text: str) -> str:
     """`client_to_ga` for a raw text frame; what is not a JSON object goes on as it came, so
     the core answers it exactly as it answers a GA client."""
+    if not any(kind in text for kind in TRANSLATED):
+        return text  # audio appends and the rest: the same in both protocols, parsed once
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
     if not isinstance(message, dict):
         return text

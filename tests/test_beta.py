@@ -465,3 +465,10 @@ async def test_the_sdk_beta_client_holds_a_text_turn_with_the_real_server(server
 ])
 def test_a_client_is_beta_when_its_handshake_says_so(headers, query, expected):
     assert is_beta(headers, query) is expected
+
+
+def test_frames_that_need_no_translation_pass_unparsed_and_hostile_ones_reach_the_core():
+    append = json.dumps({"type": "input_audio_buffer.append", "audio": "AAAA" * 1000})
+    assert client_text_to_ga(append) is append
+    deep = '{"type": "session.update", "session": ' + "[" * 3000 + "]" * 3000 + "}"
+    assert client_text_to_ga(deep) is deep  # the core answers it: invalid_json
