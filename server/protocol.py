@@ -1419,9 +1419,10 @@ def _tools(value: Any, param: str) -> tuple[dict[str, Any], ...]:
             raise ClientError("invalid_value", "a function tool needs a 'name' (1-64 "
                               "characters)", f"{param}[{i}].name")
         parameters = tool.get("parameters")
-        if parameters is not None and not isinstance(parameters, dict):
-            raise ClientError("invalid_value", "parameters must be a JSON schema object",
-                              f"{param}[{i}].parameters")
+        if parameters is not None and (not isinstance(parameters, dict)
+                                       or _depth(parameters) > MAX_SCHEMA_DEPTH):
+            raise ClientError("invalid_value", "parameters must be a JSON schema object (at "
+                              f"most {MAX_SCHEMA_DEPTH} levels deep)", f"{param}[{i}].parameters")
         description = tool.get("description")
         if description is not None and not isinstance(description, str):
             raise ClientError("invalid_value", "description must be a string",
@@ -1430,6 +1431,17 @@ def _tools(value: Any, param: str) -> tuple[dict[str, Any], ...]:
                       **({"description": description} if description else {}),
                       "parameters": parameters or {"type": "object", "properties": {}}})
     return tuple(tools)
+
+
+MAX_SCHEMA_DEPTH = 32  # a tool's parameters are echoed and sent on: no hostile nesting
+
+
+def _depth(value: Any, limit: int = MAX_SCHEMA_DEPTH + 1) -> int:
+    """How deep a JSON value nests (counting stops past `limit`)."""
+    if limit <= 0 or not isinstance(value, (dict, list)):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
 
 
 def _tool_choice(value: Any, param: str) -> str | dict[str, Any]:

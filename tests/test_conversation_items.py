@@ -329,3 +329,15 @@ def test_the_first_item_placed_at_root_is_the_end_of_the_conversation():
     opened = sent(s.response_delta(rid, "Hello"))
     assert opened[1]["type"] == "conversation.item.added"
     assert opened[1]["previous_item_id"] == "a"  # the answer follows the message it answers
+
+
+def test_a_tool_schema_nested_too_deeply_is_refused_and_the_rest_applies():
+    s = session()
+    deep: dict = {"type": "object"}
+    for _ in range(200):
+        deep = {"type": "object", "properties": {"x": deep}}
+    out = sent(send(s, {"type": "session.update", "session": {"instructions": "Hi", "tools": [
+        {"type": "function", "name": "deep", "parameters": deep}]}}))
+    assert [e["type"] for e in out] == ["session.updated", "error"]
+    assert out[1]["error"]["param"] == "session.tools[0].parameters"
+    assert s.config.tools == () and s.config.instructions == "Hi"
