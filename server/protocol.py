@@ -933,9 +933,7 @@ class RealtimeSession:
         cfg = self.config
         problems: list[ClientError] = []
         instructions = None
-        audio, voice = cfg.output_audio, cfg.voice
         metadata = None
-        tools, choice, max_tokens = cfg.tools, cfg.tool_choice, cfg.max_output_tokens
         in_conversation, entries = True, None
         with _collect(problems):
             if response.get("instructions") is not None:
@@ -943,28 +941,17 @@ class RealtimeSession:
                     raise ClientError("invalid_value", "instructions must be a string",
                                       "response.instructions")
                 instructions = response["instructions"]
-        with _collect(problems):
-            if response.get("output_modalities") is not None:
-                audio = _modalities(response["output_modalities"], cfg.audio_allowed,
-                                    "response.output_modalities")
+        out_audio: dict[str, Any] = {}
         with _collect(problems):
             out_audio = _object(_object(response, "audio", "response.audio"), "output",
                                 "response.audio.output")
-            if "voice" in out_audio:
-                voice = _voice(out_audio["voice"], "response.audio.output.voice")
+        answer = {"output_audio": cfg.output_audio, "voice": cfg.voice, "tools": cfg.tools,
+                  "tool_choice": cfg.tool_choice, "max_output_tokens": cfg.max_output_tokens,
+                  **_answer_settings(response, out_audio, "response", cfg.audio_allowed,
+                                     problems)}
         with _collect(problems):
             if response.get("metadata") is not None:
                 metadata = _metadata(response["metadata"])
-        with _collect(problems):
-            if "tools" in response:
-                tools = _tools(response["tools"], "response.tools")
-        with _collect(problems):
-            if "tool_choice" in response:
-                choice = _tool_choice(response["tool_choice"], "response.tool_choice")
-        with _collect(problems):
-            if "max_output_tokens" in response:
-                max_tokens = _max_tokens(response["max_output_tokens"],
-                                         "response.max_output_tokens")
         with _collect(problems):
             conversation = response.get("conversation", "auto")
             if conversation not in ("auto", "none", None):
@@ -974,8 +961,10 @@ class RealtimeSession:
         with _collect(problems):
             if response.get("input") is not None:
                 entries = self._input_entries(response["input"])
-        spec = ResponseSpec(audio=audio, voice=voice, metadata=metadata, tools=tools,
-                            tool_choice=choice, max_output_tokens=max_tokens,
+        spec = ResponseSpec(audio=answer["output_audio"], voice=answer["voice"],
+                            metadata=metadata, tools=answer["tools"],
+                            tool_choice=answer["tool_choice"],
+                            max_output_tokens=answer["max_output_tokens"],
                             in_conversation=in_conversation)
         return ResponseOptions(instructions=instructions, input=entries,
                                in_conversation=in_conversation, spec=spec), problems
@@ -1307,30 +1296,14 @@ def _updated_config(config: SessionConfig, session: dict[str, Any]
                 raise ClientError("invalid_value", "instructions must be a string",
                                   "session.instructions")
             changes["instructions"] = instructions
-    with _collect(problems):
-        if session.get("output_modalities") is not None:
-            changes["output_audio"] = _modalities(session["output_modalities"],
-                                                  config.audio_allowed,
-                                                  "session.output_modalities")
-    with _collect(problems):
-        if "tools" in session:
-            changes["tools"] = _tools(session["tools"], "session.tools")
-    with _collect(problems):
-        if "tool_choice" in session:
-            changes["tool_choice"] = _tool_choice(session["tool_choice"], "session.tool_choice")
-    with _collect(problems):
-        if "max_output_tokens" in session:
-            changes["max_output_tokens"] = _max_tokens(session["max_output_tokens"],
-                                                       "session.max_output_tokens")
     audio: dict[str, Any] = {}
     with _collect(problems):
         audio = _object(session, "audio", "session.audio")
     audio_out: dict[str, Any] = {}
     with _collect(problems):
         audio_out = _object(audio, "output", "session.audio.output")
-    with _collect(problems):
-        if "voice" in audio_out:
-            changes["voice"] = _voice(audio_out["voice"], "session.audio.output.voice")
+    changes.update(_answer_settings(session, audio_out, "session", config.audio_allowed,
+                                    problems))
     with _collect(problems):
         if "format" in audio_out:
             changes["output_format"] = _format(audio_out["format"], "output")
@@ -1373,6 +1346,31 @@ def _format(value: Any, direction: str) -> AudioFormat:
         return parse(value, direction)  # type: ignore[arg-type]
     except AudioFormatError as exc:
         raise ClientError(exc.code, str(exc), getattr(exc, "param", None))
+
+
+def _answer_settings(obj: dict[str, Any], audio_out: dict[str, Any], prefix: str,
+                     audio_allowed: bool, problems: list[ClientError]) -> dict[str, Any]:
+    """What a session and a response both set about an answer, as SessionConfig fields: the
+    modality, the voice, the tools and the token cap (only those present; refusals noted)."""
+    settings: dict[str, Any] = {}
+    with _collect(problems):
+        if obj.get("output_modalities") is not None:
+            settings["output_audio"] = _modalities(obj["output_modalities"], audio_allowed,
+                                                   f"{prefix}.output_modalities")
+    with _collect(problems):
+        if "tools" in obj:
+            settings["tools"] = _tools(obj["tools"], f"{prefix}.tools")
+    with _collect(problems):
+        if "tool_choice" in obj:
+            settings["tool_choice"] = _tool_choice(obj["tool_choice"], f"{prefix}.tool_choice")
+    with _collect(problems):
+        if "max_output_tokens" in obj:
+            settings["max_output_tokens"] = _max_tokens(obj["max_output_tokens"],
+                                                        f"{prefix}.max_output_tokens")
+    with _collect(problems):
+        if "voice" in audio_out:
+            settings["voice"] = _voice(audio_out["voice"], f"{prefix}.audio.output.voice")
+    return settings
 
 
 def _modalities(value: Any, audio_allowed: bool, param: str) -> bool:
