@@ -336,7 +336,8 @@ class RealtimeSession:
         self._replies: dict[str, _Reply] = {}  # response id → its items, while it runs
         self._unanswered_audio_s = 0.0  # audio of the turns the next answer will answer
         self._conversation_id = self.ids("conv")
-        self._heard: dict[str, str] = {}  # recent user audio items → transcript (for retrieve)
+        # recent user audio items whose transcript was empty (so not in the conversation)
+        self._unheard: dict[str, str] = {}
         self._cut_by_speech = False  # the last answer was cut by barge-in, none started since
         self._handlers: dict[str, Callable[[dict[str, Any], float], list[Action]]] = {
             "session.update": self._session_update,
@@ -507,9 +508,10 @@ class RealtimeSession:
             "conversation.item.input_audio_transcription.completed",
             item_id=item_id, content_index=0, transcript=text,
             usage={"type": "duration", "seconds": round(seconds, 3)})]
-        self._heard[item_id] = text
-        if len(self._heard) > 32:
-            del self._heard[next(iter(self._heard))]
+        if not text.strip():  # not in the conversation, but the client may retrieve it
+            self._unheard[item_id] = text
+            if len(self._unheard) > 32:
+                del self._unheard[next(iter(self._unheard))]
         held = guess.response_id if guess is not None else None
         reuse = None if held is None or guess is None else \
             StartResponse(held, guess.messages, guess.question)
@@ -889,11 +891,11 @@ class RealtimeSession:
         try:
             item = realtime_item(self.turns.entry(item_id))
         except KeyError:
-            if item_id not in self._heard:
+            if item_id not in self._unheard:
                 raise ClientError("item_not_found", f"no item '{item_id}' in the conversation "
                                   f"(only the last {self.config.history_messages} are kept)",
                                   "item_id")
-            item = ev.user_audio_item(item_id, self._heard[item_id])
+            item = ev.user_audio_item(item_id, self._unheard[item_id])
         return [self._send("conversation.item.retrieved", item=item)]
 
     def _item_delete(self, message: dict[str, Any], now: float) -> list[Action]:
@@ -903,7 +905,7 @@ class RealtimeSession:
         try:
             self.turns.delete(item_id)
         except KeyError:
-            if self._heard.pop(item_id, None) is None:
+            if self._unheard.pop(item_id, None) is None:
                 raise ClientError("item_not_found", f"no item '{item_id}' in the conversation",
                                   "item_id")
         return [self._send("conversation.item.deleted", item_id=item_id)]

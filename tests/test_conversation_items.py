@@ -88,6 +88,9 @@ def test_retrieve_and_delete_items_the_session_holds():
     assert (deleted["type"], deleted["item_id"]) == ("conversation.item.deleted", "x")
     missing = sent(send(s, {"type": "conversation.item.retrieve", "item_id": "x"}))[0]
     assert missing["error"]["code"] == "item_not_found"
+    send(s, {"type": "conversation.item.delete", "item_id": job.item_id})  # a spoken turn too
+    gone = sent(send(s, {"type": "conversation.item.retrieve", "item_id": job.item_id}))[0]
+    assert gone["error"]["code"] == "item_not_found"
 
 
 def test_response_options_metadata_instructions_and_modalities():
