@@ -265,7 +265,7 @@ class SessionRunner:
         elif isinstance(data, bytes) and data:
             self._chunks += 1
             if self._chunks % SAMPLE_EVERY == 0:
-                chunk_ms = len(data) / 2 * 1000 / self.session.config.input_rate
+                chunk_ms = self.session.config.input_format.ms(len(data))
                 self.metrics.vad_frame.observe(spent * 30 / chunk_ms)
         self.execute(actions)
 
