@@ -62,9 +62,8 @@ class Authenticator:
         return token.startswith(queries.API_TOKEN_PREFIX) or (
             self.supabase is not None and self.supabase.recognises(token))
 
-    async def _bearer_user(self, header: str) -> User | None:
-        """The user an Authorization header names; None for a bearer ignored in dev mode."""
-        token = _bearer_token(header)
+    async def _bearer_user(self, token: str) -> User | None:
+        """The user a bearer token names; None for a bearer ignored in dev mode."""
         if self.guest_allowed and not self.recognises(token):
             return None
         return await self.bearer(token)
@@ -72,7 +71,7 @@ class Authenticator:
     async def user_of(self, conn: HTTPConnection) -> User | None:
         """The caller of an HTTP request; None when there are no credentials (and no guest)."""
         header = conn.headers.get("authorization")
-        user = await self._bearer_user(header) if header else None
+        user = await self._bearer_user(_bearer_token(header)) if header else None
         if user is not None:
             return user
         uid = conn.session.get("uid") if "session" in conn.scope else None
@@ -100,8 +99,9 @@ class Authenticator:
             if user is None:
                 raise AuthError("invalid_ticket", "the ticket's user no longer exists")
             return user
-        header = conn.headers.get("authorization") or _subprotocol_bearer(conn)
-        user = await self._bearer_user(header) if header else None
+        header = conn.headers.get("authorization")
+        token = _bearer_token(header) if header else _subprotocol_key(conn)
+        user = await self._bearer_user(token) if token else None
         if user is not None:
             return user
         if self.guest_allowed:
@@ -117,14 +117,14 @@ class Authenticator:
 KEY_SUBPROTOCOL = "openai-insecure-api-key."
 
 
-def _subprotocol_bearer(conn: HTTPConnection) -> str | None:
+def _subprotocol_key(conn: HTTPConnection) -> str | None:
     """Browsers cannot set headers on a WebSocket: OpenAI's browser clients offer the key as a
-    subprotocol, `openai-insecure-api-key.<key>` (beside `realtime`). Read as a bearer."""
+    subprotocol, `openai-insecure-api-key.<key>` (beside `realtime`). Read as a bearer token."""
     offered = conn.headers.get("sec-websocket-protocol") or ""
     for protocol in offered.split(","):
         protocol = protocol.strip()
         if protocol.startswith(KEY_SUBPROTOCOL) and len(protocol) > len(KEY_SUBPROTOCOL):
-            return "Bearer " + protocol[len(KEY_SUBPROTOCOL):]
+            return protocol[len(KEY_SUBPROTOCOL):]
     return None
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
-from .pcm import SAMPLE_WIDTH, AudioFormatError, check_pcm16
+from .pcm import SAMPLE_WIDTH, AudioFormatError
 from .resample import Resampler
 
 Direction = Literal["input", "output"]
@@ -108,18 +108,16 @@ def parse(obj: Any, direction: Direction) -> AudioFormat:
 
 
 class InputDecoder:
-    """Client bytes in the session's input format → PCM16 mono at `fmt.pcm_rate`."""
+    """Client bytes in the session's input format → PCM16 mono at `fmt.pcm_rate`. PCM goes
+    through as it came (`AudioInput.feed` checks it is whole samples)."""
 
     def __init__(self, fmt: AudioFormat) -> None:
         self.format = fmt
-        self._decode = fmt._codec.decode
+        self.decode: Callable[[bytes], bytes] = fmt._codec.decode or _same
 
-    def decode(self, data: bytes) -> bytes:
-        """Raises AudioFormatError (`invalid_audio_length`) for PCM16 with half a sample."""
-        if self._decode is None:
-            check_pcm16(data)
-            return data
-        return self._decode(data)
+
+def _same(data: bytes) -> bytes:
+    return data
 
 
 class OutputEncoder:

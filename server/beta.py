@@ -320,7 +320,7 @@ def client_to_ga(message: dict[str, Any]) -> dict[str, Any]:
 
 
 # The client events whose beta form differs from GA (the only ones worth parsing here).
-TRANSLATED = ("session.update", "response.create", "conversation.item.create")
+TRANSLATED = tuple(CLIENT_FIELDS)
 
 
 def client_text_to_ga(text: str) -> str:

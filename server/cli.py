@@ -60,10 +60,9 @@ def uvicorn_options(settings: Settings) -> dict:
     # Compression off: audio does not compress, and permessage-deflate costs CPU and memory per
     # socket. ws_max_size is the hard cap; the softer per-message limit is in the protocol core.
     # TLS, when configured, is uvicorn's own: wss:// without a proxy in front.
-    tls = {name: str(path) for name, path in (("ssl_certfile", settings.ssl_certfile),
-                                              ("ssl_keyfile", settings.ssl_keyfile)) if path}
     return dict(ws="websockets-sansio", ws_max_size=settings.ws_max_size,
-                ws_per_message_deflate=False, lifespan="on", **tls)
+                ws_per_message_deflate=False, lifespan="on",
+                ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
 
 
 async def ingest_command(settings: Settings, paths: list[Path], course: str) -> int:

@@ -73,16 +73,14 @@ def message_item(item_id: str, role: str, text: str) -> Event:
             "status": "completed", "content": [{"type": kind, "text": text}]}
 
 
-def response(response_id: str, status: str, output: list[Event], *,
-             status_details: Event | None = None, modalities: list[str] | None = None,
+def response(response_id: str, status: str, output: list[Event], *, modalities: list[str],
+             voice: str, output_format: Event, status_details: Event | None = None,
              metadata: dict[str, str] | None = None, conversation_id: str | None = None,
-             max_output_tokens: int | None = None, voice: str | None = None,
-             output_format: Event | None = None) -> Event:
-    audio: Event = {"output": {"format": output_format or {"type": "audio/pcm", "rate": 24000},
-                               "voice": voice or "alloy"}}
+             max_output_tokens: int | None = None) -> Event:
+    audio: Event = {"output": {"format": output_format, "voice": voice}}
     return {"id": response_id, "object": "realtime.response", "status": status,
             "status_details": status_details, "output": output,
-            "output_modalities": modalities or ["text"],
+            "output_modalities": modalities,
             "conversation_id": conversation_id, "metadata": metadata,
             "max_output_tokens": "inf" if max_output_tokens is None else max_output_tokens,
             "audio": audio}

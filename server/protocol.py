@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterator, Union
 
-from audio.formats import DEFAULT_FORMAT, AudioFormat, InputDecoder, OutputEncoder, parse
+from audio.formats import (DEFAULT_FORMAT, SPEECH_RATE, AudioFormat, InputDecoder, OutputEncoder,
+                           parse)
 from audio.pcm import SAMPLE_WIDTH, AudioFormatError, wav_bytes
 from audio.turns import AudioInput, TurnEnded, TurnPaused, TurnResumed, TurnStarted, VadSettings
 from billing.meter import VoiceMeter, VoiceUsage
@@ -136,7 +137,7 @@ class Close:
 
 Action = Union[Send, Transcribe, Generate, Cancel, Record, Charge, ReportLimits, Close, Speak,
                SendBinary, Adopt, Release, Abandon]
-OUTPUT_RATE = 24000  # the tutor's audio: OpenAI's PCM output format
+OUTPUT_RATE = SPEECH_RATE  # the tutor's audio (before the session's output format)
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
           "verse", "marin", "cedar")
 

@@ -172,7 +172,7 @@ class SessionRunner:
                  course: str | None = None, billing: Billing | None = None,
                  grant: VoiceGrant | None = None, resume: ResumeStore | None = None,
                  resume_ttl_s: float = 120.0, metrics: Metrics | None = None,
-                 beta: bool = False, outbox_max_bytes: int = 4 * 1024 * 1024) -> None:
+                 beta: bool = False, outbox_max_bytes: int) -> None:
         self.websocket = websocket
         self.session = session
         self.providers = providers

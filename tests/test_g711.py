@@ -109,8 +109,10 @@ def test_bytes_per_ms_and_played_ms_follow_the_format():
 def test_pcm_input_passes_through_and_half_samples_are_refused():
     data = b"\x01\x02" * 10
     assert InputDecoder(DEFAULT_FORMAT).decode(data) is data
+    # half a sample is refused where PCM is checked, by the session's audio input
     with pytest.raises(AudioFormatError) as info:
-        InputDecoder(DEFAULT_FORMAT).decode(b"\x01\x02\x03")
+        AudioInput(input_rate=24000, vad=VadSettings(), max_turn_ms=30000).feed(
+            InputDecoder(DEFAULT_FORMAT).decode(b"\x01\x02\x03"))
     assert info.value.code == "invalid_audio_length"
     assert len(InputDecoder(AudioFormat(PCMU, 8000)).decode(b"\xff" * 3)) == 6  # any length
 

@@ -117,9 +117,8 @@ class OpenAIChatModel:
                         delta = choice.delta
                         if delta.content:
                             yield delta.content
-                        if delta.tool_calls:
-                            for call in delta.tool_calls:
-                                yield calls.fragment(call)
+                        for call in delta.tool_calls or ():
+                            yield calls.fragment(call)
                         if choice.finish_reason:
                             finished = True
                             if choice.finish_reason == "length":
