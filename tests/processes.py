@@ -79,12 +79,12 @@ def self_signed_cert(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "local
 class ServerProcess:
     """`tutor serve` in a subprocess, its output in a log file.
 
-    `tls=(cert, key)` serves https:// and wss:// (`--ssl-certfile/--ssl-keyfile`); `args` are
-    more `tutor serve` options. `http_url`, `ws_url` and `ssl_context()` are what clients need.
+    `tls=(cert, key)` serves https:// and wss:// (`--ssl-certfile/--ssl-keyfile`). `http_url`,
+    `ws_url` and `ssl_context()` are what clients need.
     """
 
     def __init__(self, name: str, env: dict[str, str], cwd: Path, *,
-                 tls: tuple[Path, Path] | None = None, args: list[str] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.name = name
         self.port = free_port()
         self.tls = tls
@@ -95,7 +95,7 @@ class ServerProcess:
         if tls is not None:
             command += ["--ssl-certfile", str(tls[0]), "--ssl-keyfile", str(tls[1])]
         # cwd is the test's own directory, so no developer's .env is read.
-        self.proc = subprocess.Popen(command + (args or []), cwd=cwd, env=env, stdout=self._log,
+        self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
 
     @property
@@ -110,11 +110,6 @@ class ServerProcess:
     def ws_url(self) -> str:
         """The base of the socket URLs: ws(s)://127.0.0.1:PORT (append /v1/realtime...)."""
         return f"{'wss' if self.tls else 'ws'}://{self.address}"
-
-    @property
-    def ca_file(self) -> Path | None:
-        """The certificate a client must trust to reach this server, if it serves TLS."""
-        return self.tls[0] if self.tls else None
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """A client context trusting this server's certificate (None without TLS)."""

@@ -14,6 +14,8 @@ from pydantic import TypeAdapter
 
 from openai.types.realtime import RealtimeServerEvent
 
+from server.protocol import RealtimeSession, Send, SessionConfig
+
 SERVER_EVENTS = TypeAdapter(RealtimeServerEvent)
 CHUNK_MS = 20
 
@@ -152,3 +154,26 @@ async def api_token(server: str) -> str:
         r = await client.post(f"http://{server}/api/auth/token", json={"name": "sdk test"})
     assert r.status_code == 201
     return r.json()["token"]
+
+
+# -- the protocol core driven by plain calls (no socket): a session, what it sent, audio fed in
+def core_session(**kw: Any) -> RealtimeSession:
+    s = RealtimeSession(SessionConfig(instructions="tutor", model="m", input_rate=16000, **kw))
+    s.open()
+    return s
+
+
+def sent(actions: list) -> list[dict[str, Any]]:
+    """The events among `actions`, each checked against the SDK's own types."""
+    events = [a.event for a in actions if isinstance(a, Send)]
+    for e in events:
+        check_shape(e)
+    return events
+
+
+def feed(s: RealtimeSession, pcm: bytes, t0: float = 0.0, chunk: int = 640) -> list:
+    """16 kHz PCM into the core in 20 ms chunks, 20 ms apart from `t0`: its actions."""
+    out = []
+    for k, i in enumerate(range(0, len(pcm), chunk)):
+        out += s.receive_audio(pcm[i: i + chunk], t0 + k * 0.02)
+    return out

@@ -9,7 +9,6 @@ import json
 import typing
 from typing import Any
 
-import httpx
 import pytest
 from openai import AsyncOpenAI
 from openai.types.beta import realtime as beta_types
@@ -20,6 +19,7 @@ from starlette.datastructures import Headers, QueryParams
 from server.beta import (BETA_MODELS, GA_ONLY, client_text_to_ga, client_to_ga, ga_to_client,
                          is_beta)
 from server.protocol import Generate, RealtimeSession, Send, SessionConfig, Speak
+from tests.realtime_client import api_token
 
 BETA_SERVER = TypeAdapter(beta_types.RealtimeServerEvent)
 BETA_CLIENT = TypeAdapter(beta_types.RealtimeClientEvent)
@@ -421,9 +421,7 @@ def test_a_beta_client_configures_the_real_core_and_hears_its_answer_in_beta():
 
 
 async def test_the_sdk_beta_client_holds_a_text_turn_with_the_real_server(server):
-    async with httpx.AsyncClient() as http:
-        token = (await http.post(f"http://{server}/api/auth/token", json={"name": "beta"})).json()
-    client = AsyncOpenAI(api_key=token["token"], websocket_base_url=f"ws://{server}/v1")
+    client = AsyncOpenAI(api_key=await api_token(server), websocket_base_url=f"ws://{server}/v1")
     events: list[dict[str, Any]] = []
 
     async def until(kind: str) -> dict[str, Any]:

@@ -6,26 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from server.protocol import (Cancel, Generate, RealtimeSession, Send, SessionConfig, Speak,
-                             Transcribe)
+from server.protocol import Cancel, Generate, RealtimeSession, Speak, Transcribe
 from tests.conftest import read_pcm
-from tests.realtime_client import check_shape
+from tests.realtime_client import core_session as session
+from tests.realtime_client import feed, sent
 
 TOOL = {"type": "function", "name": "lookup_grade", "description": "A student's grade",
         "parameters": {"type": "object", "properties": {"student": {"type": "string"}}}}
-
-
-def session(**kw: Any) -> RealtimeSession:
-    s = RealtimeSession(SessionConfig(instructions="tutor", model="m", input_rate=16000, **kw))
-    s.open()
-    return s
-
-
-def sent(actions: list) -> list[dict]:
-    events = [a.event for a in actions if isinstance(a, Send)]
-    for e in events:
-        check_shape(e)  # every event validates against the SDK's own types
-    return events
 
 
 def types(actions: list) -> list[str]:
@@ -276,10 +263,8 @@ def test_an_update_applies_what_is_valid_and_names_what_is_not_in_one_error():
 
 
 def _speak(s: RealtimeSession, t0: float = 0.0) -> list:
-    pcm, out = read_pcm("q_war.wav") + b"\x00" * 32000, []
-    for k, i in enumerate(range(0, len(pcm), 640)):
-        out += s.receive_audio(pcm[i: i + 640], t0 + k * 0.02)
-    return out
+    """A question and one second of silence: a whole spoken turn."""
+    return feed(s, read_pcm("q_war.wav") + b"\x00" * 32000, t0)
 
 
 def test_an_answer_cut_at_its_token_cap_is_incomplete():

@@ -4,29 +4,10 @@ from __future__ import annotations
 
 import json
 
-from server.protocol import Cancel, Generate, RealtimeSession, Send, SessionConfig, Transcribe
+from server.protocol import Cancel, Generate, RealtimeSession, SessionConfig, Transcribe
 from tests.conftest import read_pcm
-from tests.realtime_client import check_shape
-
-
-def session(**kw) -> RealtimeSession:
-    s = RealtimeSession(SessionConfig(instructions="tutor", model="m", input_rate=16000, **kw))
-    s.open()
-    return s
-
-
-def sent(actions) -> list[dict]:
-    events = [a.event for a in actions if isinstance(a, Send)]
-    for e in events:
-        check_shape(e)
-    return events
-
-
-def feed(s: RealtimeSession, pcm: bytes, t0: float = 0.0, chunk: int = 640) -> list:
-    out = []
-    for k, i in enumerate(range(0, len(pcm), chunk)):
-        out += s.receive_audio(pcm[i : i + chunk], t0 + k * 0.02)
-    return out
+from tests.realtime_client import core_session as session
+from tests.realtime_client import feed, sent
 
 
 def test_a_spoken_turn_is_committed_then_transcribed_then_answered():

@@ -8,12 +8,11 @@ import json
 
 import numpy as np
 import pytest
-import soxr
 import websockets
 
 from audio.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from tests.conftest import make_settings, read_pcm
-from tests.realtime_client import Conversation, append_event, chunks
+from tests.realtime_client import Conversation, append_event, chunks, to_rate
 
 CODECS = {"audio/pcmu": (ulaw_encode, ulaw_decode), "audio/pcma": (alaw_encode, alaw_decode)}
 
@@ -25,8 +24,7 @@ async def test_a_g711_call_is_heard_and_answered_in_kind(kind, fake, start_serve
     fake.behaviour.tts_ms_per_char = 4
     fake.behaviour.tts_audio = np.full(2400, 4000, dtype="<i2").tobytes()  # a constant level
     address = await start_server(make_settings(fake))
-    pcm16k = np.frombuffer(read_pcm("q_fractions.wav"), dtype="<i2")
-    pcm8k = soxr.resample(pcm16k, 16000, 8000).astype("<i2").tobytes()
+    pcm8k = to_rate(read_pcm("q_fractions.wav"), 8000)
     async with websockets.connect(f"ws://{address}/v1/realtime") as ws:
         conv = Conversation(ws)
         await ws.send(json.dumps({"type": "session.update", "session": {

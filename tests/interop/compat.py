@@ -45,10 +45,15 @@ def write(doc: Path = DOC) -> None:
     doc.write_text(f"{head}{START}\n{table(reports())}\n{END}{tail}")
 
 
+def section(doc: Path = DOC) -> str:
+    """The table as the docs have it (between the markers)."""
+    return doc.read_text().split(START, 1)[1].split(END, 1)[0]
+
+
 def missing(doc: Path = DOC) -> list[str]:
     """Clients with a report that the table in the docs does not list."""
-    section = doc.read_text().split(START, 1)[1].split(END, 1)[0]
-    return [run["client"] for run in reports() if f"| {run['client']} |" not in section]
+    table_text = section(doc)
+    return [run["client"] for run in reports() if f"| {run['client']} |" not in table_text]
 
 
 def main() -> None:

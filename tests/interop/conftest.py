@@ -26,7 +26,7 @@ import wave
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -58,55 +58,61 @@ def _locked(name: str) -> Iterator[None]:
         yield
 
 
+def _provision(folder: Path, specs: list[str], install: Callable[[], None]) -> None:
+    """Run `install` into `folder` (emptied first) unless it already holds exactly `specs`:
+    one installer at a time, across pytest-xdist workers; a failed install skips the test
+    (fails under CI=true) with the installer's last output."""
+    stamp = folder / (".installed-" + hashlib.sha256("\n".join(specs).encode()).hexdigest()[:12])
+    with _locked(folder.name):
+        if stamp.exists():
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            install()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+            output = getattr(exc, "stderr", b"") or b""
+            missing(f"could not install {specs} into {folder}: {exc}\n"
+                    f"{output.decode(errors='replace')[-3000:]}")
+        stamp.touch()
+
+
 def python_env(name: str, requirements: list[str]) -> Path:
     """The python of `tests/interop/.venv-<name>`, a venv holding `requirements` (pip specs),
     created on first use and again when the list changes. Returns its interpreter."""
     venv = HERE / f".venv-{name}"
     python = venv / "bin" / "python"
-    stamp = venv / (".installed-" + hashlib.sha256("\n".join(requirements).encode())
-                    .hexdigest()[:12])
-    with _locked(f"venv-{name}"):
-        if not stamp.exists():
-            shutil.rmtree(venv, ignore_errors=True)
-            try:
-                subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
-                               capture_output=True, timeout=120)
-                subprocess.run([str(python), "-m", "pip", "install", "--quiet",
-                                "--disable-pip-version-check", *requirements], check=True,
-                               capture_output=True, timeout=INSTALL_TIMEOUT_S)
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-                output = getattr(exc, "stderr", b"") or b""
-                missing(f"could not install {requirements} into {venv}: {exc}\n"
-                        f"{output.decode(errors='replace')[-3000:]}")
-            stamp.touch()
+
+    def install() -> None:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True,
+                       capture_output=True, timeout=120)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                        "--disable-pip-version-check", *requirements], check=True,
+                       capture_output=True, timeout=INSTALL_TIMEOUT_S)
+
+    _provision(venv, requirements, install)
     return python
+
+
+NODE, NPM = shutil.which("node"), shutil.which("npm")
 
 
 def node_env(name: str, packages: list[str]) -> Path:
     """`tests/interop/.node-<name>`, a folder whose node_modules hold `packages` (npm specs),
     installed on first use and again when the list changes. Returns the folder (run scripts
-    with it as their working directory, or NODE_PATH=<folder>/node_modules)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
+    with it as their working directory; `NODE` is the interpreter)."""
+    if NODE is None or NPM is None:
         missing("node and npm are needed for the JavaScript clients")
     folder = HERE / f".node-{name}"
-    stamp = folder / (".installed-" + hashlib.sha256("\n".join(packages).encode())
-                      .hexdigest()[:12])
-    with _locked(f"node-{name}"):
-        if not stamp.exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            (folder / "package.json").write_text(json.dumps(
-                {"name": f"interop-{name}", "private": True, "type": "module"}))
-            try:
-                subprocess.run([npm, "install", "--no-audit", "--no-fund", "--loglevel=error",
-                                *packages], cwd=folder, check=True, capture_output=True,
-                               timeout=INSTALL_TIMEOUT_S)
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-                output = getattr(exc, "stderr", b"") or b""
-                missing(f"could not npm install {packages}: {exc}\n"
-                        f"{output.decode(errors='replace')[-3000:]}")
-            stamp.touch()
+
+    def install() -> None:
+        folder.mkdir()
+        (folder / "package.json").write_text(json.dumps(
+            {"name": f"interop-{name}", "private": True, "type": "module"}))
+        subprocess.run([str(NPM), "install", "--no-audit", "--no-fund", "--loglevel=error",
+                        *packages], cwd=folder, check=True, capture_output=True,
+                       timeout=INSTALL_TIMEOUT_S)
+
+    _provision(folder, packages, install)
     return folder
 
 
@@ -132,6 +138,7 @@ class Stack:
     fake: FakeOpenAI
     address: str  # 127.0.0.1:port
     app: Any  # the server's Starlette app (app.state.metrics counts the events it sent)
+    cert: Path | None = None  # served over TLS with this certificate (clients must trust it)
 
     def errors_sent(self) -> dict[str, float]:
         """`error` events the server sent in this run, by code (from its own metrics)."""
@@ -145,11 +152,11 @@ class Stack:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.address}/v1/realtime"
+        return f"{'wss' if self.cert else 'ws'}://{self.address}/v1/realtime"
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.address}/v1"
+        return f"{'https' if self.cert else 'http'}://{self.address}/v1"
 
     async def run(self, argv: list[str], *, env: dict[str, str] | None = None,
                   cwd: Path | None = None, timeout: float = 180.0) -> dict[str, Any]:
@@ -209,6 +216,14 @@ TOOL_SCHEMA = {"type": "object", "properties": {"student": {"type": "string"}},
                "required": ["student"], "additionalProperties": False}
 TOOL_PROMPT = f"Please use {TOOL_NAME} to find Ada's grade."
 TOOL_OUTPUT = '{"grade": "A-"}'
+TOOL_JSON = json.dumps({"name": TOOL_NAME, "schema": TOOL_SCHEMA, "prompt": TOOL_PROMPT,
+                        "output": TOOL_OUTPUT})  # INTEROP_TOOL, as the drivers read it
+
+
+def tool_output_reached_model(fake: FakeOpenAI) -> list[dict[str, Any]]:
+    """The `tool` messages the model got that carry TOOL_OUTPUT (empty: it never got it)."""
+    return [message for chat in fake.chats for message in chat.get("messages", [])
+            if message.get("role") == "tool" and TOOL_OUTPUT in str(message.get("content"))]
 
 
 def behaviour() -> Behaviour:

@@ -14,10 +14,9 @@ response is still generating). The driver is `drivers/livekit_realtime.py`.
 
 from __future__ import annotations
 
-import json
 
-from tests.interop.conftest import (DRIVERS, REQUIRED_CHECKS, TOOL_NAME, TOOL_OUTPUT, TOOL_PROMPT,
-                                    TOOL_SCHEMA, check_report, python_env, speech_pcm)
+from tests.interop.conftest import (DRIVERS, REQUIRED_CHECKS, TOOL_JSON, TOOL_NAME, TOOL_OUTPUT,
+                                    check_report, python_env, speech_pcm)
 
 # the handshakes above, the mirror's order, and no error raised by the plugin itself
 LIVEKIT_CHECKS = [*REQUIRED_CHECKS, "update_chat_ctx", "generate_reply", "items_in_order",
@@ -28,8 +27,7 @@ async def test_livekit_realtime_model_plays_the_scenario_on_its_defaults(stack, 
     python = python_env("livekit", ["livekit-agents", "livekit-plugins-openai"])
     env = {"SPEECH_PCM": str(speech_pcm("q_derivative.wav", 24000, tmp_path)),
            "BARGE_PCM": str(speech_pcm("q_photosynthesis.wav", 24000, tmp_path)),
-           "INTEROP_TOOL": json.dumps({"name": TOOL_NAME, "schema": TOOL_SCHEMA,
-                                       "prompt": TOOL_PROMPT, "output": TOOL_OUTPUT})}
+           "INTEROP_TOOL": TOOL_JSON}
 
     report = await stack.run([str(python), str(DRIVERS / "livekit_realtime.py")], env=env,
                              timeout=150)

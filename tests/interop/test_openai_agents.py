@@ -11,10 +11,10 @@ any event its zod schemas reject, so both are checked too. The driver is
 
 from __future__ import annotations
 
-import shutil
 
-from tests.interop.conftest import (DRIVERS, REQUIRED_CHECKS, TOOL_OUTPUT, TOOL_PROMPT,
-                                    check_report, node_env, speech_pcm)
+from tests.interop.conftest import (DRIVERS, NODE, REQUIRED_CHECKS, TOOL_OUTPUT, TOOL_PROMPT,
+                                    check_report, node_env, speech_pcm,
+                                    tool_output_reached_model)
 
 PACKAGES = ["@openai/agents-realtime", "@openai/agents", "zod", "ws"]
 CLIENT_CHECKS = ["history", "item_retrieve", "events_match_sdk_schema"]
@@ -25,12 +25,9 @@ async def test_the_agents_sdk_realtime_session_plays_the_scenario(stack, tmp_pat
     speech = speech_pcm("q_derivative.wav", 24000, tmp_path)
 
     report = await stack.run(
-        [shutil.which("node") or "node", str(DRIVERS / "openai_agents.mjs")], cwd=folder,
+        [str(NODE), str(DRIVERS / "openai_agents.mjs")], cwd=folder,
         env={"INTEROP_SPEECH": str(speech), "INTEROP_TOOL_PROMPT": TOOL_PROMPT,
              "INTEROP_TOOL_OUTPUT": TOOL_OUTPUT}, timeout=150)
 
     check_report(report, REQUIRED_CHECKS + CLIENT_CHECKS, stack)
-    tool_results = [message for chat in stack.fake.chats for message in chat.get("messages", [])
-                    if message.get("role") == "tool"]
-    assert any(TOOL_OUTPUT in str(m.get("content")) for m in tool_results), (
-        f"the tool's output never reached the model: {tool_results}")
+    assert tool_output_reached_model(stack.fake), "the tool's output never reached the model"

@@ -6,30 +6,19 @@ interop scenario through a driver in `drivers/` on the SDK's defaults, only URL 
 
 from __future__ import annotations
 
-import json
-import shutil
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 
-from tests.fake_openai import FakeOpenAI
-from tests.interop.conftest import (DRIVERS, REQUIRED_CHECKS, TOOL_NAME, TOOL_OUTPUT, TOOL_PROMPT,
-                                    TOOL_SCHEMA, Stack, check_report, node_env, python_env,
-                                    serving, speech_pcm)
+from tests.interop.conftest import (DRIVERS, NODE, REQUIRED_CHECKS, TOOL_JSON, Stack, check_report,
+                                    node_env, python_env, serving, speech_pcm,
+                                    tool_output_reached_model)
 from tests.processes import self_signed_cert
 
 SPEECH = "q_derivative.wav"
-TOOL = json.dumps({"name": TOOL_NAME, "schema": TOOL_SCHEMA, "prompt": TOOL_PROMPT,
-                   "output": TOOL_OUTPUT})
 DRIVER_TIMEOUT_S = 120.0
-
-
-def tool_round_trip_reached_the_model(fake: FakeOpenAI) -> bool:
-    """The chat request after the tool ran carried the tool's output back to the model."""
-    return any(message.get("role") == "tool" and TOOL_OUTPUT in str(message.get("content"))
-               for chat in fake.chats for message in chat.get("messages", []))
 
 
 async def test_the_python_sdk_plays_the_scenario_and_every_event_parses_as_its_own_type(
@@ -37,42 +26,27 @@ async def test_the_python_sdk_plays_the_scenario_and_every_event_parses_as_its_o
     python = python_env("openai-python", ["openai[realtime]"])
     speech = speech_pcm(SPEECH, 24000, tmp_path)
     report = await stack.run([str(python), str(DRIVERS / "openai_python.py"), str(speech)],
-                             env={"INTEROP_TOOL": TOOL}, timeout=DRIVER_TIMEOUT_S)
+                             env={"INTEROP_TOOL": TOOL_JSON}, timeout=DRIVER_TIMEOUT_S)
     check_report(report, [*REQUIRED_CHECKS, "events_validate"], stack)
-    assert tool_round_trip_reached_the_model(stack.fake)
-
-
-@dataclass
-class TlsStack(Stack):
-    """`Stack`, served over TLS (wss://, https://) with a certificate clients must trust."""
-
-    cert: Path
-
-    @property
-    def ws_url(self) -> str:
-        return f"wss://{self.address}/v1/realtime"
-
-    @property
-    def http_url(self) -> str:
-        return f"https://{self.address}/v1"
+    assert tool_output_reached_model(stack.fake)
 
 
 @pytest.fixture
-async def tls_stack(start_server: Any, tmp_path: Path) -> AsyncIterator[TlsStack]:
+async def tls_stack(start_server: Any, tmp_path: Path) -> AsyncIterator[Stack]:
     """What the interop `stack` fixture does, with the app serving TLS (settings
     ssl_certfile/ssl_keyfile, as `tutor serve --ssl-certfile/--ssl-keyfile` does)."""
     cert, key = self_signed_cert(tmp_path)
     async with serving(start_server, ssl_certfile=cert, ssl_keyfile=key) as stack:
-        yield TlsStack(stack.fake, stack.address, stack.app, cert)
+        yield replace(stack, cert=cert)
 
 
-async def test_the_node_sdk_plays_the_scenario_over_tls(tls_stack: TlsStack,
+async def test_the_node_sdk_plays_the_scenario_over_tls(tls_stack: Stack,
                                                          tmp_path: Path) -> None:
     stack = tls_stack
     folder = node_env("openai-node", ["openai", "ws"])
     speech = speech_pcm(SPEECH, 24000, tmp_path)
-    report = await stack.run([shutil.which("node") or "node", str(DRIVERS / "openai_node.mjs"),
+    report = await stack.run([str(NODE), str(DRIVERS / "openai_node.mjs"),
                               str(speech)], cwd=folder, timeout=DRIVER_TIMEOUT_S,
-                             env={"INTEROP_TOOL": TOOL, "NODE_EXTRA_CA_CERTS": str(stack.cert)})
+                             env={"INTEROP_TOOL": TOOL_JSON, "NODE_EXTRA_CA_CERTS": str(stack.cert)})
     check_report(report, REQUIRED_CHECKS, stack)
-    assert tool_round_trip_reached_the_model(stack.fake)
+    assert tool_output_reached_model(stack.fake)

@@ -16,10 +16,8 @@ fails its pydantic model (check `events_parse`). The driver is `drivers/pipecat_
 
 from __future__ import annotations
 
-import json
-
-from tests.interop.conftest import (DRIVERS, REQUIRED_CHECKS, TOOL_NAME, TOOL_OUTPUT, TOOL_PROMPT,
-                                    TOOL_SCHEMA, check_report, python_env, speech_pcm)
+from tests.interop.conftest import (DRIVERS, REQUIRED_CHECKS, TOOL_JSON, check_report,
+                                    python_env, speech_pcm, tool_output_reached_model)
 
 REQUIREMENTS = ["pipecat-ai[openai]"]  # as Pipecat documents for its OpenAI services
 CLIENT_CHECKS = ["events_parse"]
@@ -28,14 +26,10 @@ CLIENT_CHECKS = ["events_parse"]
 async def test_pipecat_openai_realtime_service_plays_the_scenario(stack, tmp_path) -> None:
     python = python_env("pipecat", REQUIREMENTS)
     speech = speech_pcm("q_derivative.wav", 24000, tmp_path)
-    tool = {"name": TOOL_NAME, "schema": TOOL_SCHEMA, "prompt": TOOL_PROMPT, "output": TOOL_OUTPUT}
 
     report = await stack.run([str(python), str(DRIVERS / "pipecat_realtime.py")],
-                             env={"INTEROP_SPEECH": str(speech), "INTEROP_TOOL": json.dumps(tool)},
+                             env={"INTEROP_SPEECH": str(speech), "INTEROP_TOOL": TOOL_JSON},
                              timeout=150)
 
     check_report(report, REQUIRED_CHECKS + CLIENT_CHECKS, stack)
-    tool_results = [message for chat in stack.fake.chats for message in chat.get("messages", [])
-                    if message.get("role") == "tool"]
-    assert any(TOOL_OUTPUT in str(m.get("content")) for m in tool_results), (
-        f"the tool's output never reached the model: {tool_results}")
+    assert tool_output_reached_model(stack.fake), "the tool's output never reached the model"
