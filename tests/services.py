@@ -73,19 +73,25 @@ async def require_postgres() -> str:
 
 class TcpProxy:
     """127.0.0.1:<port> → target. `cut()` drops every connection and refuses new ones (nothing
-    listens on the port any more); `restore()` listens on the same port again."""
+    listens on the port any more); `hang()` keeps every connection open and accepts new ones but
+    forwards nothing either way (a server that stopped answering, a network that drops packets);
+    `restore()` ends either: it listens on the same port again and lets bytes flow."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._transports: set[asyncio.BaseTransport] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        self._transports.add(client_w.transport)
+        await self._flowing.wait()
         try:
             upstream_r, upstream_w = await asyncio.open_connection(*self.target)
         except OSError:
@@ -96,6 +102,7 @@ class TcpProxy:
         async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 while data := await reader.read(65536):
+                    await self._flowing.wait()
                     writer.write(data)
                     await writer.drain()
             except (OSError, asyncio.IncompleteReadError):
@@ -115,5 +122,10 @@ class TcpProxy:
             transport.abort()  # an abrupt close: the client sees its connection die
         self._transports.clear()
 
+    def hang(self) -> None:
+        self._flowing.clear()
+
     async def restore(self) -> None:
-        await self.start()
+        self._flowing.set()
+        if self._server is None:
+            await self.start()
