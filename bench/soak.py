@@ -66,8 +66,8 @@ async def student(url: str, deadline: float, corpus: list[bytes], max_turns: int
             await asyncio.sleep(0.5)
 
 
-async def one_session(ws, deadline: float, corpus: list[bytes], turns: int,  # type: ignore[no-untyped-def]
-                      realtime: bool, rng: random.Random, tally: Tally) -> None:
+async def one_session(ws: websockets.ClientConnection, deadline: float, corpus: list[bytes],
+                      turns: int, realtime: bool, rng: random.Random, tally: Tally) -> None:
     await ws.send(json.dumps({"type": "session.update", "session": {
         "output_modalities": ["text"],
         "audio": {"input": {"format": {"type": "audio/pcm", "rate": 16000}}}}}))
