@@ -54,7 +54,7 @@ async def raw_connection(address: tuple[str, int]) -> socket.socket:
 
 
 async def test_a_flood_of_silent_connections_and_a_slowloris_are_closed(fake, tmp_path) -> None:
-    cap, timeout = 20, 0.5
+    cap, timeout = 20, 1.0
     # the loopback is trusted for X-Forwarded-For by default, and so not capped: trust another
     # (documentation-range) address, so that this client counts as one address
     env = server_env(fake, tmp_path, TUTOR_HTTP_HEAD_TIMEOUT_S=str(timeout),
@@ -65,15 +65,17 @@ async def test_a_flood_of_silent_connections_and_a_slowloris_are_closed(fake, tm
         await server.ready(time.monotonic() + 30)
         address = ("127.0.0.1", server.port)
         baseline = sockets(server.proc.pid)
-        flood = [await raw_connection(address) for _ in range(cap + 10)]
         opened = time.monotonic()
-        # past the cap: closed at once
-        over = await asyncio.wait_for(asyncio.gather(*map(closed_by_server, flood[cap:])), 0.4)
-        assert len(over) == 10
-        assert sockets(server.proc.pid) >= baseline + cap - 1  # (less ready()'s, maybe)
-        # within it: held until the head deadline, then every one closed
-        held = await asyncio.wait_for(asyncio.gather(*map(closed_by_server, flood[:cap])), 3)
-        assert len(held) == cap and time.monotonic() - opened >= timeout * 0.9
+        flood = [await raw_connection(address) for _ in range(cap + 10)]
+
+        async def closed_after(sock: socket.socket) -> float:
+            await closed_by_server(sock)
+            return time.monotonic() - opened
+
+        closed = await asyncio.wait_for(asyncio.gather(*map(closed_after, flood)), 10)
+        held, over = closed[:cap], closed[cap:]
+        # past the cap: closed at once; within it: held until the head deadline, then closed
+        assert max(over) < timeout * 0.9 <= min(held), (over, held)
         for sock in flood:
             sock.close()
         await wait_for(lambda: _async(sockets(server.proc.pid) <= baseline),
