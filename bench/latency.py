@@ -49,6 +49,11 @@ QUESTIONS = ["q_derivative.wav", "q_photosynthesis.wav", "q_french.wav", "q_frac
              "q_war.wav"]
 
 
+# every benchmark client is the one dev guest, from one address: the server's caps on the
+# sessions of one user and one address (docs/operations.md) must not count them
+BENCH_CAPS = dict(TUTOR_MAX_SESSIONS_PER_USER="1000", TUTOR_MAX_SESSIONS_PER_ADDRESS="1000")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,7 +67,7 @@ def start_stack(env_extra: dict[str, str], fake_args: list[str]
     fake_port, port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "TUTOR_"))}
     env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fake_port}/v1",
-               **env_extra)
+               **BENCH_CAPS, **env_extra)
     fake = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--port", str(fake_port),
                              *fake_args], cwd=ROOT, env=env)
     server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port),

@@ -76,7 +76,8 @@ import numpy as np
 import psutil
 import websockets
 
-from bench.latency import CHUNK_BYTES, CHUNK_MS, QUESTIONS, RESULTS, ROOT, free_port, load
+from bench.latency import (BENCH_CAPS, CHUNK_BYTES, CHUNK_MS, QUESTIONS, RESULTS, ROOT, free_port,
+                           load)
 
 PIPECAT_VENV = ROOT / "bench" / ".venv-pipecat"
 PIPECAT_REQUIREMENTS = ROOT / "bench" / "pipecat-requirements.txt"
@@ -411,7 +412,8 @@ class Server:
                        TUTOR_VAD_SILENCE_MS=str(setup.silence_ms),
                        TUTOR_SPECULATIVE="true" if config == "ours-spec-on" else "false",
                        TUTOR_SPECULATIVE_PAUSE_MS=str(setup.spec_pause_ms),
-                       TUTOR_GUEST_TIER="unlimited", TUTOR_DATA_DIR=self._data_dir)
+                       TUTOR_GUEST_TIER="unlimited", TUTOR_DATA_DIR=self._data_dir,
+                       **BENCH_CAPS)
             cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
                    "--log-level", "warning"]
             self.url = f"ws://127.0.0.1:{self.port}/api/voice"

@@ -61,6 +61,7 @@ from dialogue.providers.openai import (OpenAIChatModel, OpenAISpeech, OpenAITran
 
 from .chat import chat_endpoint
 from .logs import route_to_stdlib
+from .connections import SessionSlots
 from .metrics import Metrics, metrics_endpoint, readyz
 from .config import Settings
 from .protocol import SessionConfig, TurnDetection
@@ -102,6 +103,7 @@ def session_config(settings: Settings) -> SessionConfig:
         speculative_pause_ms=settings.speculative_pause_ms if settings.speculative else 0,
         speculative_max_per_turn=settings.speculative_max_per_turn,
         speculative_budget=settings.speculative_budget,
+        idle_timeout_s=settings.session_idle_timeout_s,
     )
 
 
@@ -364,6 +366,8 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             app.state.redis = redis_client
             app.state.metrics = Metrics()
             app.state.runners = set()  # the open voice sessions (drained on SIGTERM)
+            app.state.slots = SessionSlots(settings.max_sessions_per_address,
+                                           settings.max_sessions_per_user)
             app.state.draining = False
             app.state.auth = await open_accounts(settings, app.state.db, redis_client, stack)
             app.state.resume = RedisResume(redis_client) if redis_client is not None \

@@ -13,6 +13,7 @@ import uvicorn
 
 from .app import create_app
 from .config import Settings
+from .connections import guarded_http
 
 
 class DrainingServer(uvicorn.Server):
@@ -60,8 +61,15 @@ def uvicorn_options(settings: Settings) -> dict:
     # Compression off: audio does not compress, and permessage-deflate costs CPU and memory per
     # socket. ws_max_size is the hard cap; the softer per-message limit is in the protocol core.
     # TLS, when configured, is uvicorn's own: wss:// without a proxy in front.
+    # Timeouts and caps: docs/operations.md. `http` is uvicorn's httptools protocol with a
+    # deadline for the request head and a per-address connection cap (server.connections).
     return dict(ws="websockets-sansio", ws_max_size=settings.ws_max_size,
                 ws_per_message_deflate=False, lifespan="on",
+                ws_ping_interval=settings.ws_ping_interval_s,
+                ws_ping_timeout=settings.ws_ping_timeout_s,
+                timeout_keep_alive=settings.http_keep_alive_s,
+                http=guarded_http(settings.http_head_timeout_s,
+                                  settings.http_max_connections_per_address),
                 ssl_certfile=settings.ssl_certfile, ssl_keyfile=settings.ssl_keyfile)
 
 

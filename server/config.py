@@ -80,6 +80,15 @@ class Settings(BaseSettings):
     # events of one session waiting for a client that does not read: past this, the session
     # ends (`slow_consumer`, close 1008) and its backlog is freed
     ws_outbox_max_bytes: int = 4 * 1024 * 1024
+    # Connection limits (docs/operations.md "Timeouts and connection caps")
+    http_head_timeout_s: float = 10.0  # a connection's request head must be complete this soon
+    http_keep_alive_s: int = 5  # an idle kept-alive HTTP connection is closed after this
+    http_max_connections_per_address: int | None = 256  # open HTTP connections of one peer
+    ws_ping_interval_s: float | None = 20.0  # WebSocket pings (None: off)...
+    ws_ping_timeout_s: float | None = 20.0  # ...and a peer that does not answer one is dropped
+    session_idle_timeout_s: float | None = 300.0  # no client message this long ends a session
+    max_sessions_per_address: int | None = 200  # open voice sessions from one client address
+    max_sessions_per_user: int | None = 10  # and of one account, whatever its plan allows
 
     # Storage
     data_dir: Path = Path("data")

@@ -11,7 +11,9 @@ One registry per app (tests run several apps in a process). What is recorded, by
 - `tutor_vad_frame_seconds` (one audio chunk in SAMPLE_EVERY timed, per 30 ms frame) and
   `tutor_endpoint_decision_seconds` (the chunks that ended a turn), timed by `server.voice`;
 - `tutor_provider_failures_total{provider,code}` (stt, llm, tts; voice, /api/ai/*);
-- `tutor_speculations_total{outcome}` and `tutor_speculative_calls_total{kind,result}`.
+- `tutor_speculations_total{outcome}` and `tutor_speculative_calls_total{kind,result}`;
+- prometheus-client's `process_*` (resident memory, open file descriptors, CPU; Linux), so
+  growth of memory or descriptors shows (the soak benchmark samples the same figures).
 The frame path costs two clock reads per chunk; histograms are observed only on sampled chunks.
 
 With several uvicorn workers each process has its own registry; scrape each process (or run one
@@ -23,7 +25,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               generate_latest)
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select, text
@@ -48,6 +51,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, process_open_fds, ...
         self.stage = Histogram("tutor_stage_seconds", "Latency of each stage of a turn",
                                ["stage"], buckets=BUCKETS, registry=r)
         self.sessions = Counter("tutor_sessions", "Voice sessions opened", registry=r)

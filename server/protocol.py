@@ -142,7 +142,7 @@ VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "s
           "verse", "marin", "cedar")
 
 # Close codes of a session ended by its plan (see docs/billing.md).
-CLOSE_CODES = {"quota_exceeded": 4402, "session_expired": 4408,
+CLOSE_CODES = {"quota_exceeded": 4402, "session_expired": 4408, "idle_timeout": 4408,
                "server_shutting_down": 1012}  # 1012: service restart (RFC 6455 registry)
 # Client events refused once the session is closing (they would start new work).
 WORK_EVENTS = {"input_audio_buffer.commit", "conversation.item.create", "response.create"}
@@ -197,6 +197,7 @@ class SessionConfig:
     tools: tuple[dict[str, Any], ...] = ()  # Realtime function tools ({type, name, ...})
     tool_choice: str | dict[str, Any] = "auto"
     max_output_tokens: int | None = None  # None: "inf"
+    idle_timeout_s: float | None = None  # no client message this long ends the session
 
     def __post_init__(self) -> None:
         if self.input_format.type == "audio/pcm" and self.input_format.rate != self.input_rate:
@@ -317,6 +318,7 @@ class RealtimeSession:
         self.provider_problem = provider_problem
         self.meter = meter  # the plan's voice allowance; None: unmetered
         self._closing: tuple[str, str] | None = None  # (code, message) once the plan ends it
+        self._last_client_at: float | None = None  # loop time of the last client message
         self.closed = False
         self.ids = ev.Ids()
         self.id = self.ids("sess")
@@ -355,7 +357,9 @@ class RealtimeSession:
         }
 
     # -- entry points ----------------------------------------------------------------------
-    def open(self) -> list[Action]:
+    def open(self, now: float | None = None) -> list[Action]:
+        """`now`: when the socket opened, from which an idle session is timed."""
+        self._last_client_at = now
         out: list[Action] = [self._send("session.created", session=self._session_object())]
         if self.meter is not None:
             out.append(ReportLimits())
@@ -365,6 +369,7 @@ class RealtimeSession:
         return out
 
     def receive_text(self, text: str, now: float) -> list[Action]:
+        self._last_client_at = now  # any message, even one refused, shows the client is there
         if len(text) > self.config.max_message_bytes or (
             len(text) * 4 > self.config.max_message_bytes
             and len(text.encode()) > self.config.max_message_bytes
@@ -395,6 +400,7 @@ class RealtimeSession:
             return [self._error(exc.code, exc.message, event_id=event_id, param=exc.param)]
 
     def receive_audio(self, pcm: bytes, now: float, *, event_id: str | None = None) -> list[Action]:
+        self._last_client_at = now
         if len(pcm) > self.config.max_message_bytes:
             return [self._too_large(len(pcm), event_id)]
         if self._closing is not None:
@@ -463,6 +469,21 @@ class RealtimeSession:
     def expire(self) -> list[Action]:
         """The plan's maximum session length is reached (the shell's timer says so)."""
         return self._end("session_expired", "the plan's maximum session length is reached")
+
+    def idle_deadline(self) -> float | None:
+        """When the session times out if the client sends nothing more (None: never)."""
+        if self.config.idle_timeout_s is None or self._last_client_at is None or self._closing:
+            return None
+        return self._last_client_at + self.config.idle_timeout_s
+
+    def check_idle(self, now: float) -> list[Action]:
+        """The shell's idle timer fired: end the session (`idle_timeout`, close 4408) if no
+        client message came in `idle_timeout_s`; an answer being given finishes first."""
+        deadline = self.idle_deadline()
+        if deadline is None or now < deadline:
+            return []
+        return self._end("idle_timeout", f"no message from the client in "
+                         f"{self.config.idle_timeout_s:g} s; the session is closed")
 
     def drain(self) -> list[Action]:
         """The server is stopping: the answer in progress finishes, then close 1012."""

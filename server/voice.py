@@ -24,13 +24,14 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from typing import Any, Awaitable, Callable, Literal
 
 from accounts.errors import AuthError
-from billing.service import Billing, QuotaError, VoiceGrant
+from billing.service import CLOSE_TOO_MANY, Billing, QuotaError, VoiceGrant
 from dialogue.providers import ProviderError, Providers, ToolCallDelta, Truncated, Usage
 from rag.grounding import Grounding
 
 from . import events as ev
 from .beta import client_text_to_ga, ga_to_client, is_beta
 from .metrics import SAMPLE_EVERY, Metrics
+from .connections import SessionSlots
 from .resume import ResumeStore
 from .protocol import (Abandon, Action, Adopt, Cancel, Charge, Close, Generate, RealtimeSession,
                        Record, Release, ReportLimits, Send, SendBinary, Speak, Transcribe)
@@ -85,12 +86,42 @@ async def refuse(websocket: WebSocket, code: str, message: str, error_type: str,
 
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
+    """One voice session, within this process's caps per client address and per user
+    (`SessionSlots`; the address is the one uvicorn trusts, X-Forwarded-For from a trusted
+    proxy). A socket past a cap is refused: `error` and close 4429, like the plan's cap."""
     state = websocket.app.state
+    slots: SessionSlots = state.slots
+    address = websocket.client.host if websocket.client else "unknown"
+    refusal = slots.take_address(address)  # before sign-in: holding sockets needs no account
+    if refusal is not None:
+        await refuse(websocket, refusal.code, refusal.message, "invalid_request_error",
+                     CLOSE_TOO_MANY)
+        return
+    try:
+        await _signed_in_session(websocket, state, slots, address)
+    finally:
+        slots.release_address(address)
+
+
+async def _signed_in_session(websocket: WebSocket, state: Any, slots: SessionSlots,
+                             address: str) -> None:
     try:
         user = await state.auth.socket_user(websocket)
     except AuthError as exc:
         await refuse(websocket, exc.code, exc.message, "authentication_error", 1008)
         return
+    refusal = slots.take_user(user.id)
+    if refusal is not None:
+        await refuse(websocket, refusal.code, refusal.message, "invalid_request_error",
+                     CLOSE_TOO_MANY)
+        return
+    try:
+        await _session(websocket, state, user, address)
+    finally:
+        slots.release_user(user.id)
+
+
+async def _session(websocket: WebSocket, state: Any, user: Any, address: str) -> None:
     if getattr(state, "draining", False):
         await refuse(websocket, "server_shutting_down", "the server is restarting; connect "
                      "again in a moment", "server_error", 1012)
@@ -100,8 +131,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     session_id = ev.Ids()("sess")
     resumed = await take_resume(state.resume, websocket.query_params.get("resume"), user.id)
     try:
-        client = websocket.client.host if websocket.client else "unknown"
-        await billing.check_request("voice", user, client)
+        await billing.check_request("voice", user, address)
         if resumed and resumed.get("session_id"):
             # the dropped session's slot may still look live (its socket not timed out yet):
             # the resumed one takes its place rather than counting twice
@@ -206,7 +236,7 @@ class SessionRunner:
         """`resume`: the state of the dropped session to continue (checked by the caller), or
         False when the client asked to resume and the token was refused."""
         writer = asyncio.create_task(self._write())
-        self.execute(self.session.open())
+        self.execute(self.session.open(self.loop.time()))
         if self.resume is not None:
             if resume is False:
                 self.execute([self.session.resume_refused()])
@@ -219,6 +249,7 @@ class SessionRunner:
                                                lambda: self.execute(self.session.expire())))
         if self.grant is not None and self.billing is not None:
             self._spawn(self._keep_alive())
+        self._spawn(self._watch_idle())
         self._receiving = asyncio.current_task()
         try:
             while True:
@@ -410,6 +441,13 @@ class SessionRunner:
                 self.billing.store_failed("voice charge", exc)
                 log.error("session %s: %d ms of voice could not be charged", self.session.id,
                           final.ms)
+
+    async def _watch_idle(self) -> None:
+        """Wakes at the core's idle deadline (which moves with each client message) and lets
+        it decide; ends when the session has none (no timeout, or closing)."""
+        while (deadline := self.session.idle_deadline()) is not None:
+            await asyncio.sleep(max(0.0, deadline - self.loop.time()))
+            self.execute(self.session.check_idle(self.loop.time()))
 
     async def _keep_alive(self) -> None:
         """Keeps this session counted among the user's live ones (the count expires on a crash)."""

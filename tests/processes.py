@@ -76,6 +76,18 @@ def self_signed_cert(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "local
     return cert_path, key_path
 
 
+def server_env(fake: Any, tmp_path: Path, **settings: str) -> dict[str, str]:
+    """The environment of a `tutor serve` subprocess: this one without provider, TUTOR_ or
+    Stripe variables, the loopback fake provider (`fake.base_url`), data in `tmp_path/data`,
+    and `settings` (e.g. TUTOR_HTTP_HEAD_TIMEOUT_S="0.5")."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENAI_", "LLM_", "TUTOR_", "STRIPE_"))}
+    env.update({"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "test",
+                "TUTOR_DATA_DIR": str(tmp_path / "data"), "TUTOR_LOAD_SAMPLE_COURSE": "false"})
+    env.update(settings)
+    return env
+
+
 class ServerProcess:
     """`tutor serve` in a subprocess, its output in a log file.
 

@@ -41,6 +41,9 @@ async def test_metrics_after_voice_turns_and_an_error(fake, start_server):
     for stage in ("transcription", "first_token", "end_of_speech_to_first_delta", "server_own"):
         assert after[("tutor_stage_seconds_count", (("stage", stage),))] == 1
     assert 0 < after[("tutor_stage_seconds_sum", (("stage", "end_of_speech_to_first_delta"),))] < 5
+    # the process's own memory and descriptors, so that growth of either shows (issue 15)
+    assert after[("process_resident_memory_bytes", ())] > 10 * 2**20
+    assert after[("process_open_fds", ())] > 3
 
 
 async def test_the_email_outbox_backlog_is_exported(fake, start_server):

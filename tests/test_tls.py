@@ -8,28 +8,17 @@ clients trust exactly that certificate, so a handshake that succeeds is a real T
 from __future__ import annotations
 
 import json
-import os
 import ssl
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
 from tests.conftest import make_settings
-from tests.fake_openai import FakeOpenAI
-from tests.processes import ServerProcess, self_signed_cert
+from tests.processes import ServerProcess, self_signed_cert, server_env
 
 OPENAI_DEFAULT = {"Authorization": "Bearer sk-anything"}  # what any client sends from OPENAI_API_KEY
-
-
-def server_env(fake: FakeOpenAI, tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OPENAI_", "LLM_", "TUTOR_", "STRIPE_"))}
-    env.update({"OPENAI_BASE_URL": fake.base_url, "OPENAI_API_KEY": "test",
-                "TUTOR_DATA_DIR": str(tmp_path / "data"), "TUTOR_LOAD_SAMPLE_COURSE": "false"})
-    return env
 
 
 async def first_event(url: str, context: ssl.SSLContext) -> dict:
