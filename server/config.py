@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     ws_ping_timeout_s: float | None = 20.0  # ...and a peer that does not answer one is dropped
     session_idle_timeout_s: float | None = 300.0  # no client message this long ends a session
     max_sessions_per_address: int | None = 200  # open voice sessions from one client address
-    max_sessions_per_user: int | None = 10  # and of one account, whatever its plan allows
+    # Of one account, on top of its plan's max_concurrent_sessions; off by default, because the
+    # plans with no cap (staff, load tests, the shared dev guest) are meant to have none.
+    max_sessions_per_user: int | None = None
 
     # Storage
     data_dir: Path = Path("data")
