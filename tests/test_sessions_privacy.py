@@ -84,15 +84,14 @@ async def test_a_session_cookie_ends_at_logout_and_revocation_in_every_process(
         assert await status(base, stolen) == (200, None)
         assert await status(other, stolen) == (200, None)  # the cookie works on either process
 
-        sessions = (await phone.get("/api/auth/sessions")).json()["items"]
-        assert sorted(s["user_agent"] for s in sessions) == ["Laptop/1.0", "Phone/2.0",
-                                                              "Tablet/3.0"]
-        assert [s["user_agent"] for s in sessions if s["current"]] == ["Phone/2.0"]
-
         # logout ends the session on the server: the copied cookie is refused everywhere
         assert (await laptop.post("/api/auth/logout")).status_code == 204
         assert await status(base, stolen) == (401, "session_ended")
         assert await status(other, stolen) == (401, "session_ended")
+
+        sessions = (await phone.get("/api/auth/sessions")).json()["items"]
+        assert sorted(s["user_agent"] for s in sessions) == ["Phone/2.0", "Tablet/3.0"]
+        assert [s["user_agent"] for s in sessions if s["current"]] == ["Phone/2.0"]
 
         # the phone signs the tablet out, from the other process
         tablet_id = next(s["id"] for s in sessions if s["user_agent"] == "Tablet/3.0")
@@ -158,19 +157,24 @@ async def test_classes_are_joined_by_code_and_teachers_see_only_later_turns(
             assert await app.state.writer.flush(5)
 
         await ask(ada, "Private: I failed my exam and I am scared to tell anyone.")
+        await ask(bob, "Private: my parents are divorcing.")
         room = (await client.post("/api/classes", json={"name": "7B"}, headers=teacher)).json()
-        code = room["join_code"]
-        assert len(code) == 8 and code.isalnum() and code.isupper()
-        listed = (await client.get("/api/classes", headers=teacher)).json()["items"]
-        assert listed == [room]
 
+        # a member's turns from before they joined stay private (an admin enrolls Bob)
+        assert (await client.post(f"/api/classes/{room['id']}/students", json={"user_id": bob_id},
+                                  headers=admin)).status_code == 204
+        r = await client.get(f"/api/classes/{room['id']}/interactions", headers=teacher)
+        assert r.json()["items"] == []
         # the attack: a teacher enrolls someone by id (an admin, a student), without consent
         for victim in (admin_id, ada_id):
             r = await client.post(f"/api/classes/{room['id']}/students",
                                   json={"user_id": victim}, headers=teacher)
             assert r.status_code == 403, r.text
-        r = await client.get(f"/api/classes/{room['id']}/interactions", headers=teacher)
-        assert r.json()["items"] == []
+
+        code = room["join_code"]
+        assert len(code) == 8 and code.isalnum() and code.isupper()
+        listed = (await client.get("/api/classes", headers=teacher)).json()["items"]
+        assert listed == [room]
 
         # a student joins with the code (as typed: any case, with a dash), once
         typed = f"{code[:4].lower()}-{code[4:]}"
@@ -188,14 +192,15 @@ async def test_classes_are_joined_by_code_and_teachers_see_only_later_turns(
         assert [(c["class_id"], c["name"]) for c in mine] == [(room["id"], "7B")]
 
         # bad codes are clear refusals; a rotated code ends the old one, members stay
+        carl, _ = await user("carl@example.com")
         for body, expected in (({"code": "ZZZZZZZZ"}, 404), ({}, 400), ({"code": 7}, 400),
                                ({"code": "x" * 65}, 400), ({"code": " - "}, 404)):
-            r = await client.post("/api/classes/join", json=body, headers=bob)
+            r = await client.post("/api/classes/join", json=body, headers=carl)
             assert r.status_code == expected, (body, r.text)
         rotated = (await client.post(f"/api/classes/{room['id']}/code", headers=teacher)).json()
         assert rotated["join_code"] != code
         assert (await client.post("/api/classes/join", json={"code": code},
-                                  headers=bob)).status_code == 404
+                                  headers=carl)).status_code == 404
         assert (await client.post(f"/api/classes/{room['id']}/code",
                                   headers=ada)).status_code == 403
         assert (await client.post("/api/classes/join", json={"code": rotated["join_code"]},
@@ -208,9 +213,7 @@ async def test_classes_are_joined_by_code_and_teachers_see_only_later_turns(
                                  headers=teacher)).json()["items"]
         assert seen == []
 
-        # an admin may still add a user by id (documented), but not another admin
-        assert (await client.post(f"/api/classes/{room['id']}/students", json={"user_id": bob_id},
-                                  headers=admin)).status_code == 204
+        # an admin may still add a user by id (documented, above), but not another admin
         assert (await client.post(f"/api/classes/{room['id']}/students",
                                   json={"user_id": other_admin_id},
                                   headers=admin)).status_code == 403
