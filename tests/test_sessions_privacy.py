@@ -15,15 +15,19 @@ import os
 import stat
 import time
 from base64 import b64encode
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
 import itsdangerous
 import pytest
 import websockets
+from sqlalchemy import text
 
 from server.logs import REDACTED, SCRUB, scrub
 from store import queries
+from store.db import Database, migrate
+from store.models import ClassMember, Classroom
 from tests.conftest import make_settings
 from tests.fake_oidc import FakeJWKS, FakeOIDC
 from tests.processes import ServerProcess, refused
@@ -289,3 +293,32 @@ async def test_tutor_serve_logs_no_credentials_and_keeps_its_data_private(fake, 
     assert {"tutor.db", "tutor.db-wal", "tutor.db-shm"} <= set(modes)
     assert all(mode == 0o600 for mode in modes.values()), modes
     print(f"tutor serve test: {time.monotonic() - started:.1f} s")
+
+
+async def test_the_upgrade_gives_old_classes_a_code_and_old_memberships_a_join_time(
+        blank_db_url):  # noqa: F811
+    """Migration 0008 over data made before it: a class gets a join code; a membership without
+    a join time counts from the upgrade (the teacher sees nothing older)."""
+    await asyncio.to_thread(migrate, blank_db_url, "0006")
+    db = Database(blank_db_url)
+    try:
+        async with db.engine.begin() as c:
+            for uid in ("t1", "s1"):
+                await c.execute(text(
+                    "INSERT INTO users (id, role, tier, auth_provider, auth_subject, created_at, "
+                    "last_seen_at) VALUES (:id, 'student', 'free', 'google', :id, :at, :at)"),
+                    {"id": uid, "at": datetime(2026, 1, 1, tzinfo=timezone.utc)})
+            await c.execute(text("INSERT INTO classes (id, name, teacher_id, created_at) "
+                                 "VALUES ('c1', 'Old class', 't1', :at)"),
+                            {"at": datetime(2026, 1, 1, tzinfo=timezone.utc)})
+            await c.execute(text("INSERT INTO class_members (class_id, user_id) "
+                                 "VALUES ('c1', 's1')"))
+        await asyncio.to_thread(migrate, blank_db_url)
+        async with db.session() as s:
+            room = await s.get(Classroom, "c1")
+            member = await s.get(ClassMember, ("c1", "s1"))
+        assert room is not None and len(room.join_code or "") == 8
+        assert member is not None and member.joined_at is not None
+        assert queries.aware(member.joined_at) > datetime.now(timezone.utc) - timedelta(minutes=5)
+    finally:
+        await db.close()
