@@ -2,7 +2,9 @@
 teachers' classes and their students' transcripts; admins' user management.
 
 Classes are joined by consent: a class has a join code (shown to its teacher, rotatable) that a
-student enters (`POST /api/classes/join`); a teacher cannot add anyone. A teacher sees a student's
+student enters (`POST /api/classes/join`), and which its teacher may email to students (an
+invitation through the outbox: it carries the code, joining is still the student's act); a teacher
+cannot add anyone. A teacher sees a student's
 turns from the moment the student joined, never before; a student may leave a class. Only an
 admin may add a user to a class by id (kept for school-run setups; the same "from now on" rule).
 
@@ -12,6 +14,7 @@ before anything is read.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -22,7 +25,7 @@ from starlette.routing import Route
 from accounts.identity import user_json
 from accounts.routes import json_object, page_args, require_user
 from store import queries
-from store.models import ROLES, Classroom, Interaction
+from store.models import ROLES, Classroom, Interaction, User
 from store.models import NOTE
 from study.notes import note_json
 
@@ -98,24 +101,63 @@ async def my_classes_as_teacher(request: Request) -> Response:
     return JSONResponse({"items": [class_json(r) for r in rooms]})
 
 
-async def _own_class(request: Request) -> str:
+async def _own_class(request: Request) -> tuple[User, Classroom]:
+    """The caller (a teacher, or an admin) and the class of the path, if it is theirs (404)."""
     user = await require_user(request, ("teacher", "admin"))
-    class_id = request.path_params["class_id"]
     async with request.app.state.db.session() as s:
-        room = await s.get(Classroom, class_id)
+        room = await s.get(Classroom, request.path_params["class_id"])
     if room is None or (user.role != "admin" and room.teacher_id != user.id):
         raise HTTPException(404, "no such class of yours")
-    return class_id
+    return user, room
 
 
 async def rotate_code(request: Request) -> Response:
     """A new join code: the old one stops working (members stay)."""
-    class_id = await _own_class(request)
+    _, room = await _own_class(request)
     async with request.app.state.db.session() as s, s.begin():
-        room = await s.get(Classroom, class_id)
-        assert room is not None
+        room = await s.merge(room)
         await queries.rotate_join_code(s, room)
     return JSONResponse(class_json(room))
+
+
+MAX_INVITATIONS = 30  # addresses per request
+
+
+def _digest(address: str) -> str:
+    """An address in an idempotency key (100 characters at most)."""
+    return hashlib.sha256(address.encode()).hexdigest()[:40]
+
+
+def _addresses(body: dict[str, Any]) -> list[str]:
+    emails = body.get("emails")
+    if not isinstance(emails, list) or not 0 < len(emails) <= MAX_INVITATIONS or not all(
+            isinstance(e, str) and 3 <= len(e.strip()) <= 320 and "@" in e.strip()
+            and not any(c.isspace() or c in "<>,;" for c in e.strip()) for e in emails):
+        raise HTTPException(400, f"'emails' must be a list of 1 to {MAX_INVITATIONS} email "
+                            "addresses")
+    return sorted({e.strip().lower() for e in emails})
+
+
+async def invite(request: Request) -> Response:
+    """Email the class's join code to addresses (through the outbox): joining is still the
+    student's act. Once per class, code and address (asking again does not mail again)."""
+    teacher, room = await _own_class(request)
+    addresses = _addresses(await json_object(request))
+    settings = request.app.state.settings
+    join_url = (settings.public_url or str(request.base_url)).rstrip("/") + "/"
+    queued = 0
+    async with request.app.state.db.session() as s, s.begin():
+        for address in addresses:
+            queued += await queries.enqueue_email(
+                s, recipient=address, template="class_invitation", transactional=True,
+                payload={"name": "", "teacher_name": teacher.name or "", "class_name": room.name,
+                         "join_code": room.join_code, "join_url": join_url},
+                key=f"invite:{room.id}:{room.join_code}:{_digest(address)}")
+    worker = getattr(request.app.state, "email_worker", None)
+    if worker is not None:
+        worker.wake()
+    return JSONResponse({"queued": queued, "already_invited": len(addresses) - queued},
+                        status_code=202)
 
 
 async def join_class(request: Request) -> Response:
@@ -177,10 +219,10 @@ async def add_student(request: Request) -> Response:
 
 async def class_interactions(request: Request) -> Response:
     """The class's students' turns since each joined, newest first."""
-    class_id = await _own_class(request)
+    _, room = await _own_class(request)
     async with request.app.state.db.session() as s:
-        students = await queries.class_student_ids(s, class_id)
-    return await _page(request, students, class_id=class_id)
+        students = await queries.class_student_ids(s, room.id)
+    return await _page(request, students, class_id=room.id)
 
 
 async def list_users(request: Request) -> Response:
@@ -223,6 +265,7 @@ routes = [
     Route("/api/classes", my_classes_as_teacher, methods=["GET"]),
     Route("/api/classes/join", join_class, methods=["POST"]),
     Route("/api/classes/{class_id}/code", rotate_code, methods=["POST"]),
+    Route("/api/classes/{class_id}/invitations", invite, methods=["POST"]),
     Route("/api/classes/{class_id}/students", add_student, methods=["POST"]),
     Route("/api/classes/{class_id}/interactions", class_interactions, methods=["GET"]),
     Route("/api/admin/users", list_users, methods=["GET"]),

@@ -22,12 +22,12 @@ import httpx
 import itsdangerous
 import pytest
 import websockets
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from server.logs import REDACTED, SCRUB, scrub
 from store import queries
 from store.db import Database, migrate
-from store.models import ClassMember, Classroom
+from store.models import ClassMember, Classroom, EmailNotification
 from tests.conftest import make_settings
 from tests.fake_oidc import FakeJWKS, FakeOIDC
 from tests.processes import ServerProcess, refused
@@ -209,6 +209,25 @@ async def test_classes_are_joined_by_code_and_teachers_see_only_later_turns(
                                   headers=ada)).status_code == 403
         assert (await client.post("/api/classes/join", json={"code": rotated["join_code"]},
                                   headers=teacher)).status_code == 409  # their own class
+
+        # an invitation by email carries the current code, once per address
+        r = await client.post(f"/api/classes/{room['id']}/invitations", headers=teacher,
+                              json={"emails": ["Dan@Example.com", "dan@example.com ", "e@x.org"]})
+        assert (r.status_code, r.json()) == (202, {"queued": 2, "already_invited": 0})
+        r = await client.post(f"/api/classes/{room['id']}/invitations", headers=teacher,
+                              json={"emails": ["e@x.org"]})
+        assert r.json() == {"queued": 0, "already_invited": 1}
+        for emails in ([], ["not an address"], ["a@b.c"] * 31, "e@x.org"):
+            r = await client.post(f"/api/classes/{room['id']}/invitations", headers=teacher,
+                                  json={"emails": emails})
+            assert r.status_code == 400, emails
+        assert (await client.post(f"/api/classes/{room['id']}/invitations", headers=ada,
+                                  json={"emails": ["e@x.org"]})).status_code == 403
+        async with app.state.db.session() as s:
+            mails = (await s.execute(select(EmailNotification).where(
+                EmailNotification.template == "class_invitation"))).scalars().all()
+        assert sorted(m.recipient for m in mails) == ["dan@example.com", "e@x.org"]
+        assert {m.payload["join_code"] for m in mails} == {rotated["join_code"]}
 
         # a student may leave: the teacher then sees none of their turns
         assert (await client.delete(f"/api/me/classes/{room['id']}", headers=ada)).status_code == 204
