@@ -1,7 +1,8 @@
 """Who is calling: resolves a request or a WebSocket to a local user, or refuses.
 
 Credentials, in order: `Authorization: Bearer` (an API token `tt_…`, else a Supabase access
-token), the signed session cookie (HTTP only; never for WebSockets, which use tickets), and in
+token), the signed session cookie (HTTP only; never for WebSockets, which use tickets; it carries
+a server-side session's id, checked on every request: accounts.sessions), and in
 dev mode the local guest. An invalid credential of ours is refused, never downgraded to the guest;
 but in dev mode a bearer that is not ours at all (the `sk-…` every OpenAI client sends) is ignored,
 as local OpenAI-compatible servers ignore it, so any client works on its defaults.
@@ -10,6 +11,7 @@ as local OpenAI-compatible servers ignore it, so any client works on its default
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +22,7 @@ from store.db import Database
 from store.models import User
 
 from .errors import AuthError
+from .sessions import cookie_user
 from .supabase import SupabaseVerifier
 from .tickets import TicketStore
 
@@ -28,8 +31,10 @@ log = logging.getLogger("tutor.accounts")
 
 class Authenticator:
     def __init__(self, db: Database, *, supabase: SupabaseVerifier | None, tickets: TicketStore,
-                 guest_allowed: bool, allowed_origins: list[str]) -> None:
+                 guest_allowed: bool, allowed_origins: list[str],
+                 session_max_age_s: float = 14 * 24 * 3600) -> None:
         self.db = db
+        self.session_max_age = timedelta(seconds=session_max_age_s)
         self.supabase = supabase
         self.tickets = tickets
         self.guest_allowed = guest_allowed
@@ -74,13 +79,9 @@ class Authenticator:
         user = await self._bearer_user(_bearer_token(header)) if header else None
         if user is not None:
             return user
-        uid = conn.session.get("uid") if "session" in conn.scope else None
-        if uid:
-            async with self.db.session() as s:
-                user = await queries.get_user(s, uid)
-            if user is not None:
-                return user
-            conn.session.clear()  # the account was deleted
+        user = await cookie_user(self.db, conn, self.session_max_age)
+        if user is not None:
+            return user
         return await self.guest() if self.guest_allowed else None
 
     async def socket_user(self, conn: HTTPConnection) -> User:

@@ -1,4 +1,5 @@
-"""HTTP routes of sign-in: Google login/callback, API tokens, logout, me, voice tickets.
+"""HTTP routes of sign-in: Google login/callback, API tokens, logout, the user's browser
+sessions (listed, revoked: accounts.sessions), me, voice tickets.
 
 `require_user(request, roles)` is what every protected route calls first: 401 without (valid)
 credentials, 403 for the wrong role.
@@ -23,6 +24,7 @@ from store.models import User
 from .errors import AuthError
 from .google import sealed_refresh_token
 from .identity import user_json
+from .sessions import session_id, session_json, sign_in, sign_out
 
 log = logging.getLogger("tutor.accounts")
 
@@ -104,8 +106,7 @@ async def google_callback(request: Request) -> Response:
         sealed = sealed_refresh_token(token, request.app.state.secret_box)
         if sealed:
             user.oauth_refresh_token = sealed
-    request.session.clear()
-    request.session["uid"] = user.id
+    await sign_in(request, user)
     return RedirectResponse("/", status_code=303)
 
 
@@ -131,8 +132,42 @@ async def logout(request: Request) -> Response:
     if header.lower().startswith("bearer tt_"):  # a program logging out ends its token
         async with request.app.state.db.session() as s, s.begin():
             await queries.revoke_api_token(s, header.split(" ", 1)[1].strip())
-    request.session.clear()
+    await sign_out(request)  # the browser session ends on the server, not just in the cookie
     return Response(status_code=204)
+
+
+def _max_age(request: Request) -> timedelta:
+    return timedelta(seconds=request.app.state.settings.session_max_age_s)
+
+
+async def list_sessions(request: Request) -> Response:
+    """The caller's signed-in browsers; the one making this request is `current`."""
+    user = await require_user(request)
+    async with request.app.state.db.session() as s:
+        rows = await queries.browser_sessions(s, user.id, max_age=_max_age(request))
+    current = session_id(request)
+    return JSONResponse({"items": [session_json(r, current) for r in rows]})
+
+
+async def revoke_session(request: Request) -> Response:
+    """Sign one of the caller's browsers out (this one too, if it is named)."""
+    user = await require_user(request)
+    target = request.path_params["session_id"]
+    async with request.app.state.db.session() as s, s.begin():
+        revoked = await queries.revoke_browser_sessions(s, user.id, only=target)
+    if not revoked:
+        raise HTTPException(404, "no such session of yours")
+    if target == session_id(request):
+        request.session.clear()
+    return Response(status_code=204)
+
+
+async def revoke_other_sessions(request: Request) -> Response:
+    """Sign out every browser of the caller but this one (all of them, with a bearer token)."""
+    user = await require_user(request)
+    async with request.app.state.db.session() as s, s.begin():
+        revoked = await queries.revoke_browser_sessions(s, user.id, keep=session_id(request))
+    return JSONResponse({"revoked": revoked})
 
 
 async def me(request: Request) -> Response:
@@ -155,5 +190,8 @@ routes = [
     Route("/api/auth/token", create_token, methods=["POST"]),
     Route("/api/auth/logout", logout, methods=["POST"]),
     Route("/api/auth/me", me, methods=["GET"]),
+    Route("/api/auth/sessions", list_sessions, methods=["GET"]),
+    Route("/api/auth/sessions", revoke_other_sessions, methods=["DELETE"]),
+    Route("/api/auth/sessions/{session_id}", revoke_session, methods=["DELETE"]),
     Route("/api/voice/session", voice_ticket, methods=["POST"]),
 ]

@@ -60,6 +60,8 @@ import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, TextContent
 
+from store.files import private_sqlite
+
 from .message import Email, TransportError
 from .smtp import SmtpTransport, mime
 
@@ -131,7 +133,7 @@ class Journal:
         return sqlite3.connect(self.path, timeout=10.0)
 
     def create(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_sqlite(self.path)  # it holds recipients and subjects
         with closing(self._connect()) as db, db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("""CREATE TABLE IF NOT EXISTS sent (

@@ -192,7 +192,8 @@ async def open_accounts(settings: Settings, db: Database, redis_client,  # type:
                     "sign-in before exposing this server.")
     return Authenticator(db, supabase=supabase, tickets=tickets,
                          guest_allowed=settings.guest_allowed,
-                         allowed_origins=settings.allowed_origins)
+                         allowed_origins=settings.allowed_origins,
+                         session_max_age_s=settings.session_max_age_s)
 
 
 async def http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,12 +1,20 @@
 """Routes for data rights and roles: a student's own history, export and account deletion;
 teachers' classes and their students' transcripts; admins' user management.
 
+Classes are joined by consent: a class has a join code (shown to its teacher, rotatable) that a
+student enters (`POST /api/classes/join`), and which its teacher may email to students (an
+invitation through the outbox: it carries the code, joining is still the student's act); a teacher
+cannot add anyone. A teacher sees a student's
+turns from the moment the student joined, never before; a student may leave a class. Only an
+admin may add a user to a class by id (kept for school-run setups; the same "from now on" rule).
+
 Every route starts with `require_user(request, roles)`, so a missing or wrong role is refused
 before anything is read.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -17,7 +25,7 @@ from starlette.routing import Route
 from accounts.identity import user_json
 from accounts.routes import json_object, page_args, require_user
 from store import queries
-from store.models import ROLES, Classroom, Interaction
+from store.models import ROLES, Classroom, Interaction, User
 from store.models import NOTE
 from study.notes import note_json
 
@@ -35,10 +43,12 @@ def interaction_json(row: Interaction) -> dict[str, Any]:
             "created_at": row.created_at.isoformat()}
 
 
-async def _page(request: Request, user_ids: list[str]) -> JSONResponse:
+async def _page(request: Request, user_ids: list[str], class_id: str | None = None
+                ) -> JSONResponse:
     limit, before = page_args(request)
     async with request.app.state.db.session() as s:
-        rows = await queries.interactions_page(s, user_ids, limit=limit, before_id=before)
+        rows = await queries.interactions_page(s, user_ids, limit=limit, before_id=before,
+                                               class_id=class_id)
     return JSONResponse({"items": [interaction_json(r) for r in rows],
                          "next_before": rows[-1].id if len(rows) == limit else None})
 
@@ -75,36 +85,144 @@ async def create_class(request: Request) -> Response:
         raise HTTPException(400, "a class needs a 'name'")
     async with request.app.state.db.session() as s, s.begin():
         room = await queries.create_class(s, user.id, body["name"].strip())
-    return JSONResponse({"id": room.id, "name": room.name, "teacher_id": room.teacher_id},
-                        status_code=201)
+    return JSONResponse(class_json(room), status_code=201)
 
 
-async def _own_class(request: Request) -> str:
+def class_json(room: Classroom) -> dict[str, Any]:
+    """A class as its teacher sees it, join code included."""
+    return {"id": room.id, "name": room.name, "teacher_id": room.teacher_id,
+            "join_code": room.join_code}
+
+
+async def my_classes_as_teacher(request: Request) -> Response:
     user = await require_user(request, ("teacher", "admin"))
-    class_id = request.path_params["class_id"]
     async with request.app.state.db.session() as s:
-        room = await s.get(Classroom, class_id)
+        rooms = await queries.classes_of_teacher(s, user.id)
+    return JSONResponse({"items": [class_json(r) for r in rooms]})
+
+
+async def _own_class(request: Request) -> tuple[User, Classroom]:
+    """The caller (a teacher, or an admin) and the class of the path, if it is theirs (404)."""
+    user = await require_user(request, ("teacher", "admin"))
+    async with request.app.state.db.session() as s:
+        room = await s.get(Classroom, request.path_params["class_id"])
     if room is None or (user.role != "admin" and room.teacher_id != user.id):
         raise HTTPException(404, "no such class of yours")
-    return class_id
+    return user, room
+
+
+async def rotate_code(request: Request) -> Response:
+    """A new join code: the old one stops working (members stay)."""
+    _, room = await _own_class(request)
+    async with request.app.state.db.session() as s, s.begin():
+        room = await s.merge(room)
+        await queries.rotate_join_code(s, room)
+    return JSONResponse(class_json(room))
+
+
+MAX_INVITATIONS = 30  # addresses per request
+
+
+def _digest(address: str) -> str:
+    """An address in an idempotency key (100 characters at most)."""
+    return hashlib.sha256(address.encode()).hexdigest()[:40]
+
+
+def _addresses(body: dict[str, Any]) -> list[str]:
+    emails = body.get("emails")
+    if not isinstance(emails, list) or not 0 < len(emails) <= MAX_INVITATIONS or not all(
+            isinstance(e, str) and 3 <= len(e.strip()) <= 320 and "@" in e.strip()
+            and not any(c.isspace() or c in "<>,;" for c in e.strip()) for e in emails):
+        raise HTTPException(400, f"'emails' must be a list of 1 to {MAX_INVITATIONS} email "
+                            "addresses")
+    return sorted({e.strip().lower() for e in emails})
+
+
+async def invite(request: Request) -> Response:
+    """Email the class's join code to addresses (through the outbox): joining is still the
+    student's act. Once per class, code and address (asking again does not mail again)."""
+    teacher, room = await _own_class(request)
+    addresses = _addresses(await json_object(request))
+    settings = request.app.state.settings
+    join_url = (settings.public_url or str(request.base_url)).rstrip("/") + "/"
+    queued = 0
+    async with request.app.state.db.session() as s, s.begin():
+        for address in addresses:
+            queued += await queries.enqueue_email(
+                s, recipient=address, template="class_invitation", transactional=True,
+                payload={"name": "", "teacher_name": teacher.name or "", "class_name": room.name,
+                         "join_code": room.join_code, "join_url": join_url},
+                key=f"invite:{room.id}:{room.join_code}:{_digest(address)}")
+    worker = getattr(request.app.state, "email_worker", None)
+    if worker is not None:
+        worker.wake()
+    return JSONResponse({"queued": queued, "already_invited": len(addresses) - queued},
+                        status_code=202)
+
+
+async def join_class(request: Request) -> Response:
+    """A student joins a class with the code its teacher gave; from now on, the teacher sees
+    their turns (none from before)."""
+    user = await require_user(request)
+    body = await json_object(request)
+    code = body.get("code")
+    if not isinstance(code, str) or not 0 < len(code) <= 64:
+        raise HTTPException(400, "send the class's join code: {\"code\": \"…\"}")
+    async with request.app.state.db.session() as s, s.begin():
+        room = await queries.class_by_code(s, code)
+        if room is None:
+            raise HTTPException(404, "no class has this join code (ask your teacher for the "
+                                "current one)")
+        if room.teacher_id == user.id:
+            raise HTTPException(409, "you teach this class")
+        added = await queries.add_student(s, room.id, user.id)
+    return JSONResponse({"class_id": room.id, "name": room.name},
+                        status_code=201 if added else 200)
+
+
+async def my_classes(request: Request) -> Response:
+    """The classes the caller joined, and since when their teachers see their turns."""
+    user = await require_user(request)
+    async with request.app.state.db.session() as s:
+        rows = await queries.classes_of_student(s, user.id)
+    return JSONResponse({"items": [
+        {"class_id": room.id, "name": room.name, "teacher_id": room.teacher_id,
+         "joined_at": queries.aware(member.joined_at).isoformat() if member.joined_at else None}
+        for room, member in rows]})
+
+
+async def leave_class(request: Request) -> Response:
+    user = await require_user(request)
+    async with request.app.state.db.session() as s, s.begin():
+        left = await queries.leave_class(s, request.path_params["class_id"], user.id)
+    if not left:
+        raise HTTPException(404, "you are not in this class")
+    return Response(status_code=204)
 
 
 async def add_student(request: Request) -> Response:
-    class_id = await _own_class(request)
+    """Admins only: add a user to a class by id (a teacher's students join with the code)."""
+    admin = await require_user(request, ("admin",))
+    class_id = request.path_params["class_id"]
     body = await json_object(request)
     async with request.app.state.db.session() as s, s.begin():
+        if await s.get(Classroom, class_id) is None:
+            raise HTTPException(404, "no such class")
         student = await queries.get_user(s, str(body.get("user_id")))
         if student is None:
             raise HTTPException(404, "no such user")
+        if student.role == "admin" and student.id != admin.id:
+            raise HTTPException(403, "an admin's account cannot be put in a class by someone else")
         await queries.add_student(s, class_id, student.id)
     return Response(status_code=204)
 
 
 async def class_interactions(request: Request) -> Response:
-    class_id = await _own_class(request)
+    """The class's students' turns since each joined, newest first."""
+    _, room = await _own_class(request)
     async with request.app.state.db.session() as s:
-        students = await queries.class_student_ids(s, class_id)
-    return await _page(request, students)
+        students = await queries.class_student_ids(s, room.id)
+    return await _page(request, students, class_id=room.id)
 
 
 async def list_users(request: Request) -> Response:
@@ -141,7 +259,13 @@ routes = [
     Route("/api/me/interactions", my_interactions, methods=["GET"]),
     Route("/api/me/export", my_export, methods=["GET"]),
     Route("/api/me", delete_me, methods=["DELETE"]),
+    Route("/api/me/classes", my_classes, methods=["GET"]),
+    Route("/api/me/classes/{class_id}", leave_class, methods=["DELETE"]),
     Route("/api/classes", create_class, methods=["POST"]),
+    Route("/api/classes", my_classes_as_teacher, methods=["GET"]),
+    Route("/api/classes/join", join_class, methods=["POST"]),
+    Route("/api/classes/{class_id}/code", rotate_code, methods=["POST"]),
+    Route("/api/classes/{class_id}/invitations", invite, methods=["POST"]),
     Route("/api/classes/{class_id}/students", add_student, methods=["POST"]),
     Route("/api/classes/{class_id}/interactions", class_interactions, methods=["GET"]),
     Route("/api/admin/users", list_users, methods=["GET"]),

@@ -48,6 +48,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from .db import Database, migrate, normalise_url, revisions
+from .files import open_private, private_dir, private_sqlite
 
 FORMAT = "tutor-backup"
 VERSION = 1
@@ -134,7 +135,7 @@ def _write_archive(out: Path, manifest: Manifest, payload: Path) -> None:
     under a temporary name and renamed: a backup file that exists is complete."""
     manifest.sha256 = _sha256(payload)
     manifest.bytes = payload.stat().st_size
-    out.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(out.parent)
     partial = out.with_name(f".{out.name}.{secrets.token_hex(4)}.partial")
     try:
         with tarfile.open(partial, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -178,7 +179,7 @@ def _extract_payload(archive: Path, manifest: Manifest, dest: Path) -> None:
         if source is None:
             raise BackupError(f"{archive} has no {manifest.payload}")
         digest = hashlib.sha256()
-        with dest.open("wb") as out:
+        with open_private(dest) as out:
             while chunk := source.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
@@ -246,7 +247,7 @@ def _sqlite_backup(url: str, out: Path, source: sqlite3.Connection | None = None
     path = _sqlite_path(url)
     if source is None and not path.exists():
         raise BackupError(f"there is no SQLite database at {path}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(out.parent)
     with tempfile.TemporaryDirectory(prefix=".tutor-backup-", dir=out.parent) as tmp:
         payload = Path(tmp) / PAYLOAD["sqlite"]
         conn = source or _sqlite_connect(path)
@@ -342,7 +343,7 @@ async def _pg_backup(url: str, out: Path) -> Manifest:
                 if "alembic_version" in tables:
                     revision = (await c.execute(text(
                         f'SELECT version_num FROM "{schema}".alembic_version'))).scalar_one_or_none()
-                out.parent.mkdir(parents=True, exist_ok=True)
+                private_dir(out.parent)
                 with tempfile.TemporaryDirectory(prefix=".tutor-backup-", dir=out.parent) as tmp:
                     payload = Path(tmp) / PAYLOAD["postgresql"]
                     # the exporting transaction stays open until pg_dump has its snapshot
@@ -429,7 +430,7 @@ def _sqlite_lock(path: Path) -> sqlite3.Connection:
 def _sqlite_restore(url: str, archive: Path, manifest: Manifest, safety_dir: Path | None,
                     force: bool) -> RestoreResult:
     path = _sqlite_path(url)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     staged = path.with_name(f".{path.name}.restore-{secrets.token_hex(4)}")
     safety = None
     migrated = None
@@ -450,6 +451,7 @@ def _sqlite_restore(url: str, archive: Path, manifest: Manifest, safety_dir: Pat
         if path.exists():
             target = _sqlite_connect(path, timeout=30) if force else _sqlite_lock(path)
         else:
+            private_sqlite(path)
             target = _sqlite_connect(path)
         try:
             if safety_dir is not None and _sqlite_tables(target):

@@ -16,6 +16,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from .files import private_sqlite
+
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
@@ -69,12 +71,14 @@ def alembic_config(url: str) -> Config:
 
 
 def _make_sqlite_folder(url: str) -> bool:
-    """For a SQLite file, create its folder (a fresh checkout has no data dir); True if SQLite."""
+    """For a SQLite file, create its folder (a fresh checkout has no data dir) and the file,
+    both private to this user (store.files); True if SQLite."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return False
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith(
+            "file:"):
+        private_sqlite(Path(parsed.database))
     return True
 
 

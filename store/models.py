@@ -93,8 +93,24 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
+class BrowserSession(Base):
+    """A signed-in browser (accounts.sessions): the signed cookie carries only `id`, and every
+    request checks this row, so signing out (or revoking it from another browser) ends it at
+    once. Rows past their lifetime or revoked are deleted at the user's next sign-in."""
+
+    __tablename__ = "browser_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    user_agent: Mapped[str | None] = mapped_column(String(300))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Classroom(Base):
-    """A teacher's class; its members are the students whose transcripts the teacher may read."""
+    """A teacher's class; its members are the students whose transcripts the teacher may read,
+    from the moment each joined (with the class's `join_code`, which its teachers hand out)."""
 
     __tablename__ = "classes"
 
@@ -102,6 +118,7 @@ class Classroom(Base):
     name: Mapped[str] = mapped_column(String(200))
     teacher_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    join_code: Mapped[str | None] = mapped_column(String(16), index=True, unique=True)
 
 
 class ClassMember(Base):

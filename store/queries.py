@@ -11,13 +11,13 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import (ROLES, TURN_KINDS, ApiToken, ClassMember, Classroom, EmailNotification,
-                     Interaction, User, new_id, now)
+from .models import (ROLES, TURN_KINDS, ApiToken, BrowserSession, ClassMember, Classroom,
+                     EmailNotification, Interaction, User, new_id, now)
 
 API_TOKEN_PREFIX = "tt_"
 
@@ -86,7 +86,7 @@ async def user_for_api_token(s: AsyncSession, token: str) -> User | None:
     row = (await s.execute(select(ApiToken).where(ApiToken.token_hash == _hash(token)))).scalar_one_or_none()
     if row is None or row.revoked_at is not None:
         return None
-    if row.expires_at is not None and _aware(row.expires_at) <= now():
+    if row.expires_at is not None and aware(row.expires_at) <= now():
         return None
     return await s.get(User, row.user_id)
 
@@ -98,16 +98,77 @@ async def revoke_api_token(s: AsyncSession, token: str) -> bool:
     return bool(result.rowcount)
 
 
-def _aware(t: datetime) -> datetime:
+def aware(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)  # SQLite drops the zone
 
 
+async def start_browser_session(s: AsyncSession, user_id: str, *, user_agent: str | None,
+                                max_age: timedelta) -> BrowserSession:
+    """A new signed-in browser of the user; their ended (revoked or expired) sessions go."""
+    await s.execute(delete(BrowserSession).where(
+        BrowserSession.user_id == user_id,
+        or_(BrowserSession.revoked_at.is_not(None), BrowserSession.created_at <= now() - max_age)))
+    row = BrowserSession(id=secrets.token_urlsafe(32), user_id=user_id,
+                         user_agent=(user_agent or "")[:300] or None)
+    s.add(row)
+    return row
+
+
+def _live_sessions(max_age: timedelta):  # type: ignore[no-untyped-def]
+    return (BrowserSession.revoked_at.is_(None), BrowserSession.created_at > now() - max_age)
+
+
+async def browser_session_user(s: AsyncSession, session_id: str, *, max_age: timedelta
+                               ) -> tuple[BrowserSession, User] | None:
+    """The live (not revoked, not expired) session `session_id` and its user, in one query."""
+    row = (await s.execute(select(BrowserSession, User)
+                           .join(User, User.id == BrowserSession.user_id)
+                           .where(BrowserSession.id == session_id, *_live_sessions(max_age)))).first()
+    return (row[0], row[1]) if row is not None else None
+
+
+async def touch_browser_session(s: AsyncSession, session_id: str) -> None:
+    await s.execute(update(BrowserSession).where(BrowserSession.id == session_id)
+                    .values(last_seen_at=now()))
+
+
+async def browser_sessions(s: AsyncSession, user_id: str, *, max_age: timedelta
+                           ) -> list[BrowserSession]:
+    """The user's live sessions, most recently used first."""
+    query = select(BrowserSession).where(BrowserSession.user_id == user_id,
+                                         *_live_sessions(max_age))
+    return list((await s.execute(query.order_by(BrowserSession.last_seen_at.desc(),
+                                                BrowserSession.id))).scalars())
+
+
+async def revoke_browser_sessions(s: AsyncSession, user_id: str | None, *,
+                                  only: str | None = None, keep: str | None = None) -> int:
+    """Revoke live sessions: the user's (`only` that one, or all but `keep`), or with no user,
+    the session `only`; how many."""
+    if user_id is None and only is None:
+        raise ValueError("revoke whose sessions?")
+    query = update(BrowserSession).where(BrowserSession.revoked_at.is_(None))
+    if user_id is not None:
+        query = query.where(BrowserSession.user_id == user_id)
+    if only is not None:
+        query = query.where(BrowserSession.id == only)
+    if keep is not None:
+        query = query.where(BrowserSession.id != keep)
+    return (await s.execute(query.values(revoked_at=now()))).rowcount or 0
+
+
 async def interactions_page(s: AsyncSession, user_ids: Sequence[str], *, limit: int = 50,
-                            before_id: int | None = None) -> list[Interaction]:
+                            before_id: int | None = None,
+                            class_id: str | None = None) -> list[Interaction]:
     """Newest first; pass the last row's id as `before_id` for the next page (keyset paging).
-    Turns only: the students' notes (kind "note", study.notes) are theirs alone."""
+    Turns only: the students' notes (kind "note", study.notes) are theirs alone. With
+    `class_id`, only the turns each user made after joining that class (what its teacher sees)."""
     query = select(Interaction).where(Interaction.user_id.in_(user_ids),
                                       Interaction.kind.in_(TURN_KINDS))
+    if class_id is not None:
+        query = query.join(ClassMember, (ClassMember.user_id == Interaction.user_id)
+                           & (ClassMember.class_id == class_id)).where(
+            Interaction.created_at >= ClassMember.joined_at)
     if before_id is not None:
         query = query.where(Interaction.id < before_id)
     query = query.order_by(Interaction.id.desc()).limit(limit)
@@ -125,16 +186,63 @@ async def delete_user(s: AsyncSession, user_id: str) -> bool:
     return bool(result.rowcount)
 
 
+JOIN_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I: read aloud, typed
+JOIN_CODE_LENGTH = 8  # 32**8 = 2**40 codes
+
+
+def new_join_code() -> str:
+    return "".join(secrets.choice(JOIN_CODE_ALPHABET) for _ in range(JOIN_CODE_LENGTH))
+
+
+def normalise_join_code(code: str) -> str:
+    """What a student typed, as stored: upper case, without spaces or dashes."""
+    return "".join(c for c in code.upper() if c not in " -\t")
+
+
 async def create_class(s: AsyncSession, teacher_id: str, name: str) -> Classroom:
-    room = Classroom(teacher_id=teacher_id, name=name)
+    room = Classroom(teacher_id=teacher_id, name=name, join_code=new_join_code())
     s.add(room)
     await s.flush()
     return room
 
 
-async def add_student(s: AsyncSession, class_id: str, user_id: str) -> None:
-    if await s.get(ClassMember, (class_id, user_id)) is None:
-        s.add(ClassMember(class_id=class_id, user_id=user_id))
+async def rotate_join_code(s: AsyncSession, room: Classroom) -> str:
+    """A new code for the class: the old one stops working; members stay."""
+    room.join_code = new_join_code()
+    await s.flush()
+    return room.join_code
+
+
+async def class_by_code(s: AsyncSession, code: str) -> Classroom | None:
+    code = normalise_join_code(code)
+    if not code:
+        return None
+    return (await s.execute(select(Classroom).where(Classroom.join_code == code))).scalar_one_or_none()
+
+
+async def add_student(s: AsyncSession, class_id: str, user_id: str) -> bool:
+    """Make the user a member from now on; False if they already were (joined_at unchanged)."""
+    if await s.get(ClassMember, (class_id, user_id)) is not None:
+        return False
+    s.add(ClassMember(class_id=class_id, user_id=user_id, joined_at=now()))
+    return True
+
+
+async def leave_class(s: AsyncSession, class_id: str, user_id: str) -> bool:
+    result = await s.execute(delete(ClassMember).where(ClassMember.class_id == class_id,
+                                                       ClassMember.user_id == user_id))
+    return bool(result.rowcount)
+
+
+async def classes_of_teacher(s: AsyncSession, teacher_id: str) -> list[Classroom]:
+    query = select(Classroom).where(Classroom.teacher_id == teacher_id)
+    return list((await s.execute(query.order_by(Classroom.created_at, Classroom.id))).scalars())
+
+
+async def classes_of_student(s: AsyncSession, user_id: str) -> list[tuple[Classroom, ClassMember]]:
+    query = (select(Classroom, ClassMember).join(ClassMember, ClassMember.class_id == Classroom.id)
+             .where(ClassMember.user_id == user_id).order_by(ClassMember.joined_at, Classroom.id))
+    return [(room, member) for room, member in (await s.execute(query)).all()]
 
 
 async def class_of_teacher(s: AsyncSession, class_id: str, teacher_id: str) -> Classroom | None:

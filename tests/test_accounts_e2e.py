@@ -274,15 +274,22 @@ async def test_roles_and_data_rights(app_server, jwks):
         for query in (f"before={2**64}", "before=0", "before=-5"):
             r = await client.get(f"/api/me/interactions?{query}", headers=student)
             assert r.status_code == 400, query
-        # a teacher sees the transcripts of the students in their class, and only those
+        # a teacher sees the transcripts of the students who joined their class (with its
+        # code), from the join on, and only those (tests/test_sessions_privacy.py: the details)
         room = (await client.post("/api/classes", json={"name": "Maths 7B"}, headers=teacher)).json()
         assert (await client.post(f"/api/classes/{room['id']}/students",
-                                  json={"user_id": ids["student"]}, headers=teacher)).status_code == 204
+                                  json={"user_id": ids["student"]}, headers=teacher)).status_code == 403
+        assert (await client.post("/api/classes/join", json={"code": room["join_code"]},
+                                  headers=student)).status_code == 201
+        await client.post("/api/ai/chat", json={"message": "And a composite?"}, headers=student)
+        await client.post("/api/ai/chat", json={"message": "Not in the class"}, headers=other_student)
+        assert await app.state.writer.flush(5)
         seen = (await client.get(f"/api/classes/{room['id']}/interactions", headers=teacher)).json()
-        assert {row["user_id"] for row in seen["items"]} == {ids["student"]}
+        assert [(row["user_id"], row["transcript"]) for row in seen["items"]] == [
+            (ids["student"], "And a composite?")]
         assert (await client.get(f"/api/classes/{room['id']}/interactions",
                                  headers=other_teacher)).status_code == 404
-        assert (await client.post(f"/api/classes/{room['id']}/students", json={"user_id": ids["other"]},
+        assert (await client.post(f"/api/classes/{room['id']}/code",
                                   headers=other_teacher)).status_code == 404
         # an admin manages users
         r = await client.patch(f"/api/admin/users/{ids['other']}", json={"role": "teacher"},
@@ -294,7 +301,8 @@ async def test_roles_and_data_rights(app_server, jwks):
         # a student exports, then deletes, their account
         export = await client.get("/api/me/export", headers=student)
         assert export.headers["content-disposition"].startswith("attachment")
-        assert [r["transcript"] for r in export.json()["interactions"]] == ["What is a prime?"]
+        assert [r["transcript"] for r in export.json()["interactions"]] == [
+            "What is a prime?", "And a composite?"]
         assert (await client.delete("/api/me", headers=student)).status_code == 204
     async with app.state.db.session() as s:
         left = (await s.execute(select(Interaction.user_id))).scalars().all()

@@ -40,6 +40,8 @@ PAYLOADS: dict[str, dict] = {
     "teacher_message": {"name": "Ana", "teacher_name": "Ms. Rivera", "class_name": "Algebra 1",
                         "subject_line": "Homework for Friday",
                         "body": "Hi all,\n\nPlease finish exercise 4 before Friday.\nThanks!"},
+    "class_invitation": {"name": "Ana", "teacher_name": "Ms. Rivera", "class_name": "Algebra 1",
+                         "join_code": "K7QFM2XP", "join_url": "https://tutor.example/"},
 }
 
 # What each rendering must show (in subject + text, and in the HTML), per language.
@@ -74,6 +76,9 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
                "Please finish exercise 4 before Friday."],
         "fr": ["Ana", "Ms. Rivera", "Algebra 1", "Homework for Friday",
                "Please finish exercise 4 before Friday."]},
+    "class_invitation": {
+        "en": ["Ana", "Ms. Rivera", "Algebra 1", "K7QFM2XP", "https://tutor.example/"],
+        "fr": ["Ana", "Ms. Rivera", "Algebra 1", "K7QFM2XP", "https://tutor.example/"]},
 }
 
 
@@ -123,7 +128,8 @@ def test_unsubscribe_link_only_in_non_transactional_mail(renderer: Renderer,
         assert "unsubscribe" not in none.html.lower() and "désabonner" not in none.html
     assert TEMPLATES == {"welcome": True, "payment_receipt": True, "payment_failed": True,
                          "quota_warning": False, "quota_exhausted": False,
-                         "weekly_summary": False, "teacher_message": False}
+                         "weekly_summary": False, "teacher_message": False,
+                         "class_invitation": True}
 
 
 @pytest.mark.parametrize("language", ["en", "fr"])

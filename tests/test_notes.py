@@ -400,9 +400,9 @@ async def test_notes_stay_out_of_turn_listings_class_views_and_summaries_but_are
             await queries.set_role(s, teacher.id, "teacher")
         room = (await client.post("/api/classes", json={"name": "7B"},
                                   headers=teacher.headers)).json()
-        r = await client.post(f"/api/classes/{room['id']}/students", json={"user_id": ada.id},
-                              headers=teacher.headers)
-        assert r.status_code == 204
+        r = await client.post("/api/classes/join", json={"code": room["join_code"]},
+                              headers=ada.headers)
+        assert r.status_code == 201
 
         await ada.ask("How do I divide fractions?")
         note = await ada.note(text="Private: I find fractions hard.", title="Feelings")
