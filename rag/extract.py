@@ -25,6 +25,10 @@ class IngestError(Exception):
         self.message = message
         self.source = source  # set by rag.ingest, so a batch report says which file failed
 
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # raised in the worker process (rag.worker) and pickled back to the server
+        return (IngestError, (self.code, self.message), {"source": self.source})
+
     def __repr__(self) -> str:
         return f"IngestError({self.code!r}, {self.message!r}, source={self.source!r})"
 
@@ -54,8 +58,12 @@ def is_supported(filename: str) -> bool:
     return PurePath(filename).suffix.lower() in _TYPES
 
 
-def extract(filename: str, data: bytes, *, max_bytes: int | None = None) -> Document:
-    """The document's sections. CPU-bound (a large PDF takes seconds): call it from a thread."""
+def extract(filename: str, data: bytes, *, max_bytes: int | None = None,
+            max_pages: int | None = None, max_chars: int | None = None) -> Document:
+    """The document's sections. CPU-bound (a large PDF takes seconds): rag.worker runs it in a
+    worker process. Refused with `document_too_large`: over `max_bytes`, a PDF of more than
+    `max_pages` pages (counted before any page is read), more than `max_chars` characters of text
+    (a PDF stops being read as soon as it has them)."""
     kind = file_type(filename)
     if max_bytes is not None and len(data) > max_bytes:
         raise IngestError("document_too_large",
@@ -64,14 +72,28 @@ def extract(filename: str, data: bytes, *, max_bytes: int | None = None) -> Docu
         raise IngestError("empty_document", "the document is empty (0 bytes)")
     stem = PurePath(filename).stem
     if kind == "pdf":
-        document = _pdf(data, stem)
+        document = _pdf(data, stem, max_pages, max_chars)
     else:
         document = _PARSERS[kind](_decode(data), stem)
     sections = [s for s in document.sections if s.text]
+    if max_chars is not None:
+        _check_chars(sum(len(s.text) for s in sections), max_chars)
     if not sections:
         hint = " (a scanned PDF needs OCR first)" if kind == "pdf" else ""
         raise IngestError("empty_document", f"no text found in the document{hint}")
     return Document(document.title, sections)
+
+
+def _check_chars(chars: int, max_chars: int) -> None:
+    if chars > max_chars:
+        raise IngestError("document_too_large", f"the document has over {max_chars} characters "
+                          f"of text; the limit is {max_chars} (TUTOR_RAG_MAX_DOCUMENT_CHARS)")
+
+
+def _check_pages(pages: int, max_pages: int | None) -> None:
+    if max_pages is not None and pages > max_pages:
+        raise IngestError("document_too_large", f"the PDF has {pages} pages; the limit is "
+                          f"{max_pages} pages (TUTOR_RAG_MAX_PDF_PAGES)")
 
 
 def _decode(data: bytes) -> str:
@@ -364,7 +386,8 @@ def _html(text: str, stem: str) -> Document:
 
 # -- PDF -------------------------------------------------------------------------------------
 
-def _pdf(data: bytes, stem: str) -> Document:
+def _pdf(data: bytes, stem: str, max_pages: int | None = None,
+         max_chars: int | None = None) -> Document:
     from pypdf import PdfReader, PasswordType  # imported here: only PDF uploads pay for it
 
     try:
@@ -383,14 +406,20 @@ def _pdf(data: bytes, stem: str) -> Document:
             raise IngestError("encrypted_document",
                               "the PDF is password-protected; upload it without a password")
     try:
+        # The page tree's own count first (cheap, and a hostile file may lie), then the pages
+        # really found, before any page's text is read.
+        _check_pages(len(reader.pages), max_pages)
         pages = list(reader.pages)
         title = reader.metadata.title if reader.metadata else None
+    except IngestError:
+        raise
     except Exception as exc:
         raise IngestError("undecodable", f"not a readable PDF: {exc}") from None
+    _check_pages(len(pages), max_pages)
     starts = _outline(reader)
     sections: list[Section] = []
     path: tuple[str, ...] = ()
-    broken = 0
+    broken = chars = 0
     for number, page in enumerate(pages, start=1):
         try:
             text = page.extract_text() or ""
@@ -398,7 +427,11 @@ def _pdf(data: bytes, stem: str) -> Document:
             log.warning("could not extract text from PDF page %d", number, exc_info=True)
             broken += 1
             continue
+        before = len(sections)
         path = _split_page(text, starts.get(number - 1, []), path, number, sections)
+        if max_chars is not None:  # stop reading as soon as the text is over the cap
+            chars += sum(len(s.text) for s in sections[before:])
+            _check_chars(chars, max_chars)
     if broken and not sections:
         raise IngestError("undecodable", "no page of the PDF could be read")
     return Document(str(title).strip() if title and str(title).strip() else stem, sections)
