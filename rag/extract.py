@@ -87,7 +87,8 @@ def extract(filename: str, data: bytes, *, max_bytes: int | None = None,
 def _check_chars(chars: int, max_chars: int) -> None:
     if chars > max_chars:
         raise IngestError("document_too_large", f"the document has over {max_chars} characters "
-                          f"of text; the limit is {max_chars} (TUTOR_RAG_MAX_DOCUMENT_CHARS)")
+                          f"of text; the limit is {max_chars} characters "
+                          "(TUTOR_RAG_MAX_DOCUMENT_CHARS)")
 
 
 def _check_pages(pages: int, max_pages: int | None) -> None:
@@ -393,6 +394,8 @@ def _pdf(data: bytes, stem: str, max_pages: int | None = None,
     try:
         reader = PdfReader(io.BytesIO(data))
         encrypted = reader.is_encrypted
+    except MemoryError:  # out of the worker's memory: refused as too large (rag.worker)
+        raise
     except Exception as exc:  # pypdf raises many types (PdfReadError, ValueError, KeyError...)
         raise IngestError("undecodable", f"not a readable PDF: {exc}") from None
     if encrypted:
@@ -411,7 +414,7 @@ def _pdf(data: bytes, stem: str, max_pages: int | None = None,
         _check_pages(len(reader.pages), max_pages)
         pages = list(reader.pages)
         title = reader.metadata.title if reader.metadata else None
-    except IngestError:
+    except (IngestError, MemoryError):
         raise
     except Exception as exc:
         raise IngestError("undecodable", f"not a readable PDF: {exc}") from None
@@ -423,6 +426,8 @@ def _pdf(data: bytes, stem: str, max_pages: int | None = None,
     for number, page in enumerate(pages, start=1):
         try:
             text = page.extract_text() or ""
+        except MemoryError:
+            raise
         except Exception:  # one broken page content stream should not lose the others
             log.warning("could not extract text from PDF page %d", number, exc_info=True)
             broken += 1
@@ -457,6 +462,8 @@ def _outline(reader) -> dict[int, list[tuple[str, ...]]]:  # type: ignore[no-unt
 
     try:
         walk(reader.outline, ())
+    except MemoryError:
+        raise
     except Exception:  # a broken outline is only a missed refinement
         log.warning("ignoring an unreadable PDF outline", exc_info=True)
         return {}
