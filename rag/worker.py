@@ -82,6 +82,10 @@ def _limit_memory(memory_bytes: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
 
+def _ready() -> None:
+    """A no-op job: returns once the worker is up."""
+
+
 def _context() -> multiprocessing.context.BaseContext:
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
@@ -111,9 +115,13 @@ class Parser:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.workers)
         async with self._slots:
-            executor = self._idle.pop() if self._idle else self._new()
+            executor = self._idle.pop() if self._idle else None
             healthy = False
             try:
+                if executor is None:
+                    # A new worker is started before the clock runs: the timeout is the reading's.
+                    executor = self._new()
+                    await asyncio.wrap_future(executor.submit(_ready))
                 future = executor.submit(prepare, filename, data, self.limits)
                 result = await asyncio.wait_for(asyncio.wrap_future(future), self.timeout_s)
                 healthy = True
@@ -132,7 +140,7 @@ class Parser:
             finally:
                 if healthy and not self._closed:
                     self._idle.append(executor)
-                else:  # out of time or memory, crashed, or the upload was cancelled
+                elif executor is not None:  # out of time or memory, crashed, or cancelled
                     _kill(executor)
 
     def close(self) -> None:
