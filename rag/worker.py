@@ -76,9 +76,11 @@ def embedding_input(document: Document, piece: Chunk) -> str:
 def _limit_memory(memory_bytes: int | None) -> None:
     """Worker initializer: past this address space, allocations fail (MemoryError) in the
     worker, not in the server."""
-    if memory_bytes:
+    try:
         import resource
-
+    except ImportError:  # not on Windows: no limit there
+        return
+    if memory_bytes:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
 
 
