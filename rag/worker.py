@@ -138,7 +138,7 @@ class Parser:
                 # MemoryError: an allocation failed under RLIMIT_AS; BrokenProcessPool: the
                 # worker died (a C library aborting when malloc failed, or a kill).
                 raise too_large("reading the document needed more memory than a worker has",
-                                f"{self._memory_text()} (TUTOR_RAG_INGEST_MEMORY_MB)") from None
+                                self._memory_text()) from None
             finally:
                 if healthy and not self._closed:
                     self._idle.append(executor)
@@ -156,7 +156,9 @@ class Parser:
                                    initargs=(self.memory_bytes,))
 
     def _memory_text(self) -> str:
-        return f"{self.memory_bytes // (1024 * 1024)} MiB" if self.memory_bytes else "unlimited"
+        if not self.memory_bytes:
+            return "the machine's memory (no TUTOR_RAG_INGEST_MEMORY_MB)"
+        return f"{self.memory_bytes // (1024 * 1024)} MiB (TUTOR_RAG_INGEST_MEMORY_MB)"
 
 
 def _kill(executor: ProcessPoolExecutor) -> None:
