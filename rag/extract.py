@@ -93,8 +93,8 @@ def _check_chars(chars: int, max_chars: int) -> None:
 
 def _check_pages(pages: int, max_pages: int | None) -> None:
     if max_pages is not None and pages > max_pages:
-        raise IngestError("document_too_large", f"the PDF has {pages} pages; the limit is "
-                          f"{max_pages} pages (TUTOR_RAG_MAX_PDF_PAGES)")
+        raise IngestError("document_too_large", f"the PDF has more than {max_pages} pages; the "
+                          f"limit is {max_pages} pages (TUTOR_RAG_MAX_PDF_PAGES)")
 
 
 def _decode(data: bytes) -> str:
@@ -409,9 +409,10 @@ def _pdf(data: bytes, stem: str, max_pages: int | None = None,
             raise IngestError("encrypted_document",
                               "the PDF is password-protected; upload it without a password")
     try:
-        # The page tree's own count first (cheap, and a hostile file may lie), then the pages
-        # really found, before any page's text is read.
-        _check_pages(len(reader.pages), max_pages)
+        # The pages are counted before any is read (pypdf's own count loads every page), and
+        # counted again once loaded, before any page's text is read.
+        if max_pages is not None:
+            _check_pages(_count_pages(reader, max_pages), max_pages)
         pages = list(reader.pages)
         title = reader.metadata.title if reader.metadata else None
     except (IngestError, MemoryError):
@@ -440,6 +441,28 @@ def _pdf(data: bytes, stem: str, max_pages: int | None = None,
     if broken and not sections:
         raise IngestError("undecodable", "no page of the PDF could be read")
     return Document(str(title).strip() if title and str(title).strip() else stem, sections)
+
+
+def _count_pages(reader, stop_after: int) -> int:  # type: ignore[no-untyped-def]
+    """The leaves of the page tree, walked without trusting its /Count entries (a hostile file
+    may lie) and only until there are more than `stop_after`: a 60 000-page PDF is refused
+    after reading ~1 000 page objects, not all of them."""
+    count, seen = 0, set()
+    stack = [reader.trailer["/Root"]["/Pages"]]
+    while stack and count <= stop_after:
+        item = stack.pop()
+        reference = getattr(item, "idnum", None)
+        if reference is not None:
+            if reference in seen:  # a page tree with a loop
+                continue
+            seen.add(reference)
+        node = item.get_object()
+        kids = node.get("/Kids")
+        if kids is None:
+            count += 1
+        else:
+            stack.extend(reversed(kids.get_object()))
+    return count
 
 
 def _outline(reader) -> dict[int, list[tuple[str, ...]]]:  # type: ignore[no-untyped-def]

@@ -42,6 +42,12 @@ def refusal(filename: str, data: bytes, limits: Limits) -> IngestError:
     return caught.value
 
 
+def refusal_code(filename: str, data: bytes, limits: Limits) -> str:
+    with pytest.raises(IngestError) as caught:
+        prepare(filename, data, limits)
+    return caught.value.code
+
+
 # --- caps -----------------------------------------------------------------------------------
 
 def test_a_pdf_over_the_page_cap_is_refused_before_any_page_is_read(monkeypatch) -> None:
@@ -50,7 +56,16 @@ def test_a_pdf_over_the_page_cap_is_refused_before_any_page_is_read(monkeypatch)
 
     monkeypatch.setattr(PageObject, "extract_text", never)
     error = refusal("handbook.pdf", many_pages_pdf(200), Limits(max_pages=50))
-    assert "200 pages" in error.message and "50 pages (TUTOR_RAG_MAX_PDF_PAGES)" in error.message
+    assert "more than 50 pages" in error.message and "(TUTOR_RAG_MAX_PDF_PAGES)" in error.message
+
+
+def test_a_page_tree_that_lies_about_its_count_is_counted_by_its_pages() -> None:
+    # exactly at the cap is read (the pages are blank: no text)
+    assert refusal_code("handbook.pdf", many_pages_pdf(50), Limits(max_pages=50)) == "empty_document"
+    data = many_pages_pdf(200)
+    liar = data.replace(b"/Count 200", b"/Count 1  ")  # same length: the xref stays right
+    assert liar != data
+    assert refusal("liar.pdf", liar, Limits(max_pages=50)).code == "document_too_large"
 
 
 def test_text_over_the_character_cap_stops_the_reading_and_is_refused(monkeypatch) -> None:
