@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from rag.embed import OpenAIEmbedder
 from rag.ingest import IngestError, ingest_paths
 from rag.search import MemoryQueryCache, Retriever
 from rag.vectors import VectorIndex
+from server.app import parser_for
 from server.config import Settings
 from store.db import Database, migrate, normalise_url
 from tests.fake_openai import FakeOpenAI
@@ -184,10 +186,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                                  connect_timeout=2, max_retries=0)
             embedder = OpenAIEmbedder(client, EMBEDDING_MODEL)
             started = time.perf_counter()
-            ingested = await ingest_paths(db, embedder, [COURSE_DIR], course=COURSE,
-                                          max_bytes=settings.rag_max_document_bytes,
-                                          max_chars=settings.rag_chunk_chars,
-                                          overlap_chars=settings.rag_chunk_overlap_chars)
+            async with AsyncExitStack() as stack:
+                ingested = await ingest_paths(db, embedder, parser_for(settings, stack),
+                                              [COURSE_DIR], course=COURSE)
             ingest_s = time.perf_counter() - started
             failed = [r for r in ingested if isinstance(r, IngestError)]
             if failed:

@@ -25,6 +25,10 @@ class IngestError(Exception):
         self.message = message
         self.source = source  # set by rag.ingest, so a batch report says which file failed
 
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # raised in the worker process (rag.worker) and pickled back to the server
+        return (IngestError, (self.code, self.message), {"source": self.source})
+
     def __repr__(self) -> str:
         return f"IngestError({self.code!r}, {self.message!r}, source={self.source!r})"
 
@@ -54,8 +58,12 @@ def is_supported(filename: str) -> bool:
     return PurePath(filename).suffix.lower() in _TYPES
 
 
-def extract(filename: str, data: bytes, *, max_bytes: int | None = None) -> Document:
-    """The document's sections. CPU-bound (a large PDF takes seconds): call it from a thread."""
+def extract(filename: str, data: bytes, *, max_bytes: int | None = None,
+            max_pages: int | None = None, max_chars: int | None = None) -> Document:
+    """The document's sections. CPU-bound (a large PDF takes seconds): rag.worker runs it in a
+    worker process. Refused with `document_too_large`: over `max_bytes`, a PDF of more than
+    `max_pages` pages (counted before any page is read), more than `max_chars` characters of text
+    (a PDF stops being read as soon as it has them)."""
     kind = file_type(filename)
     if max_bytes is not None and len(data) > max_bytes:
         raise IngestError("document_too_large",
@@ -64,14 +72,29 @@ def extract(filename: str, data: bytes, *, max_bytes: int | None = None) -> Docu
         raise IngestError("empty_document", "the document is empty (0 bytes)")
     stem = PurePath(filename).stem
     if kind == "pdf":
-        document = _pdf(data, stem)
+        document = _pdf(data, stem, max_pages, max_chars)
     else:
         document = _PARSERS[kind](_decode(data), stem)
     sections = [s for s in document.sections if s.text]
+    if max_chars is not None:
+        _check_chars(sum(len(s.text) for s in sections), max_chars)
     if not sections:
         hint = " (a scanned PDF needs OCR first)" if kind == "pdf" else ""
         raise IngestError("empty_document", f"no text found in the document{hint}")
     return Document(document.title, sections)
+
+
+def _check_chars(chars: int, max_chars: int) -> None:
+    if chars > max_chars:
+        raise IngestError("document_too_large", f"the document has over {max_chars} characters "
+                          f"of text; the limit is {max_chars} characters "
+                          "(TUTOR_RAG_MAX_DOCUMENT_CHARS)")
+
+
+def _check_pages(pages: int, max_pages: int | None) -> None:
+    if max_pages is not None and pages > max_pages:
+        raise IngestError("document_too_large", f"the PDF has more than {max_pages} pages; the "
+                          f"limit is {max_pages} pages (TUTOR_RAG_MAX_PDF_PAGES)")
 
 
 def _decode(data: bytes) -> str:
@@ -364,12 +387,15 @@ def _html(text: str, stem: str) -> Document:
 
 # -- PDF -------------------------------------------------------------------------------------
 
-def _pdf(data: bytes, stem: str) -> Document:
+def _pdf(data: bytes, stem: str, max_pages: int | None = None,
+         max_chars: int | None = None) -> Document:
     from pypdf import PdfReader, PasswordType  # imported here: only PDF uploads pay for it
 
     try:
         reader = PdfReader(io.BytesIO(data))
         encrypted = reader.is_encrypted
+    except MemoryError:  # out of the worker's memory: refused as too large (rag.worker)
+        raise
     except Exception as exc:  # pypdf raises many types (PdfReadError, ValueError, KeyError...)
         raise IngestError("undecodable", f"not a readable PDF: {exc}") from None
     if encrypted:
@@ -383,25 +409,60 @@ def _pdf(data: bytes, stem: str) -> Document:
             raise IngestError("encrypted_document",
                               "the PDF is password-protected; upload it without a password")
     try:
+        # The pages are counted before any is read (pypdf's own count loads every page), and
+        # counted again once loaded, before any page's text is read.
+        if max_pages is not None:
+            _check_pages(_count_pages(reader, max_pages), max_pages)
         pages = list(reader.pages)
         title = reader.metadata.title if reader.metadata else None
+    except (IngestError, MemoryError):
+        raise
     except Exception as exc:
         raise IngestError("undecodable", f"not a readable PDF: {exc}") from None
+    _check_pages(len(pages), max_pages)
     starts = _outline(reader)
     sections: list[Section] = []
     path: tuple[str, ...] = ()
-    broken = 0
+    broken = chars = 0
     for number, page in enumerate(pages, start=1):
         try:
             text = page.extract_text() or ""
+        except MemoryError:
+            raise
         except Exception:  # one broken page content stream should not lose the others
             log.warning("could not extract text from PDF page %d", number, exc_info=True)
             broken += 1
             continue
+        before = len(sections)
         path = _split_page(text, starts.get(number - 1, []), path, number, sections)
+        if max_chars is not None:  # stop reading as soon as the text is over the cap
+            chars += sum(len(s.text) for s in sections[before:])
+            _check_chars(chars, max_chars)
     if broken and not sections:
         raise IngestError("undecodable", "no page of the PDF could be read")
     return Document(str(title).strip() if title and str(title).strip() else stem, sections)
+
+
+def _count_pages(reader, stop_after: int) -> int:  # type: ignore[no-untyped-def]
+    """The leaves of the page tree, walked without trusting its /Count entries (a hostile file
+    may lie) and only until there are more than `stop_after`: a 60 000-page PDF is refused
+    after reading ~1 000 page objects, not all of them."""
+    count, seen = 0, set()
+    stack = [reader.trailer["/Root"]["/Pages"]]
+    while stack and count <= stop_after:
+        item = stack.pop()
+        reference = getattr(item, "idnum", None)
+        if reference is not None:
+            if reference in seen:  # a page tree with a loop
+                continue
+            seen.add(reference)
+        node = item.get_object()
+        kids = node.get("/Kids")
+        if kids is None:
+            count += 1
+        else:
+            stack.extend(reversed(kids.get_object()))
+    return count
 
 
 def _outline(reader) -> dict[int, list[tuple[str, ...]]]:  # type: ignore[no-untyped-def]
@@ -424,6 +485,8 @@ def _outline(reader) -> dict[int, list[tuple[str, ...]]]:  # type: ignore[no-unt
 
     try:
         walk(reader.outline, ())
+    except MemoryError:
+        raise
     except Exception:  # a broken outline is only a missed refinement
         log.warning("ignoring an unreadable PDF outline", exc_info=True)
         return {}

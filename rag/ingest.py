@@ -1,5 +1,7 @@
 """Putting a course document into the `content` table (extract → chunk → embed → store), keyed by
 (course, source) and by the SHA-256 of its bytes; listing and deleting ingested documents.
+Every ingestion (upload route, `tutor ingest`, the sample course) goes through `ingest`, which
+has the document read and cut in a worker process (`rag.worker.Parser`).
 """
 
 from __future__ import annotations
@@ -19,16 +21,15 @@ from dialogue.providers import ProviderError
 from store.db import Database
 from store.models import Content, now
 
-from .chunk import Chunk, chunk
 from .embed import Embedder, to_blob
-from .extract import Document, IngestError, extract, file_type, is_supported
+from .extract import IngestError, file_type, is_supported
+from .worker import HEADING_SEPARATOR, Parser
 
 __all__ = ["IngestError", "IngestResult", "delete_document", "ingest", "ingest_paths",
            "list_documents"]
 
 log = logging.getLogger("tutor.rag")
 
-HEADING_SEPARATOR = " > "
 _MAX_COURSE, _MAX_SOURCE = 200, 1000  # the content table's column sizes
 
 
@@ -40,22 +41,20 @@ class IngestResult:
     chunks: int
 
 
-async def ingest(db: Database, embedder: Embedder | None, *, course: str, source: str,
-                 filename: str, data: bytes, max_bytes: int, max_chars: int = 900,
-                 overlap_chars: int = 150) -> IngestResult:
+async def ingest(db: Database, embedder: Embedder | None, parser: Parser, *, course: str,
+                 source: str, filename: str, data: bytes) -> IngestResult:
     """Store `data` as the current version of (course, source).
 
     The same bytes again are "unchanged" and cost nothing (unless they were stored without
     vectors, or with another model's, and an embedder is given now). Everything that can fail
-    slowly or expensively (extraction, the embedding calls) happens before the database is
-    touched, and the swap is one transaction: a failure leaves the previous version whole.
-    Raises IngestError, or ProviderError when the embedding provider fails."""
+    slowly or expensively (extraction in `parser`'s worker, with its caps, then the embedding
+    calls) happens before the database is touched, and the swap is one transaction: a failure
+    leaves the previous version whole. Raises IngestError, or ProviderError when the embedding
+    provider fails."""
     try:
         _check_names(course, source)
         file_type(filename)  # unsupported_type before anything is read or hashed
-        if len(data) > max_bytes:
-            raise IngestError("document_too_large",
-                              f"the document is {len(data)} bytes; the limit is {max_bytes}")
+        _check_size(len(data), parser.limits.max_bytes)
         digest = hashlib.sha256(data).hexdigest()
         model = embedder.model if embedder is not None else None
         async with db.session() as s:
@@ -65,13 +64,13 @@ async def ingest(db: Database, embedder: Embedder | None, *, course: str, source
                 return IngestResult("unchanged", source, course, await _count(s, course, source))
         _refuse_duplicate(stored, source)
 
-        # Parsing a large PDF takes seconds of CPU: off the event loop, which voice sessions share.
-        document = await asyncio.to_thread(extract, filename, data, max_bytes=max_bytes)
-        chunks = await asyncio.to_thread(chunk, document, max_chars=max_chars,
-                                         overlap_chars=overlap_chars)
+        # Parsing a large PDF takes seconds of CPU and much memory: in a worker process, not
+        # on the event loop (or in the process) that voice sessions share.
+        prepared = await parser.prepare(filename, data)
+        chunks = prepared.chunks
         vectors = None
         if embedder is not None:
-            vectors = await embedder.embed([_embedding_input(document, c) for c in chunks])
+            vectors = await embedder.embed(prepared.embedding_inputs)
         rows = [dict(course=course, source=source, content_hash=digest,
                      heading_path=HEADING_SEPARATOR.join(c.heading_path), position=c.position,
                      text=c.text, embedding=to_blob(vectors[i]) if vectors is not None else None,
@@ -89,20 +88,17 @@ async def ingest(db: Database, embedder: Embedder | None, *, course: str, source
         raise
 
 
+def _check_size(size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise IngestError("document_too_large", f"the document is {size} bytes; the limit is "
+                          f"{max_bytes} bytes (TUTOR_RAG_MAX_DOCUMENT_BYTES)")
+
+
 def _check_names(course: str, source: str) -> None:
     if not course.strip() or len(course) > _MAX_COURSE:
         raise IngestError("invalid_name", f"a course name is 1 to {_MAX_COURSE} characters")
     if not source.strip() or len(source) > _MAX_SOURCE:
         raise IngestError("invalid_name", f"a source name is 1 to {_MAX_SOURCE} characters")
-
-
-def _embedding_input(document: Document, piece: Chunk) -> str:
-    """What is embedded for a chunk: its text under its title and headings. A chunk saying "Flip
-    the second one and multiply" is then found by a question about dividing fractions. Only
-    the chunk's own text is stored."""
-    context = [document.title] if document.title else []
-    context += [h for h in piece.heading_path if h not in context]
-    return f"{HEADING_SEPARATOR.join(context)}\n\n{piece.text}" if context else piece.text
 
 
 async def _stored_versions(s: AsyncSession, course: str, digest: str) -> dict[str, str | None]:
@@ -166,9 +162,8 @@ async def delete_document(db: Database, course: str, source: str) -> int:
     return result.rowcount or 0
 
 
-async def ingest_paths(db: Database, embedder: Embedder | None, paths: list[Path], course: str,
-                       max_bytes: int, *, max_chars: int = 900,
-                       overlap_chars: int = 150) -> list[IngestResult | IngestError]:
+async def ingest_paths(db: Database, embedder: Embedder | None, parser: Parser,
+                       paths: list[Path], course: str) -> list[IngestResult | IngestError]:
     """Ingest files, and the supported files under directories (sorted, hidden ones skipped), one
     result per file in that order; a failed file is reported and the others go on.
 
@@ -177,13 +172,10 @@ async def ingest_paths(db: Database, embedder: Embedder | None, paths: list[Path
     results: list[IngestResult | IngestError] = []
     for path, source in _walk(paths):
         try:
-            if path.stat().st_size > max_bytes:  # refused without reading it
-                raise IngestError("document_too_large", f"the document is {path.stat().st_size} "
-                                  f"bytes; the limit is {max_bytes}", source=source)
+            _check_size(path.stat().st_size, parser.limits.max_bytes)  # without reading it
             data = await asyncio.to_thread(path.read_bytes)
-            results.append(await ingest(db, embedder, course=course, source=source,
-                                        filename=path.name, data=data, max_bytes=max_bytes,
-                                        max_chars=max_chars, overlap_chars=overlap_chars))
+            results.append(await ingest(db, embedder, parser, course=course, source=source,
+                                        filename=path.name, data=data))
         except IngestError as error:
             error.source = source
             results.append(error)

@@ -40,11 +40,8 @@ async def upload_document(request: Request) -> Response:
     filename = upload.filename or "upload"  # type: ignore[union-attr]
     source = form.get("source") if isinstance(form.get("source"), str) else filename
     try:
-        result = await ingest(state.db, state.retriever.embedder, course=course,
-                              source=source, filename=filename, data=data,
-                              max_bytes=settings.rag_max_document_bytes,
-                              max_chars=settings.rag_chunk_chars,
-                              overlap_chars=settings.rag_chunk_overlap_chars)
+        result = await ingest(state.db, state.retriever.embedder, state.parser, course=course,
+                              source=source, filename=filename, data=data)
     except IngestError as exc:
         return _error(STATUS.get(exc.code, 400), exc.code, exc.message)
     except ProviderError as exc:

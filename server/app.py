@@ -47,6 +47,7 @@ from rag.grounding import Grounding, ground
 from rag.ingest import IngestError, ingest_paths
 from rag.search import MemoryQueryCache, RedisQueryCache, Retriever
 from rag.vectors import VectorIndex
+from rag.worker import Limits, Parser
 from store.db import Database, migrate
 from store.models import UsageEntry
 from store.writer import InteractionWriter
@@ -315,21 +316,35 @@ def embedder_for(settings: Settings, stack: AsyncExitStack) -> OpenAIEmbedder | 
     return OpenAIEmbedder(client, settings.embedding_model, settings.embedding_batch_size)
 
 
+def parser_for(settings: Settings, stack: AsyncExitStack) -> Parser:
+    """Where every ingestion reads documents: worker processes (started on first use) with the
+    document caps, memory limit and timeout of the settings."""
+    limits = Limits(max_bytes=settings.rag_max_document_bytes,
+                    max_pages=settings.rag_max_pdf_pages,
+                    max_chars=settings.rag_max_document_chars,
+                    max_chunks=settings.rag_max_document_chunks,
+                    chunk_chars=settings.rag_chunk_chars,
+                    overlap_chars=settings.rag_chunk_overlap_chars)
+    parser = Parser(limits, workers=settings.rag_ingest_workers,
+                    memory_bytes=settings.rag_ingest_memory_mb * 1024 * 1024 or None,
+                    timeout_s=settings.rag_ingest_timeout_s)
+    stack.callback(parser.close)
+    return parser
+
+
 async def open_knowledge(settings: Settings, db: Database, redis_client,  # type: ignore[no-untyped-def]
-                         stack: AsyncExitStack) -> Retriever:
+                         parser: Parser, stack: AsyncExitStack) -> Retriever:
     cache = RedisQueryCache(redis_client) if redis_client is not None else MemoryQueryCache()
     retriever = Retriever(db, embedder_for(settings, stack), vectors=VectorIndex(),
                           query_cache=cache)
     if settings.load_sample_course:
-        await load_sample_course(settings, retriever)
+        await load_sample_course(retriever, parser)
     return retriever
 
 
-async def load_sample_course(settings: Settings, retriever: Retriever) -> None:
+async def load_sample_course(retriever: Retriever, parser: Parser) -> None:
     """So a new server can answer about something at once; unchanged files cost nothing."""
-    args = dict(paths=[SAMPLE_COURSE], course=SAMPLE_COURSE_NAME,
-                max_bytes=settings.rag_max_document_bytes, max_chars=settings.rag_chunk_chars,
-                overlap_chars=settings.rag_chunk_overlap_chars)
+    args = dict(parser=parser, paths=[SAMPLE_COURSE], course=SAMPLE_COURSE_NAME)
     results = await ingest_paths(retriever.db, retriever.embedder, **args)
     if retriever.embedder is not None and any(isinstance(r, IngestError) for r in results):
         log.warning("sample course: embedding failed; loading it for full-text search only")
@@ -379,7 +394,9 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             app.state.email_link_secret = link_secret
             app.state.email_worker = open_email(settings, app.state.db, app.state.billing,
                                                 link_secret, stack)
-            app.state.retriever = await open_knowledge(settings, app.state.db, redis_client, stack)
+            app.state.parser = parser_for(settings, stack)
+            app.state.retriever = await open_knowledge(settings, app.state.db, redis_client,
+                                                       app.state.parser, stack)
 
             def knowledge(course: str | None):  # type: ignore[no-untyped-def]
                 async def lookup(question: str, user_id: str | None) -> Grounding:

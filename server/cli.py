@@ -78,7 +78,7 @@ async def ingest_command(settings: Settings, paths: list[Path], course: str) -> 
     from rag.ingest import IngestError, ingest_paths
     from store.db import Database, migrate
 
-    from .app import embedder_for
+    from .app import embedder_for, parser_for
 
     db = Database(settings.database)
     async with AsyncExitStack() as stack:
@@ -87,9 +87,7 @@ async def ingest_command(settings: Settings, paths: list[Path], course: str) -> 
         embedder = embedder_for(settings, stack)
         if embedder is None:
             print("no embedding provider configured: documents get full-text search only")
-        results = await ingest_paths(db, embedder, paths, course, settings.rag_max_document_bytes,
-                                     max_chars=settings.rag_chunk_chars,
-                                     overlap_chars=settings.rag_chunk_overlap_chars)
+        results = await ingest_paths(db, embedder, parser_for(settings, stack), paths, course)
     for r in results:
         if isinstance(r, IngestError):
             print(f"refused    {r.source}: {r.message} ({r.code})")

@@ -121,6 +121,15 @@ class Settings(BaseSettings):
     embedding_api_key: str | None = None  # default: OPENAI_API_KEY
     embedding_batch_size: int = 64
     rag_max_document_bytes: int = 10 * 1024 * 1024
+    # Caps on what one document may become (docs/rag.md): refused with document_too_large
+    rag_max_pdf_pages: int = 1000  # counted before any page is read
+    rag_max_document_chars: int = 2_000_000  # of extracted text
+    rag_max_document_chunks: int = 4000
+    # Documents are read in worker processes (rag/worker.py), each with this much address space
+    # and this long per document; past either, the worker is replaced and the upload refused.
+    rag_ingest_workers: int = 1
+    rag_ingest_memory_mb: int = 1024
+    rag_ingest_timeout_s: float = 60.0
     rag_chunk_chars: int = 900
     rag_chunk_overlap_chars: int = 150
     rag_top_k: int = 4

@@ -90,6 +90,7 @@ async def snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
 async def seed(url: str) -> dict[str, str]:
     """Rows in every table the tutor has, each written by the code that writes it in production."""
     from rag.ingest import ingest
+    from rag.worker import Limits, Parser
 
     db = Database(url)
     try:
@@ -143,11 +144,15 @@ async def seed(url: str) -> dict[str, str]:
         await turns.stop()
         await usage.stop()
         assert turns.written == 4 and usage.written == 4
-        result = await ingest(db, FakeEmbedder(), course="biology", source="cells.md",
-                              filename="cells.md", max_bytes=10**6, max_chars=200,
-                              overlap_chars=20, data=("# Cells\n\nThe mitochondrion makes ATP. "
-                                                      * 20 + "\n\n## Plants\n\nChloroplasts "
-                                                      "do photosynthesis.\n").encode())
+        parser = Parser(Limits(max_bytes=10**6, chunk_chars=200, overlap_chars=20))
+        try:
+            result = await ingest(db, FakeEmbedder(), parser, course="biology", source="cells.md",
+                                  filename="cells.md",
+                                  data=("# Cells\n\nThe mitochondrion makes ATP. " * 20
+                                        + "\n\n## Plants\n\nChloroplasts do photosynthesis.\n"
+                                        ).encode())
+        finally:
+            parser.close()
         assert result.chunks >= 2
         return ids
     finally:

@@ -10,11 +10,21 @@ from rag.grounding import ground
 from rag.ingest import ingest
 from rag.search import MemoryQueryCache, Retriever
 from rag.vectors import VectorIndex
+from rag.worker import Limits, Parser
 from store.db import Database
 from tests.fake_openai import fake_embedding
 from tests.storage_fixtures import db  # noqa: F401  (fixture)
 
 DOC = b"# Fractions\n\nTo divide by a fraction, multiply by its reciprocal. We flip the second one.\n"
+
+
+async def put(db: Database, embedder: "SlowEmbedder") -> None:
+    parser = Parser(Limits(max_bytes=10_000))
+    try:
+        await ingest(db, embedder, parser, course="maths", source="fractions.md",
+                     filename="fractions.md", data=DOC)
+    finally:
+        parser.close()
 
 
 class SlowEmbedder:
@@ -32,8 +42,7 @@ class SlowEmbedder:
 
 async def test_a_new_question_is_ranked_by_words_now_and_embedded_for_next_time(db: Database):
     embedder = SlowEmbedder()
-    await ingest(db, embedder, course="maths", source="fractions.md", filename="fractions.md",
-                 data=DOC, max_bytes=10_000)
+    await put(db, embedder)
     retriever = Retriever(db, embedder, vectors=VectorIndex(), query_cache=MemoryQueryCache())
     retriever.embed_later_s = 0.05
     embedder.delay_s = 0.5  # a slow provider
@@ -53,8 +62,7 @@ async def test_a_new_question_is_ranked_by_words_now_and_embedded_for_next_time(
 
 async def test_waiting_for_the_embedding_uses_both_rankings_at_once(db: Database):
     embedder = SlowEmbedder()
-    await ingest(db, embedder, course="maths", source="fractions.md", filename="fractions.md",
-                 data=DOC, max_bytes=10_000)
+    await put(db, embedder)
     retriever = Retriever(db, embedder, vectors=VectorIndex(), query_cache=MemoryQueryCache())
     grounding = await ground(retriever, "why flip the second fraction", course="maths",
                              user_id=None, k=3, memory_k=0)

@@ -23,6 +23,7 @@ from dialogue.prompts import GROUNDING, NO_MATERIAL
 from store import queries
 from tests.conftest import make_settings, read_pcm
 from tests.fake_oidc import FakeJWKS
+from tests.hostile_documents import flate_bomb_pdf, many_pages_pdf
 from tests.realtime_client import Conversation, session_update, sse_events
 
 FRACTION_QUESTION = "Why do we flip the second fraction when dividing?"
@@ -222,6 +223,33 @@ async def test_bad_uploads_get_clear_errors_and_leave_the_previous_version_whole
         r = await client.get("/api/rag/documents", headers=teacher)
         assert [(d["source"], d["chunks"]) for d in r.json()["items"]] == [("notes.md", chunks)]
         assert await search(client, "starfish regrow arm", teacher, course="marine") == before
+
+
+async def test_hostile_documents_are_refused_by_their_caps_and_the_previous_version_stays(
+        fake, jwks, start_server):
+    """Issue 15: a PDF of many pages is refused before its pages are read, a small PDF inflating
+    past the reading worker's memory is refused, the previous version stays, and the next upload
+    is read by a new worker."""
+    base, app = await signed_in_server(fake, jwks, start_server, rag_max_pdf_pages=50,
+                                       rag_ingest_memory_mb=128)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        teacher, _ = await user(client, app, jwks, "teacher@example.com", "teacher")
+        r = await client.post("/api/rag/documents", headers=teacher, **upload("notes.md", NOTES))
+        assert r.status_code == 201
+        chunks = r.json()["chunks"]
+
+        for name, data, says in [("notes.pdf", many_pages_pdf(200), "TUTOR_RAG_MAX_PDF_PAGES"),
+                                 ("notes.pdf", flate_bomb_pdf(70), "TUTOR_RAG_INGEST_MEMORY_MB")]:
+            r = await client.post("/api/rag/documents", headers=teacher,
+                                  files={"file": (name, data)},
+                                  data={"course": "marine", "source": "notes.md"})
+            assert (r.status_code, r.json()["error"]["code"]) == (413, "document_too_large")
+            assert says in r.json()["error"]["message"], r.text
+
+        r = await client.get("/api/rag/documents", headers=teacher)
+        assert [(d["source"], d["chunks"]) for d in r.json()["items"]] == [("notes.md", chunks)]
+        r = await client.post("/api/rag/documents", headers=teacher, **upload("notes.md", NOTES_V2))
+        assert (r.status_code, r.json()["status"]) == (200, "replaced")
 
 
 # --- 3. search --------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import hashlib
 import math
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pytest
@@ -20,6 +20,7 @@ from dialogue.providers.openai import make_client
 from rag.embed import OpenAIEmbedder, from_blob, to_blob
 from rag.ingest import (IngestError, IngestResult, delete_document, ingest, ingest_paths,
                         list_documents)
+from rag.worker import Limits, Parser
 from store.db import Database
 from store.models import Content
 from tests.fake_openai import EMBEDDING_DIMENSIONS, FakeOpenAI, fake_embedding
@@ -51,11 +52,32 @@ def embedder(fake: FakeOpenAI, batch_size: int = 2) -> OpenAIEmbedder:
     return OpenAIEmbedder(client, MODEL, batch_size=batch_size)
 
 
-async def put(db: Database, embedder: OpenAIEmbedder | None, data: bytes, *,
-              source: str = "fractions.md", course: str = "maths", **options: Any) -> IngestResult:
-    return await ingest(db, embedder, course=course, source=source,
-                        filename=options.pop("filename", source), data=data,
-                        max_bytes=options.pop("max_bytes", LIMIT), **options)
+@pytest.fixture
+def parsers() -> Iterator[Callable[..., Parser]]:
+    """Parsers with the given Limits (max_bytes LIMIT by default) and options, stopped after the
+    test: documents are read in worker processes, as the server reads them."""
+    made: list[Parser] = []
+
+    def make(*, memory_bytes: int | None = None, timeout_s: float = 30, **limits: Any) -> Parser:
+        made.append(Parser(Limits(**{"max_bytes": LIMIT, **limits}), memory_bytes=memory_bytes,
+                           timeout_s=timeout_s))
+        return made[-1]
+
+    yield make
+    for parser in made:
+        parser.close()
+
+
+@pytest.fixture
+def parser(parsers: Callable[..., Parser]) -> Parser:
+    return parsers()
+
+
+async def put(parser: Parser, db: Database, embedder: OpenAIEmbedder | None, data: bytes, *,
+              source: str = "fractions.md", course: str = "maths",
+              filename: str | None = None) -> IngestResult:
+    return await ingest(db, embedder, parser, course=course, source=source,
+                        filename=filename or source, data=data)
 
 
 async def rows(db: Database, course: str = "maths", source: str = "fractions.md") -> list[Content]:
@@ -72,10 +94,10 @@ def sha(data: bytes) -> str:
 # --- created, unchanged, replaced -----------------------------------------------------------
 
 async def test_a_document_is_created_then_unchanged_then_replaced_whole(
-        db: Database, fake: FakeOpenAI) -> None:
+        db: Database, fake: FakeOpenAI, parser: Parser) -> None:
     embed = embedder(fake, batch_size=2)
 
-    created = await put(db, embed, V1)
+    created = await put(parser, db, embed, V1)
 
     assert created == IngestResult("created", "fractions.md", "maths", 3)
     stored = await rows(db)
@@ -95,11 +117,11 @@ async def test_a_document_is_created_then_unchanged_then_replaced_whole(
 
     # The same bytes again: nothing embedded, nothing rewritten.
     requests = len(fake.embeddings)
-    assert await put(db, embed, V1) == IngestResult("unchanged", "fractions.md", "maths", 3)
+    assert await put(parser, db, embed, V1) == IngestResult("unchanged", "fractions.md", "maths", 3)
     assert len(fake.embeddings) == requests
     assert [r.id for r in await rows(db)] == [r.id for r in stored]
 
-    replaced = await put(db, embed, V2)
+    replaced = await put(parser, db, embed, V2)
 
     assert replaced == IngestResult("replaced", "fractions.md", "maths", 3)
     now = await rows(db)
@@ -110,8 +132,8 @@ async def test_a_document_is_created_then_unchanged_then_replaced_whole(
 
 
 async def test_the_stored_vectors_find_the_chunk_about_the_question(
-        db: Database, fake: FakeOpenAI) -> None:
-    await put(db, embedder(fake), V1)
+        db: Database, fake: FakeOpenAI, parser: Parser) -> None:
+    await put(parser, db, embedder(fake), V1)
 
     question = np.asarray(fake_embedding("How do I divide fractions?"), dtype=np.float32)
     best = max(await rows(db), key=lambda r: float(from_blob(r.embedding) @ question))
@@ -120,8 +142,8 @@ async def test_the_stored_vectors_find_the_chunk_about_the_question(
 
 
 async def test_a_database_failure_while_writing_leaves_the_previous_version_whole(
-        db: Database, fake: FakeOpenAI) -> None:
-    await put(db, embedder(fake), V1)
+        db: Database, fake: FakeOpenAI, parser: Parser) -> None:
+    await put(parser, db, embedder(fake), V1)
     before = [(r.id, r.text) for r in await rows(db)]
 
     def disk_full(conn, cursor, statement: str, *args: Any) -> None:  # type: ignore[no-untyped-def]
@@ -132,7 +154,7 @@ async def test_a_database_failure_while_writing_leaves_the_previous_version_whol
     event.listen(db.engine.sync_engine, "before_cursor_execute", disk_full)
     try:
         with pytest.raises(Exception, match="disk full"):
-            await put(db, embedder(fake), V2)
+            await put(parser, db, embedder(fake), V2)
     finally:
         event.remove(db.engine.sync_engine, "before_cursor_execute", disk_full)
 
@@ -140,73 +162,76 @@ async def test_a_database_failure_while_writing_leaves_the_previous_version_whol
 
 
 async def test_an_embedding_failure_leaves_the_previous_version_intact(
-        db: Database, fake: FakeOpenAI) -> None:
-    await put(db, embedder(fake), V1)
+        db: Database, fake: FakeOpenAI, parser: Parser) -> None:
+    await put(parser, db, embedder(fake), V1)
     before = [(r.id, r.content_hash) for r in await rows(db)]
     fake.behaviour.embedding_failures = ["500"]
 
     with pytest.raises(ProviderError) as caught:
-        await put(db, embedder(fake, batch_size=1), V2)
+        await put(parser, db, embedder(fake, batch_size=1), V2)
 
     assert caught.value.code == "provider_error" and "500" in caught.value.message
     assert [(r.id, r.content_hash) for r in await rows(db)] == before
     # The next attempt, with the provider back, goes through.
-    assert (await put(db, embedder(fake), V2)).status == "replaced"
+    assert (await put(parser, db, embedder(fake), V2)).status == "replaced"
 
 
 async def test_an_undecodable_new_version_leaves_the_previous_version_intact(
-        db: Database, fake: FakeOpenAI) -> None:
-    await put(db, embedder(fake), V1)
+        db: Database, fake: FakeOpenAI, parser: Parser) -> None:
+    await put(parser, db, embedder(fake), V1)
     before = [(r.id, r.content_hash) for r in await rows(db)]
 
     with pytest.raises(IngestError) as caught:
-        await put(db, embedder(fake), b"\x00\x01binary\xff")
+        await put(parser, db, embedder(fake), b"\x00\x01binary\xff")
 
     assert (caught.value.code, caught.value.source) == ("undecodable", "fractions.md")
     assert [(r.id, r.content_hash) for r in await rows(db)] == before
 
 
 async def test_the_same_bytes_under_another_name_are_a_duplicate(
-        db: Database, fake: FakeOpenAI) -> None:
-    await put(db, embedder(fake), V1)
+        db: Database, fake: FakeOpenAI, parser: Parser) -> None:
+    await put(parser, db, embedder(fake), V1)
     requests = len(fake.embeddings)
 
     with pytest.raises(IngestError) as caught:
-        await put(db, embedder(fake), V1, source="copy of fractions.md")
+        await put(parser, db, embedder(fake), V1, source="copy of fractions.md")
 
     assert caught.value.code == "duplicate_document"
     assert "fractions.md" in caught.value.message
     assert await rows(db, source="copy of fractions.md") == []
     assert len(fake.embeddings) == requests  # refused before paying for embeddings
     # Another course may hold the same document.
-    assert (await put(db, embedder(fake), V1, course="physics")).status == "created"
+    assert (await put(parser, db, embedder(fake), V1, course="physics")).status == "created"
 
 
 async def test_without_an_embedder_chunks_are_stored_without_vectors_and_embedded_later(
-        db: Database, fake: FakeOpenAI) -> None:
-    assert (await put(db, None, V1)).status == "created"
+        db: Database, fake: FakeOpenAI, parser: Parser) -> None:
+    assert (await put(parser, db, None, V1)).status == "created"
     assert {(r.embedding, r.embedding_model) for r in await rows(db)} == {(None, None)}
     # Nothing to add without an embedder: the same bytes are left alone.
-    assert (await put(db, None, V1)).status == "unchanged"
+    assert (await put(parser, db, None, V1)).status == "unchanged"
 
     # An embedder now: the same bytes are worth embedding, so they are stored again.
-    assert (await put(db, embedder(fake), V1)).status == "replaced"
+    assert (await put(parser, db, embedder(fake), V1)).status == "replaced"
     assert all(r.embedding is not None and r.embedding_model == MODEL for r in await rows(db))
 
     # Without one again: the same bytes are unchanged (their vectors are kept).
-    assert (await put(db, None, V1)).status == "unchanged"
+    assert (await put(parser, db, None, V1)).status == "unchanged"
     assert all(r.embedding is not None for r in await rows(db))
 
 
-async def test_refusals_name_the_source_and_store_nothing(db: Database) -> None:
+async def test_refusals_name_the_source_and_store_nothing(
+        db: Database, parsers: Callable[..., Parser]) -> None:
+    parser = parsers()
     cases = {"unsupported_type": dict(data=V1, filename="fractions.docx"),
-             "document_too_large": dict(data=V1, max_bytes=10),
+             "document_too_large": dict(data=V1, parser=parsers(max_bytes=10)),
              "empty_document": dict(data=b""),
              "invalid_name": dict(data=V1, course=" ")}
     for code, options in cases.items():
         data = options.pop("data")
         with pytest.raises(IngestError) as caught:
-            await put(db, None, data, **options)  # type: ignore[arg-type]
+            await put(options.pop("parser", parser), db, None, data,  # type: ignore[arg-type]
+                      **options)
         assert (caught.value.code, caught.value.source) == (code, "fractions.md")
     assert await list_documents(db) == []
 
@@ -214,10 +239,10 @@ async def test_refusals_name_the_source_and_store_nothing(db: Database) -> None:
 # --- concurrent uploads ---------------------------------------------------------------------
 
 async def test_two_versions_uploaded_at_once_leave_exactly_one_of_them(
-        db: Database, fake: FakeOpenAI) -> None:
-    await put(db, None, b"# Start\n\nThe first version.")
+        db: Database, fake: FakeOpenAI, parser: Parser) -> None:
+    await put(parser, db, None, b"# Start\n\nThe first version.")
 
-    results = await asyncio.gather(put(db, embedder(fake), V1), put(db, embedder(fake), V2))
+    results = await asyncio.gather(put(parser, db, embedder(fake), V1), put(parser, db, embedder(fake), V2))
 
     assert sorted(r.status for r in results) == ["replaced", "replaced"]
     stored = await rows(db)
@@ -226,9 +251,9 @@ async def test_two_versions_uploaded_at_once_leave_exactly_one_of_them(
 
 
 async def test_the_same_bytes_uploaded_at_once_under_two_names_are_stored_once(
-        db: Database, fake: FakeOpenAI) -> None:
-    results = await asyncio.gather(put(db, embedder(fake), V1, source="a.md"),
-                                   put(db, embedder(fake), V1, source="b.md"),
+        db: Database, fake: FakeOpenAI, parser: Parser) -> None:
+    results = await asyncio.gather(put(parser, db, embedder(fake), V1, source="a.md"),
+                                   put(parser, db, embedder(fake), V1, source="b.md"),
                                    return_exceptions=True)
 
     assert sorted(type(r).__name__ for r in results) == ["IngestError", "IngestResult"]
@@ -240,10 +265,11 @@ async def test_the_same_bytes_uploaded_at_once_under_two_names_are_stored_once(
 
 # --- listing and deleting -------------------------------------------------------------------
 
-async def test_documents_are_listed_per_course_and_deleted(db: Database) -> None:
-    await put(db, None, V1)
-    await put(db, None, V2, source="comparing.md")
-    await put(db, None, b"Forces make things move.", source="forces.txt", course="physics")
+async def test_documents_are_listed_per_course_and_deleted(db: Database,
+                                                          parser: Parser) -> None:
+    await put(parser, db, None, V1)
+    await put(parser, db, None, V2, source="comparing.md")
+    await put(parser, db, None, b"Forces make things move.", source="forces.txt", course="physics")
 
     listed = await list_documents(db)
 
@@ -262,7 +288,7 @@ async def test_documents_are_listed_per_course_and_deleted(db: Database) -> None
 # --- directories ----------------------------------------------------------------------------
 
 async def test_ingest_paths_walks_directories_and_goes_on_after_a_failed_file(
-        db: Database, fake: FakeOpenAI, tmp_path: Path) -> None:
+        db: Database, fake: FakeOpenAI, parsers: Callable[..., Parser], tmp_path: Path) -> None:
     course = tmp_path / "course"
     (course / "units" / "two").mkdir(parents=True)
     (course / ".drafts").mkdir()
@@ -277,7 +303,8 @@ async def test_ingest_paths_walks_directories_and_goes_on_after_a_failed_file(
     single = tmp_path / "syllabus.md"
     single.write_text("# Syllabus\n\nFractions, then ratios.")
 
-    results = await ingest_paths(db, embedder(fake), [course, single], "maths", max_bytes=5000)
+    small = parsers(max_bytes=5000)
+    results = await ingest_paths(db, embedder(fake), small, [course, single], "maths")
 
     outcome = [(r.source, r.status if isinstance(r, IngestResult) else r.code) for r in results]
     assert outcome == [("intro.md", "created"), ("units/empty.txt", "empty_document"),
@@ -289,19 +316,19 @@ async def test_ingest_paths_walks_directories_and_goes_on_after_a_failed_file(
 
     # Run again: every good file is unchanged, and nothing is embedded twice.
     requests = len(fake.embeddings)
-    again = await ingest_paths(db, embedder(fake), [course, single], "maths", max_bytes=5000)
+    again = await ingest_paths(db, embedder(fake), small, [course, single], "maths")
     assert [r.status for r in again if isinstance(r, IngestResult)] == ["unchanged"] * 4
     assert len(fake.embeddings) == requests
 
 
 async def test_ingest_paths_reports_a_provider_failure_per_file(
-        db: Database, fake: FakeOpenAI, tmp_path: Path) -> None:
+        db: Database, fake: FakeOpenAI, parser: Parser, tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("First document.")
     (tmp_path / "b.md").write_text("Second document.")
     fake.behaviour.embedding_failures = ["500"]
 
-    results = await ingest_paths(db, embedder(fake), [tmp_path, tmp_path / "missing.md"],
-                                 "maths", max_bytes=LIMIT)
+    results = await ingest_paths(db, embedder(fake), parser, [tmp_path, tmp_path / "missing.md"],
+                                 "maths")
 
     assert [(r.source, r.code if isinstance(r, IngestError) else r.status) for r in results] == [
         ("a.md", "provider_error"), ("b.md", "created"), ("missing.md", "unreadable")]
