@@ -87,6 +87,8 @@ async def refuse(websocket: WebSocket, code: str, message: str, error_type: str,
 
 async def realtime_endpoint(websocket: WebSocket) -> None:
     state = websocket.app.state
+    # A database or Redis outage before accept (here, or in the plan's checks below) leaves as
+    # an exception: server.outage.OutageMiddleware refuses with `service_unavailable`, 1013.
     try:
         user = await state.auth.socket_user(websocket)
     except AuthError as exc:
