@@ -7,7 +7,8 @@ PostgreSQL or Redis (`cut()`: refused and reset; `hang()`: accepted, nothing ans
   `tutor.response.metrics` says `"retrieval": "timed_out"` (`"failed"` when it is refused);
 - a hung Redis holds neither a socket open nor a turn beyond its timeouts.
 
-Every timeout is set short here through the settings; each test takes about a second.
+Every timeout is set short here through the settings. Each test takes 3-5 s, about 2 of them
+the server's start on a fresh database, about 1 the fault itself.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ async def test_a_socket_opened_while_postgres_is_out_is_refused_with_1013(pg, fa
     event, code, took = await refusal(address)
     check_refusal(event, code)
     # cut: refused at once; hung: the pooled connection's statement, then its rollback
-    assert took < 4 * TIMEOUT_S + 1.0, took
+    assert took < 4 * TIMEOUT_S + 1.5, took
     async with httpx.AsyncClient(base_url=f"http://{address}") as client:
         r = await client.get("/api/auth/me")
     assert r.status_code == 503 and r.headers["retry-after"].isdigit()
@@ -123,8 +124,8 @@ async def test_a_turn_whose_retrieval_hangs_is_answered_within_the_budget(pg):
         proxy.hang()
         hung, took = await ask(conv)
         assert hung["retrieval"] == "timed_out", hung
-        assert budget_s * 1000 <= hung["retrieval_ms"] < budget_s * 1000 + 300, hung
-        assert took < 3.0, took
+        assert budget_s * 1000 <= hung["retrieval_ms"] < budget_s * 1000 + 500, hung
+        assert took < 4.0, took  # the whole turn, audio included
         assert [d["response"]["status"] for d in conv.of("response.done")] == ["completed"]
 
         proxy.cut()  # refused outright: answered at once, without retrieval
