@@ -16,7 +16,7 @@ import socket
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,22 +32,27 @@ MESSAGE = ("the server's database or cache is not answering; this is temporary, 
 RETRY_AFTER_S = 5
 CLOSE_TRY_AGAIN_LATER = 1013
 
-_OUTAGES = (TimeoutError, ConnectionError, socket.gaierror, OperationalError, InterfaceError,
-            PoolTimeoutError, RedisConnectionError, RedisTimeoutError)
+_OUTAGES = (TimeoutError, ConnectionError, socket.gaierror, PoolTimeoutError, RedisConnectionError,
+            RedisTimeoutError)
 # PostgreSQL's classes for "not now": connection exception, insufficient resources (too many
 # connections), operator intervention (starting up, shutting down)
 _SQLSTATE_CLASSES = ("08", "53", "57")
+_SQLITE_BUSY = ("SQLITE_BUSY", "SQLITE_LOCKED")  # past the busy timeout
 
 
 def unavailable(exc: BaseException) -> bool:
     """Whether `exc` means a backing service is out (so trying again later may work), rather
     than a bug. A plain `OSError` is what asyncio raises for an unreachable host (its subclasses
-    are files and permissions: not outages)."""
+    are files and permissions: not outages). A database error counts only when it says so: its
+    connection was lost, its SQLSTATE class, SQLite's busy codes (SQLite reports a missing table
+    or a syntax error as an OperationalError too, and those are bugs)."""
     if isinstance(exc, _OUTAGES) or type(exc) is OSError:
         return True
     if isinstance(exc, DBAPIError):
         sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-        return exc.connection_invalidated or sqlstate[:2] in _SQLSTATE_CLASSES
+        sqlite = getattr(exc.orig, "sqlite_errorname", None) or ""
+        return (exc.connection_invalidated or sqlstate[:2] in _SQLSTATE_CLASSES
+                or sqlite.startswith(_SQLITE_BUSY))
     return False
 
 

@@ -116,8 +116,9 @@ async def ask(conv: Conversation) -> tuple[dict[str, Any], float]:
 async def test_a_turn_whose_retrieval_hangs_is_answered_within_the_budget(pg):
     proxy, start = pg
     budget_s = 0.4
-    # the database's own bound beyond the budget: the budget is what answers
-    address = await start(database_timeout_s=1.0, rag_retrieval_budget_s=budget_s)
+    # the database's own bounds beyond the budget: the budget is what answers
+    address = await start(database_timeout_s=1.0, database_connect_timeout_s=1.0,
+                          database_pool_timeout_s=1.0, rag_retrieval_budget_s=budget_s)
     async with websockets.connect(f"ws://{address}/api/voice") as ws:
         conv = Conversation(ws)
         await ws.send(session_update(16000))
