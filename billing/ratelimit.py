@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -24,13 +25,14 @@ class Decision:
     retry_after_s: int  # whole seconds until a call would be accepted (0 when allowed)
 
 
-def storage_for(redis_url: str | None) -> Storage:
+def storage_for(redis_url: str | None, **redis_options: Any) -> Storage:
+    """`redis_options` go to the redis-py client (its timeouts and retries)."""
     if not redis_url:
         return MemoryStorage()
     scheme, rest = redis_url.split("://", 1)
     # The redis-py implementation, which the project already depends on (not coredis).
     return RedisStorage(f"async+{scheme}://{rest}", implementation="redispy",
-                        key_prefix="tutor:rl")
+                        key_prefix="tutor:rl", **redis_options)
 
 
 class RequestLimiter:

@@ -19,11 +19,16 @@ SNIPPET_CHARS = 160
 log = logging.getLogger("tutor.rag")
 
 
+TIMED_OUT = "timed_out"  # a lookup did not finish within the budget: answered without it
+FAILED = "failed"  # a lookup failed (the database or Redis unreachable): answered without it
+
+
 @dataclass
 class Grounding:
     passages: list[Any] = field(default_factory=list)  # rag.search.Hit
     memories: list[Any] = field(default_factory=list)  # rag.search.MemoryHit
     retrieval_ms: float = 0.0
+    degraded: str | None = None  # None: every lookup came back; else TIMED_OUT or FAILED
 
     def citations(self) -> list[dict[str, Any]]:
         return [{"chunk_id": f"c{h.chunk_id}", "course": h.course, "document": h.source,
@@ -38,23 +43,55 @@ class Grounding:
 
 
 async def ground(retriever: Any, question: str, *, course: str | None, user_id: str | None,
-                 k: int, memory_k: int, wait_for_embedding: bool = True) -> Grounding:
+                 k: int, memory_k: int, wait_for_embedding: bool = True,
+                 budget_s: float | None = None) -> Grounding:
     """Passages and memories are looked up concurrently; a failure of either degrades to none
     (the answer goes on ungrounded) rather than failing the turn. `wait_for_embedding=False`:
-    a question whose embedding is not cached is ranked by full-text now, embedded later."""
+    a question whose embedding is not cached is ranked by full-text now, embedded later.
+    `budget_s`: what has not come back by then is left out (`degraded` says so); the late lookup
+    is cancelled but not waited for, since a hung database may hold its cleanup a while."""
     started = time.perf_counter()
-    lookups = [retriever.search(question, course=course, k=k,
-                                wait_for_embedding=wait_for_embedding)]
+    lookups = {"passages": asyncio.ensure_future(
+        retriever.search(question, course=course, k=k, wait_for_embedding=wait_for_embedding))}
     if user_id is not None and memory_k:
-        lookups.append(retriever.memory(question, user_id=user_id, k=memory_k))
-    results = await asyncio.gather(*lookups, return_exceptions=True)
-    for failure in (r for r in results if isinstance(r, BaseException)):
-        log.warning("retrieval failed, answering without it: %r", failure)
-    passages = results[0] if not isinstance(results[0], BaseException) else []
-    memories = (results[1] if len(results) > 1 and not isinstance(results[1], BaseException)
-                else [])
-    return Grounding(list(passages), list(memories), (time.perf_counter() - started) * 1000)
+        lookups["memories"] = asyncio.ensure_future(
+            retriever.memory(question, user_id=user_id, k=memory_k))
+    try:
+        await asyncio.wait(lookups.values(), timeout=budget_s)
+    finally:
+        late = [name for name, task in lookups.items() if not task.done()]
+        for name in late:
+            _abandon(lookups[name])  # also when the answer itself was cancelled (barge-in)
+    found: dict[str, list[Any]] = {"passages": [], "memories": []}
+    degraded = TIMED_OUT if late else None
+    if late:
+        log.warning("retrieval over its %.3f s budget, answering without %s", budget_s,
+                    " and ".join(late))
+    for name, task in lookups.items():
+        if name in late:
+            continue
+        if (failure := task.exception()) is not None:
+            log.warning("retrieval failed, answering without it: %r", failure)
+            degraded = degraded or FAILED
+        else:
+            found[name] = list(task.result())
+    return Grounding(found["passages"], found["memories"],
+                     (time.perf_counter() - started) * 1000, degraded)
 
+
+_abandoned: set[asyncio.Task[Any]] = set()  # late lookups, held until their cleanup ends
+
+
+def _abandon(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    _abandoned.add(task)
+    task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Task[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled() and task.exception() is not None:  # retrieved: no warning at exit
+        log.info("abandoned retrieval ended with %r", task.exception())
 
 
 def _snippet(text: str) -> str:

@@ -289,7 +289,9 @@ class Retriever:
         use_pgvector = await self._use_pgvector()
         # Without vectors for this course there is nothing to compare with: skip the embedding
         # call (and its cost) altogether.
-        if not use_pgvector and await self.vectors.ensure(self.db, course) == 0:
+        # Shielded: a live turn that stops waiting (its retrieval budget) must not abort a
+        # course's first load, or a large course would never get loaded by live turns.
+        if not use_pgvector and await asyncio.shield(self.vectors.ensure(self.db, course)) == 0:
             timings.vector_ms = _ms(started)
             return []
         load_ms = _ms(started)

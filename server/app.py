@@ -64,6 +64,7 @@ from .chat import chat_endpoint
 from .logs import route_to_stdlib
 from .connections import SessionSlots
 from .metrics import Metrics, metrics_endpoint, readyz
+from .outage import OutageMiddleware
 from .config import Settings
 from .protocol import SessionConfig, TurnDetection
 from .resume import MemoryResume, RedisResume
@@ -159,7 +160,9 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def open_storage(settings: Settings, stack: AsyncExitStack) -> Database:
-    db = Database(settings.database)
+    db = Database(settings.database, statement_timeout_s=settings.database_timeout_s,
+                  connect_timeout_s=settings.database_connect_timeout_s,
+                  pool_timeout_s=settings.database_pool_timeout_s)
     stack.push_async_callback(db.close)
     if settings.auto_migrate:
         await asyncio.to_thread(migrate, db.url)  # Alembic is synchronous
@@ -171,9 +174,24 @@ def open_redis(settings: Settings, stack: AsyncExitStack):  # type: ignore[no-un
         return None
     import redis.asyncio as redis
 
-    client = redis.from_url(settings.redis_url)
+    client = redis.from_url(settings.redis_url, **redis_options(settings))
     stack.push_async_callback(client.aclose)
     return client
+
+
+def redis_options(settings: Settings) -> dict:  # type: ignore[type-arg]
+    """Every Redis client's bounds: a command or a connection that takes longer fails (the
+    callers fail open, or refuse with a retryable error). One immediate retry on a broken
+    connection (a restarted Redis), none on a timeout: redis-py's default of 10 retries with
+    backoff would turn one hung Redis into a minute's wait."""
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    return dict(socket_timeout=settings.redis_timeout_s,
+                socket_connect_timeout=settings.redis_connect_timeout_s,
+                retry_on_timeout=False,
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)))
 
 
 async def open_accounts(settings: Settings, db: Database, redis_client,  # type: ignore[no-untyped-def]
@@ -215,7 +233,8 @@ def open_billing(settings: Settings, db: Database, redis_client,  # type: ignore
     ledger.start()
     stack.push_async_callback(ledger.stop)
     quotas = RedisQuotas(redis_client) if redis_client is not None else MemoryQuotas()
-    billing = Billing(db, catalog, quotas, RequestLimiter(storage_for(settings.redis_url)),
+    limiter = RequestLimiter(storage_for(settings.redis_url, **redis_options(settings)))
+    billing = Billing(db, catalog, quotas, limiter,
                       ledger=ledger.submit, anonymous_rpm=settings.anonymous_rpm,
                       meter_step_ms=settings.quota_step_ms, default_model=settings.llm_model,
                       large_model=settings.llm_model_large,
@@ -403,7 +422,8 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
                     return await ground(app.state.retriever, question, course=course,
                                         user_id=user_id, k=settings.rag_top_k,
                                         memory_k=settings.rag_memory_k,
-                                        wait_for_embedding=settings.rag_wait_for_embedding)
+                                        wait_for_embedding=settings.rag_wait_for_embedding,
+                                        budget_s=settings.rag_retrieval_budget_s)
                 return lookup
 
             app.state.knowledge = knowledge
@@ -436,7 +456,8 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             # last, so that every API route wins: the browser client
             *web_routes(WEB_DIR, watch=settings.loopback_only),  # `/` and `/web/...`, content-hashed (server/static.py)
         ],
-        middleware=[Middleware(SessionMiddleware, secret_key=session_secret,
+        middleware=[Middleware(OutageMiddleware),  # outermost: sees every outage as it leaves
+                    Middleware(SessionMiddleware, secret_key=session_secret,
                                session_cookie="tutor_session", max_age=settings.session_max_age_s,
                                same_site="lax", https_only=settings.cookie_secure),
                     Middleware(RequestLimitMiddleware)],

@@ -97,6 +97,15 @@ class Settings(BaseSettings):
     database_url: str | None = None  # default: SQLite file data_dir/tutor.db
     auto_migrate: bool = True  # bring the schema up to date at startup
     redis_url: str | None = None  # shared tickets (and later caches, quotas) across processes
+    # Bounds on every wait for the database and Redis (docs/operations.md, "Timeouts"): a service
+    # that stops answering fails the call (a live turn answers without retrieval, a socket open
+    # is refused with `service_unavailable` and close 1013, a REST call gets 503) instead of
+    # holding it for good.
+    database_timeout_s: float = 5.0  # one PostgreSQL statement; a hung connection costs ≤ 2×
+    database_connect_timeout_s: float = 5.0  # opening a PostgreSQL connection
+    database_pool_timeout_s: float = 5.0  # waiting for a free pooled connection (any database)
+    redis_timeout_s: float = 1.0  # one Redis command (tickets, quotas, limits, resume, cache)
+    redis_connect_timeout_s: float = 1.0  # opening a Redis connection
 
     # Sign-in
     session_secret: str | None = None  # signs the session cookie; random per process if unset
@@ -138,6 +147,10 @@ class Settings(BaseSettings):
     # embedded just after (an embedding is a provider round trip, often 100-300 ms, and ~2 ms of
     # SDK work on the event loop: far more than the few ms retrieval may add to a turn).
     rag_wait_for_embedding: bool = False
+    # A live turn waits this long for its retrieval (passages and memory, from the database and
+    # Redis); what has not come by then is left out of that answer, and `tutor.response.metrics`
+    # says `"retrieval": "timed_out"`
+    rag_retrieval_budget_s: float = 1.0
     default_course: str | None = None  # course a session uses when it names none
     load_sample_course: bool = True  # ingest rag/sample_course at startup (skipped if unchanged)
 

@@ -813,7 +813,7 @@ class RealtimeSession:
         out = [self._send("rate_limits.updated", rate_limits=known)] if known else []
         return out + [self._send("tutor.rate_limits.updated", rate_limits=rate_limits)]
 
-    def response_metrics(self, response_id: str, metrics: dict[str, float]) -> Send:
+    def response_metrics(self, response_id: str, metrics: dict[str, Any]) -> Send:
         """`tutor.response.metrics`: stage latencies of a finished response, measured by the shell."""
         return self._send("tutor.response.metrics", response_id=response_id, **metrics)
 

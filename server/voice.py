@@ -63,9 +63,10 @@ class _Answer:
     first_token: float = 0.0
     first_sent: float = 0.0  # the first delta went to the client
     retrieval_ms: float | None = None
+    retrieval_degraded: str | None = None  # rag.grounding.TIMED_OUT / FAILED: answered without
     usage: Usage | None = None
     truncated: bool = False  # stopped at its token cap
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def subprotocol(websocket: WebSocket) -> str | None:
@@ -105,6 +106,8 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
 
 async def _signed_in_session(websocket: WebSocket, state: Any, slots: SessionSlots,
                              address: str) -> None:
+    # A database or Redis outage before accept (here, or in the plan's checks below) leaves as
+    # an exception: server.outage.OutageMiddleware refuses with `service_unavailable`, 1013.
     try:
         user = await state.auth.socket_user(websocket)
     except AuthError as exc:
@@ -581,6 +584,7 @@ class SessionRunner:
                 # Retrieval starts as soon as the answer does: the transcript is known by now.
                 grounding = await self.knowledge(job.question, self.user_id)
                 answer.retrieval_ms = grounding.retrieval_ms
+                answer.retrieval_degraded = grounding.degraded
                 messages = grounding.apply(messages)
                 citations = grounding.citations()
                 self._deliver(answer, lambda: self.execute(
@@ -647,11 +651,12 @@ class SessionRunner:
         self.execute(self.session.response_completed(rid, truncated=answer.truncated) + extra)
 
 
-def _metrics(answer: _Answer) -> dict[str, float]:
+def _metrics(answer: _Answer) -> dict[str, Any]:
     """Stage latencies in ms. `server_ms` is our own share of end-of-turn → first delta: the
     time not spent in transcription, retrieval, or waiting for the chat model's first token.
     For a speculative turn (its work overlapped the end of the turn) it is the time from the
-    later of the turn's end and the first token to the first delta."""
+    later of the turn's end and the first token to the first delta. `retrieval`, only when the
+    answer went without some of it: "timed_out" (over its budget) or "failed"."""
     clock = answer.clock
     ms: dict[str, float] = {"llm_first_token_ms": (answer.first_token - answer.started) * 1000}
     if answer.retrieval_ms is not None:
@@ -665,9 +670,11 @@ def _metrics(answer: _Answer) -> dict[str, float]:
         else:
             ms["server_ms"] = (ms["end_of_turn_to_first_delta_ms"] - ms["stt_ms"]
                                - ms["llm_first_token_ms"] - (answer.retrieval_ms or 0.0))
-    out = {k: round(v, 3) for k, v in ms.items()}
+    out: dict[str, Any] = {k: round(v, 3) for k, v in ms.items()}
     if clock is not None and clock.speculative:
         out["speculative"] = True
+    if answer.retrieval_degraded is not None:
+        out["retrieval"] = answer.retrieval_degraded
     return out
 
 

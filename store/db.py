@@ -35,12 +35,28 @@ def sqlite_url(data_dir: Path) -> str:
 
 
 class Database:
+    """`statement_timeout_s` bounds each statement (and the pool's pre-ping) and
+    `connect_timeout_s` each new connection, on PostgreSQL through asyncpg; `pool_timeout_s` the
+    wait for a pooled connection. A database that stops answering then raises `TimeoutError`
+    instead of holding the caller for good (None: no bound, as for backups, which may run long).
+    A hung pooled connection costs up to twice the statement timeout (the statement, then the
+    rollback that returns the connection). SQLite is a local file: its bound is the busy timeout."""
+
     def __init__(self, url: str, *, sqlite_busy_timeout_ms: int = 5000,
+                 statement_timeout_s: float | None = None, connect_timeout_s: float | None = None,
+                 pool_timeout_s: float | None = None,
                  **engine_options) -> None:  # type: ignore[no-untyped-def]
         self.url = normalise_url(url)
         self.is_sqlite = _make_sqlite_folder(self.url)
         if not self.is_sqlite:
             engine_options.setdefault("pool_pre_ping", True)
+        if pool_timeout_s is not None:
+            engine_options.setdefault("pool_timeout", pool_timeout_s)
+        if make_url(self.url).get_driver_name() == "asyncpg":
+            bounds = {"timeout": connect_timeout_s, "command_timeout": statement_timeout_s}
+            engine_options["connect_args"] = {
+                **{k: v for k, v in bounds.items() if v is not None},
+                **engine_options.get("connect_args", {})}
         # Each live turn reads (retrieval, memory) while the writer writes: the default 5 (+10)
         # connections queue under a hundred sessions.
         engine_options.setdefault("pool_size", 10)

@@ -67,3 +67,44 @@ async def test_waiting_for_the_embedding_uses_both_rankings_at_once(db: Database
     grounding = await ground(retriever, "why flip the second fraction", course="maths",
                              user_id=None, k=3, memory_k=0)
     assert [(p.fts_rank, p.vector_rank) for p in grounding.passages] == [(1, 1)]
+
+
+class StuckRetriever:
+    """Passages at once, memories never (a database that stopped answering)."""
+
+    def __init__(self) -> None:
+        self.memory_cancelled = asyncio.Event()
+
+    async def search(self, query: str, **_: object) -> list[str]:
+        return ["passage"]
+
+    async def memory(self, query: str, **_: object) -> list[str]:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            self.memory_cancelled.set()
+            raise
+        return ["memory"]
+
+
+async def test_a_lookup_over_the_budget_is_left_out_and_cancelled():
+    retriever = StuckRetriever()
+    grounding = await ground(retriever, "why", course=None, user_id="u1", k=3, memory_k=3,
+                             budget_s=0.05)
+    assert grounding.degraded == "timed_out"
+    assert (grounding.passages, grounding.memories) == (["passage"], [])  # what came is kept
+    assert 50 <= grounding.retrieval_ms < 1000
+    await asyncio.wait_for(retriever.memory_cancelled.wait(), 1)
+
+
+async def test_a_failed_lookup_is_reported_and_a_complete_one_is_not():
+    class Failing(StuckRetriever):
+        async def memory(self, query: str, **_: object) -> list[str]:
+            raise ConnectionRefusedError("database down")
+
+    failed = await ground(Failing(), "why", course=None, user_id="u1", k=3, memory_k=3,
+                          budget_s=1)
+    assert (failed.degraded, failed.passages, failed.memories) == ("failed", ["passage"], [])
+    complete = await ground(Failing(), "why", course=None, user_id=None, k=3, memory_k=3,
+                            budget_s=1)
+    assert (complete.degraded, complete.passages) == (None, ["passage"])
