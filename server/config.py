@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     # Storage
     data_dir: Path = Path("data")
     database_url: str | None = None  # default: SQLite file data_dir/tutor.db
+    # the write-ahead spool of accepted turns and usage rows (store/spool.py); default
+    # data_dir/spool.db. Local disk, one per process: never shared by two running servers.
+    spool_file: Path | None = None
     auto_migrate: bool = True  # bring the schema up to date at startup
     redis_url: str | None = None  # shared tickets (and later caches, quotas) across processes
 
@@ -182,6 +185,10 @@ class Settings(BaseSettings):
         from store.db import sqlite_url
 
         return self.database_url or sqlite_url(self.data_dir)
+
+    @property
+    def spool(self) -> Path:
+        return self.spool_file or self.data_dir / "spool.db"
 
     @property
     def chat_api_key(self) -> str | None:
