@@ -1,6 +1,9 @@
 """The background interaction writer, on SQLite and on PostgreSQL: it never makes the voice loop
 wait, writes in batches, survives the database going away and coming back without losing or
-duplicating a row, drops only the rows the database refuses for good, and flushes on stop."""
+duplicating a row, drops only the rows the database refuses for good, and flushes on stop. With
+its write-ahead spool (store/spool.py): rows accepted and not yet written survive the process
+(replayed at the next start, exactly once, also when they had been written already), and a row
+refused for good is kept as a dead letter with its reason while later rows are written."""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from sqlalchemy.sql import Insert
 
 from store import queries as q
 from store.db import Database
-from store.models import Interaction
+from store.models import Interaction, UsageEntry
+from store.spool import Spool, dead_letters
 from store.writer import InteractionWriter
 from tests.services import TcpProxy
 from tests.storage_fixtures import db  # noqa: F401  (fixture)
@@ -285,3 +289,120 @@ async def test_a_row_refused_for_any_permanent_reason_never_stalls_the_rest(db: 
     ids = sorted(await response_ids(db))
     assert "t-1" in ids and writer.failures == 0
     assert ids == ["t-0", "t-1"] or writer.dropped == 1  # SQLite does not check lengths
+
+
+# --- the write-ahead spool ---------------------------------------------------------------------
+
+async def crash(writer: InteractionWriter, spool: Spool) -> None:
+    """What SIGKILL leaves: the spool's commits so far, nothing of the writer's memory."""
+    await spool.sync()
+    assert writer._task is not None
+    writer._task.cancel()
+    await asyncio.gather(writer._task, return_exceptions=True)
+    await spool.close()
+
+
+async def test_rows_accepted_during_an_outage_survive_a_crash_exactly_once(
+        db: Database, outage: Outage, tmp_path) -> None:
+    spool = await Spool.open(tmp_path / "spool.db")
+    writer = InteractionWriter(outage.writer_db, spool=spool, **FAST)
+    writer.start()
+    for i in range(3):
+        writer.submit(turn(i, tag="before"))
+    assert await writer.flush(timeout=5)
+    outage.cut()
+    for i in range(5):
+        writer.submit(turn(i, tag="during"))
+    await wait_for(lambda: writer.failures >= 1)
+    await crash(writer, spool)
+    await outage.restore()
+
+    spool = await Spool.open(tmp_path / "spool.db")
+    assert await spool.counts() == {"pending": 5, "dead_letters": 0}
+    writer = InteractionWriter(outage.writer_db, spool=spool, **FAST)
+    writer.start()  # the replay goes first
+    writer.submit(turn(0, tag="after"))
+    assert await writer.flush(timeout=5)
+    await writer.stop()
+    assert await spool.counts() == {"pending": 0, "dead_letters": 0}
+    await spool.close()
+    assert sorted(await response_ids(db)) == sorted(
+        [f"before-{i}" for i in range(3)] + [f"during-{i}" for i in range(5)] + ["after-0"])
+
+
+async def test_a_replay_of_rows_already_written_never_duplicates(db: Database, tmp_path) -> None:
+    """The database committed, the process died before the spool heard of it: the replay
+    inserts nothing (ON CONFLICT (write_id) DO NOTHING), for turns and for the usage ledger."""
+    spool = await Spool.open(tmp_path / "spool.db")
+    turns = InteractionWriter(db, spool=spool, **FAST)
+    usage = InteractionWriter(db, model=UsageEntry, spool=spool, **FAST)
+    for writer in (turns, usage):
+        writer.start()
+    for i in range(4):
+        turns.submit(turn(i))
+        usage.submit(dict(user_id=None, session_id="sess-1", kind="voice_ms", amount=1000 + i))
+    rows = list(turns._queue) + list(usage._queue)
+    assert await turns.flush(5) and await usage.flush(5)
+    await spool.sync()
+    assert await spool.counts() == {"pending": 0, "dead_letters": 0}
+    for row in rows:  # as if the spool had never been told they were written
+        spool.put(Interaction.__tablename__ if "transcript" in row else UsageEntry.__tablename__,
+                  row["write_id"], row)
+    await crash(turns, spool)
+    usage._task.cancel()  # type: ignore[union-attr]
+
+    spool = await Spool.open(tmp_path / "spool.db")
+    assert await spool.counts() == {"pending": 8, "dead_letters": 0}
+    turns = InteractionWriter(db, spool=spool, **FAST)
+    usage = InteractionWriter(db, model=UsageEntry, spool=spool, **FAST)
+    for writer in (turns, usage):
+        writer.start()
+        assert writer.pending == 4
+        assert await writer.flush(5)
+        await writer.stop()
+    assert await spool.counts() == {"pending": 0, "dead_letters": 0}
+    await spool.close()
+    assert sorted(await response_ids(db)) == [f"t-{i}" for i in range(4)]
+    async with db.session() as s:
+        amounts = (await s.execute(select(UsageEntry.amount).order_by(UsageEntry.amount))).scalars()
+        assert list(amounts) == [1000, 1001, 1002, 1003]
+        created = (await s.execute(select(Interaction.created_at))).scalars().all()
+    assert len(set(created)) == 4  # the time each was accepted, kept through the spool
+
+
+async def test_a_refused_row_becomes_a_dead_letter_and_later_rows_are_written(
+        db: Database, tmp_path) -> None:
+    async with db.session() as s, s.begin():
+        user = await q.upsert_user(s, provider="google", subject="s", email=None, name=None)
+    spool = await Spool.open(tmp_path / "spool.db")
+    writer = InteractionWriter(db, spool=spool, **FAST)
+    writer.start()
+    for i in range(5):  # one batch, the refused row in the middle
+        writer.submit(turn(i, user.id, "good") if i != 2 else turn(i, "no-such-user", "bad"))
+    assert await writer.flush(timeout=5)
+    writer.submit(turn(5, user.id, "good"))
+    assert await writer.flush(timeout=5)
+    await writer.stop()
+    assert await spool.counts() == {"pending": 0, "dead_letters": 1}
+    await spool.close()
+
+    assert sorted(await response_ids(db)) == [f"good-{i}" for i in (0, 1, 3, 4, 5)]
+    [letter] = dead_letters(tmp_path / "spool.db")
+    assert letter["table"] == "interactions" and letter["row"]["response_id"] == "bad-2"
+    assert letter["row"]["user_id"] == "no-such-user" and letter["failed_at"] > 0
+    assert "foreign key" in letter["reason"].lower()  # the database's own words
+    assert writer.dropped == 1
+
+
+async def test_submit_with_a_spool_never_waits_on_the_disk(db: Database, tmp_path) -> None:
+    spool = await Spool.open(tmp_path / "spool.db")
+    writer = InteractionWriter(db, spool=spool, **FAST)
+    started = time.perf_counter()
+    for i in range(1000):
+        writer.submit(turn(i))
+    assert time.perf_counter() - started < 0.5  # a queue append each: no commit awaited
+    writer.start()
+    assert await writer.flush(timeout=20)
+    await writer.stop()
+    assert await spool.counts() == {"pending": 0, "dead_letters": 0}
+    await spool.close()
