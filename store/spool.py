@@ -197,5 +197,13 @@ def dead_letters(path: Path) -> list[dict[str, Any]]:
 
 
 def forget_dead_letter(path: Path, write_id: str) -> None:
+    """The row is in the database now (`tutor dead-letters --retry`)."""
     with closing(connect(path)) as conn:
         conn.execute("DELETE FROM dead_letters WHERE write_id = ?", (write_id,))
+
+
+def keep_dead_letter(path: Path, write_id: str, reason: str) -> None:
+    """Refused again: the new reason and time."""
+    with closing(connect(path)) as conn:
+        conn.execute("UPDATE dead_letters SET reason = ?, failed_at = ? WHERE write_id = ?",
+                     (reason, time.time(), write_id))

@@ -23,14 +23,15 @@ import asyncio
 import logging
 import uuid
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from .db import Database
-from .models import Base, Interaction, now
-from .spool import Spool
+from .models import Base, Interaction, UsageEntry, now
+from .spool import Spool, dead_letters, forget_dead_letter, keep_dead_letter
 
 log = logging.getLogger("tutor.store.writer")
 
@@ -127,11 +128,7 @@ class InteractionWriter:
             delay = self.retry_initial_s
 
     async def _write(self, rows: list[dict[str, Any]]) -> None:
-        """Inserts `rows`; one already there (same write_id: a replay) is left as it is."""
-        dialect = sqlite if self.db.is_sqlite else postgresql
-        statement = dialect.insert(self.model).on_conflict_do_nothing(index_elements=["write_id"])
-        async with self.db.session() as session, session.begin():
-            await session.execute(statement, rows)
+        await insert_rows(self.db, self.model, rows)
         self.written += len(rows)
 
     def _committed(self, rows: list[dict[str, Any]]) -> None:
@@ -159,6 +156,39 @@ class InteractionWriter:
             else:
                 self._committed([row])
             self._queue.popleft()
+
+
+async def insert_rows(db: Database, model: type[Base], rows: list[dict[str, Any]]) -> None:
+    """Inserts `rows` in one transaction; a row already there (same write_id: a replay) is left
+    as it is."""
+    dialect = sqlite if db.is_sqlite else postgresql
+    statement = dialect.insert(model).on_conflict_do_nothing(index_elements=["write_id"])
+    async with db.session() as session, session.begin():
+        await session.execute(statement, rows)
+
+
+async def retry_dead_letters(db: Database, path: Path,
+                             write_ids: set[str] | None = None) -> tuple[int, int]:
+    """Writes the spool's dead letters (those of `write_ids`, or all) to the database again, for
+    `tutor dead-letters --retry` once the cause is fixed: each one written (or found there
+    already) leaves the dead letters; one refused again stays, with the new reason. Any other
+    error (the database unreachable) propagates. Returns (written, still refused)."""
+    models = {m.__tablename__: m for m in (Interaction, UsageEntry)}
+    written = refused = 0
+    for letter in dead_letters(path):
+        if write_ids is not None and letter["write_id"] not in write_ids:
+            continue
+        try:
+            await insert_rows(db, models[letter["table"]], [letter["row"]])
+        except DBAPIError as exc:
+            if not refused_for_good(exc):
+                raise
+            keep_dead_letter(path, letter["write_id"], refusal(exc))
+            refused += 1
+        else:
+            forget_dead_letter(path, letter["write_id"])
+            written += 1
+    return written, refused
 
 
 def refused_for_good(exc: DBAPIError) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import sqlite3
 import time
 from typing import Any, AsyncIterator
@@ -20,9 +21,11 @@ from sqlalchemy.sql import Insert
 
 from store import queries as q
 from store.db import Database
-from store.models import Interaction, UsageEntry
+from server.cli import dead_letters_command
+from store.models import Interaction, UsageEntry, User
 from store.spool import Spool, dead_letters
 from store.writer import InteractionWriter
+from tests.conftest import make_settings
 from tests.services import TcpProxy
 from tests.storage_fixtures import db  # noqa: F401  (fixture)
 
@@ -392,6 +395,31 @@ async def test_a_refused_row_becomes_a_dead_letter_and_later_rows_are_written(
     assert letter["row"]["user_id"] == "no-such-user" and letter["failed_at"] > 0
     assert "foreign key" in letter["reason"].lower()  # the database's own words
     assert writer.dropped == 1
+
+
+async def test_tutor_dead_letters_lists_them_and_retries_them_once_the_cause_is_fixed(
+        db: Database, tmp_path, capsys) -> None:
+    settings = make_settings(database_url=db.url, spool_file=tmp_path / "spool.db")
+    spool = await Spool.open(settings.spool)
+    writer = InteractionWriter(db, spool=spool, **FAST)
+    writer.start()
+    writer.submit(turn(0, "gone-user", "bad"))
+    assert await writer.flush(timeout=5)
+    await writer.stop()
+    await spool.close()
+
+    assert dead_letters_command(settings, retry=False, write_ids=[]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    listed = json.loads(line)
+    assert listed["row"]["response_id"] == "bad-0" and listed["failed_at"].startswith("20")
+    # still refused: it stays, exit status 1
+    assert await asyncio.to_thread(dead_letters_command, settings, True, []) == 1
+    assert len(dead_letters(settings.spool)) == 1 and await response_ids(db) == []
+    async with db.session() as s, s.begin():  # the cause fixed: the user exists
+        s.add(User(id="gone-user", auth_provider="google", auth_subject="gone"))
+    assert await asyncio.to_thread(dead_letters_command, settings, True,
+                                   [listed["write_id"]]) == 0
+    assert dead_letters(settings.spool) == [] and await response_ids(db) == ["bad-0"]
 
 
 async def test_submit_with_a_spool_never_waits_on_the_disk(db: Database, tmp_path) -> None:
