@@ -65,24 +65,27 @@ def _decode_value(obj: dict[str, Any]) -> Any:
     return datetime.fromisoformat(obj["$dt"]) if obj.keys() == {"$dt"} else obj
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """The spool file, created 0600 (its folder 0700) with its tables; WAL, fsync on commit."""
+def connect(path: Path, synchronous: str = "FULL") -> sqlite3.Connection:
+    """The spool file, created 0600 (its folder 0700) with its tables; WAL, fsync on commit
+    (`synchronous="NORMAL"`: no fsync per commit, still durable across a crash of the process
+    but not of the machine; bench/spool.py compares them)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # SQLite gives -wal/-shm this mode
     os.chmod(path, 0o600)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")  # a commit survives power loss, not only SIGKILL
+    conn.execute(f"PRAGMA synchronous={synchronous}")  # FULL: a commit survives power loss too
     conn.execute("PRAGMA busy_timeout=5000")  # `tutor dead-letters` may hold it a moment
     conn.executescript(SCHEMA)
     return conn
 
 
 class Spool:
-    def __init__(self, path: Path, *, on_commit: Callable[[int], None] | None = None) -> None:
+    def __init__(self, path: Path, *, on_commit: Callable[[int], None] | None = None,
+                 synchronous: str = "FULL") -> None:
         self.path = path
         self.on_commit = on_commit  # told how many operations each commit made durable (bench)
-        self._conn = connect(path)
+        self._conn = connect(path, synchronous)
         self._recovered: dict[str, list[dict[str, Any]]] = {}
         for table, text in self._conn.execute("SELECT tbl, row FROM pending ORDER BY accepted_at"):
             self._recovered.setdefault(table, []).append(decode(text))
@@ -107,10 +110,9 @@ class Spool:
     # --- non-blocking: queued for the spool's thread -------------------------------------------
 
     def put(self, table: str, write_id: str, row: dict[str, Any]) -> None:
-        accepted = time.time()
-        self._ops.put((lambda c: c.execute(
-            "INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?)",
-            (write_id, table, encode(row), accepted)), None))
+        accepted = time.time()  # encoded on the spool's thread, off the event loop
+        self._ops.put((lambda c: c.execute("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?)",
+                                           (write_id, table, encode(row), accepted)), None))
 
     def done(self, write_ids: list[str]) -> None:
         """The database committed these rows: they leave the spool."""
