@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     data_dir: Path = Path("data")
     database_url: str | None = None  # default: SQLite file data_dir/tutor.db
     # the write-ahead spool of accepted turns and usage rows (store/spool.py); default
-    # data_dir/spool.db. Local disk, one per process: never shared by two running servers.
+    # data_dir/spool.db. Local disk, kept across restarts, one per server process.
     spool_file: Path | None = None
     auto_migrate: bool = True  # bring the schema up to date at startup
     redis_url: str | None = None  # shared tickets (and later caches, quotas) across processes
