@@ -71,6 +71,12 @@ class InteractionWriter:
         self._idle.clear()
         self._wakeup.set()
 
+    async def durable(self) -> None:
+        """Returns once every row submitted so far is on local disk (the spool's next commit);
+        at once without a spool. What the voice loop awaits before `response.done`."""
+        if self.spool is not None:
+            await self.spool.sync()
+
     def start(self) -> None:
         """Starts the writing task; rows an earlier process left in the spool go first."""
         if self.spool is not None:

@@ -61,6 +61,32 @@ async def test_a_database_outage_mid_session_loses_no_turn(fake, start_server, t
         proxy.cut()
 
 
+async def test_response_done_leaves_only_once_its_turn_is_on_disk(fake, start_server):
+    """The spool's disk made slow (300 ms before each row's commit): `response.done` waits for
+    it, so a client that has `response.done` has a turn that a crash cannot take away."""
+    address = await start_server(make_settings(fake))
+    spool = start_server.apps[-1].state.spool
+    on_disk: list[str] = []
+    put = spool.put
+
+    def slow_put(table: str, write_id: str, row: dict) -> None:  # type: ignore[type-arg]
+        spool._ops.put((lambda c: time.sleep(0.3), None))  # the spool's thread, not the loop
+        put(table, write_id, row)
+        spool._ops.put((lambda c: on_disk.append(row["response_id"]), None))
+
+    spool.put = slow_put
+    async with websockets.connect(f"ws://{address}/api/voice") as ws:
+        conv = Conversation(ws)
+        started = time.perf_counter()
+        rid = await ask(conv, "what is two plus two?")
+        assert on_disk == [rid], "response.done came before its turn was on disk"
+        assert time.perf_counter() - started >= 0.3
+        await ws.send(json.dumps({"type": "response.create", "response": {
+            "conversation": "none", "input": [{"type": "message", "role": "user", "content": [
+                {"type": "input_text", "text": "out of band"}]}]}}))
+        await conv.until("response.done")
+
+
 def serve_env(fake, database_url: str, data_dir: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("OPENAI_", "LLM_", "TUTOR_", "STRIPE_"))}
