@@ -163,23 +163,33 @@ class Spool:
                     break
             stop = None in batch
             results: list[tuple[Future[Any], Any, BaseException | None]] = []
-            conn.execute("BEGIN")
-            for item in batch:
-                if item is None:
-                    continue
-                op, future = item
-                try:
-                    value, error = op(conn), None
-                except sqlite3.Error as exc:  # disk full, file damaged: said loudly, not fatal
-                    self.errors += 1
-                    log.error("spool operation failed: %s", exc)
-                    value, error = None, exc
-                if future is not None:
-                    results.append((future, value, error))
-            conn.execute("COMMIT")
-            self.commits += 1
-            if self.on_commit is not None:
-                self.on_commit(len(batch))
+            try:
+                conn.execute("BEGIN")
+                for item in batch:
+                    if item is None:
+                        continue
+                    op, future = item
+                    try:
+                        value, error = op(conn), None
+                    except sqlite3.Error as exc:  # one operation failing: the others go on
+                        self.errors += 1
+                        log.error("spool operation failed: %s", exc)
+                        value, error = None, exc
+                    if future is not None:
+                        results.append((future, value, error))
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:  # disk full, file damaged: said loudly, never fatal
+                self.errors += 1
+                log.error("spool commit failed (%s): %d operations lost from the spool (the "
+                          "writer still holds its rows in memory)", exc, len(batch))
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                results = [(f, None, exc) for item in batch if item is not None
+                           for f in [item[1]] if f is not None]
+            else:
+                self.commits += 1
+                if self.on_commit is not None:
+                    self.on_commit(len(batch))
             for future, value, error in results:
                 if error is None:
                     future.set_result(value)

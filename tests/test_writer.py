@@ -12,6 +12,7 @@ import inspect
 import json
 import sqlite3
 import time
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 import pytest
@@ -305,8 +306,11 @@ async def crash(writer: InteractionWriter, spool: Spool) -> None:
     await spool.close()
 
 
+@pytest.mark.parametrize("end", ["crash", "stop"])
 async def test_rows_accepted_during_an_outage_survive_a_crash_exactly_once(
-        db: Database, outage: Outage, tmp_path) -> None:
+        db: Database, outage: Outage, tmp_path, end: str) -> None:
+    """`crash`: SIGKILL (nothing runs); `stop`: SIGTERM, whose drain ends with the database
+    still down (the writer gives up flushing): either way the spool has the rows."""
     spool = await Spool.open(tmp_path / "spool.db")
     writer = InteractionWriter(outage.writer_db, spool=spool, **FAST)
     writer.start()
@@ -317,7 +321,11 @@ async def test_rows_accepted_during_an_outage_survive_a_crash_exactly_once(
     for i in range(5):
         writer.submit(turn(i, tag="during"))
     await wait_for(lambda: writer.failures >= 1)
-    await crash(writer, spool)
+    if end == "crash":
+        await crash(writer, spool)
+    else:
+        await writer.stop(timeout=0.1)
+        await spool.close()
     await outage.restore()
 
     spool = await Spool.open(tmp_path / "spool.db")
@@ -433,4 +441,20 @@ async def test_submit_with_a_spool_never_waits_on_the_disk(db: Database, tmp_pat
     assert await writer.flush(timeout=20)
     await writer.stop()
     assert await spool.counts() == {"pending": 0, "dead_letters": 0}
+    await spool.close()
+
+
+async def test_the_spool_file_is_private_and_a_failing_operation_stops_nothing(tmp_path) -> None:
+    spool = await Spool.open(tmp_path / "data" / "spool.db")
+    assert (tmp_path / "data" / "spool.db").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(sqlite3.OperationalError):
+        await spool.call(lambda c: c.execute("INSERT INTO nowhere VALUES (1)"))
+    spool.put("interactions", "k1", {"at": datetime.now(timezone.utc)})
+    assert await spool.counts() == {"pending": 1, "dead_letters": 0}
+    await spool.close()
+    assert spool.errors == 1
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in (tmp_path / "data").iterdir())
+    spool = await Spool.open(tmp_path / "data" / "spool.db")
+    [row] = spool.recovered("interactions")
+    assert isinstance(row["at"], datetime) and row["at"].tzinfo is not None
     await spool.close()
