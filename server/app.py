@@ -49,7 +49,8 @@ from rag.search import MemoryQueryCache, RedisQueryCache, Retriever
 from rag.vectors import VectorIndex
 from rag.worker import Limits, Parser
 from store.db import Database, migrate
-from store.models import UsageEntry
+from store.models import Base, Interaction, UsageEntry
+from store.spool import Spool
 from store.writer import InteractionWriter
 from study import ai_routes as study_ai_routes
 from study.notes_routes import routes as notes_routes
@@ -225,13 +226,20 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
                         status_code=exc.status_code, headers=headers)
 
 
+def open_writer(db: Database, spool: Spool, stack: AsyncExitStack,
+                model: type[Base] = Interaction) -> InteractionWriter:
+    """A background writer through the spool; stopped (flushed) before the spool closes."""
+    writer = InteractionWriter(db, model=model, spool=spool)
+    writer.start()
+    stack.push_async_callback(writer.stop)
+    return writer
+
+
 def open_billing(settings: Settings, db: Database, redis_client,  # type: ignore[no-untyped-def]
-                 stack: AsyncExitStack) -> tuple[Billing, InteractionWriter]:
+                 spool: Spool, stack: AsyncExitStack) -> tuple[Billing, InteractionWriter]:
     """The billing service, and the background writer of its usage ledger."""
     catalog = TierCatalog.load(settings.tiers_file, settings.stripe_prices)
-    ledger = InteractionWriter(db, model=UsageEntry)
-    ledger.start()
-    stack.push_async_callback(ledger.stop)
+    ledger = open_writer(db, spool, stack, UsageEntry)
     quotas = RedisQuotas(redis_client) if redis_client is not None else MemoryQuotas()
     limiter = RequestLimiter(storage_for(settings.redis_url, **redis_options(settings)))
     billing = Billing(db, catalog, quotas, limiter,
@@ -394,9 +402,9 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             app.state.settings = settings
             app.state.session_config = session_config(settings)
             app.state.db = await open_storage(settings, stack)
-            app.state.writer = InteractionWriter(app.state.db)
-            app.state.writer.start()
-            stack.push_async_callback(app.state.writer.stop)
+            app.state.spool = await Spool.open(settings.spool)
+            stack.push_async_callback(app.state.spool.close)
+            app.state.writer = open_writer(app.state.db, app.state.spool, stack)
             redis_client = open_redis(settings, stack)
             app.state.redis = redis_client
             app.state.metrics = Metrics()
@@ -408,7 +416,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             app.state.resume = RedisResume(redis_client) if redis_client is not None \
                 else MemoryResume()
             app.state.billing, app.state.usage_writer = open_billing(
-                settings, app.state.db, redis_client, stack)
+                settings, app.state.db, redis_client, app.state.spool, stack)
             app.state.payments = open_payments(settings, app.state.billing, stack)
             app.state.email_link_secret = link_secret
             app.state.email_worker = open_email(settings, app.state.db, app.state.billing,

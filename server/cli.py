@@ -1,12 +1,15 @@
 """The `tutor` command: `serve`, `migrate`, `ingest`, `email-summaries`, `worker`, `mcp-email`,
-`backup`, `restore`."""
+`backup`, `restore`, `dead-letters`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import sys
 from contextlib import AsyncExitStack
+from datetime import datetime, timezone
 from pathlib import Path
 
 import uvicorn
@@ -98,7 +101,6 @@ async def ingest_command(settings: Settings, paths: list[Path], course: str) -> 
 
 async def summaries_command(settings: Settings, week: str | None) -> int:
     """`tutor email-summaries [--week 2026-W47]`: queue the weekly summaries (default: last week)."""
-    from datetime import datetime, timezone
 
     from notify.summary import last_full_week, queue_weekly_summaries
     from store.db import Database, migrate
@@ -165,7 +167,6 @@ async def worker_command(settings: Settings, *, summaries: bool = True, once: bo
 def backup_command(settings: Settings, out: Path | None) -> int:
     """`tutor backup [--out PATH]`: a consistent backup of the configured database, taken while
     the server runs; by default a timestamped file under DATA_DIR/backups."""
-    import sys
 
     from store.backup import BackupError, backend_of, backup, default_path, describe
     url = settings.database
@@ -188,7 +189,6 @@ def restore_command(settings: Settings, archive: Path, *, yes: bool, force: bool
                     safety: bool) -> int:
     """`tutor restore PATH [--yes]`: replace the configured database with a backup. Stop the
     servers first; what is replaced is backed up under DATA_DIR/backups beforehand."""
-    import sys
 
     from store.backup import BackupError, describe, read_manifest, restore
     url = settings.database
@@ -218,6 +218,38 @@ def restore_command(settings: Settings, archive: Path, *, yes: bool, force: bool
         print(f"the backup was at revision {manifest.alembic_revision}: migrated to "
               f"{result.migrated_to}")
     return 0
+
+
+def dead_letters_command(settings: Settings, retry: bool, write_ids: list[str]) -> int:
+    """Lists the spool's dead letters as JSON lines, or (--retry) writes them to the database
+    again. The spool file is local: run this where the server runs (docs/operations.md)."""
+    from store.db import Database
+    from store.spool import dead_letters
+    from store.writer import retry_dead_letters
+
+    path = settings.spool
+    if not path.exists():
+        print(f"no spool at {path}", file=sys.stderr)
+        return 0
+    if not retry:
+        letters = [d for d in dead_letters(path) if not write_ids or d["write_id"] in write_ids]
+        for letter in letters:
+            print(json.dumps(letter | {"failed_at": datetime.fromtimestamp(
+                letter["failed_at"], timezone.utc).isoformat()}, default=str))
+        print(f"{len(letters)} dead letters in {path}", file=sys.stderr)
+        return 0
+
+    async def run() -> tuple[int, int]:
+        db = Database(settings.database)
+        try:
+            return await retry_dead_letters(db, path, set(write_ids) or None)
+        finally:
+            await db.close()
+
+    written, refused = asyncio.run(run())
+    print(f"{written} written, {refused} refused again (still dead letters, with the new reason)",
+          file=sys.stderr)
+    return 1 if refused else 0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -256,6 +288,11 @@ def main(argv: list[str] | None = None) -> None:
                          help="restore even though other connections to the database are open")
     restore.add_argument("--no-safety-backup", dest="safety", action="store_false",
                          help="do not back up what is replaced first")
+    letters = sub.add_parser("dead-letters", help="list the rows the database refused for good "
+                             "(JSON lines), or write them again with --retry")
+    letters.add_argument("write_ids", nargs="*", help="only these (default: all)")
+    letters.add_argument("--retry", action="store_true",
+                         help="insert them into the database again (once the cause is fixed)")
     sub.add_parser("mcp-email", add_help=False,
                    help="the MCP email tool server (stdio; --http --port N for HTTP)")
     args, rest = parser.parse_known_args(argv)
@@ -298,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "restore":
         raise SystemExit(restore_command(settings, args.path, yes=args.yes, force=args.force,
                                          safety=args.safety))
+    elif args.command == "dead-letters":
+        raise SystemExit(dead_letters_command(settings, args.retry, args.write_ids))
     elif args.command == "migrate":
         from store.db import migrate
 

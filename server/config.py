@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # Storage
     data_dir: Path = Path("data")
     database_url: str | None = None  # default: SQLite file data_dir/tutor.db
+    # the write-ahead spool of accepted turns and usage rows (store/spool.py); default
+    # data_dir/spool.db. Local disk, kept across restarts, one per server process.
+    spool_file: Path | None = None
     auto_migrate: bool = True  # bring the schema up to date at startup
     redis_url: str | None = None  # shared tickets (and later caches, quotas) across processes
     # Bounds on every wait for the database and Redis (docs/operations.md, "Timeouts"): a service
@@ -215,6 +218,10 @@ class Settings(BaseSettings):
         from store.db import sqlite_url
 
         return self.database_url or sqlite_url(self.data_dir)
+
+    @property
+    def spool(self) -> Path:
+        return self.spool_file or self.data_dir / "spool.db"
 
     @property
     def chat_api_key(self) -> str | None:

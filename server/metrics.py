@@ -7,7 +7,8 @@ One registry per app (tests run several apps in a process). What is recorded, by
 - `tutor_sessions_total`, `tutor_sessions_connected`, `tutor_turns_total{kind,status}`,
   `tutor_barge_ins_total`, `tutor_errors_total{code}` (every `error` event sent);
 - `tutor_quota_store_failures_total` (Redis unreachable: quotas fail open),
-  `tutor_email_outbox{status}` (read at scrape time);
+  `tutor_email_outbox{status}`, `tutor_spool_pending` (accepted rows the database has not
+  committed yet) and `tutor_spool_dead_letters` (rows it refused for good) (read at scrape time);
 - `tutor_vad_frame_seconds` (one audio chunk in SAMPLE_EVERY timed, per 30 ms frame) and
   `tutor_endpoint_decision_seconds` (the chunks that ended a turn), timed by `server.voice`;
 - `tutor_provider_failures_total{provider,code}` (stt, llm, tts; voice, /api/ai/*);
@@ -103,12 +104,15 @@ class Metrics:
 
 
 class _AtScrape:
-    """Figures read when scraped: the email outbox by status, and quota-store failures (counted
-    by `billing.Billing`, which fails open when Redis is unreachable)."""
+    """Figures read when scraped: the email outbox by status, quota-store failures (counted
+    by `billing.Billing`, which fails open when Redis is unreachable), and the write-ahead
+    spool's rows (`store.spool`)."""
 
-    def __init__(self, outbox: dict[str, int], quota_failures: int) -> None:
+    def __init__(self, outbox: dict[str, int], quota_failures: int,
+                 spool: dict[str, int]) -> None:
         self.outbox = outbox
         self.quota_failures = quota_failures
+        self.spool = spool
 
     def collect(self):  # type: ignore[no-untyped-def]
         family = GaugeMetricFamily("tutor_email_outbox", "Email outbox messages by status",
@@ -119,6 +123,12 @@ class _AtScrape:
         yield CounterMetricFamily("tutor_quota_store_failures",
                                   "Quota or rate-limit store unreachable (failed open)",
                                   value=self.quota_failures)
+        yield GaugeMetricFamily("tutor_spool_pending", "Accepted turns and usage rows in the "
+                                "local spool, not yet committed by the database",
+                                value=self.spool["pending"])
+        yield GaugeMetricFamily("tutor_spool_dead_letters", "Rows the database refused for "
+                                "good, kept in the spool's dead letters (tutor dead-letters)",
+                                value=self.spool["dead_letters"])
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -134,7 +144,8 @@ async def metrics_endpoint(request: Request) -> Response:
             counts = {status: n for status, n in rows}
     except Exception:  # the database is down: /readyz says so; metrics still answer
         counts = {}
-    registry.register(_AtScrape(counts, state.billing.store_failures))  # type: ignore[arg-type]
+    spool = await state.spool.counts()
+    registry.register(_AtScrape(counts, state.billing.store_failures, spool))  # type: ignore[arg-type]
     body = generate_latest(metrics.registry) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

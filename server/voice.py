@@ -6,6 +6,9 @@ decided), provider calls run as tasks whose results are fed back to the core. Ca
 response cancels its task, which closes the provider's HTTP stream at once. Speculative work
 (see `dialogue.speculation`) runs the same way: a held answer's results wait in its `_Answer`
 until the core releases it, or are dropped with its task when the core abandons it.
+A finished turn is handed to the background writer; its `response.done` leaves once the turn is
+on local disk (the writer's spool, a few ms), so a client that got it has a turn that survives a
+crash of the server (docs/operations.md, "Durability of turns").
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .protocol import (Abandon, Action, Adopt, Cancel, Charge, Close, Generate, 
 
 log = logging.getLogger("tutor.voice")
 slog = structlog.get_logger("tutor.voice")
+DURABLE_WAIT_S = 2.0  # longest `response.done` waits for its turn to reach the spool
 
 
 @dataclass
@@ -162,7 +166,8 @@ async def _session(websocket: WebSocket, state: Any, user: Any, address: str) ->
         runner = SessionRunner(websocket, session, state.providers, user_id=user.id,
                                beta=is_beta(websocket.headers, websocket.query_params),
                                outbox_max_bytes=state.settings.ws_outbox_max_bytes,
-                               record=state.writer.submit, course=course,
+                               record=state.writer.submit, durable=state.writer.durable,
+                               course=course,
                                knowledge=state.knowledge(course), billing=billing, grant=grant,
                                resume=state.resume, resume_ttl_s=state.settings.resume_ttl_s,
                                metrics=state.metrics)
@@ -201,6 +206,7 @@ class SessionRunner:
     def __init__(self, websocket: WebSocket, session: RealtimeSession, providers: Providers, *,
                  user_id: str | None = None,
                  record: Callable[[dict[str, Any]], None] | None = None,
+                 durable: Callable[[], Awaitable[None]] | None = None,
                  knowledge: Callable[[str, str | None], Awaitable[Grounding]] | None = None,
                  course: str | None = None, billing: Billing | None = None,
                  grant: VoiceGrant | None = None, resume: ResumeStore | None = None,
@@ -211,6 +217,10 @@ class SessionRunner:
         self.providers = providers
         self.user_id = user_id
         self.record = record  # hands a finished turn to the background writer (never awaits)
+        # waits until every turn recorded so far is on local disk (the writer's spool):
+        # `response.done` goes out after that, so an answered turn survives a crash
+        self.durable = durable
+        self._barrier: asyncio.Future[None] | None = None  # holds response.done in the outbox
         self.knowledge = knowledge  # (question, user id) → course passages and memories
         self.course = course
         self.billing = billing
@@ -222,7 +232,7 @@ class SessionRunner:
         self.resume_token = secrets.token_urlsafe(24)
         self.charges: set[asyncio.Task[None]] = set()  # never cancelled: billing must land
         self.speech: dict[str, _Speaker] = {}  # response id → its synthesis and playback
-        self.outbox: asyncio.Queue[str | bytes | Close] = asyncio.Queue()
+        self.outbox: asyncio.Queue[str | bytes | Close | asyncio.Future[None]] = asyncio.Queue()
         self.outbox_max_bytes = outbox_max_bytes
         self.queued_bytes = 0  # of the events decided and not yet handed to the socket
         self.overflowed = False  # the client stopped reading: the session is being closed
@@ -310,6 +320,9 @@ class SessionRunner:
                     self.metrics.event_sent(action.event)
                 event = ga_to_client(action.event) if self.beta else action.event
                 if event is not None:
+                    if action.event["type"] == "response.done" and self.durable is not None:
+                        self._barrier = self.loop.create_future()
+                        self.outbox.put_nowait(self._barrier)  # released once it is recorded
                     self._put(json.dumps(event))
             elif isinstance(action, Transcribe):
                 if action.speculative:
@@ -359,6 +372,9 @@ class SessionRunner:
                     event = self.session.response_metrics(action.response_id, answer.metrics)
                     self._put(json.dumps(event.event))
                 self._record(action, answer)
+                if self._barrier is not None:
+                    self._spawn(self._release_when_durable(self._barrier))
+                    self._barrier = None
                 if self.resume is not None:  # each answer makes the token's state current
                     self._spawn(self._save_for_resume())
             elif isinstance(action, Charge):
@@ -372,6 +388,20 @@ class SessionRunner:
                     self._put(json.dumps(event.event))
             elif isinstance(action, Close):
                 self._put(action)  # the writer closes after what is queued before
+        if self._barrier is not None:  # a response.done with no turn to record
+            self._barrier.set_result(None)
+            self._barrier = None
+
+    async def _release_when_durable(self, barrier: asyncio.Future[None]) -> None:
+        assert self.durable is not None
+        try:
+            await asyncio.wait_for(self.durable(), DURABLE_WAIT_S)
+        except Exception as exc:  # the spool's disk failing must not stall the session
+            log.error("the turn did not reach the spool in %.0f s (%r); answering anyway",
+                      DURABLE_WAIT_S, exc)
+        finally:
+            if not barrier.done():
+                barrier.set_result(None)
 
     async def _save_for_resume(self) -> None:
         if self.resume is None:
@@ -525,6 +555,9 @@ class SessionRunner:
         try:
             while True:
                 message = await self.outbox.get()
+                if isinstance(message, asyncio.Future):  # the turn before is being recorded
+                    await asyncio.wait({message}, timeout=DURABLE_WAIT_S)
+                    continue
                 if isinstance(message, Close):
                     await self.websocket.close(code=message.code, reason=message.reason)
                     return

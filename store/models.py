@@ -140,7 +140,8 @@ class Interaction(Base):
 
     __tablename__ = "interactions"
     __table_args__ = (Index("ix_interactions_user_created", "user_id", "created_at", "id"),
-                      Index("ix_interactions_user_kind", "user_id", "kind", "id"))
+                      Index("ix_interactions_user_kind", "user_id", "kind", "id"),
+                      Index("uq_interactions_write_id", "write_id", unique=True))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(String(64), index=True)
@@ -166,6 +167,9 @@ class Interaction(Base):
     # and when it was last edited.
     turn_id: Mapped[int | None] = mapped_column(BigId, index=True)
     updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Given by the background writer when the turn is accepted: a replay of the write-ahead
+    # spool inserts it once (store.writer, store.spool; NULL for rows from before 0007 and notes).
+    write_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class Content(Base):
@@ -224,7 +228,8 @@ class UsageEntry(Base):
     The live counters are in billing.quota; this is the record to audit and report from."""
 
     __tablename__ = "usage_ledger"
-    __table_args__ = (Index("ix_usage_ledger_user_created", "user_id", "created_at"),)
+    __table_args__ = (Index("ix_usage_ledger_user_created", "user_id", "created_at"),
+                      Index("uq_usage_ledger_write_id", "write_id", unique=True))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
@@ -233,6 +238,7 @@ class UsageEntry(Base):
     amount: Mapped[int] = mapped_column(BigInteger)
     tier: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    write_id: Mapped[str | None] = mapped_column(String(32))  # as Interaction.write_id
 
 
 class EmailNotification(Base):

@@ -45,6 +45,7 @@ def expected_turns(name: str) -> int:
 
 
 def make_settings(fake: FakeOpenAI | None = None, **overrides: Any) -> Settings:
+    scratch = tempfile.mkdtemp(prefix='tutor-test-')
     values: dict[str, Any] = dict(
         openai_api_key="test-key" if fake else None,
         openai_base_url=fake.base_url if fake else None,
@@ -52,7 +53,8 @@ def make_settings(fake: FakeOpenAI | None = None, **overrides: Any) -> Settings:
         audio_burst_ms=10**9,  # tests stream faster than real time unless they test the bound
         provider_timeout_s=1.0,
         provider_max_retries=0,
-        database_url=f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='tutor-test-')}/tutor.db",
+        database_url=f"sqlite+aiosqlite:///{scratch}/tutor.db",
+        spool_file=Path(scratch) / "spool.db",  # never the checkout's data/
         google_client_id=None, supabase_url=None, supabase_jwt_secret=None, redis_url=None,
         load_sample_course=False,  # the tests that want it say so
         guest_tier="unlimited",  # billing tests set their own plans

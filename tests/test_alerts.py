@@ -147,6 +147,8 @@ def test_the_rules_cover_what_the_issue_asks_for():
     # the outbox backlog, the quota store, the processes themselves
     assert {"status": ("=", "pending")} in used["tutor_email_outbox"]
     assert "tutor_quota_store_failures_total" in used
+    # rows the database refused for good (dead letters), and a spool that does not drain
+    assert {"tutor_spool_dead_letters", "tutor_spool_pending"} <= set(used)
     assert "up" in used and "tutor_sessions_connected" in used
 
 

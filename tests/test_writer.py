@@ -1,13 +1,19 @@
 """The background interaction writer, on SQLite and on PostgreSQL: it never makes the voice loop
 wait, writes in batches, survives the database going away and coming back without losing or
-duplicating a row, drops only the rows the database refuses for good, and flushes on stop."""
+duplicating a row, drops only the rows the database refuses for good, and flushes on stop. With
+its write-ahead spool (store/spool.py): rows accepted and not yet written survive the process
+(replayed at the next start, exactly once, also when they had been written already), and a row
+refused for good is kept as a dead letter with its reason while later rows are written."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import sqlite3
+import threading
 import time
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 import pytest
@@ -17,8 +23,11 @@ from sqlalchemy.sql import Insert
 
 from store import queries as q
 from store.db import Database
-from store.models import Interaction
+from server.cli import dead_letters_command
+from store.models import Interaction, UsageEntry, User
+from store.spool import Spool, dead_letters
 from store.writer import InteractionWriter
+from tests.conftest import make_settings
 from tests.services import TcpProxy
 from tests.storage_fixtures import db  # noqa: F401  (fixture)
 
@@ -285,3 +294,172 @@ async def test_a_row_refused_for_any_permanent_reason_never_stalls_the_rest(db: 
     ids = sorted(await response_ids(db))
     assert "t-1" in ids and writer.failures == 0
     assert ids == ["t-0", "t-1"] or writer.dropped == 1  # SQLite does not check lengths
+
+
+# --- the write-ahead spool ---------------------------------------------------------------------
+
+async def crash(writer: InteractionWriter, spool: Spool) -> None:
+    """What SIGKILL leaves: the spool's commits so far, nothing of the writer's memory."""
+    await spool.sync()
+    assert writer._task is not None
+    writer._task.cancel()
+    await asyncio.gather(writer._task, return_exceptions=True)
+    await spool.close()
+
+
+@pytest.mark.parametrize("end", ["crash", "stop"])
+async def test_rows_accepted_during_an_outage_survive_a_crash_exactly_once(
+        db: Database, outage: Outage, tmp_path, end: str) -> None:
+    """`crash`: SIGKILL (nothing runs); `stop`: SIGTERM, whose drain ends with the database
+    still down (the writer gives up flushing): either way the spool has the rows."""
+    spool = await Spool.open(tmp_path / "spool.db")
+    writer = InteractionWriter(outage.writer_db, spool=spool, **FAST)
+    writer.start()
+    for i in range(3):
+        writer.submit(turn(i, tag="before"))
+    assert await writer.flush(timeout=5)
+    outage.cut()
+    for i in range(5):
+        writer.submit(turn(i, tag="during"))
+    await wait_for(lambda: writer.failures >= 1)
+    if end == "crash":
+        await crash(writer, spool)
+    else:
+        await writer.stop(timeout=0.1)
+        await spool.close()
+    await outage.restore()
+
+    spool = await Spool.open(tmp_path / "spool.db")
+    assert await spool.counts() == {"pending": 5, "dead_letters": 0}
+    writer = InteractionWriter(outage.writer_db, spool=spool, **FAST)
+    writer.start()  # the replay goes first
+    writer.submit(turn(0, tag="after"))
+    assert await writer.flush(timeout=5)
+    await writer.stop()
+    assert await spool.counts() == {"pending": 0, "dead_letters": 0}
+    await spool.close()
+    assert sorted(await response_ids(db)) == sorted(
+        [f"before-{i}" for i in range(3)] + [f"during-{i}" for i in range(5)] + ["after-0"])
+
+
+async def test_a_replay_of_rows_already_written_never_duplicates(db: Database, tmp_path) -> None:
+    """The database committed, the process died before the spool heard of it: the replay
+    inserts nothing (ON CONFLICT (write_id) DO NOTHING), for turns and for the usage ledger."""
+    spool = await Spool.open(tmp_path / "spool.db")
+    turns = InteractionWriter(db, spool=spool, **FAST)
+    usage = InteractionWriter(db, model=UsageEntry, spool=spool, **FAST)
+    for writer in (turns, usage):
+        writer.start()
+    for i in range(4):
+        turns.submit(turn(i))
+        usage.submit(dict(user_id=None, session_id="sess-1", kind="voice_ms", amount=1000 + i))
+    rows = list(turns._queue) + list(usage._queue)
+    assert await turns.flush(5) and await usage.flush(5)
+    await spool.sync()
+    assert await spool.counts() == {"pending": 0, "dead_letters": 0}
+    for row in rows:  # as if the spool had never been told they were written
+        spool.put(Interaction.__tablename__ if "transcript" in row else UsageEntry.__tablename__,
+                  row["write_id"], row)
+    await crash(turns, spool)
+    usage._task.cancel()  # type: ignore[union-attr]
+
+    spool = await Spool.open(tmp_path / "spool.db")
+    assert await spool.counts() == {"pending": 8, "dead_letters": 0}
+    turns = InteractionWriter(db, spool=spool, **FAST)
+    usage = InteractionWriter(db, model=UsageEntry, spool=spool, **FAST)
+    for writer in (turns, usage):
+        writer.start()
+        assert writer.pending == 4
+        assert await writer.flush(5)
+        await writer.stop()
+    assert await spool.counts() == {"pending": 0, "dead_letters": 0}
+    await spool.close()
+    assert sorted(await response_ids(db)) == [f"t-{i}" for i in range(4)]
+    async with db.session() as s:
+        amounts = (await s.execute(select(UsageEntry.amount).order_by(UsageEntry.amount))).scalars()
+        assert list(amounts) == [1000, 1001, 1002, 1003]
+        created = (await s.execute(select(Interaction.created_at))).scalars().all()
+    assert len(set(created)) == 4  # the time each was accepted, kept through the spool
+
+
+async def test_a_refused_row_becomes_a_dead_letter_and_later_rows_are_written(
+        db: Database, tmp_path) -> None:
+    async with db.session() as s, s.begin():
+        user = await q.upsert_user(s, provider="google", subject="s", email=None, name=None)
+    spool = await Spool.open(tmp_path / "spool.db")
+    writer = InteractionWriter(db, spool=spool, **FAST)
+    writer.start()
+    for i in range(5):  # one batch, the refused row in the middle
+        writer.submit(turn(i, user.id, "good") if i != 2 else turn(i, "no-such-user", "bad"))
+    assert await writer.flush(timeout=5)
+    writer.submit(turn(5, user.id, "good"))
+    assert await writer.flush(timeout=5)
+    await writer.stop()
+    assert await spool.counts() == {"pending": 0, "dead_letters": 1}
+    await spool.close()
+
+    assert sorted(await response_ids(db)) == [f"good-{i}" for i in (0, 1, 3, 4, 5)]
+    [letter] = dead_letters(tmp_path / "spool.db")
+    assert letter["table"] == "interactions" and letter["row"]["response_id"] == "bad-2"
+    assert letter["row"]["user_id"] == "no-such-user" and letter["failed_at"] > 0
+    assert "foreign key" in letter["reason"].lower()  # the database's own words
+    assert writer.dropped == 1
+
+
+async def test_tutor_dead_letters_lists_them_and_retries_them_once_the_cause_is_fixed(
+        db: Database, tmp_path, capsys) -> None:
+    settings = make_settings(database_url=db.url, spool_file=tmp_path / "spool.db")
+    spool = await Spool.open(settings.spool)
+    writer = InteractionWriter(db, spool=spool, **FAST)
+    writer.start()
+    writer.submit(turn(0, "gone-user", "bad"))
+    assert await writer.flush(timeout=5)
+    await writer.stop()
+    await spool.close()
+
+    assert dead_letters_command(settings, retry=False, write_ids=[]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    listed = json.loads(line)
+    assert listed["row"]["response_id"] == "bad-0" and listed["failed_at"].startswith("20")
+    # still refused: it stays, exit status 1
+    assert await asyncio.to_thread(dead_letters_command, settings, True, []) == 1
+    assert len(dead_letters(settings.spool)) == 1 and await response_ids(db) == []
+    async with db.session() as s, s.begin():  # the cause fixed: the user exists
+        s.add(User(id="gone-user", auth_provider="google", auth_subject="gone"))
+    assert await asyncio.to_thread(dead_letters_command, settings, True,
+                                   [listed["write_id"]]) == 0
+    assert dead_letters(settings.spool) == [] and await response_ids(db) == ["bad-0"]
+
+
+async def test_submit_with_a_spool_never_waits_on_the_disk(db: Database, tmp_path) -> None:
+    """The spool's thread is stuck (a disk that does not answer): submitting still returns at
+    once, and everything is spooled and written once the disk is back."""
+    spool = await Spool.open(tmp_path / "spool.db")
+    disk = threading.Event()
+    spool._ops.put((lambda c: disk.wait(10), None))
+    writer = InteractionWriter(db, spool=spool, **FAST)
+    for i in range(1000):
+        writer.submit(turn(i))  # would hang here if it waited on the spool
+    assert writer.pending == 1000 and spool.commits == 0
+    disk.set()
+    writer.start()
+    assert await writer.flush(timeout=20)
+    await writer.stop()
+    assert await spool.counts() == {"pending": 0, "dead_letters": 0}
+    await spool.close()
+
+
+async def test_the_spool_file_is_private_and_a_failing_operation_stops_nothing(tmp_path) -> None:
+    spool = await Spool.open(tmp_path / "data" / "spool.db")
+    assert (tmp_path / "data" / "spool.db").stat().st_mode & 0o777 == 0o600
+    with pytest.raises(sqlite3.OperationalError):
+        await spool.call(lambda c: c.execute("INSERT INTO nowhere VALUES (1)"))
+    spool.put("interactions", "k1", {"at": datetime.now(timezone.utc)})
+    assert await spool.counts() == {"pending": 1, "dead_letters": 0}
+    await spool.close()
+    assert spool.errors == 1
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in (tmp_path / "data").iterdir())
+    spool = await Spool.open(tmp_path / "data" / "spool.db")
+    [row] = spool.recovered("interactions")
+    assert isinstance(row["at"], datetime) and row["at"].tzinfo is not None
+    await spool.close()

@@ -21,7 +21,7 @@ from alembic import op
 from store.queries import new_join_code
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
