@@ -151,8 +151,8 @@ async def test_a_hung_redis_holds_neither_a_socket_open_nor_a_turn(fake, start_s
         redis_timeout_s=TIMEOUT_S, redis_connect_timeout_s=TIMEOUT_S,
         default_course="maths", rag_retrieval_budget_s=budget_s))
     retriever = start_server.apps[-1].state.retriever  # a course with vectors
-    await ingest(retriever.db, retriever.embedder, course="maths", source="war.md",
-                 filename="war.md", data=DOC, max_bytes=10_000)
+    await ingest(retriever.db, retriever.embedder, start_server.apps[-1].state.parser,
+                 course="maths", source="war.md", filename="war.md", data=DOC)
     fake.behaviour.transcripts = ["How did the war begin?"]
     redis_proxy.hang()
     started = time.perf_counter()
