@@ -15,7 +15,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts.identity import user_json
-from accounts.routes import json_object, page_args, require_user
+from accounts.http import (Refusal, json_body, offset_arg, page_args, path_key, text_field,
+                           text_problem)
+from accounts.routes import require_user
 from store import queries
 from store.models import ROLES, Classroom, Interaction
 from store.models import NOTE
@@ -70,18 +72,16 @@ async def delete_me(request: Request) -> Response:
 
 async def create_class(request: Request) -> Response:
     user = await require_user(request, ("teacher", "admin"))
-    body = await json_object(request)
-    if not isinstance(body.get("name"), str) or not body["name"].strip():
-        raise HTTPException(400, "a class needs a 'name'")
+    name = text_field(await json_body(request), "name", 200)  # classes.name is String(200)
     async with request.app.state.db.session() as s, s.begin():
-        room = await queries.create_class(s, user.id, body["name"].strip())
+        room = await queries.create_class(s, user.id, name)
     return JSONResponse({"id": room.id, "name": room.name, "teacher_id": room.teacher_id},
                         status_code=201)
 
 
 async def _own_class(request: Request) -> str:
     user = await require_user(request, ("teacher", "admin"))
-    class_id = request.path_params["class_id"]
+    class_id = path_key(request, "class_id", "class of yours")
     async with request.app.state.db.session() as s:
         room = await s.get(Classroom, class_id)
     if room is None or (user.role != "admin" and room.teacher_id != user.id):
@@ -91,9 +91,12 @@ async def _own_class(request: Request) -> str:
 
 async def add_student(request: Request) -> Response:
     class_id = await _own_class(request)
-    body = await json_object(request)
+    body = await json_body(request)
+    user_id = body.get("user_id")
+    if not isinstance(user_id, str) or text_problem(user_id, 32):  # users.id is String(32)
+        raise HTTPException(404, "no such user")
     async with request.app.state.db.session() as s, s.begin():
-        student = await queries.get_user(s, str(body.get("user_id")))
+        student = await queries.get_user(s, user_id)
         if student is None:
             raise HTTPException(404, "no such user")
         await queries.add_student(s, class_id, student.id)
@@ -110,10 +113,7 @@ async def class_interactions(request: Request) -> Response:
 async def list_users(request: Request) -> Response:
     await require_user(request, ("admin",))
     limit, _ = page_args(request)
-    offset = request.query_params.get("offset", "0") or "0"
-    if not (offset.isascii() and offset.isdigit()) or int(offset) >= 2**63:  # no sign, no "²"
-        raise HTTPException(400, "offset must be a whole number of rows")
-    offset = int(offset)
+    offset = offset_arg(request)
     async with request.app.state.db.session() as s:
         users = await queries.list_users(s, limit=limit, offset=offset)
     return JSONResponse({"items": [user_json(u) for u in users]})
@@ -121,18 +121,20 @@ async def list_users(request: Request) -> Response:
 
 async def update_user(request: Request) -> Response:
     await require_user(request, ("admin",))
-    body = await json_object(request)
+    user_id = path_key(request, "user_id", "user")
+    body = await json_body(request)
+    if "role" in body and body["role"] not in ROLES:
+        raise HTTPException(400, f"role must be one of {', '.join(ROLES)}")
+    known = request.app.state.billing.catalog.tiers  # a tier not in it would silently be free
+    if "tier" in body and (not isinstance(body["tier"], str) or body["tier"] not in known):
+        raise Refusal(400, "unknown_tier", f"tier must be one of {', '.join(sorted(known))}")
     async with request.app.state.db.session() as s, s.begin():
-        user = await queries.get_user(s, request.path_params["user_id"])
+        user = await queries.get_user(s, user_id)
         if user is None:
             raise HTTPException(404, "no such user")
         if "role" in body:
-            if body["role"] not in ROLES:
-                raise HTTPException(400, f"role must be one of {', '.join(ROLES)}")
             user.role = body["role"]
         if "tier" in body:
-            if not isinstance(body["tier"], str) or not body["tier"]:
-                raise HTTPException(400, "tier must be a non-empty string")
             user.tier = body["tier"]
     return JSONResponse(user_json(user))
 
