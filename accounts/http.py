@@ -6,13 +6,18 @@ never a 500 from deep inside the JSON parser or the database driver:
 - `json_body`: the JSON object body, at most `TUTOR_MAX_JSON_BYTES` (413 `body_too_large`,
   refused from `Content-Length` or as soon as the stream passes the limit, never read whole),
   nested at most `MAX_JSON_DEPTH` deep (400 `invalid_json`, found by `json_depth` before the
-  parser recurses), strict JSON (no `NaN`/`Infinity`); `body_bytes` and `check_json_text` are its
-  steps, for routes that parse their own way (pydantic, Stripe's signed payload).
+  parser recurses), strict JSON (no `NaN`/`Infinity`, no lone surrogates); `body_bytes` (the
+  bounded read) and `parse_json` are its steps, for routes that validate their own way (pydantic
+  models) or keep the raw bytes (Stripe's signed payload).
 - `page_args` (`?limit=&before=`), `offset_arg` (`?offset=`): 400 `invalid_request`.
 - `path_id` (an integer id in the path), `path_key` (a string id): 404, as for any missing row.
-- `text_field`, `query_text`, `text_problem`, `unstorable`: strings bound for a column of `String(n)`/`Text`,
+- `text_field`, `query_text`, `text_value`: strings bound for a column of `String(n)`/`Text`,
   refused when longer than the column, or holding a NUL (PostgreSQL refuses it) or an unpaired
-  surrogate (no UTF-8 for it): 400 `invalid_request` naming the field.
+  surrogate (no UTF-8 for it): 400 `invalid_request` naming the field. `text_problem` and
+  `unstorable` say why, for routes that refuse with their own codes.
+
+The import arrows: every route package (billing, notify, rag, server, study) already imports
+`accounts` (for `require_user`), and this module imports nothing of the project's.
 
 A refusal is `Refusal`, an HTTPException with a precise `error.code`; the app's HTTPException
 handler answers it as `{"error": {"code", "message"}}`, like every other route error.
