@@ -1,7 +1,8 @@
 """Refusals, not 500s: every REST input that once answered 500 (issue 15's fuzzing), against
 every route it applies to, on SQLite and on PostgreSQL, with the exact status and error code,
 and the server still answering afterwards. Then property-based fuzzing of every JSON route with
-Hypothesis: arbitrary JSON bodies never get a 5xx.
+Hypothesis: arbitrary JSON bodies, and arbitrary query parameters on the list routes, never get
+a 5xx.
 
 One server per backend answers the whole list (each case is a line of `CASES`, so a failure
 names every input that went wrong at once, not only the first).
@@ -264,7 +265,7 @@ def test_json_depth_counts_nesting_and_ignores_brackets_in_strings():
     assert json_depth(DEEP) == 3000
 
 
-# --- property-based: arbitrary JSON bodies never answer 5xx ----------------------------------
+# --- property-based: arbitrary JSON bodies and query parameters never answer 5xx ----------------------------------
 
 ROUTE_FIELDS = {  # what each JSON route reads: a body made of these reaches its deeper checks
     "/api/auth/token": ["name"],
@@ -292,6 +293,11 @@ json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                            max_leaves=12)
 
 
+QUERY_ROUTES = [("GET", path) for path in LIST_ROUTES] + [
+    ("GET", "/api/rag/documents"), ("DELETE", "/api/rag/documents"), ("GET", "/api/billing/usage")]
+QUERY_PARAMS = ["limit", "before", "offset", "course", "source", "status", "q"]
+
+
 def route_bodies(route: tuple[str, str]) -> st.SearchStrategy[tuple[tuple[str, str], Any]]:
     fields = ROUTE_FIELDS[route[1]]
     own = st.fixed_dictionaries({}, optional={f: hostile | json_values for f in fields})
@@ -317,6 +323,19 @@ async def test_arbitrary_json_bodies_never_get_a_server_error(fake, stripe_fake,
                                    content=json.dumps(body).encode(), headers=JSON_HEADERS)
                 assert r.status_code < 500, (method, path, body, r.status_code, r.text)
             never_5xx()
+
+            @settings(max_examples=60, deadline=None,
+                      suppress_health_check=[HealthCheck.too_slow])
+            @given(st.sampled_from(QUERY_ROUTES),
+                   st.dictionaries(st.sampled_from(QUERY_PARAMS), st.text(max_size=30)
+                                   | st.integers().map(str)
+                                   | hostile.filter(lambda v: v != "\ud800"),  # no URL for it
+                                   max_size=3))
+            def queries_never_5xx(route: tuple[str, str], params: dict[str, str]) -> None:
+                method, path = route
+                r = client.request(method, path.format(**w.ids), params=params)
+                assert r.status_code < 500, (method, path, params, r.status_code, r.text)
+            queries_never_5xx()
             assert client.get("/readyz").status_code == 200
 
     await asyncio.to_thread(fuzz)
