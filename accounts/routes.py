@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
 
 from authlib.integrations.starlette_client import OAuthError
 from joserfc.errors import JoseError
@@ -23,6 +22,7 @@ from store.models import User
 
 from .errors import AuthError
 from .google import sealed_refresh_token
+from .http import json_body, path_key, text_field
 from .identity import user_json
 from .sessions import session_id, session_json, sign_in, sign_out
 
@@ -45,31 +45,6 @@ async def require_user(request: Request, roles: tuple[str, ...] = ()) -> User:
     if roles and user.role not in roles:
         raise HTTPException(403, f"this needs the role {' or '.join(roles)}")
     return user
-
-
-async def json_object(request: Request, *, empty_ok: bool = False) -> dict[str, Any]:
-    """The request's JSON object body, or a 400 saying what is wrong (`empty_ok`: no body is {})."""
-    try:
-        body = await request.json() if not empty_ok or await request.body() else {}
-    except ValueError as exc:
-        raise HTTPException(400, "body must be JSON") from exc
-    if not isinstance(body, dict):
-        raise HTTPException(400, "body must be a JSON object")
-    return body
-
-
-def page_args(request: Request, *, max_page: int = 200) -> tuple[int, int | None]:
-    """`?limit=&before=` of a keyset-paged list: the page size (1 to `max_page`, default 50) and
-    the id to continue below; 400 when they are not integers."""
-    try:
-        limit = min(max_page, max(1, int(request.query_params.get("limit", 50))))
-        before = request.query_params.get("before")
-        below = int(before) if before else None
-    except ValueError as exc:
-        raise HTTPException(400, "limit and before must be integers") from exc
-    if below is not None and not 0 < below < 2**63:  # ids are 64-bit: the database would fail
-        raise HTTPException(400, "before must be an id (1 to 2**63 - 1)")
-    return limit, below
 
 
 async def google_login(request: Request) -> Response:
@@ -112,13 +87,8 @@ async def google_callback(request: Request) -> Response:
 
 async def create_token(request: Request) -> Response:
     user = await require_user(request)
-    try:
-        body = await request.json() if await request.body() else {}
-    except ValueError as exc:
-        raise HTTPException(400, "body must be JSON, e.g. {\"name\": \"my script\"}") from exc
-    name = body.get("name") if isinstance(body, dict) else None
-    if name is not None and (not isinstance(name, str) or len(name) > 100):
-        raise HTTPException(400, "name must be a string of at most 100 characters")
+    body = await json_body(request, empty_ok=True)  # e.g. {"name": "my script"}
+    name = text_field(body, "name", 100, required=False)  # api_tokens.name is String(100)
     days = request.app.state.settings.api_token_ttl_days
     async with request.app.state.db.session() as s, s.begin():
         token, row = await queries.issue_api_token(s, user.id, name=name, ttl=timedelta(days=days))
@@ -152,7 +122,7 @@ async def list_sessions(request: Request) -> Response:
 async def revoke_session(request: Request) -> Response:
     """Sign one of the caller's browsers out (this one too, if it is named)."""
     user = await require_user(request)
-    target = request.path_params["session_id"]
+    target = path_key(request, "session_id", "session", max_chars=64)  # browser_sessions.id
     async with request.app.state.db.session() as s, s.begin():
         revoked = await queries.revoke_browser_sessions(s, user.id, only=target)
     if not revoked:

@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from accounts.routes import json_object, page_args, require_user
+from accounts.http import body_bytes, json_body, page_args
+from accounts.routes import require_user
 from store.models import PaymentTransaction
 
 from .stripe import LIVE, PaymentError, StripeBilling, WebhookRejected
@@ -50,7 +51,7 @@ async def usage(request: Request) -> Response:
 async def checkout(request: Request) -> Response:
     user = await require_user(request)
     payments = _payments(request)
-    body = await json_object(request, empty_ok=True)
+    body = await json_body(request, empty_ok=True)
     catalog = request.app.state.billing.catalog
     name = body.get("tier")
     tier = catalog.tiers.get(name) if isinstance(name, str) else None
@@ -106,7 +107,7 @@ async def transactions(request: Request) -> Response:
 
 async def webhook(request: Request) -> Response:
     payments = _payments(request)
-    body = await request.body()
+    body = await body_bytes(request, request.app.state.settings.max_json_bytes)
     try:
         result = await payments.handle(body, request.headers.get("stripe-signature"))
     except WebhookRejected as exc:

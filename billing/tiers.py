@@ -96,10 +96,16 @@ DEFAULT_TIERS: dict[str, dict[str, Any]] = {
 }
 
 
+MAX_TIER_CHARS = 32
+
+
 class TierCatalog:
     def __init__(self, tiers: dict[str, Tier], default: str = "free") -> None:
         if default not in tiers:
             raise ValueError(f"default tier {default!r} is not defined")
+        too_long = [name for name in tiers if len(name) > MAX_TIER_CHARS]
+        if too_long:  # users.tier is String(MAX_TIER_CHARS): the database would refuse it
+            raise ValueError(f"tier names have at most {MAX_TIER_CHARS} characters: {too_long[0]!r}")
         self.tiers = tiers
         self.default = default
 

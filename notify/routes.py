@@ -23,7 +23,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from accounts.routes import json_object, page_args, require_user
+from accounts.http import json_body, page_args, path_id, query_text, text_field, text_problem
+from accounts.routes import require_user
 from store import queries
 from store.models import ClassMember, Classroom, EmailNotification, User, now
 
@@ -55,8 +56,8 @@ async def notifications(request: Request) -> Response:
     query = select(T)
     if not admin:
         query = query.where(T.user_id == user.id, T.status == "sent")
-    elif request.query_params.get("status"):
-        query = query.where(T.status == request.query_params["status"])
+    elif status := query_text(request, "status", 16):  # email_notifications.status String(16)
+        query = query.where(T.status == status)
     if before_id is not None:
         query = query.where(T.id < before_id)
     async with request.app.state.db.session() as s:
@@ -68,10 +69,7 @@ async def notifications(request: Request) -> Response:
 
 async def retry(request: Request) -> Response:
     await require_user(request, ("admin",))
-    try:
-        notification_id = int(request.path_params["id"])
-    except ValueError as exc:
-        raise HTTPException(404, "no such notification") from exc
+    notification_id = path_id(request, "id", "notification")
     if not await requeue(request.app.state.db, notification_id):
         raise HTTPException(409, "only a failed or unknown message can be retried")
     _wake(request)
@@ -81,12 +79,9 @@ async def retry(request: Request) -> Response:
 async def send(request: Request) -> Response:
     """A teacher's message to students of their classes (an admin's to anyone)."""
     sender = await require_user(request, ("teacher", "admin"))
-    body = await json_object(request)
-    subject, text = body.get("subject"), body.get("body")
-    if not isinstance(subject, str) or not subject.strip() or len(subject) > 200:
-        raise HTTPException(400, "'subject' must be a non-empty string of at most 200 characters")
-    if not isinstance(text, str) or not text.strip() or len(text) > 20_000:
-        raise HTTPException(400, "'body' must be a non-empty string of at most 20000 characters")
+    body = await json_body(request)
+    subject = text_field(body, "subject", 200)
+    text = text_field(body, "body", 20_000)
     class_id, user_ids = body.get("class_id"), body.get("user_ids")
     if (class_id is None) == (user_ids is None):
         raise HTTPException(400, "give either 'class_id' or 'user_ids'")
@@ -94,13 +89,14 @@ async def send(request: Request) -> Response:
     class_name = None
     async with db.session() as s, s.begin():
         if class_id is not None:
-            room = await s.get(Classroom, class_id) if isinstance(class_id, str) else None
+            room = await s.get(Classroom, class_id) \
+                if isinstance(class_id, str) and not text_problem(class_id, 32) else None
             if room is None or (sender.role != "admin" and room.teacher_id != sender.id):
                 raise HTTPException(404, "no such class of yours")
             class_name = room.name
             user_ids = await queries.class_student_ids(s, room.id)
-        elif not isinstance(user_ids, list) or not all(isinstance(u, str) for u in user_ids) \
-                or not 0 < len(user_ids) <= MAX_RECIPIENTS:
+        elif not isinstance(user_ids, list) or not 0 < len(user_ids) <= MAX_RECIPIENTS \
+                or not all(isinstance(u, str) and not text_problem(u, 32) for u in user_ids):
             raise HTTPException(400, f"'user_ids' must be a list of 1 to {MAX_RECIPIENTS} ids")
         elif sender.role != "admin":
             taught = select(ClassMember.user_id).join(
@@ -122,7 +118,7 @@ async def send(request: Request) -> Response:
                 await queries.enqueue_email(
                     s, recipient=user.email, template="teacher_message", transactional=False,
                     payload={"name": user.name or "", "teacher_name": sender.name or "",
-                             "class_name": class_name, "subject_line": subject.strip(),
+                             "class_name": class_name, "subject_line": subject,
                              "body": text},
                     user_id=user.id, language=user.language, key=f"teacher:{batch}:{user.id}")
                 queued.append(user.id)
@@ -132,7 +128,7 @@ async def send(request: Request) -> Response:
 
 async def preferences(request: Request) -> Response:
     user = await require_user(request)
-    body = await json_object(request)
+    body = await json_body(request)
     values: dict[str, Any] = {}
     if "weekly_summary" in body:
         if not isinstance(body["weekly_summary"], bool):
@@ -140,7 +136,8 @@ async def preferences(request: Request) -> Response:
         values["weekly_summary"] = body["weekly_summary"]
     if "guardian_email" in body:
         g = body["guardian_email"]
-        if g is not None and (not isinstance(g, str) or not EMAIL.match(g) or len(g) > 320):
+        if g is not None and (not isinstance(g, str) or not EMAIL.match(g)
+                              or text_problem(g, 320)):  # no NUL: [^@\s] lets it through
             raise HTTPException(400, "'guardian_email' must be an email address or null")
         values["guardian_email"] = g
     if "language" in body:

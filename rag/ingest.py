@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dialogue.providers import ProviderError
 from store.db import Database
-from store.models import Content, now
+from store.models import COURSE_CHARS, Content, now
 
 from .embed import Embedder, to_blob
 from .extract import IngestError, file_type, is_supported
@@ -30,7 +30,7 @@ __all__ = ["IngestError", "IngestResult", "delete_document", "ingest", "ingest_p
 
 log = logging.getLogger("tutor.rag")
 
-_MAX_COURSE, _MAX_SOURCE = 200, 1000  # the content table's column sizes
+_MAX_COURSE, _MAX_SOURCE = COURSE_CHARS, 1000  # the content table's column sizes
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from accounts.http import json_body, query_text, text_field, text_value
 from accounts.routes import require_user
 from dialogue.providers import ProviderError
 from store.models import Content
@@ -22,6 +23,8 @@ from store.models import Content
 from .ingest import IngestError, delete_document, ingest, list_documents
 
 STATUS = {"document_too_large": 413, "unsupported_type": 415}
+COURSE_CHARS, SOURCE_CHARS = 200, 1000  # content.course and content.source are String(n)
+QUERY_CHARS = 2000
 
 
 async def upload_document(request: Request) -> Response:
@@ -36,9 +39,11 @@ async def upload_document(request: Request) -> Response:
     upload, course = form.get("file"), form.get("course")
     if not hasattr(upload, "read") or not isinstance(course, str) or not course.strip():
         raise HTTPException(400, "expected a multipart form with 'file' and 'course'")
+    course = text_value(course, "course", COURSE_CHARS)
     data = await upload.read(settings.rag_max_document_bytes + 1)  # type: ignore[union-attr]
     filename = upload.filename or "upload"  # type: ignore[union-attr]
-    source = form.get("source") if isinstance(form.get("source"), str) else filename
+    source = text_value(form.get("source") if isinstance(form.get("source"), str) else filename,
+                        "source", SOURCE_CHARS)
     try:
         result = await ingest(state.db, state.retriever.embedder, state.parser, course=course,
                               source=source, filename=filename, data=data)
@@ -55,13 +60,14 @@ async def upload_document(request: Request) -> Response:
 
 async def documents(request: Request) -> Response:
     await require_user(request, ("teacher", "admin"))
-    course = request.query_params.get("course")
+    course = query_text(request, "course", COURSE_CHARS)
     return JSONResponse({"items": _jsonable(await list_documents(request.app.state.db, course))})
 
 
 async def remove_document(request: Request) -> Response:
     await require_user(request, ("teacher", "admin"))
-    course, source = request.query_params.get("course"), request.query_params.get("source")
+    course = query_text(request, "course", COURSE_CHARS)
+    source = query_text(request, "source", SOURCE_CHARS)
     if not course or not source:
         raise HTTPException(400, "give ?course=…&source=…")
     state = request.app.state
@@ -73,17 +79,14 @@ async def remove_document(request: Request) -> Response:
 
 async def search(request: Request) -> Response:
     await require_user(request)
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise HTTPException(400, "body must be JSON") from exc
-    if not isinstance(body, dict) or not isinstance(body.get("query"), str) or not body["query"].strip():
-        raise HTTPException(400, "body needs a non-empty string 'query'")
+    body = await json_body(request)
+    query = text_field(body, "query", QUERY_CHARS)
     k = body.get("k", request.app.state.settings.rag_top_k)
     if not isinstance(k, int) or not 1 <= k <= 50:
         raise HTTPException(400, "k must be an integer from 1 to 50")
     course = body.get("course") if isinstance(body.get("course"), str) else None
-    hits = await request.app.state.retriever.search(body["query"], course=course, k=k)
+    course = text_value(course or None, "course", COURSE_CHARS, required=False)
+    hits = await request.app.state.retriever.search(query, course=course, k=k)
     return JSONResponse({"items": [
         {"chunk_id": f"c{h.chunk_id}", "course": h.course, "document": h.source,
          "heading": h.heading_path, "text": h.text, "score": h.score,

@@ -221,8 +221,8 @@ async def http_error(request: Request, exc: Exception) -> JSONResponse:
     codes = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
              409: "conflict", 503: "not_configured"}
     headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    return JSONResponse({"error": {"code": codes.get(exc.status_code, "error"),
-                                   "message": exc.detail}},
+    code = getattr(exc, "code", None) or codes.get(exc.status_code, "error")  # a Refusal's own
+    return JSONResponse({"error": {"code": code, "message": exc.detail}},
                         status_code=exc.status_code, headers=headers)
 
 

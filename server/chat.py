@@ -14,11 +14,13 @@ from typing import Any, AsyncIterator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from accounts.http import json_body, text_problem
 from accounts.routes import require_user
 from dialogue.prompts import chat_messages
 from dialogue.providers import ProviderError, Usage
 
 MAX_HISTORY = 50
+MAX_MESSAGE_CHARS = 100_000  # a typed question (the JSON body is bounded anyway)
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -40,11 +42,17 @@ def _parse(body: Any) -> tuple[str | None, list[dict[str, str]]]:
     ):
         raise ValueError(f"'history' must be a list of at most {MAX_HISTORY} "
                          "{role: user|assistant, content: string} objects")
+    problem = text_problem(body["message"], MAX_MESSAGE_CHARS)  # it is stored as the turn
+    if problem:
+        raise ValueError(f"'message' {problem}")
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise ValueError("'instructions' must be a string")
-    if body.get("course") is not None and not isinstance(body.get("course"), str):
+    course = body.get("course")
+    if course is not None and not isinstance(course, str):
         raise ValueError("'course' must be a string")
+    if course and text_problem(course, 200):  # interactions.course is String(200)
+        raise ValueError(f"'course' {text_problem(course, 200)}")
     messages = [{"role": m["role"], "content": m["content"]} for m in history]
     return instructions, [*messages, {"role": "user", "content": body["message"]}]
 
@@ -52,8 +60,8 @@ def _parse(body: Any) -> tuple[str | None, list[dict[str, str]]]:
 async def chat_endpoint(request: Request) -> Response:
     state = request.app.state
     user = await require_user(request)
+    body = await json_body(request)
     try:
-        body = await request.json()
         instructions, history = _parse(body)
     except ValueError as exc:
         return _error(400, "invalid_request", str(exc))

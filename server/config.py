@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     audio_burst_ms: int = 3000
     max_message_bytes: int = 256 * 1024  # larger messages get a `message_too_large` error event
     ws_max_size: int = 1024 * 1024  # hard cap in the WebSocket layer: larger closes with 1009
+    # a REST request's JSON body: larger is refused (413 body_too_large) before it is read in full
+    max_json_bytes: int = 1024 * 1024
     # events of one session waiting for a client that does not read: past this, the session
     # ends (`slow_consumer`, close 1008) and its backlog is freed
     ws_outbox_max_bytes: int = 4 * 1024 * 1024

@@ -23,12 +23,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts.identity import user_json
-from accounts.routes import json_object, page_args, require_user
+from accounts.http import (Refusal, json_body, offset_arg, page_args, path_key, text_field,
+                           text_problem, unstorable)
+from accounts.routes import require_user
 from store import queries
 from store.models import ROLES, Classroom, Interaction, User
 from store.models import NOTE
 from study.notes import note_json
-
 
 
 def interaction_json(row: Interaction) -> dict[str, Any]:
@@ -80,11 +81,9 @@ async def delete_me(request: Request) -> Response:
 
 async def create_class(request: Request) -> Response:
     user = await require_user(request, ("teacher", "admin"))
-    body = await json_object(request)
-    if not isinstance(body.get("name"), str) or not body["name"].strip():
-        raise HTTPException(400, "a class needs a 'name'")
+    name = text_field(await json_body(request), "name", 200)  # classes.name is String(200)
     async with request.app.state.db.session() as s, s.begin():
-        room = await queries.create_class(s, user.id, body["name"].strip())
+        room = await queries.create_class(s, user.id, name)
     return JSONResponse(class_json(room), status_code=201)
 
 
@@ -105,7 +104,7 @@ async def _own_class(request: Request) -> tuple[User, Classroom]:
     """The caller (a teacher, or an admin) and the class of the path, if it is theirs (404)."""
     user = await require_user(request, ("teacher", "admin"))
     async with request.app.state.db.session() as s:
-        room = await s.get(Classroom, request.path_params["class_id"])
+        room = await s.get(Classroom, path_key(request, "class_id", "class of yours"))
     if room is None or (user.role != "admin" and room.teacher_id != user.id):
         raise HTTPException(404, "no such class of yours")
     return user, room
@@ -132,6 +131,7 @@ def _addresses(body: dict[str, Any]) -> list[str]:
     emails = body.get("emails")
     if not isinstance(emails, list) or not 0 < len(emails) <= MAX_INVITATIONS or not all(
             isinstance(e, str) and 3 <= len(e.strip()) <= 320 and "@" in e.strip()
+            and not unstorable(e)
             and not any(c.isspace() or c in "<>,;" for c in e.strip()) for e in emails):
         raise HTTPException(400, f"'emails' must be a list of 1 to {MAX_INVITATIONS} email "
                             "addresses")
@@ -142,7 +142,7 @@ async def invite(request: Request) -> Response:
     """Email the class's join code to addresses (through the outbox): joining is still the
     student's act. Once per class, code and address (asking again does not mail again)."""
     teacher, room = await _own_class(request)
-    addresses = _addresses(await json_object(request))
+    addresses = _addresses(await json_body(request))
     settings = request.app.state.settings
     join_url = (settings.public_url or str(request.base_url)).rstrip("/") + "/"
     queued = 0
@@ -164,9 +164,8 @@ async def join_class(request: Request) -> Response:
     """A student joins a class with the code its teacher gave; from now on, the teacher sees
     their turns (none from before)."""
     user = await require_user(request)
-    body = await json_object(request)
-    code = body.get("code")
-    if not isinstance(code, str) or not 0 < len(code) <= 64:
+    code = (await json_body(request)).get("code")
+    if not isinstance(code, str) or not code or text_problem(code, 64):
         raise HTTPException(400, "send the class's join code: {\"code\": \"…\"}")
     async with request.app.state.db.session() as s, s.begin():
         room = await queries.class_by_code(s, code)
@@ -194,7 +193,7 @@ async def my_classes(request: Request) -> Response:
 async def leave_class(request: Request) -> Response:
     user = await require_user(request)
     async with request.app.state.db.session() as s, s.begin():
-        left = await queries.leave_class(s, request.path_params["class_id"], user.id)
+        left = await queries.leave_class(s, path_key(request, "class_id", "class"), user.id)
     if not left:
         raise HTTPException(404, "you are not in this class")
     return Response(status_code=204)
@@ -203,12 +202,15 @@ async def leave_class(request: Request) -> Response:
 async def add_student(request: Request) -> Response:
     """Admins only: add a user to a class by id (a teacher's students join with the code)."""
     admin = await require_user(request, ("admin",))
-    class_id = request.path_params["class_id"]
-    body = await json_object(request)
+    class_id = path_key(request, "class_id", "class")
+    body = await json_body(request)
+    user_id = body.get("user_id")
+    if not isinstance(user_id, str) or text_problem(user_id, 32):  # users.id is String(32)
+        raise HTTPException(404, "no such user")
     async with request.app.state.db.session() as s, s.begin():
         if await s.get(Classroom, class_id) is None:
             raise HTTPException(404, "no such class")
-        student = await queries.get_user(s, str(body.get("user_id")))
+        student = await queries.get_user(s, user_id)
         if student is None:
             raise HTTPException(404, "no such user")
         if student.role == "admin" and student.id != admin.id:
@@ -228,10 +230,7 @@ async def class_interactions(request: Request) -> Response:
 async def list_users(request: Request) -> Response:
     await require_user(request, ("admin",))
     limit, _ = page_args(request)
-    offset = request.query_params.get("offset", "0") or "0"
-    if not (offset.isascii() and offset.isdigit()) or int(offset) >= 2**63:  # no sign, no "²"
-        raise HTTPException(400, "offset must be a whole number of rows")
-    offset = int(offset)
+    offset = offset_arg(request)
     async with request.app.state.db.session() as s:
         users = await queries.list_users(s, limit=limit, offset=offset)
     return JSONResponse({"items": [user_json(u) for u in users]})
@@ -239,18 +238,20 @@ async def list_users(request: Request) -> Response:
 
 async def update_user(request: Request) -> Response:
     await require_user(request, ("admin",))
-    body = await json_object(request)
+    user_id = path_key(request, "user_id", "user")
+    body = await json_body(request)
+    if "role" in body and body["role"] not in ROLES:
+        raise HTTPException(400, f"role must be one of {', '.join(ROLES)}")
+    known = request.app.state.billing.catalog.tiers  # a tier not in it would silently be free
+    if "tier" in body and (not isinstance(body["tier"], str) or body["tier"] not in known):
+        raise Refusal(400, "unknown_tier", f"tier must be one of {', '.join(sorted(known))}")
     async with request.app.state.db.session() as s, s.begin():
-        user = await queries.get_user(s, request.path_params["user_id"])
+        user = await queries.get_user(s, user_id)
         if user is None:
             raise HTTPException(404, "no such user")
         if "role" in body:
-            if body["role"] not in ROLES:
-                raise HTTPException(400, f"role must be one of {', '.join(ROLES)}")
             user.role = body["role"]
         if "tier" in body:
-            if not isinstance(body["tier"], str) or not body["tier"]:
-                raise HTTPException(400, "tier must be a non-empty string")
             user.tier = body["tier"]
     return JSONResponse(user_json(user))
 

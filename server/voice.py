@@ -27,9 +27,11 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from typing import Any, Awaitable, Callable, Literal
 
 from accounts.errors import AuthError
+from accounts.http import text_problem
 from billing.service import CLOSE_TOO_MANY, Billing, QuotaError, VoiceGrant
 from dialogue.providers import ProviderError, Providers, ToolCallDelta, Truncated, Usage
 from rag.grounding import Grounding
+from store.models import COURSE_CHARS
 
 from . import events as ev
 from .beta import client_text_to_ga, ga_to_client, is_beta
@@ -133,6 +135,12 @@ async def _session(websocket: WebSocket, state: Any, user: Any, address: str) ->
         await refuse(websocket, "server_shutting_down", "the server is restarting; connect "
                      "again in a moment", "server_error", 1012)
         return
+    course = websocket.query_params.get("course") or state.settings.default_course
+    problem = course and text_problem(course, COURSE_CHARS)
+    if problem:  # the turn's row could not be stored (PostgreSQL refuses NUL and long text)
+        await refuse(websocket, "invalid_course", f"course {problem}", "invalid_request_error",
+                     1008)
+        return
     billing: Billing = state.billing
     config = state.session_config
     session_id = ev.Ids()("sess")
@@ -162,7 +170,6 @@ async def _session(websocket: WebSocket, state: Any, user: Any, address: str) ->
                                   meter=grant.meter, binary_audio=binary)
         session.id = session_id
         await websocket.accept(subprotocol=subprotocol(websocket))
-        course = websocket.query_params.get("course") or state.settings.default_course
         runner = SessionRunner(websocket, session, state.providers, user_id=user.id,
                                beta=is_beta(websocket.headers, websocket.query_params),
                                outbox_max_bytes=state.settings.ws_outbox_max_bytes,

@@ -35,6 +35,9 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+COURSE_CHARS = 200  # a course name, wherever it is stored
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -146,7 +149,7 @@ class Interaction(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     session_id: Mapped[str] = mapped_column(String(64), index=True)
     user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
-    course: Mapped[str | None] = mapped_column(String(200))
+    course: Mapped[str | None] = mapped_column(String(COURSE_CHARS))
     kind: Mapped[str] = mapped_column(String(16), default="voice")  # voice | text | note
     response_id: Mapped[str | None] = mapped_column(String(64))
     transcript: Mapped[str] = mapped_column(Text, default="")
@@ -179,7 +182,7 @@ class Content(Base):
     __table_args__ = (Index("ix_content_course_source", "course", "source", "position"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    course: Mapped[str] = mapped_column(String(200))
+    course: Mapped[str] = mapped_column(String(COURSE_CHARS))
     source: Mapped[str] = mapped_column(String(1000))
     content_hash: Mapped[str] = mapped_column(String(64))  # of the whole source document
     heading_path: Mapped[str] = mapped_column(Text, default="")

@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from accounts.http import body_bytes, max_json_bytes, parse_json
 from accounts.routes import require_user
 from dialogue.providers import ProviderError
 from rag.grounding import Grounding
@@ -59,8 +60,9 @@ class Refused(ApiError):
 
 
 async def parse(request: Request, model: type[M]) -> M:
+    value = parse_json(await body_bytes(request, max_json_bytes(request)) or b"null")
     try:
-        return model.model_validate_json(await request.body() or b"null")
+        return model.model_validate(value)
     except ValidationError as exc:
         raise Refused(400, "invalid_request", request_errors(exc)) from exc
 

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag.fts import interactions_matching, terms
+from accounts.http import unstorable
 from server.errors import ApiError
 from store.models import NOTE, TURN_KINDS, Interaction, now
 
@@ -79,13 +80,13 @@ def check_fields(body: dict[str, Any], allowed: frozenset[str]) -> NoteFields:
         if not isinstance(course, str) or len(course.strip()) > MAX_COURSE_CHARS:
             raise NoteError(400, "invalid_field", f"'course' must be a string of at most "
                             f"{MAX_COURSE_CHARS} characters")
-        fields.course = course.strip() or None
+        fields.course = _storable(course.strip(), "course") or None
     if body.get("turn_id") is not None:
         fields.turn_id = _id(body["turn_id"], "turn_id")
     if body.get("from_turn") is not None:
         ref = body["from_turn"]
         if isinstance(ref, str) and ref.strip() and len(ref.strip()) <= MAX_RESPONSE_ID_CHARS:
-            ref = ref.strip()
+            ref = _storable(ref.strip(), "from_turn")
             fields.from_turn = _id(int(ref), "from_turn") if ref.isascii() and ref.isdigit() \
                 else ref
         else:
@@ -105,7 +106,7 @@ def check_text(value: Any) -> str:
     if len(value) > MAX_TEXT_CHARS:
         raise NoteError(400, "text_too_long", f"'text' has {len(value)} characters; a note "
                         f"holds at most {MAX_TEXT_CHARS}")
-    return value
+    return _storable(value, "text")
 
 
 def check_title(value: Any) -> str | None:
@@ -115,7 +116,7 @@ def check_title(value: Any) -> str | None:
     if len(value) > MAX_TITLE_CHARS:
         raise NoteError(400, "title_too_long", f"'title' has {len(value)} characters; at most "
                         f"{MAX_TITLE_CHARS}")
-    return value or None
+    return _storable(value, "title") or None
 
 
 def check_query(value: str | None) -> str | None:
@@ -124,6 +125,13 @@ def check_query(value: str | None) -> str | None:
     if len(value) > MAX_QUERY_CHARS:
         raise NoteError(400, "query_too_long", f"'q' may have at most {MAX_QUERY_CHARS} "
                         "characters")
+    return _storable(value, "q")
+
+
+def _storable(value: str, name: str) -> str:
+    problem = unstorable(value)
+    if problem:
+        raise NoteError(400, "invalid_field", f"'{name}' {problem}")
     return value
 
 

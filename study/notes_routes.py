@@ -8,14 +8,12 @@ answered by the app's `server.errors.ApiError` handler).
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from accounts.routes import page_args, require_user
+from accounts.http import json_body, page_args, query_text
+from accounts.routes import require_user
 
 from . import notes
 from .notes import NoteError, note_json
@@ -24,26 +22,6 @@ from .notes import NoteError, note_json
 MAX_BODY_BYTES = 160 * 1024
 TURN_WAIT_S = 2.0  # a turn that just ended may still be on its way to the database
 
-async def _body(request: Request) -> dict[str, Any]:
-    """The JSON object body, read up to MAX_BODY_BYTES (a larger one is refused unread)."""
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > MAX_BODY_BYTES:
-        raise NoteError(413, "body_too_large", f"a note request may be at most {MAX_BODY_BYTES} "
-                        "bytes")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > MAX_BODY_BYTES:
-            raise NoteError(413, "body_too_large", f"a note request may be at most "
-                            f"{MAX_BODY_BYTES} bytes")
-    try:
-        body = json.loads(data)
-    except ValueError as exc:
-        raise NoteError(400, "invalid_json", "body must be a JSON object") from exc
-    if not isinstance(body, dict):
-        raise NoteError(400, "invalid_json", "body must be a JSON object")
-    return body
-
 
 def _not_found() -> NoteError:
     return NoteError(404, "note_not_found", "no such note of yours")
@@ -51,7 +29,8 @@ def _not_found() -> NoteError:
 
 async def create_note(request: Request) -> Response:
     user = await require_user(request)
-    fields = notes.check_fields(await _body(request), notes.CREATE_FIELDS)
+    body = await json_body(request, max_bytes=MAX_BODY_BYTES)
+    fields = notes.check_fields(body, notes.CREATE_FIELDS)
     ref = fields.from_turn if fields.from_turn is not None else fields.turn_id
     if ref is None and fields.text is None:
         raise NoteError(400, "text_required", "a note needs some 'text' (or 'from_turn': the "
@@ -89,7 +68,7 @@ async def list_notes(request: Request) -> Response:
     user = await require_user(request)
     limit, before = page_args(request)
     query = notes.check_query(request.query_params.get("q"))
-    course = request.query_params.get("course") or None
+    course = query_text(request, "course", notes.MAX_COURSE_CHARS)
     async with request.app.state.db.session() as s:
         rows = await notes.notes_page(s, user.id, course=course, query=query, limit=limit,
                                       before_id=before)
@@ -108,7 +87,8 @@ async def get_note(request: Request) -> Response:
 
 async def update_note(request: Request) -> Response:
     user = await require_user(request)
-    fields = notes.check_fields(await _body(request), notes.UPDATE_FIELDS)
+    body = await json_body(request, max_bytes=MAX_BODY_BYTES)
+    fields = notes.check_fields(body, notes.UPDATE_FIELDS)
     if not fields.given:
         raise NoteError(400, "nothing_to_update", "give 'text', 'title' or 'course' to change")
     async with request.app.state.db.session() as s, s.begin():

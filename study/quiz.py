@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Literal, Sequence, TypeVar
+from typing import Annotated, Any, Literal, Sequence, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      model_validator)
+
+from accounts.http import unstorable
 
 log = logging.getLogger("tutor.study")
 M = TypeVar("M", bound=BaseModel)
@@ -116,13 +119,25 @@ def known_sources(sources: Sequence[str], ids: Sequence[str], dropped: list[str]
 
 # -- the request -------------------------------------------------------------------------------
 
+def _storable(value: str) -> str:
+    problem = unstorable(value)
+    if problem:
+        raise ValueError(f"the text {problem}")
+    return value
+
+
+def storable(max_chars: int) -> Any:
+    """The type of a non-empty string of at most `max_chars` that the database can hold."""
+    return Annotated[str, Field(min_length=1, max_length=max_chars), AfterValidator(_storable)]
+
+
 class QuizRequest(BaseModel):
     """`{course?, topic? | source: "recent", questions?: 1..10, kinds?: ["mcq", "open"]}`."""
 
     model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
 
-    course: str | None = Field(None, min_length=1, max_length=200)
-    topic: str | None = Field(None, min_length=1, max_length=500)
+    course: storable(200) | None = None  # type: ignore[valid-type]
+    topic: storable(500) | None = None  # type: ignore[valid-type]
     source: Literal["topic", "recent"] | None = None
     questions: int = Field(DEFAULT_QUESTIONS, ge=1, le=MAX_QUESTIONS)
     kinds: list[Literal["mcq", "open"]] = Field(default_factory=lambda: list(KINDS),

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
-from .quiz import known_sources, passage_block, sources_schema, turn_block, validated
+from .quiz import known_sources, passage_block, sources_schema, storable, turn_block, validated
 
 MAX_TURNS = 60  # the most recent turns of a longer session are summarised
 TURN_CHARS = 1200
@@ -28,7 +28,7 @@ class SummaryRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, str_strip_whitespace=True)
 
-    session_id: str = Field(min_length=1, max_length=64)
+    session_id: storable(64)  # type: ignore[valid-type]
 
 
 INSTRUCTIONS = """\

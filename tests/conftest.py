@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from dialogue.providers import Providers
 from server.app import build_providers, create_app
@@ -18,6 +19,13 @@ from server.config import Settings
 from tests.fake_openai import FakeOpenAI, serve_in_loop
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Property-based tests (Hypothesis): no per-example deadline (a loaded CI machine is slow); under
+# CI=true the examples are derived from each test's name, so every CI run tries the same inputs
+# and a failure there reproduces. Each test sets its own (modest) max_examples.
+hypothesis_settings.register_profile("ci", deadline=None, derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("dev", deadline=None)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 CORPUS = Path(os.environ.get("TUTOR_SPEECH_CORPUS", ROOT.parent / "shared" / "audio"))
 
 

@@ -347,6 +347,6 @@ async def test_token_request_with_a_bad_body_is_a_400(server):
     async with httpx.AsyncClient() as client:
         r = await client.post(f"http://{server}/api/auth/token", content=b"{nope",
                               headers={"content-type": "application/json"})
-        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
         r = await client.post(f"http://{server}/api/auth/token", json={"name": 5})
         assert r.status_code == 400
