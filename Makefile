@@ -47,8 +47,13 @@ debian-tools:
 	  fi; \
 	fi
 
+# Two workers (pytest-xdist): tests are isolated (a database, a port and a temp dir each), and
+# two suit a 2-core CI machine; more would mostly add PostgreSQL connections. PYTEST_WORKERS=0
+# runs it serially.
+PYTEST_WORKERS ?= 2
+
 test: $(BIN)/.installed debian-tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.latency

@@ -16,6 +16,7 @@ from dialogue.providers import Providers
 from server.app import build_providers, create_app
 from server.cli import uvicorn_options
 from server.config import Settings
+from tests.fake_oidc import FakeJWKS, FakeOIDC
 from tests.fake_openai import FakeOpenAI, serve_in_loop
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +75,20 @@ def make_settings(fake: FakeOpenAI | None = None, **overrides: Any) -> Settings:
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+async def oidc() -> AsyncIterator[FakeOIDC]:
+    """A loopback Google (OpenID Connect discovery, authorize, token, JWKS)."""
+    async with FakeOIDC() as provider:
+        yield provider
+
+
+@pytest.fixture
+async def jwks() -> AsyncIterator[FakeJWKS]:
+    """A loopback JWKS endpoint, as Supabase's."""
+    async with FakeJWKS() as keys:
+        yield keys
 
 
 @pytest.fixture

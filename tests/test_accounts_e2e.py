@@ -15,23 +15,10 @@ from accounts.secrets import SecretBox, generate_key
 from store import queries
 from store.models import ApiToken, Interaction, User
 from tests.conftest import make_settings, read_pcm
-from tests.fake_oidc import FakeJWKS, FakeOIDC
 from tests.realtime_client import Conversation, check_shape, session_update
 from tests.services import redis_client  # noqa: F401
 
 KEY = generate_key()
-
-
-@pytest.fixture
-async def oidc():
-    async with FakeOIDC() as provider:
-        yield provider
-
-
-@pytest.fixture
-async def jwks():
-    async with FakeJWKS() as keys:
-        yield keys
 
 
 @pytest.fixture

@@ -22,17 +22,10 @@ from store import queries
 from store.models import EmailNotification, Interaction, now
 from study.notes import MAX_TEXT_CHARS, MAX_TITLE_CHARS
 from tests.conftest import make_settings, read_pcm
-from tests.fake_oidc import FakeJWKS
 from tests.realtime_client import Conversation, session_update, sse_events
 from tests.storage_fixtures import blank_db_url  # noqa: F401  (fixture: sqlite, postgresql)
 
 FRACTIONS_NOTE = "To divide by a fraction, flip the second one and multiply: 3/4 ÷ 1/2 = 3/2."
-
-
-@pytest.fixture
-async def jwks():
-    async with FakeJWKS() as keys:
-        yield keys
 
 
 class Api:

@@ -22,7 +22,6 @@ from pypdf import PdfReader, PdfWriter
 from dialogue.prompts import GROUNDING, NO_MATERIAL
 from store import queries
 from tests.conftest import make_settings, read_pcm
-from tests.fake_oidc import FakeJWKS
 from tests.hostile_documents import flate_bomb_pdf, many_pages_pdf
 from tests.realtime_client import Conversation, session_update, sse_events
 
@@ -49,12 +48,6 @@ A hermit crab borrows an empty snail shell and moves into a bigger one as it gro
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-@pytest.fixture
-async def jwks():
-    async with FakeJWKS() as keys:
-        yield keys
-
 
 async def signed_in_server(fake, jwks, start_server, **overrides: Any) -> tuple[str, Any]:
     """A server with Supabase sign-in configured, so there is no guest: every call needs a token."""

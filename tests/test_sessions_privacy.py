@@ -29,23 +29,10 @@ from store import queries
 from store.db import Database, migrate
 from store.models import ClassMember, Classroom, EmailNotification
 from tests.conftest import make_settings
-from tests.fake_oidc import FakeJWKS, FakeOIDC
 from tests.processes import ServerProcess, refused
 from tests.storage_fixtures import blank_db_url  # noqa: F401  (fixture: sqlite, postgresql)
 
 SECRET = "test-session-secret"
-
-
-@pytest.fixture
-async def oidc():
-    async with FakeOIDC() as provider:
-        yield provider
-
-
-@pytest.fixture
-async def jwks():
-    async with FakeJWKS() as keys:
-        yield keys
 
 
 async def start(fake, start_server, database_url: str, **overrides):  # type: ignore[no-untyped-def]

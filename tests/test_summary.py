@@ -13,19 +13,12 @@ import httpx
 import pytest
 
 from tests.conftest import make_settings
-from tests.fake_oidc import FakeJWKS
 from tests.fake_openai import Refusal, prompt_passage_ids, strict_schema_problem
 
 CITATION_KEYS = {"chunk_id", "course", "document", "heading", "score", "snippet"}
 TURNS = [("How do I divide two fractions?", "Flip the second one and multiply [c3]."),
          ("So 1/2 divided by 1/4 is 2?", "Yes: 1/2 times 4 is 2."),
          ("What do mitochondria do?", "They release energy from food in cellular respiration.")]
-
-
-@pytest.fixture
-async def jwks():
-    async with FakeJWKS() as keys:
-        yield keys
 
 
 async def signed_in(fake, jwks, start_server, **overrides: Any) -> tuple[str, Any]:
