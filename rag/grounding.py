@@ -49,7 +49,10 @@ async def ground(retriever: Any, question: str, *, course: str | None, user_id: 
     (the answer goes on ungrounded) rather than failing the turn. `wait_for_embedding=False`:
     a question whose embedding is not cached is ranked by full-text now, embedded later.
     `budget_s`: what has not come back by then is left out (`degraded` says so); the late lookup
-    is cancelled but not waited for, since a hung database may hold its cleanup a while."""
+    is left to finish on its own (its statement timeout bounds it) and its result dropped. It is
+    not cancelled: cancelling an asyncpg query opens a new connection to send PostgreSQL the
+    cancel request and throws the pooled one away, which under load is what makes the next
+    lookups late (at 50 sessions, a third of the turns went over the budget that way)."""
     started = time.perf_counter()
     lookups = {"passages": asyncio.ensure_future(
         retriever.search(question, course=course, k=k, wait_for_embedding=wait_for_embedding))}
@@ -61,7 +64,7 @@ async def ground(retriever: Any, question: str, *, course: str | None, user_id: 
     finally:
         late = [name for name, task in lookups.items() if not task.done()]
         for name in late:
-            _abandon(lookups[name])  # also when the answer itself was cancelled (barge-in)
+            _leave(lookups[name])  # also when the answer itself was cancelled (barge-in)
     found: dict[str, list[Any]] = {"passages": [], "memories": []}
     degraded = TIMED_OUT if late else None
     if late:
@@ -79,19 +82,18 @@ async def ground(retriever: Any, question: str, *, course: str | None, user_id: 
                      (time.perf_counter() - started) * 1000, degraded)
 
 
-_abandoned: set[asyncio.Task[Any]] = set()  # late lookups, held until their cleanup ends
+_late: set[asyncio.Task[Any]] = set()  # late lookups, held until they end
 
 
-def _abandon(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    _abandoned.add(task)
+def _leave(task: asyncio.Task[Any]) -> None:
+    _late.add(task)
     task.add_done_callback(_forget)
 
 
 def _forget(task: asyncio.Task[Any]) -> None:
-    _abandoned.discard(task)
+    _late.discard(task)
     if not task.cancelled() and task.exception() is not None:  # retrieved: no warning at exit
-        log.info("abandoned retrieval ended with %r", task.exception())
+        log.info("late retrieval ended with %r", task.exception())
 
 
 def _snippet(text: str) -> str:

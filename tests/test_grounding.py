@@ -70,31 +70,38 @@ async def test_waiting_for_the_embedding_uses_both_rankings_at_once(db: Database
 
 
 class StuckRetriever:
-    """Passages at once, memories never (a database that stopped answering)."""
+    """Passages at once, memories late (a database slow to answer): `release` lets them come."""
 
     def __init__(self) -> None:
-        self.memory_cancelled = asyncio.Event()
+        self.release = asyncio.Event()
+        self.memory_finished = asyncio.Event()
+        self.memory_cancelled = False
 
     async def search(self, query: str, **_: object) -> list[str]:
         return ["passage"]
 
     async def memory(self, query: str, **_: object) -> list[str]:
         try:
-            await asyncio.sleep(60)
+            await self.release.wait()
         except asyncio.CancelledError:
-            self.memory_cancelled.set()
+            self.memory_cancelled = True
             raise
+        self.memory_finished.set()
         return ["memory"]
 
 
-async def test_a_lookup_over_the_budget_is_left_out_and_cancelled():
+async def test_a_lookup_over_the_budget_is_left_out_and_left_to_finish():
+    """Not cancelled: cancelling an asyncpg query costs PostgreSQL a new connection and the pool
+    its connection, which under load makes the next lookups late too."""
     retriever = StuckRetriever()
     grounding = await ground(retriever, "why", course=None, user_id="u1", k=3, memory_k=3,
                              budget_s=0.05)
     assert grounding.degraded == "timed_out"
     assert (grounding.passages, grounding.memories) == (["passage"], [])  # what came is kept
     assert 50 <= grounding.retrieval_ms < 1000
-    await asyncio.wait_for(retriever.memory_cancelled.wait(), 1)
+    retriever.release.set()
+    await asyncio.wait_for(retriever.memory_finished.wait(), 1)
+    assert not retriever.memory_cancelled
 
 
 async def test_a_failed_lookup_is_reported_and_a_complete_one_is_not():
