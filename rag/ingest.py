@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dialogue.providers import ProviderError
 from store.db import Database
-from store.models import COURSE_CHARS, Content, now
+from store.models import COURSE_CHARS, SOURCE_CHARS, Content, now
 
 from .embed import Embedder, to_blob
 from .extract import IngestError, file_type, is_supported
@@ -30,7 +30,6 @@ __all__ = ["IngestError", "IngestResult", "delete_document", "ingest", "ingest_p
 
 log = logging.getLogger("tutor.rag")
 
-_MAX_COURSE, _MAX_SOURCE = COURSE_CHARS, 1000  # the content table's column sizes
 
 
 @dataclass(frozen=True)
@@ -95,10 +94,10 @@ def _check_size(size: int, max_bytes: int) -> None:
 
 
 def _check_names(course: str, source: str) -> None:
-    if not course.strip() or len(course) > _MAX_COURSE:
-        raise IngestError("invalid_name", f"a course name is 1 to {_MAX_COURSE} characters")
-    if not source.strip() or len(source) > _MAX_SOURCE:
-        raise IngestError("invalid_name", f"a source name is 1 to {_MAX_SOURCE} characters")
+    if not course.strip() or len(course) > COURSE_CHARS:
+        raise IngestError("invalid_name", f"a course name is 1 to {COURSE_CHARS} characters")
+    if not source.strip() or len(source) > SOURCE_CHARS:
+        raise IngestError("invalid_name", f"a source name is 1 to {SOURCE_CHARS} characters")
 
 
 async def _stored_versions(s: AsyncSession, course: str, digest: str) -> dict[str, str | None]:

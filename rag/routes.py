@@ -18,12 +18,11 @@ from starlette.routing import Route
 from accounts.http import json_body, query_text, text_field, text_value
 from accounts.routes import require_user
 from dialogue.providers import ProviderError
-from store.models import Content
+from store.models import COURSE_CHARS, SOURCE_CHARS, Content
 
 from .ingest import IngestError, delete_document, ingest, list_documents
 
 STATUS = {"document_too_large": 413, "unsupported_type": 415}
-COURSE_CHARS, SOURCE_CHARS = 200, 1000  # content.course and content.source are String(n)
 QUERY_CHARS = 2000
 
 

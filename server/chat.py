@@ -18,6 +18,7 @@ from accounts.http import json_body, text_problem
 from accounts.routes import require_user
 from dialogue.prompts import chat_messages
 from dialogue.providers import ProviderError, Usage
+from store.models import COURSE_CHARS
 
 MAX_HISTORY = 50
 MAX_MESSAGE_CHARS = 100_000  # a typed question (the JSON body is bounded anyway)
@@ -51,8 +52,8 @@ def _parse(body: Any) -> tuple[str | None, list[dict[str, str]]]:
     course = body.get("course")
     if course is not None and not isinstance(course, str):
         raise ValueError("'course' must be a string")
-    if course and text_problem(course, 200):  # interactions.course is String(200)
-        raise ValueError(f"'course' {text_problem(course, 200)}")
+    if course and (problem := text_problem(course, COURSE_CHARS)):
+        raise ValueError(f"'course' {problem}")
     messages = [{"role": m["role"], "content": m["content"]} for m in history]
     return instructions, [*messages, {"role": "user", "content": body["message"]}]
 

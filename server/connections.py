@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -116,26 +118,45 @@ class SessionSlots:
     users: Counter[str] = field(default_factory=Counter)
 
     def take_address(self, address: str) -> Refusal | None:
-        if self.per_address is not None and self.addresses[address] >= self.per_address:
-            return Refusal("too_many_connections",
-                           f"{self.per_address} voice sessions are already open from this "
-                           "address; close one, or try again later")
-        self.addresses[address] += 1
-        return None
+        return _take(self.addresses, address, self.per_address, Refusal(
+            "too_many_connections", f"{self.per_address} voice sessions are already open from "
+            "this address; close one, or try again later"))
 
     def take_user(self, user_id: str) -> Refusal | None:
-        if self.per_user is not None and self.users[user_id] >= self.per_user:
-            return Refusal("too_many_sessions",
-                           f"{self.per_user} voice sessions are already open for this account; "
-                           "close another one first")
-        self.users[user_id] += 1
-        return None
+        return _take(self.users, user_id, self.per_user, Refusal(
+            "too_many_sessions", f"{self.per_user} voice sessions are already open for this "
+            "account; close another one first"))
 
     def release_address(self, address: str) -> None:
         _give_back(self.addresses, address)
 
     def release_user(self, user_id: str) -> None:
         _give_back(self.users, user_id)
+
+    @contextmanager
+    def address(self, address: str) -> Iterator[Refusal | None]:
+        """`with slots.address(a) as refusal:` the slot is held for the block (None), or refused;
+        given back however the block ends."""
+        yield from _held(self.take_address(address), lambda: self.release_address(address))
+
+    @contextmanager
+    def user(self, user_id: str) -> Iterator[Refusal | None]:
+        yield from _held(self.take_user(user_id), lambda: self.release_user(user_id))
+
+
+def _take(counts: Counter[str], key: str, cap: int | None, refusal: Refusal) -> Refusal | None:
+    if cap is not None and counts[key] >= cap:
+        return refusal
+    counts[key] += 1
+    return None
+
+
+def _held(refusal: Refusal | None, release: Callable[[], None]) -> Iterator[Refusal | None]:
+    try:
+        yield refusal
+    finally:
+        if refusal is None:
+            release()
 
 
 def _give_back(counts: Counter[str], key: str) -> None:

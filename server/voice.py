@@ -99,15 +99,12 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     state = websocket.app.state
     slots: SessionSlots = state.slots
     address = websocket.client.host if websocket.client else "unknown"
-    refusal = slots.take_address(address)  # before sign-in: holding sockets needs no account
-    if refusal is not None:
-        await refuse(websocket, refusal.code, refusal.message, "invalid_request_error",
-                     CLOSE_TOO_MANY)
-        return
-    try:
+    with slots.address(address) as refusal:  # before sign-in: holding sockets needs no account
+        if refusal is not None:
+            await refuse(websocket, refusal.code, refusal.message, "invalid_request_error",
+                         CLOSE_TOO_MANY)
+            return
         await _signed_in_session(websocket, state, slots, address)
-    finally:
-        slots.release_address(address)
 
 
 async def _signed_in_session(websocket: WebSocket, state: Any, slots: SessionSlots,
@@ -119,15 +116,12 @@ async def _signed_in_session(websocket: WebSocket, state: Any, slots: SessionSlo
     except AuthError as exc:
         await refuse(websocket, exc.code, exc.message, "authentication_error", 1008)
         return
-    refusal = slots.take_user(user.id)
-    if refusal is not None:
-        await refuse(websocket, refusal.code, refusal.message, "invalid_request_error",
-                     CLOSE_TOO_MANY)
-        return
-    try:
+    with slots.user(user.id) as refusal:
+        if refusal is not None:
+            await refuse(websocket, refusal.code, refusal.message, "invalid_request_error",
+                         CLOSE_TOO_MANY)
+            return
         await _session(websocket, state, user, address)
-    finally:
-        slots.release_user(user.id)
 
 
 async def _session(websocket: WebSocket, state: Any, user: Any, address: str) -> None:

@@ -36,6 +36,7 @@ def new_id() -> str:
 
 
 COURSE_CHARS = 200  # a course name, wherever it is stored
+SOURCE_CHARS = 1000  # a document's name within its course (content.source)
 
 
 class Base(DeclarativeBase):
@@ -183,7 +184,7 @@ class Content(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     course: Mapped[str] = mapped_column(String(COURSE_CHARS))
-    source: Mapped[str] = mapped_column(String(1000))
+    source: Mapped[str] = mapped_column(String(SOURCE_CHARS))
     content_hash: Mapped[str] = mapped_column(String(64))  # of the whole source document
     heading_path: Mapped[str] = mapped_column(Text, default="")
     position: Mapped[int] = mapped_column(Integer)

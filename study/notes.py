@@ -22,11 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from rag.fts import interactions_matching, terms
 from accounts.http import unstorable
 from server.errors import ApiError
-from store.models import NOTE, TURN_KINDS, Interaction, now
+from store.models import COURSE_CHARS, NOTE, TURN_KINDS, Interaction, now
 
 MAX_TEXT_CHARS = 20_000
 MAX_TITLE_CHARS = 200
-MAX_COURSE_CHARS = 200  # interactions.course is String(200)
 MAX_QUERY_CHARS = 1_000
 MAX_RESPONSE_ID_CHARS = 64  # interactions.response_id is String(64)
 MAX_ID = 2**63 - 1  # interactions.id is a BIGINT
@@ -77,9 +76,9 @@ def check_fields(body: dict[str, Any], allowed: frozenset[str]) -> NoteFields:
         fields.title = check_title(body["title"])
     if body.get("course") is not None:
         course = body["course"]
-        if not isinstance(course, str) or len(course.strip()) > MAX_COURSE_CHARS:
+        if not isinstance(course, str) or len(course.strip()) > COURSE_CHARS:
             raise NoteError(400, "invalid_field", f"'course' must be a string of at most "
-                            f"{MAX_COURSE_CHARS} characters")
+                            f"{COURSE_CHARS} characters")
         fields.course = _storable(course.strip(), "course") or None
     if body.get("turn_id") is not None:
         fields.turn_id = _id(body["turn_id"], "turn_id")

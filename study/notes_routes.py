@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from accounts.http import json_body, page_args, query_text
 from accounts.routes import require_user
+from store.models import COURSE_CHARS
 
 from . import notes
 from .notes import NoteError, note_json
@@ -68,7 +69,7 @@ async def list_notes(request: Request) -> Response:
     user = await require_user(request)
     limit, before = page_args(request)
     query = notes.check_query(request.query_params.get("q"))
-    course = query_text(request, "course", notes.MAX_COURSE_CHARS)
+    course = query_text(request, "course", COURSE_CHARS)
     async with request.app.state.db.session() as s:
         rows = await notes.notes_page(s, user.id, course=course, query=query, limit=limit,
                                       before_id=before)
