@@ -148,10 +148,11 @@ async def test_a_burst_of_1000_is_written_completely_in_batches(db: Database) ->
     batches = record_insert_batches(db)
     writer = InteractionWriter(db, batch_size=200, **FAST)
     writer.start()
-    started = time.perf_counter()
     for i in range(1000):
         writer.submit(turn(i))
-    assert time.perf_counter() - started < 0.5  # submitting is only a queue append
+    # submitting is only a queue append: the writer's task has not had a turn yet (no timing
+    # assertion, which a loaded machine breaks; bench/spool.py measures the cost)
+    assert (writer.written, writer.pending) == (0, 1000)
     assert await writer.flush(timeout=20)
     await writer.stop()
 
@@ -173,10 +174,9 @@ async def test_nothing_is_lost_while_the_database_is_unavailable(db: Database,
     assert writer.failures == 0
 
     outage.cut()
-    started = time.perf_counter()
     for i in range(20):
         writer.submit(turn(i, tag="during"))
-    assert time.perf_counter() - started < 0.05  # the voice loop never waits on the database
+    assert writer.pending == 20  # queued without awaiting: the voice loop never waits on it
     await wait_for(lambda: writer.failures >= 2)  # tried, failed, backed off, tried again
     assert writer.pending == 20
     assert not await writer.flush(timeout=0.2)
