@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .pcm import FRAME_MS, VAD_RATE
+
 
 @dataclass(frozen=True)
 class EndpointerConfig:
-    frame_samples: int = 480  # 30 ms at 16 kHz
+    frame_samples: int = VAD_RATE * FRAME_MS // 1000
     min_speech_frames: int = 7  # voiced run needed to start a turn (shorter blips are dropped)
     silence_frames: int = 20  # unvoiced run that ends a turn
     padding_frames: int = 10  # audio kept before the first voiced frame
@@ -25,8 +27,8 @@ class EndpointerConfig:
     def from_ms(
         cls,
         *,
-        frame_ms: int = 30,
-        sample_rate: int = 16000,
+        frame_ms: int = FRAME_MS,
+        sample_rate: int = VAD_RATE,
         min_speech_ms: int = 200,
         silence_ms: int = 600,
         padding_ms: int = 300,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
-from .pcm import SAMPLE_WIDTH, AudioFormatError
+from .pcm import SAMPLE_WIDTH, SPEECH_RATE, AudioFormatError
 from .resample import Resampler
 
 Direction = Literal["input", "output"]
@@ -20,7 +20,6 @@ Direction = Literal["input", "output"]
 PCM = "audio/pcm"
 PCMU = "audio/pcmu"
 PCMA = "audio/pcma"
-SPEECH_RATE = 24000  # the rate the tutor's speech is synthesised at
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""PCM16 helpers: validating client chunks, cutting them into fixed frames, packing WAV.
+"""PCM16 in one place: its constants (sample width, the rates, the VAD frame), durations (bytes,
+samples ↔ ms), validating client chunks, cutting them into fixed frames, packing WAV.
 
 Kept free of numpy where plain bytes do: the hot path touches every chunk of every session.
 """
@@ -8,8 +9,10 @@ from __future__ import annotations
 import io
 import wave
 
-SAMPLE_WIDTH = 2  # bytes per PCM16 sample
+SAMPLE_WIDTH = 2  # bytes per PCM16 sample (mono throughout)
 VAD_RATE = 16000  # the rate the VAD, the endpointer and transcription work at
+SPEECH_RATE = 24000  # the rate the tutor's speech is synthesised at
+FRAME_MS = 30  # one webrtcvad frame
 
 
 class AudioFormatError(ValueError):
@@ -32,6 +35,21 @@ def check_pcm16(chunk: bytes) -> None:
 
 def samples_to_ms(samples: int, rate: int = VAD_RATE) -> int:
     return samples * 1000 // rate
+
+
+def bytes_to_ms(n_bytes: int, rate: int = VAD_RATE) -> float:
+    """How long `n_bytes` of PCM16 mono at `rate` play."""
+    return n_bytes / SAMPLE_WIDTH * 1000 / rate
+
+
+def bytes_to_seconds(n_bytes: int, rate: int = VAD_RATE) -> float:
+    """How long `n_bytes` of PCM16 mono at `rate` play, in seconds."""
+    return n_bytes / SAMPLE_WIDTH / rate
+
+
+def ms_to_bytes(ms: int, rate: int = VAD_RATE) -> int:
+    """The bytes of `ms` of PCM16 mono at `rate` (whole samples)."""
+    return rate * ms // 1000 * SAMPLE_WIDTH
 
 
 class Reframer:

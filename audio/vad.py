@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import webrtcvad
 
-from .pcm import SAMPLE_WIDTH, VAD_RATE
+from .pcm import FRAME_MS, VAD_RATE, ms_to_bytes
 
-FRAME_MS = 30
-FRAME_SAMPLES = VAD_RATE * FRAME_MS // 1000
-FRAME_BYTES = FRAME_SAMPLES * SAMPLE_WIDTH
+FRAME_BYTES = ms_to_bytes(FRAME_MS)
 
 
 def aggressiveness(threshold: float) -> int:

@@ -37,7 +37,7 @@ import psutil
 import soxr
 import websockets
 
-from audio.turns import AudioInput, VadSettings
+from audio.input import AudioInput, VadSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("TUTOR_SPEECH_CORPUS", ROOT.parent / "shared" / "audio"))

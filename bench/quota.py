@@ -22,10 +22,10 @@ import time
 import uuid
 from pathlib import Path
 
-from audio.turns import AudioInput, VadSettings
+from audio.input import AudioInput, VadSettings
 from billing.meter import VoiceLimits, VoiceMeter, VoiceUsage
 from billing.quota import MemoryQuotas, RedisQuotas
-from server.protocol import Charge, RealtimeSession, SessionConfig
+from realtime import Charge, RealtimeSession, SessionConfig
 
 from .latency import CHUNK_BYTES, RESULTS, load
 

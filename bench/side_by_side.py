@@ -24,7 +24,7 @@ for ours, about +100 ms; Silero's 32 ms windows, 0.7 confidence and 0.6 volume f
 Pipecat, which ends quiet word endings early: -140 to +60 ms). bench/latency.py leaves that lag
 out (it times from the server's own idea of the last speech frame). So the report also gives
 "overhead after the VAD decision": the same, less that lag, computed offline for each session's
-exact audio (ours: audio.turns.AudioInput; Pipecat: its SileroVADAnalyzer, run in its venv) fed
+exact audio (ours: audio.input.AudioInput; Pipecat: its SileroVADAnalyzer, run in its venv) fed
 the same 20 ms chunks: what each server adds once its VAD has decided. With speculation the
 transcription (and the start of the answer) can run during the silence, so overheads can be
 negative (down to about minus the STT latency, or more when the first token is early too).
@@ -125,12 +125,12 @@ def session_ends(sequence: Sequence, speech: dict[str, Speech]) -> list[int]:
 
 def ours_vad_decisions_ms(sequences: list[Sequence], speech: dict[str, Speech],
                           silence_ms: int) -> dict[Sequence, list[int]] | None:
-    """Offline: where our server's endpointer (audio.turns.AudioInput: webrtcvad, 30 ms frames)
+    """Offline: where our server's endpointer (audio.input.AudioInput: webrtcvad, 30 ms frames)
     decides each turn is over, fed the session's audio in the 20 ms chunks the client sends (ms
     on the session's timeline, at the end of the chunk that completes the decision). Per session
     sequence, because the 30 ms framing and the VAD's state run across file boundaries."""
     try:
-        from audio.turns import AudioInput, TurnEnded, VadSettings
+        from audio.input import AudioInput, TurnEnded, VadSettings
         out: dict[Sequence, list[int]] = {}
         for seq in sequences:
             pcm = b"".join(speech[name].pcm for name in seq)
@@ -843,7 +843,7 @@ async def main() -> None:
             "files": {s.name: [(e + 1) * CHUNK_MS for e in s.speech_ends] for s in all_speech},
             "vad_decision_lag_method": (
                 "offline, each session's audio fed in the client's 20 ms chunks: ours = "
-                "audio.turns.AudioInput (TurnEnded), pipecat = SileroVADAnalyzer back to QUIET "
+                "audio.input.AudioInput (TurnEnded), pipecat = SileroVADAnalyzer back to QUIET "
                 "(VADUserStoppedSpeakingFrame); lag = decision − end of speech − silence"),
             "vad_decision_lag": lag_book.summary()},
         "levels": levels,

@@ -7,7 +7,7 @@ started too, but held. If the pause becomes the end of the turn and the speech d
 text as soon as the turn ends. If they go on speaking, the work is discarded and nothing of it
 reaches the client.
 
-`Speculator` only decides and counts; the protocol core (`server.protocol`) turns its decisions
+`Speculator` only decides and counts; the protocol core (`realtime`) turns its decisions
 into provider calls. Cost is capped two ways: at most `max_per_turn` guesses per turn, and over
 the session the wasted guesses may not exceed `budget` × turns + 2 (a student who hesitates a lot
 stops being guessed for until enough turns go by). A guess is only reused when the audio did not

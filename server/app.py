@@ -60,6 +60,7 @@ from dialogue.prompts import TUTOR_INSTRUCTIONS
 from dialogue.providers import Providers
 from dialogue.providers.openai import (OpenAIChatModel, OpenAISpeech, OpenAITranscriber,
                                        make_client, warm_up)
+from realtime import SessionConfig, TurnDetection
 
 from .chat import chat_endpoint
 from .logs import route_to_stdlib
@@ -67,7 +68,6 @@ from .connections import SessionSlots
 from .metrics import Metrics, metrics_endpoint, readyz
 from .outage import OutageMiddleware
 from .config import Settings
-from .protocol import SessionConfig, TurnDetection
 from .resume import MemoryResume, RedisResume
 from .errors import ApiError, api_error
 from .static import web_routes

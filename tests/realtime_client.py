@@ -14,7 +14,7 @@ from pydantic import TypeAdapter
 
 from openai.types.realtime import RealtimeServerEvent
 
-from server.protocol import RealtimeSession, Send, SessionConfig
+from realtime import RealtimeSession, Send, SessionConfig
 
 SERVER_EVENTS = TypeAdapter(RealtimeServerEvent)
 CHUNK_MS = 20

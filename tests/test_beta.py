@@ -16,9 +16,9 @@ from openai.types import realtime as ga_types
 from pydantic import BaseModel, TypeAdapter
 from starlette.datastructures import Headers, QueryParams
 
-from server.beta import (BETA_MODELS, GA_ONLY, client_text_to_ga, client_to_ga, ga_to_client,
+from realtime.beta import (BETA_MODELS, GA_ONLY, client_text_to_ga, client_to_ga, ga_to_client,
                          is_beta)
-from server.protocol import Generate, RealtimeSession, Send, SessionConfig, Speak
+from realtime import Generate, RealtimeSession, Send, SessionConfig, Synthesize
 from tests.realtime_client import api_token
 
 BETA_SERVER = TypeAdapter(beta_types.RealtimeServerEvent)
@@ -389,7 +389,7 @@ def test_a_beta_client_configures_the_real_core_and_hears_its_answer_in_beta():
     job = next(a for a in actions if isinstance(a, Generate))
     actions += core.response_delta(job.response_id, "A half is 0.5. Five tenths.")
     actions += core.response_completed(job.response_id)
-    for speak in [a for a in actions if isinstance(a, Speak)]:  # the shell's TTS, played
+    for speak in [a for a in actions if isinstance(a, Synthesize)]:  # the shell's TTS, played
         actions += core.speech_audio(speak.response_id, speak.index, b"\x01\x00" * 2400, 0.5)
         actions += core.speech_done(speak.response_id, speak.index)
     out += sent(actions)

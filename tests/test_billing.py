@@ -13,7 +13,7 @@ from billing.meter import VoiceLimits, VoiceMeter, VoiceUsage
 from billing.quota import MemoryQuotas, RedisQuotas, seconds_to_next_month
 from billing.ratelimit import RequestLimiter, storage_for
 from billing.tiers import DEFAULT_TIERS, TierCatalog, route_group
-from server.protocol import (Charge, Close, Generate, RealtimeSession, ReportLimits, Send,
+from realtime import (Charge, Close, Generate, RealtimeSession, ReportLimits, Send,
                              SessionConfig, Transcribe)
 from tests.conftest import read_pcm
 from tests.realtime_client import check_shape

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from server.protocol import Cancel, Generate, RealtimeSession, Speak, Transcribe
+from realtime import Cancel, Generate, RealtimeSession, Synthesize, Transcribe
 from tests.conftest import read_pcm
 from tests.realtime_client import core_session as session
 from tests.realtime_client import feed, sent
@@ -93,7 +93,7 @@ def test_response_options_metadata_instructions_and_modalities():
     assert gen.messages[0] == {"role": "system", "content": "Be brief."}
     assert gen.max_tokens == 50
     spoken = s.response_delta(gen.response_id, "Hello there. ")
-    assert any(isinstance(a, Speak) for a in spoken)
+    assert any(isinstance(a, Synthesize) for a in spoken)
     assert "response.output_audio_transcript.delta" in types(spoken)
     s.speech_audio(gen.response_id, 0, b"\x00\x01" * 2400, 1.0)
     s.speech_done(gen.response_id, 0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from server.protocol import (Cancel, Generate, RealtimeSession, Send, SessionConfig, Transcribe)
+from realtime import (Cancel, Generate, RealtimeSession, Send, SessionConfig, Transcribe)
 from tests.conftest import read_pcm
 
 CHUNK = 640  # 20 ms at 16 kHz

@@ -8,7 +8,7 @@ import pytest
 
 from audio.endpointer import Endpointer, EndpointerConfig, SpeechEnded, SpeechStarted
 from audio.pcm import AudioFormatError, Reframer, wav_bytes
-from audio.turns import AudioInput, TurnEnded, TurnStarted, VadSettings
+from audio.input import AudioInput, TurnEnded, TurnStarted, VadSettings
 from tests.conftest import CORPUS_FILES, expected_turns, read_pcm
 from tests.realtime_client import to_rate
 

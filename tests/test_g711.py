@@ -12,7 +12,7 @@ from audio import g711
 from audio.formats import (DEFAULT_FORMAT, PCM, PCMA, PCMU, AudioFormat, InputDecoder,
                            OutputEncoder, parse)
 from audio.pcm import AudioFormatError
-from audio.turns import AudioInput, TurnEnded, TurnStarted, VadSettings
+from audio.input import AudioInput, TurnEnded, TurnStarted, VadSettings
 from openai.types.realtime.realtime_audio_formats import RealtimeAudioFormats
 from tests.conftest import CORPUS_FILES, expected_turns, read_pcm
 from tests.realtime_client import to_rate

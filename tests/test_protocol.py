@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from server.protocol import Cancel, Generate, RealtimeSession, SessionConfig, Transcribe
+from realtime import Cancel, Generate, RealtimeSession, SessionConfig, Transcribe
 from tests.conftest import read_pcm
 from tests.realtime_client import core_session as session
 from tests.realtime_client import feed, sent
@@ -87,7 +87,7 @@ def test_failed_answer_reports_error_and_failed_status():
 
 
 def test_reenabling_turn_detection_starts_from_the_server_defaults():
-    from server.protocol import TurnDetection
+    from realtime import TurnDetection
     server_vad = TurnDetection(threshold=0.8, silence_duration_ms=900)
     s = RealtimeSession(SessionConfig(instructions="t", model="m", turn_detection=server_vad,
                                       default_turn_detection=server_vad))

@@ -1,4 +1,4 @@
-"""Property-based fuzzing of the Realtime protocol core (`server.protocol.RealtimeSession`).
+"""Property-based fuzzing of the Realtime protocol core (`realtime.RealtimeSession`).
 
 Whatever a client sends, in any order, mixed with audio: the core never raises, every event it
 sends has the shape the OpenAI SDK expects, a message that is certainly wrong (not JSON, not an
@@ -14,7 +14,7 @@ from typing import Any
 from hypothesis import event, example, given, settings
 from hypothesis import strategies as st
 
-from server.protocol import RealtimeSession
+from realtime import RealtimeSession
 from tests.realtime_client import core_session, feed, sent
 
 KNOWN_TYPES = ["session.update", "input_audio_buffer.append", "input_audio_buffer.commit",

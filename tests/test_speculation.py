@@ -11,9 +11,9 @@ import pytest
 
 from audio.endpointer import (Endpointer, EndpointerConfig, SpeechEnded, SpeechPaused,
                               SpeechResumed, SpeechStarted)
-from audio.turns import AudioInput, TurnEnded, TurnPaused, TurnResumed, TurnStarted, VadSettings
+from audio.input import AudioInput, TurnEnded, TurnPaused, TurnResumed, TurnStarted, VadSettings
 from dialogue.speculation import Speculator
-from server.protocol import (Abandon, Adopt, Generate, RealtimeSession, Release, Send,
+from realtime import (Abandon, Adopt, Generate, RealtimeSession, Release, Send,
                              SessionConfig, Transcribe)
 from tests.conftest import MANIFEST, read_pcm
 from tests.test_protocol import sent

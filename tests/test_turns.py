@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from dialogue.turns import CancelResponse, ResponseAlreadyActive, StartResponse, TurnState, TurnTaker
+from dialogue.turntaking import CancelResponse, ResponseAlreadyActive, StartResponse, TurnState, TurnTaker
 
 
 def taker(**kw) -> TurnTaker:

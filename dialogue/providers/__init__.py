@@ -61,8 +61,12 @@ class JsonReply:
 
 class Transcriber(Protocol):
     async def transcribe(
-        self, wav: bytes, *, model: str | None = None, language: str | None = None
-    ) -> Transcript: ...
+        self, wav: bytes, *, seconds: float, model: str | None = None,
+        language: str | None = None
+    ) -> Transcript:
+        """`wav`: PCM16 mono in a WAV container, `seconds` long (the caller knows; nobody
+        reads the header back)."""
+        ...
 
 
 class ChatModel(Protocol):

@@ -27,8 +27,6 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("tutor.providers")
 
-_WAV_HEADER = 44
-
 
 def make_client(*, api_key: str, base_url: str | None, timeout: float, connect_timeout: float,
                 max_retries: int, keepalive_s: float = 60.0) -> AsyncOpenAI:
@@ -66,7 +64,8 @@ class OpenAITranscriber:
         self.model = model
 
     async def transcribe(
-        self, wav: bytes, *, model: str | None = None, language: str | None = None
+        self, wav: bytes, *, seconds: float, model: str | None = None,
+        language: str | None = None
     ) -> Transcript:
         extra = {"language": language} if language else {}
         try:
@@ -75,7 +74,6 @@ class OpenAITranscriber:
             )
         except openai.OpenAIError as exc:
             raise _provider_error(exc, "transcription") from exc
-        seconds = (len(wav) - _WAV_HEADER) / 2 / 16000
         return Transcript(result.text, seconds)
 
 
@@ -211,7 +209,7 @@ async def warm_up() -> float:
         async with _http.AsyncClient(transport=_http.MockTransport(answer)) as http:
             client = AsyncOpenAI(api_key="warm-up", base_url="http://warm-up.invalid/v1",
                                  http_client=http, max_retries=0)
-            await OpenAITranscriber(client, "w").transcribe(wav_bytes(b"\0\0" * 160))
+            await OpenAITranscriber(client, "w").transcribe(wav_bytes(b"\0\0" * 160), seconds=0.01)
             async for _ in OpenAIChatModel(client, "w").stream([{"role": "user", "content": "w"}]):
                 pass
     except Exception:  # best effort: a warm-up must never stop the server from starting

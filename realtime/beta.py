@@ -1,6 +1,6 @@
 """The beta Realtime dialect (`OpenAI-Beta: realtime=v1`), translated to and from GA, sans I/O.
 
-The core (`server.protocol`) speaks only the GA protocol. For a client that announced the beta
+The core (`realtime.session`) speaks only the GA protocol. For a client that announced the beta
 protocol (`is_beta`), the shell passes each client event through `client_to_ga` and each server
 event through `ga_to_client`. Both are pure and stateless and never mutate their input; the
 renames live in the tables below, one row per field or event, taken from the SDK's beta

@@ -2,26 +2,41 @@
 
 Plain dicts, ready for `json.dumps`; tests parse them back with `openai.types.realtime`.
 Events beyond OpenAI's set are prefixed `tutor.`. docs/protocol.md shows each with an example.
+`Events` stamps each with an `event_id` from the session's id factory and wraps it in `Send`.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
 from typing import Any
+
+from .actions import Send
+from .ids import Ids
 
 Event = dict[str, Any]
 
 
-class Ids:
-    """Short unique ids: a random per-session prefix and a counter (cheap, and sortable)."""
+class Events:
+    """Makes the session's outgoing events: each gets the next `event_id` of its ids."""
 
-    def __init__(self) -> None:
-        self._prefix = os.urandom(6).hex()
-        self._n = itertools.count(1)
+    def __init__(self, ids: Ids) -> None:
+        self.ids = ids
 
-    def __call__(self, kind: str) -> str:
-        return f"{kind}_{self._prefix}{next(self._n):04d}"
+    def send(self, kind: str, **fields: Any) -> Send:
+        return Send({"type": kind, "event_id": self.ids("event"), **fields})
+
+    def error(self, code: str, message: str, *, type: str = "invalid_request_error",
+              event_id: str | None = None, param: str | None = None) -> Send:
+        """`event_id`: the client event refused (the error's own id is minted here)."""
+        event = error(code, message, type=type, event_id=event_id, param=param)
+        event["event_id"] = self.ids("event")
+        return Send(event)
+
+
+def refusal(code: str, message: str, error_type: str, ids: Ids | None = None) -> Event:
+    """The `error` event of a socket refused before any session (sign-in, caps, plan)."""
+    event = error(code, message, type=error_type)
+    event["event_id"] = (ids or Ids.random())("event")
+    return event
 
 
 def error(code: str, message: str, *, type: str = "invalid_request_error",

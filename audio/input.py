@@ -1,4 +1,4 @@
-"""Session audio input: client-rate PCM16 in, user turns (with their 16 kHz audio) out.
+"""The audio input of a session: client-rate PCM16 in, user turns (with their 16 kHz audio) out.
 
 Chains resampling → 30 ms framing → webrtcvad → `Endpointer`, and keeps just enough audio to
 hand each finished turn to transcription: while nobody speaks only the prefix padding is kept,
@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from .endpointer import (Endpointer, EndpointerConfig, SpeechEnded, SpeechPaused, SpeechResumed,
                          SpeechStarted)
-from .pcm import SAMPLE_WIDTH, VAD_RATE, AudioFormatError, Reframer, check_pcm16, samples_to_ms
+from .pcm import (FRAME_MS, SAMPLE_WIDTH, VAD_RATE, AudioFormatError, Reframer, bytes_to_ms,
+                  check_pcm16, samples_to_ms)
 from .resample import Resampler
-from .vad import FRAME_BYTES, FRAME_MS, SpeechClassifier
+from .vad import FRAME_BYTES, SpeechClassifier
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,14 @@ class AudioInput:
 
     @property
     def buffered_ms(self) -> int:
-        return samples_to_ms(len(self._buf) // SAMPLE_WIDTH)
+        return int(bytes_to_ms(len(self._buf)))
 
     def feed(self, pcm: bytes) -> list[TurnStarted | TurnEnded | TurnPaused | TurnResumed]:
         """Take one client chunk (PCM16 at the input rate). Raises AudioFormatError if unusable."""
         check_pcm16(pcm)
         audio = self._resampler.feed(pcm)
         if self._endpointer is None:
-            if self.buffered_ms + samples_to_ms(len(audio) // SAMPLE_WIDTH) > self.max_turn_ms:
+            if self.buffered_ms + int(bytes_to_ms(len(audio))) > self.max_turn_ms:
                 raise AudioFormatError(
                     "input_audio_buffer_full",
                     f"the uncommitted audio would exceed the maximum turn of {self.max_turn_ms} ms; "
