@@ -84,7 +84,6 @@ class SessionConfig:
         return min(self.speculative_pause_ms, td.silence_duration_ms // 2)
 
 
-
 def session_object(cfg: SessionConfig, session_id: str) -> dict[str, Any]:
     """The session as `session.created` and `session.updated` report it."""
     td = cfg.turn_detection
@@ -143,9 +142,8 @@ def _turn_detection_object(td: TurnDetection | None, speculative: bool) -> dict[
     return {"type": "server_vad", **fields, "speculative": speculative}
 
 
-
 def updated_config(config: SessionConfig, session: dict[str, Any]
-                    ) -> tuple[SessionConfig, list[ClientError]]:
+                   ) -> tuple[SessionConfig, list[ClientError]]:
     """Apply a `session.update` payload field by field: the new config, and the fields refused
     (each left as it was). Fields of OpenAI's session that this server does not use (tracing,
     noise reduction, prompt, ...) are accepted and ignored."""
@@ -169,7 +167,7 @@ def updated_config(config: SessionConfig, session: dict[str, Any]
     with collect(problems):
         audio_out = sub_object(audio, "output", "session.audio.output")
     changes.update(answer_settings(session, audio_out, "session", config.audio_allowed,
-                                    problems))
+                                   problems))
     with collect(problems):
         if "format" in audio_out:
             changes["output_format"] = _format(audio_out["format"], "output")
@@ -215,7 +213,7 @@ def _format(value: Any, direction: str) -> AudioFormat:
 
 
 def answer_settings(obj: dict[str, Any], audio_out: dict[str, Any], prefix: str,
-                     audio_allowed: bool, problems: list[ClientError]) -> dict[str, Any]:
+                    audio_allowed: bool, problems: list[ClientError]) -> dict[str, Any]:
     """What a session and a response both set about an answer, as SessionConfig fields: the
     modality, the voice, the tools and the token cap (only those present; refusals noted)."""
     settings: dict[str, Any] = {}

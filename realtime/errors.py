@@ -20,7 +20,6 @@ class ClientError(Exception):
         self.param = param
 
 
-
 @contextmanager
 def collect(problems: list[ClientError]) -> Iterator[None]:
     """One field of an update: a refusal is noted and the rest of the update goes on."""

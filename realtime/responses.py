@@ -13,9 +13,9 @@ import base64
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from dialogue.sentences import heard_text
 from dialogue.turntaking import (CancelResponse, ResponseAlreadyActive, ResponseOptions,
                                  StartResponse, TurnTaker)
-from dialogue.sentences import heard_text
 
 from . import events as ev
 from .actions import (Action, Cancel, Generate, Record, Release, ReportLimits, Send, SendBinary,
@@ -24,6 +24,7 @@ from .config import SessionConfig, answer_settings, response_metadata, sub_objec
 from .errors import ClientError, collect
 from .items import Conversation, conversation_item
 from .spoken import SpokenAnswer
+
 
 @dataclass(frozen=True)
 class ResponseSpec:
@@ -76,10 +77,10 @@ class Reply:
     audio_s: float
     item_id: str | None = None
     item_index: int = 0
+    part: dict[str, Any] = field(default_factory=dict)  # its ids, as each content event has them
     calls: dict[int, FunctionCall] = field(default_factory=dict)  # by the provider's call index
     outputs: int = 0
     truncated: bool = False  # the model stopped at max_output_tokens
-
 
 
 class Responses:
@@ -141,11 +142,11 @@ class Responses:
         out_audio: dict[str, Any] = {}
         with collect(problems):
             out_audio = sub_object(sub_object(response, "audio", "response.audio"), "output",
-                                "response.audio.output")
+                                   "response.audio.output")
         answer = {"output_audio": cfg.output_audio, "voice": cfg.voice, "tools": cfg.tools,
                   "tool_choice": cfg.tool_choice, "max_output_tokens": cfg.max_output_tokens,
                   **answer_settings(response, out_audio, "response", cfg.audio_allowed,
-                                     problems)}
+                                    problems)}
         with collect(problems):
             if response.get("metadata") is not None:
                 metadata = response_metadata(response["metadata"])
@@ -185,7 +186,6 @@ class Responses:
             else:
                 entries.append(conversation_item(item, str(item.get("id") or f"input_{i}"))[0])
         return entries
-
 
     def cancel(self, message: dict[str, Any], now: float) -> list[Action]:
         """`response.cancel`."""
@@ -232,8 +232,8 @@ class Responses:
                               f"answer's audio ({total:.0f} ms)", "audio_end_ms")
         self.turns.replace_answer(full, heard_text(pieces, end_ms))
         return out + [self.events.send("conversation.item.truncated", item_id=item_id,
-                                 content_index=message.get("content_index", 0),
-                                 audio_end_ms=end_ms)]
+                                       content_index=message.get("content_index", 0),
+                                       audio_end_ms=end_ms)]
 
     # -- turns and responses ---------------------------------------------------------------
     # -- what the model answers (the shell feeds it in) --------------------------------------
@@ -242,15 +242,16 @@ class Responses:
             return []  # a late delta of a response already cancelled
         reply = self.replies[response_id]
         out = self._open_message(response_id, reply)
-        part = ev.text_part(response_id, reply.item_id, reply.item_index)  # type: ignore[arg-type]
         st = self.spoken.get(response_id)
         if st is None:
-            return [*out, self.events.send("response.output_text.delta", delta=delta, **part)]
-        out.append(self.events.send("response.output_audio_transcript.delta", delta=delta, **part))
+            return [*out, self.events.send("response.output_text.delta", delta=delta,
+                                           **reply.part)]
+        out.append(self.events.send("response.output_audio_transcript.delta", delta=delta,
+                                    **reply.part))
         return out + [self._speak(response_id, st, text) for text in st.splitter.feed(delta)]
 
     def tool_call(self, response_id: str, index: int, call_id: str | None,
-                           name: str | None, arguments: str) -> list[Action]:
+                  name: str | None, arguments: str) -> list[Action]:
         """A fragment of function call `index` of an answer: the first opens its item."""
         response = self.turns.response
         if response is None or response.id != response_id:
@@ -260,20 +261,20 @@ class Responses:
         call = reply.calls.get(index)
         if call is None:
             call = reply.calls[index] = FunctionCall(self.ids("item"), call_id or self.ids("call"),
-                                              name or "", reply.outputs)
+                                                     name or "", reply.outputs)
             reply.outputs += 1
             response.calls.append(call.entry)
             item = call.item("in_progress")
             out.append(self.events.send("response.output_item.added", response_id=response_id,
-                                  output_index=call.output_index, item=item))
+                                        output_index=call.output_index, item=item))
             if reply.spec.in_conversation:
                 out.append(self.conversation.added(item))
         if arguments:
             call.add(arguments)
             out.append(self.events.send("response.function_call_arguments.delta",
-                                  response_id=response_id, item_id=call.item_id,
-                                  output_index=call.output_index, call_id=call.call_id,
-                                  delta=arguments))
+                                        response_id=response_id, item_id=call.item_id,
+                                        output_index=call.output_index, call_id=call.call_id,
+                                        delta=arguments))
         return out
 
     def _open_message(self, rid: str, reply: Reply) -> list[Action]:
@@ -283,6 +284,7 @@ class Responses:
             return []
         item_id = reply.item_id = self.ids("item")
         reply.item_index, reply.outputs = reply.outputs, reply.outputs + 1
+        reply.part = ev.text_part(rid, item_id, reply.item_index)
         response = self.turns.response
         if response is not None and response.id == rid:
             response.entry = {"_id": item_id, "_audio": reply.spec.audio}
@@ -290,11 +292,10 @@ class Responses:
         audio = reply.spec.audio
         part = {"type": "audio", "transcript": ""} if audio else {"type": "text", "text": ""}
         out: list[Action] = [self.events.send("response.output_item.added", response_id=rid,
-                                        output_index=reply.item_index, item=item)]
+                                              output_index=reply.item_index, item=item)]
         if reply.spec.in_conversation:
             out.append(self.conversation.added(item))
-        out.append(self.events.send("response.content_part.added", part=part,
-                              **ev.text_part(rid, item_id, reply.item_index)))
+        out.append(self.events.send("response.content_part.added", part=part, **reply.part))
         return out
 
     def _speak(self, rid: str, st: SpokenAnswer, text: str) -> Synthesize:
@@ -324,7 +325,7 @@ class Responses:
         """Close an answer that ran to its end: completed, or incomplete at its token cap."""
         if self.replies[rid].truncated:
             return self._close(rid, text, "incomplete",
-                                        {"type": "incomplete", "reason": "max_output_tokens"})
+                               {"type": "incomplete", "reason": "max_output_tokens"})
         return self._close(rid, text, "completed")
 
     def failed(self, response_id: str, code: str, message: str) -> list[Action]:
@@ -332,10 +333,10 @@ class Responses:
         if text is None:
             return []
         details = {"type": "failed", "error": {"type": "server_error", "code": code,
-                                                "message": message}}
+                                               "message": message}}
         return self._settle([self.events.error(code, message, type="server_error"),
-                                       *self._close(response_id, text, "failed", details),
-                                       *self.start(self.turns.next_response())])
+                             *self._close(response_id, text, "failed", details),
+                             *self.start(self.turns.next_response())])
 
     def citations(self, response_id: str, citations: list[dict[str, Any]]) -> Send:
         """`tutor.citations`: the course passages an answer is grounded in, before its text."""
@@ -357,9 +358,7 @@ class Responses:
             return [SendBinary(data)]
         reply = self.replies[response_id]
         return [self.events.send("response.output_audio.delta",
-                           delta=base64.b64encode(data).decode("ascii"),
-                           **ev.text_part(response_id, reply.item_id,  # type: ignore[arg-type]
-                                          reply.item_index))]
+                                 delta=base64.b64encode(data).decode("ascii"), **reply.part)]
 
     def audio_done(self, response_id: str, index: int) -> list[Action]:
         st = self.spoken.get(response_id)
@@ -369,7 +368,7 @@ class Responses:
         return self._settle(self._maybe_finish_speech(response_id))
 
     def synthesis_failed(self, response_id: str, index: int, code: str, message: str
-                      ) -> list[Action]:
+                         ) -> list[Action]:
         """Synthesis of one piece failed: said once; the answer goes on (its text is there)."""
         st = self.spoken.get(response_id)
         if st is None:
@@ -378,7 +377,7 @@ class Responses:
         if not st.failed:
             st.failed = True
             out.append(self.events.error(code, f"speech synthesis failed: {message}",
-                                   type="server_error"))
+                                         type="server_error"))
         return out + self.audio_done(response_id, index)
 
     def speaking(self, response_id: str) -> bool:
@@ -419,11 +418,11 @@ class Responses:
         if spec.audio:
             self.spoken[rid] = SpokenAnswer.new(self.config.output_format)
         return [self.events.send("response.created",
-                           response=self._response_object(rid, "in_progress", reply, [])),
+                                 response=self._response_object(rid, "in_progress", reply, [])),
                 Release(rid) if rid == held else self.generate(start, spec)]
 
     def generate(self, start: StartResponse, spec: ResponseSpec, held: bool = False
-                  ) -> Generate:
+                 ) -> Generate:
         tools = tuple({"type": "function", "function": {
             k: v for k, v in tool.items() if k in ("name", "description", "parameters")}}
             for tool in spec.tools)
@@ -460,12 +459,13 @@ class Responses:
             text = st.heard(now)  # the tutor remembers what was heard, not what was written
             self.turns.replace_answer(cut.text, text)
             if st.first_audio_at is not None:  # the client should drop what it buffered
-                out.append(self.events.send("output_audio_buffer.cleared", response_id=cut.response_id))
+                out.append(self.events.send("output_audio_buffer.cleared",
+                                            response_id=cut.response_id))
         return [*out, *self._close(cut.response_id, text, "cancelled", details),
                 *self.start(self.turns.next_response())]
 
     def _close(self, rid: str, text: str, status: str,
-                        details: dict[str, Any] | None = None) -> list[Action]:
+               details: dict[str, Any] | None = None) -> list[Action]:
         reply = self.replies.pop(rid)
         st = self.spoken.pop(rid, None)
         out: list[Action] = []
@@ -474,35 +474,35 @@ class Responses:
         item_status = "completed" if status == "completed" else "incomplete"
         output: list[tuple[int, dict[str, Any]]] = []
         if reply.item_id is not None:
-            item_id = reply.item_id
-            part = ev.text_part(rid, item_id, reply.item_index)
+            item_id, part = reply.item_id, reply.part
             if st is None:
                 item = ev.assistant_item(item_id, item_status, text)
                 out += [self.events.send("response.output_text.done", text=text, **part),
                         self.events.send("response.content_part.done",
-                                   part={"type": "text", "text": text}, **part)]
+                                         part={"type": "text", "text": text}, **part)]
             else:
                 self.last_spoken = (item_id, text, st.pieces)
                 item = ev.assistant_item(item_id, item_status, text, audio=True)
                 out += [self.events.send("response.output_audio.done", **part),
                         self.events.send("response.output_audio_transcript.done", transcript=text,
-                                   **part),
+                                         **part),
                         self.events.send("response.content_part.done",
-                                   part={"type": "audio", "transcript": text}, **part)]
+                                         part={"type": "audio", "transcript": text}, **part)]
             out.append(self.events.send("response.output_item.done", response_id=rid,
-                                  output_index=reply.item_index, item=item))
+                                        output_index=reply.item_index, item=item))
             if reply.spec.in_conversation:
                 out.append(self.conversation.done(item))
             output.append((reply.item_index, item))
         for call in reply.calls.values():
             item = call.item(item_status)
             if status == "completed":
-                out.append(self.events.send("response.function_call_arguments.done", response_id=rid,
-                                      item_id=call.item_id, output_index=call.output_index,
-                                      call_id=call.call_id, name=call.name,
-                                      arguments=item["arguments"]))
+                out.append(self.events.send("response.function_call_arguments.done",
+                                            response_id=rid, item_id=call.item_id,
+                                            output_index=call.output_index,
+                                            call_id=call.call_id, name=call.name,
+                                            arguments=item["arguments"]))
             out.append(self.events.send("response.output_item.done", response_id=rid,
-                                  output_index=call.output_index, item=item))
+                                        output_index=call.output_index, item=item))
             if reply.spec.in_conversation:
                 out.append(self.conversation.done(item))
             output.append((call.output_index, item))
@@ -511,7 +511,7 @@ class Responses:
         return [
             *out,
             self.events.send("response.done",
-                       response=self._response_object(rid, status, reply, items, details)),
+                             response=self._response_object(rid, status, reply, items, details)),
             Record(rid, "voice" if audio_s else "text", reply.question, text, status,
                    round(audio_s, 3) if audio_s else None),
             *([ReportLimits()] if self.metered else []),

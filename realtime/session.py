@@ -78,10 +78,8 @@ class RealtimeSession:
             "conversation.item.delete": lambda m, now: self.conversation.delete(m),
         }
         self._on_turn: dict[type, Callable[[Any, float], list[Action]]] = {
-            TurnStarted: self._speech_started,
-            TurnPaused: lambda paused, now: self._paused(paused),
-            TurnResumed: lambda resumed, now: self._discard_guess(resumed=True),
-            TurnEnded: lambda turn, now: self._speech_stopped(turn),
+            TurnStarted: self._speech_started, TurnPaused: self._paused,
+            TurnResumed: self._resumed, TurnEnded: self._speech_stopped,
         }
 
     @property
@@ -428,7 +426,7 @@ class RealtimeSession:
         cut = self.turns.speech_started()
         return out + (self.responses.cancelled(cut, now) if cut else [])
 
-    def _speech_stopped(self, turn: TurnEnded) -> list[Action]:
+    def _speech_stopped(self, turn: TurnEnded, now: float | None = None) -> list[Action]:
         item_id = self._speech_item_id or self.ids("item")
         self._speech_item_id = None
         out: list[Action] = []
@@ -472,7 +470,7 @@ class RealtimeSession:
                           speculative=speculative)
 
     # -- speculation -----------------------------------------------------------------------
-    def _paused(self, paused: TurnPaused) -> list[Action]:
+    def _paused(self, paused: TurnPaused, now: float) -> list[Action]:
         item_id = self._speech_item_id
         if item_id is None or self._closing is not None or not paused.audio:
             return []  # no turn the client knows of (held as echo), or ending
@@ -480,6 +478,9 @@ class RealtimeSession:
         if guess is None:
             return []
         return [self._transcribe(item_id, paused.audio, speculative=guess.serial)]
+
+    def _resumed(self, resumed: TurnResumed, now: float) -> list[Action]:
+        return self._discard_guess(resumed=True)
 
     def _discard_guess(self, *, resumed: bool = False) -> list[Action]:
         guess = self.spec.resumed() if resumed else self.spec.discard()

@@ -145,8 +145,8 @@ class SessionRunner:
             ReportLimits: self._report_limits, Close: self._close,
         }
         self._to_core: dict[type, Callable[[str, Answer, Any], list[Action]]] = {
-            str: self._text, ToolCallDelta: self._tool_call, Citations: self._citations,
-            Failed: self._failed, Finished: self._completed,
+            ToolCallDelta: self._tool_call, Citations: self._citations, Failed: self._failed,
+            Finished: self._completed,
         }
 
     async def run(self, resume: dict[str, Any] | Literal[False] | None = None) -> None:
@@ -563,20 +563,20 @@ class SessionRunner:
                 del self.responses[rid]
 
     def _answered(self, rid: str, answer: Answer, output: Output) -> None:
-        """An output of answer `rid`: held while the answer is, else to the core (`_to_core`)
-        and its actions carried out."""
+        """An output of answer `rid`: held while the answer is, else to the core (a text delta
+        straight on, the rest through `_to_core`) and its actions carried out."""
         if answer.held:
             answer.held_outputs.append(output)
             return
+        if isinstance(output, str):
+            actions = self.session.response_delta(rid, output)
+            self.execute(actions)
+            if actions and not answer.first_sent:
+                answer.first_sent = time.perf_counter()
+            return
         self.execute(self._to_core[type(output)](rid, answer, output))
 
-    # -- an answer's outputs, to the core (`_to_core`) -------------------------------------
-    def _text(self, rid: str, answer: Answer, delta: str) -> list[Action]:
-        actions = self.session.response_delta(rid, delta)
-        if actions and not answer.first_sent:
-            answer.first_sent = time.perf_counter()
-        return actions
-
+    # -- an answer's other outputs, to the core (`_to_core`) -------------------------------
     def _tool_call(self, rid: str, answer: Answer, call: ToolCallDelta) -> list[Action]:
         return self.session.response_tool_call(rid, call.index, call.call_id, call.name,
                                                call.arguments)

@@ -258,3 +258,20 @@ async def test_refused_requests_do_not_use_up_the_window(limiter):
         assert not (await limiter.hit("ai", who, 2)).allowed
     peek = await limiter.peek("ai", who, 2)
     assert peek.remaining == 0  # 2 counted, not 22
+
+
+def test_a_plan_turns_the_server_defaults_into_the_session_config():
+    from billing.plan import planned
+    from realtime import SessionConfig
+    catalog = TierCatalog.load()
+    base = SessionConfig(instructions="t", model="small", voice="alloy", speculative_pause_ms=200)
+    free = planned(base, catalog.get("free"), None, speech=True, speak_by_default=True)
+    assert (free.model, free.audio_allowed, free.output_audio, free.speculative_pause_ms) == (
+        "small", False, False, 0)  # no spoken answers, no speculation on the free plan
+    pro = planned(base, catalog.get("pro"), "large-model", speech=True, speak_by_default=True)
+    assert (pro.model, pro.audio_allowed, pro.output_audio, pro.speculative_pause_ms) == (
+        "large-model", True, True, 200)
+    unspoken = planned(base, catalog.get("pro"), None, speech=False, speak_by_default=True)
+    assert (unspoken.audio_allowed, unspoken.output_audio) == (False, False)  # no TTS provider
+    assert not planned(base, catalog.get("pro"), None, speech=True,
+                       speak_by_default=False).output_audio  # TUTOR_OUTPUT_MODALITIES=text

@@ -128,3 +128,26 @@ def test_a_frame_nested_thousands_deep_is_refused_and_the_session_goes_on():
     assert deep_object["error"]["code"] == "invalid_json"
     assert sent(s.receive_text('{"type": "session.update", "session": {}}', 0.0))[0]["type"] == \
         "session.updated"
+
+
+def test_ids_come_from_the_factory_passed_in_the_session_id_first():
+    from realtime import Ids
+    s = RealtimeSession(SessionConfig(instructions="t", model="m", input_rate=16000),
+                        ids=Ids("t"))
+    created = sent(s.open())[0]
+    assert s.id == created["session"]["id"] == "sess_t0001"
+    assert created["event_id"].startswith("event_t")
+    job = next(a for a in feed(s, read_pcm("q_war.wav")) if isinstance(a, Transcribe))
+    again = RealtimeSession(SessionConfig(instructions="t", model="m", input_rate=16000),
+                            ids=Ids("t"))
+    again.open()
+    assert next(a for a in feed(again, read_pcm("q_war.wav"))
+                if isinstance(a, Transcribe)).item_id == job.item_id  # deterministic
+
+
+def test_a_turn_to_transcribe_carries_its_length():
+    s = session()
+    pcm = read_pcm("q_war.wav")
+    job = next(a for a in feed(s, pcm) if isinstance(a, Transcribe))
+    assert job.seconds == (len(job.wav) - 44) / 2 / 16000  # what the WAV holds, told not read
+    assert 0 < job.seconds <= len(pcm) / 32000
