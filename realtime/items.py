@@ -56,7 +56,7 @@ class Conversation:
         return True
 
     # -- client events ---------------------------------------------------------------------
-    def create(self, message: dict[str, Any]) -> list[Action]:
+    def create(self, message: dict[str, Any], now: float) -> list[Action]:
         """`conversation.item.create`: at the end, or after `previous_item_id`."""
         item = message.get("item")
         if not isinstance(item, dict):
@@ -83,7 +83,7 @@ class Conversation:
                                  previous_item_id=None if previous == "root" else previous),
                 self.done(created)]
 
-    def retrieve(self, message: dict[str, Any]) -> list[Action]:
+    def retrieve(self, message: dict[str, Any], now: float) -> list[Action]:
         item_id = message.get("item_id")
         if not isinstance(item_id, str):
             raise ClientError("missing_required_parameter", "retrieve needs 'item_id'", "item_id")
@@ -97,7 +97,7 @@ class Conversation:
             item = ev.user_audio_item(item_id, self._unheard[item_id])
         return [self.events.send("conversation.item.retrieved", item=item)]
 
-    def delete(self, message: dict[str, Any]) -> list[Action]:
+    def delete(self, message: dict[str, Any], now: float) -> list[Action]:
         item_id = message.get("item_id")
         if not isinstance(item_id, str):
             raise ClientError("missing_required_parameter", "delete needs 'item_id'", "item_id")

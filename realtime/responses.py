@@ -106,7 +106,7 @@ class Responses:
         self.cut_by_speech = False  # the last answer was cut by barge-in, none started since
 
     # -- client events ---------------------------------------------------------------------
-    def create(self, message: dict[str, Any]) -> list[Action]:
+    def create(self, message: dict[str, Any], now: float) -> list[Action]:
         """`response.create`: an answer now, or once pending transcripts are in."""
         response = message.get("response") or {}
         if not isinstance(response, dict):

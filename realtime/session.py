@@ -69,13 +69,13 @@ class RealtimeSession:
             "input_audio_buffer.append": self._append,
             "input_audio_buffer.commit": self._commit,
             "input_audio_buffer.clear": self._clear,
-            "conversation.item.create": lambda m, now: self.conversation.create(m),
-            "response.create": lambda m, now: self.responses.create(m),
+            "conversation.item.create": self.conversation.create,
+            "conversation.item.retrieve": self.conversation.retrieve,
+            "conversation.item.delete": self.conversation.delete,
+            "response.create": self.responses.create,
             "response.cancel": self.responses.cancel,
             "output_audio_buffer.clear": self.responses.clear_audio,
             "conversation.item.truncate": self.responses.truncate,
-            "conversation.item.retrieve": lambda m, now: self.conversation.retrieve(m),
-            "conversation.item.delete": lambda m, now: self.conversation.delete(m),
         }
         self._on_turn: dict[type, Callable[[Any, float], list[Action]]] = {
             TurnStarted: self._speech_started, TurnPaused: self._paused,
