@@ -178,5 +178,3 @@ def realtime_item(entry: dict[str, Any]) -> dict[str, Any]:
         return ev.assistant_item(item_id, status, entry["content"],
                                  audio=bool(entry.get("_audio")))
     return ev.message_item(item_id, entry["role"], entry["content"])
-
-

@@ -621,5 +621,3 @@ def _metrics(answer: Answer) -> dict[str, Any]:
     if answer.retrieval_degraded is not None:
         out["retrieval"] = answer.retrieval_degraded
     return out
-
-
