@@ -29,7 +29,7 @@ from typing import Any, Awaitable, Callable, Literal
 from accounts.errors import AuthError
 from accounts.http import text_problem
 from billing.service import CLOSE_TOO_MANY, Billing, QuotaError, VoiceGrant
-from dialogue.providers import ProviderError, Providers, ToolCallDelta, Truncated, Usage
+from providers import ProviderError, Providers, ToolCallDelta, Truncated, Usage
 from rag.grounding import Grounding
 from store.models import COURSE_CHARS
 
