@@ -2,8 +2,9 @@
 `openai` SDK (`AsyncOpenAI`): one adapter per protocol of `providers.protocols`.
 
 Any OpenAI-compatible server works (OpenAI, OpenRouter, Ollama, vLLM): only the base URL, key
-and model differ. One client per base URL per process, so HTTP connections are pooled across
-sessions. SDK exceptions become `ProviderError`s through `providers.errors.from_openai` only.
+and model differ. A client (`make_client`) is made once and shared by every session, so its HTTP
+connections are pooled across them. SDK exceptions become `ProviderError`s through
+`providers.errors.from_openai` only.
 """
 
 from __future__ import annotations
