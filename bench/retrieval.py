@@ -24,8 +24,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from dialogue.providers.openai import make_client
-from rag.embed import OpenAIEmbedder
+from providers.openai import OpenAIEmbedder, make_client
 from rag.ingest import IngestError, ingest_paths
 from rag.search import MemoryQueryCache, Retriever
 from rag.vectors import VectorIndex

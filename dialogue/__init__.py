@@ -1,6 +1,6 @@
-"""The conversation: who speaks when, what the tutor is told, and the providers that answer.
+"""The conversation: who speaks when and what the tutor is told.
 
 `turntaking.TurnTaker` is a pure state machine (listening → transcribing → responding, barge-in);
-`prompts` holds the tutor's system prompt; `providers/` adapts the `openai` SDK behind small
-protocols so the rest of the code never knows which vendor answers.
+`prompts` holds the tutor's system prompt. The services that answer (transcription, chat,
+speech) are the top-level `providers` package.
 """

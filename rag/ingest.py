@@ -17,12 +17,12 @@ from typing import Any, Literal
 from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dialogue.providers import ProviderError
+from providers import Embedder, ProviderError
 from store.db import Database
 from store.models import COURSE_CHARS, SOURCE_CHARS, Content, now
 
-from .embed import Embedder, to_blob
 from .extract import IngestError, file_type, is_supported
+from .vectors import to_blob
 from .worker import HEADING_SEPARATOR, Parser
 
 __all__ = ["IngestError", "IngestResult", "delete_document", "ingest", "ingest_paths",

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from accounts.http import json_body, query_text, text_field, text_value
 from accounts.routes import require_user
-from dialogue.providers import ProviderError
+from providers import ProviderError
 from store.models import COURSE_CHARS, SOURCE_CHARS, Content
 
 from .ingest import IngestError, delete_document, ingest, list_documents

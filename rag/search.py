@@ -21,14 +21,13 @@ from sqlalchemy import Row, select
 from store.db import Database
 from store.models import Content
 
-from .embed import from_blob, to_blob
 from .fts import fts_search, memory_search
-from .vectors import VectorIndex, pgvector_ready, pgvector_search
+from .vectors import VectorIndex, from_blob, pgvector_ready, pgvector_search, to_blob
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-    from .embed import Embedder
+    from providers import Embedder
 
 log = logging.getLogger("tutor.rag")
 

@@ -1,6 +1,7 @@
 """Vector search over course chunks: `VectorIndex`, each course's embeddings as one in-memory
 float32 matrix searched exactly (a dot product of unit vectors is the cosine), and the pgvector
-query used instead when a database has the extension and the `embedding_vec` column.
+query used instead when a database has the extension and the `embedding_vec` column. Also the
+float32 little-endian blob format of the `content.embedding` column (`to_blob`, `from_blob`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,20 @@ import numpy as np
 from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from providers import normalise
 from store.db import Database
 
-from .embed import from_blob, normalise
-
 log = logging.getLogger("tutor.rag")
+_BLOB = np.dtype("<f4")  # fixed byte order, so a database moved between machines still reads
+
+
+def to_blob(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=_BLOB).tobytes()
+
+
+def from_blob(blob: bytes) -> np.ndarray:
+    """A read-only float32 view of the bytes (no copy: retrieval reads many of these)."""
+    return np.frombuffer(blob, dtype=_BLOB)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ from notify.smtp import SmtpTransport
 from notify.summary import last_full_week, queue_weekly_summaries
 from notify.worker import OutboxWorker, WorkerConfig, utcnow
 from rag import routes as rag_routes
-from rag.embed import OpenAIEmbedder
 from rag.grounding import Grounding, ground
 from rag.ingest import IngestError, ingest_paths
 from rag.search import MemoryQueryCache, RedisQueryCache, Retriever
@@ -57,9 +56,9 @@ from study.notes_routes import routes as notes_routes
 
 from audio.formats import AudioFormat
 from dialogue.prompts import TUTOR_INSTRUCTIONS
-from dialogue.providers import Providers
-from dialogue.providers.openai import (OpenAIChatModel, OpenAISpeech, OpenAITranscriber,
-                                       make_client, warm_up)
+from providers import Providers
+from providers.openai import (OpenAIChatModel, OpenAIEmbedder, OpenAISpeech, OpenAITranscriber,
+                              make_client, warm_up)
 from realtime import SessionConfig, TurnDetection
 
 from .chat import chat_endpoint

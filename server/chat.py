@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from accounts.http import json_body, text_problem
 from accounts.routes import require_user
 from dialogue.prompts import chat_messages
-from dialogue.providers import ProviderError, Usage
+from providers import ProviderError, Usage
 from store.models import COURSE_CHARS
 
 MAX_HISTORY = 50

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from audio.pcm import SPEECH_RATE, bytes_to_seconds
-from dialogue.providers import ProviderError
+from providers import ProviderError
 from realtime import Synthesize
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from billing.service import Billing, VoiceGrant
-from dialogue.providers import ProviderError, Providers, ToolCallDelta, Truncated, Usage
+from providers import ProviderError, Providers, ToolCallDelta, Truncated, Usage
 from rag.grounding import Grounding
 from realtime import (Abandon, Action, Adopt, Cancel, Charge, Close, Generate, RealtimeSession,
                       Record, Release, ReportLimits, Send, SendBinary, Synthesize, Transcribe)

@@ -25,7 +25,7 @@ from starlette.routing import Route
 
 from accounts.http import body_bytes, max_json_bytes, parse_json
 from accounts.routes import require_user
-from dialogue.providers import ProviderError
+from providers import ProviderError
 from rag.grounding import Grounding
 from server.errors import ApiError
 from store.models import TURN_KINDS, Interaction

@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from dialogue.providers import Providers
+from providers import Providers
 from server.app import build_providers, create_app
 from server.cli import uvicorn_options
 from server.config import Settings

@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from dialogue.providers import ProviderError, ToolCallDelta, Truncated, Usage
-from dialogue.providers.openai import OpenAIChatModel
+from providers import ProviderError, ToolCallDelta, Truncated, Usage
+from providers.openai import OpenAIChatModel
 from server.app import build_providers
 from tests.conftest import make_settings
 from tests.fake_openai import FakeOpenAI, LoopbackServer

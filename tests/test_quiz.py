@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dialogue.providers import ProviderError, Providers
-from dialogue.providers.openai import OpenAIChatModel, make_client
+from providers import ProviderError, Providers
+from providers.openai import OpenAIChatModel, make_client
 from study.quiz import InvalidOutput, quiz_schema, validate_quiz
 from tests.conftest import make_settings
 from tests.fake_openai import (Refusal, Truncated, prompt_passage_ids, schema_instance,

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from sqlalchemy import event, select
 
-from dialogue.providers import ProviderError
-from dialogue.providers.openai import make_client
-from rag.embed import OpenAIEmbedder, from_blob, to_blob
+from providers import ProviderError
+from providers.openai import OpenAIEmbedder, make_client
 from rag.ingest import (IngestError, IngestResult, delete_document, ingest, ingest_paths,
                         list_documents)
+from rag.vectors import from_blob, to_blob
 from rag.worker import Limits, Parser
 from store.db import Database
 from store.models import Content

@@ -20,13 +20,12 @@ from alembic.migration import MigrationContext
 from redis.asyncio import Redis
 from sqlalchemy import delete, inspect, insert, text, update
 
-from dialogue.providers import ProviderError
-from rag.embed import to_blob
+from providers import ProviderError
 from rag.fts import fts5_query, fts_search, memory_search, terms, websearch_query
 from rag.search import (Hit, MemoryQueryCache, RedisQueryCache, Retriever, fuse,
                         normalise_query)
 from rag.vectors import (VectorIndex, has_pgvector, pgvector_ready, pgvector_search_sql,
-                         vector_literal)
+                         to_blob, vector_literal)
 from store import queries as q
 from store.db import Database, alembic_config, migrate
 from store.models import Base, Content, Interaction

@@ -1,24 +1,28 @@
-"""Transcription, streaming chat and structured output over the official `openai` SDK
-(`AsyncOpenAI`).
+"""Transcription, streaming chat and structured output, speech and embeddings over the official
+`openai` SDK (`AsyncOpenAI`): one adapter per protocol of `providers.protocols`.
 
 Any OpenAI-compatible server works (OpenAI, OpenRouter, Ollama, vLLM): only the base URL, key
-and model differ. One client per base URL per process, so HTTP connections are pooled across
-sessions. SDK exceptions are mapped to `ProviderError` codes here and nowhere else.
+and model differ. A client (`make_client`) is made once and shared by every session, so its HTTP
+connections are pooled across them. SDK exceptions become `ProviderError`s through
+`providers.errors.from_openai` only.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
 from typing import Any, AsyncIterator
 
+import numpy as np
 import openai
 from openai import AsyncOpenAI
 
 from audio.pcm import wav_bytes
 
-from . import JsonReply, ProviderError, ToolCallDelta, Transcript, Truncated, Usage
+from .errors import ProviderError, from_openai
+from .protocols import JsonReply, ToolCallDelta, Transcript, Truncated, Usage, normalise
 
 try:  # the HTTP library the SDK is built on (httpx2 in openai 3.x)
     import httpx2 as _http
@@ -46,18 +50,6 @@ def make_client(*, api_key: str, base_url: str | None, timeout: float, connect_t
     )
 
 
-def _provider_error(exc: BaseException, what: str, *, streaming: bool = False) -> ProviderError:
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderError("provider_timeout", f"{what} provider did not answer in time")
-    if isinstance(exc, openai.APIStatusError):
-        return ProviderError(
-            "provider_error", f"{what} provider answered HTTP {exc.status_code}: {exc.message}"
-        )
-    if isinstance(exc, openai.APIConnectionError) and not streaming:
-        return ProviderError("provider_unreachable", f"{what} provider could not be reached")
-    return ProviderError("provider_stream_interrupted", f"{what} provider stream broke: {exc!r}")
-
-
 class OpenAITranscriber:
     def __init__(self, client: AsyncOpenAI, model: str) -> None:
         self.client = client
@@ -73,7 +65,7 @@ class OpenAITranscriber:
                 model=model or self.model, file=("turn.wav", wav, "audio/wav"), **extra
             )
         except openai.OpenAIError as exc:
-            raise _provider_error(exc, "transcription") from exc
+            raise from_openai(exc, "transcription") from exc
         return Transcript(result.text, seconds)
 
 
@@ -124,7 +116,7 @@ class OpenAIChatModel:
         except ProviderError:
             raise
         except Exception as exc:  # SDK errors, and transport errors some versions leave raw
-            raise _provider_error(exc, "chat", streaming=streaming) from exc
+            raise from_openai(exc, "chat", streaming=streaming) from exc
         if not finished:
             # A stream that stops without a finish_reason was cut, even if the socket closed cleanly.
             raise ProviderError("provider_stream_interrupted", "chat provider stream ended early")
@@ -151,7 +143,7 @@ class OpenAIChatModel:
                                  "json_schema": {"name": name, "strict": True, "schema": schema}},
                 **extra)
         except Exception as exc:  # SDK errors, and transport errors some versions leave raw
-            raise _provider_error(exc, "chat") from exc
+            raise from_openai(exc, "chat") from exc
         usage = (Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
                  if completion.usage is not None else None)
         if not completion.choices:
@@ -246,4 +238,50 @@ class OpenAISpeech:
         except ProviderError:
             raise
         except Exception as exc:
-            raise _provider_error(exc, "speech", streaming=True) from exc
+            raise from_openai(exc, "speech", streaming=True) from exc
+
+
+class OpenAIEmbedder:
+    """Embeddings through `embeddings.create`, in batches of `batch_size` texts with at most
+    `max_in_flight` requests at once; rows come back normalised, whatever the server sent."""
+
+    def __init__(self, client: AsyncOpenAI, model: str, batch_size: int = 64,
+                 max_in_flight: int = 4) -> None:
+        if batch_size < 1 or max_in_flight < 1:
+            raise ValueError("batch_size and max_in_flight must be at least 1")
+        self.client = client
+        self.model = model
+        self.batch_size = batch_size
+        # A few requests at once make a large document quicker without tripping a provider's
+        # rate limit, or taking every pooled connection from live voice sessions.
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        batches = [texts[i:i + self.batch_size] for i in range(0, len(texts), self.batch_size)]
+        tasks = [asyncio.ensure_future(self._batch(batch)) for batch in batches]
+        try:
+            rows = await asyncio.gather(*tasks)
+        except BaseException:
+            # One failed batch fails the whole document: stop paying for the others.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        if len({r.shape[1] for r in rows}) != 1:
+            raise ProviderError("provider_error",
+                                "embedding provider changed dimensions mid-document")
+        return normalise(np.concatenate(rows))
+
+    async def _batch(self, texts: list[str]) -> np.ndarray:
+        async with self._in_flight:
+            try:
+                response = await self.client.embeddings.create(model=self.model, input=texts)
+            except openai.OpenAIError as exc:
+                raise from_openai(exc, "embedding") from exc
+        data = sorted(response.data, key=lambda d: d.index)  # the API does not promise order
+        if len(data) != len(texts):
+            raise ProviderError("provider_error", f"embedding provider returned {len(data)} "
+                                f"vectors for {len(texts)} texts")
+        return np.asarray([d.embedding for d in data], dtype=np.float32)

@@ -1,7 +1,7 @@
-"""One small protocol per capability; adapters implement them over a vendor SDK.
+"""One small `Protocol` per capability, and the values that cross them.
 
-Failures cross this boundary as `ProviderError` with a protocol error `code`, so callers can
-tell the client precisely what went wrong without knowing the SDK's exception tree.
+An adapter (`providers.openai`, the test fakes, a future vendor) satisfies a protocol by shape;
+nothing here knows a vendor. Every method raises `ProviderError` (`providers.errors`) on failure.
 """
 
 from __future__ import annotations
@@ -9,12 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Protocol
 
-
-class ProviderError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -92,16 +87,38 @@ class ChatModel(Protocol):
         ...
 
 
-class Speaker(Protocol):
+class Synthesizer(Protocol):
+    """Text-to-speech."""
+
     def stream(self, text: str, *, voice: str | None = None) -> AsyncIterator[bytes]:
         """Yield the spoken text as PCM16 mono 24 kHz, in chunks of whole samples, as it is
         synthesised; raise ProviderError on failure."""
         ...
 
 
+class Embedder(Protocol):
+    model: str  # stored with each vector: vectors of different models must never be compared
+
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """float32, shape (len(texts), d), rows L2-normalised (so a dot product is the cosine);
+        raise ProviderError on failure."""
+        ...
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (a zero row stays zero), as `Embedder.embed` promises them.
+    OpenAI's vectors already are; other compatible servers' may not be."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.where(norms == 0, 1, norms)
+
+
 @dataclass(frozen=True)
 class Providers:
+    """The capabilities a voice session and the REST routes answer with (embeddings are the
+    retriever's own: `rag.search.Retriever`)."""
+
     transcriber: Transcriber | None
     chat: ChatModel | None
     problem: str | None = None  # why a provider is missing: told to clients, never a traceback
-    speech: Speaker | None = None  # text-to-speech, for spoken answers
+    speech: Synthesizer | None = None  # text-to-speech, for spoken answers
