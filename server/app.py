@@ -67,7 +67,7 @@ from .logs import route_to_stdlib
 from .connections import SessionSlots
 from .metrics import Metrics, metrics_endpoint, readyz
 from .outage import OutageMiddleware
-from .config import Settings
+from .config import Settings, mcp_email_environment
 from .protocol import SessionConfig, TurnDetection
 from .resume import MemoryResume, RedisResume
 from .static import web_routes
@@ -272,7 +272,8 @@ def email_transport(settings: Settings) -> Transport:
         return McpEmailTransport(
             url=settings.email_mcp_url,
             command=shlex.split(settings.email_mcp_command) if settings.email_mcp_command
-            else None, tool=settings.email_mcp_tool, timeout_s=settings.email_timeout_s)
+            else None, env=mcp_email_environment(), tool=settings.email_mcp_tool,
+            timeout_s=settings.email_timeout_s)
     if settings.email_transport != "log":
         raise ValueError(f"TUTOR_EMAIL_TRANSPORT must be log, smtp or mcp, "
                          f"not {settings.email_transport!r}")

@@ -7,6 +7,7 @@ have set: `OPENAI_API_KEY` / `OPENAI_BASE_URL` for everything, and `LLM_BASE_URL
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from ipaddress import ip_address
@@ -269,3 +270,13 @@ class McpEmailSettings(BaseSettings):
     smtp_timeout_s: float = 30.0
     email_from: str | None = None  # the sender when a call names none
     mcp_email_journal: Path = Path("data/mcp-email.db")  # the keys already sent
+
+
+# The variables McpEmailSettings reads.
+MCP_EMAIL_VARIABLES = ("TUTOR_SMTP_", "TUTOR_EMAIL_FROM", "TUTOR_MCP_EMAIL_")
+
+
+def mcp_email_environment() -> dict[str, str]:
+    """What a `tutor mcp-email` spawned over stdio is given of this process's environment: the
+    variables of `McpEmailSettings` (the MCP SDK passes only HOME, PATH and the like on)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(MCP_EMAIL_VARIABLES)}
