@@ -7,7 +7,7 @@ the plan's chat model, and sit in the `ai` group of per-minute request limits (t
 429) like `/api/ai/chat`. The allowance is taken once what the request needs has been found (a
 topic the course does not cover, or an unknown session, costs nothing) and just before the model
 is asked; a failed answer is not refunded, as with chat. Errors are
-`{"error": {"code", "message"}}`; the codes are in docs/study.md.
+`api.errors.ApiError`s; the codes are in docs/errors.md.
 """
 
 from __future__ import annotations
