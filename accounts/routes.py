@@ -12,17 +12,18 @@ from datetime import timedelta
 
 from authlib.integrations.starlette_client import OAuthError
 from joserfc.errors import JoseError
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from api.errors import ApiError
+from api.request import json_body, path_key, text_field
+from api.services import services
 from store import queries
 from store.models import User
 
 from .errors import AuthError
 from .google import sealed_refresh_token
-from .http import json_body, path_key, text_field
 from .identity import user_json
 from .sessions import session_id, session_json, sign_in, sign_out
 
@@ -33,34 +34,35 @@ async def require_user(request: Request, roles: tuple[str, ...] = ()) -> User:
     resolved = request.scope.get("state", {}).get("auth")  # by the request-limit middleware
     try:
         if resolved is None:
-            user = await request.app.state.auth.user_of(request)
+            user = await services(request).auth.user_of(request)
         elif resolved[1] is not None:
             raise resolved[1]
         else:
             user = resolved[0]
     except AuthError as exc:
-        raise HTTPException(401, f"{exc.code}: {exc.message}") from exc
+        raise ApiError(401, "unauthorized", f"{exc.code}: {exc.message}") from exc
     if user is None:
-        raise HTTPException(401, "sign in required")
+        raise ApiError(401, "unauthorized", "sign in required")
     if roles and user.role not in roles:
-        raise HTTPException(403, f"this needs the role {' or '.join(roles)}")
+        raise ApiError(403, "forbidden", f"this needs the role {' or '.join(roles)}")
     return user
 
 
 async def google_login(request: Request) -> Response:
-    oauth = request.app.state.oauth
+    oauth = services(request).oauth
     if oauth is None:
-        raise HTTPException(503, "Google sign-in is not configured (TUTOR_GOOGLE_CLIENT_ID)")
-    public = request.app.state.settings.public_url
+        raise ApiError(503, "not_configured",
+                       "Google sign-in is not configured (TUTOR_GOOGLE_CLIENT_ID)")
+    public = services(request).settings.public_url
     redirect_uri = (f"{public.rstrip('/')}/api/auth/google/callback" if public
                     else str(request.url_for("google_callback")))
     return await oauth.google.authorize_redirect(request, redirect_uri)
 
 
 async def google_callback(request: Request) -> Response:
-    oauth = request.app.state.oauth
+    oauth = services(request).oauth
     if oauth is None:
-        raise HTTPException(503, "Google sign-in is not configured")
+        raise ApiError(503, "not_configured", "Google sign-in is not configured")
     try:
         metadata = await oauth.google.load_server_metadata()
         # authlib checks `aud` only when told to (without it, a token for another client whose
@@ -71,14 +73,14 @@ async def google_callback(request: Request) -> Response:
         })
     except (OAuthError, JoseError, ValueError, KeyError) as exc:  # state, code or ID token
         log.warning("Google sign-in refused: %s", exc)
-        raise HTTPException(401, f"Google sign-in failed: {exc}") from exc
+        raise ApiError(401, "unauthorized", f"Google sign-in failed: {exc}") from exc
     claims = token.get("userinfo") or {}
     if not claims.get("sub"):
-        raise HTTPException(401, "Google sign-in failed: no ID token")
-    async with request.app.state.db.session() as s, s.begin():
+        raise ApiError(401, "unauthorized", "Google sign-in failed: no ID token")
+    async with services(request).db.session() as s, s.begin():
         user = await queries.upsert_user(s, provider="google", subject=claims["sub"],
                                          email=claims.get("email"), name=claims.get("name"))
-        sealed = sealed_refresh_token(token, request.app.state.secret_box)
+        sealed = sealed_refresh_token(token, services(request).secret_box)
         if sealed:
             user.oauth_refresh_token = sealed
     await sign_in(request, user)
@@ -89,8 +91,8 @@ async def create_token(request: Request) -> Response:
     user = await require_user(request)
     body = await json_body(request, empty_ok=True)  # e.g. {"name": "my script"}
     name = text_field(body, "name", 100, required=False)  # api_tokens.name is String(100)
-    days = request.app.state.settings.api_token_ttl_days
-    async with request.app.state.db.session() as s, s.begin():
+    days = services(request).settings.api_token_ttl_days
+    async with services(request).db.session() as s, s.begin():
         token, row = await queries.issue_api_token(s, user.id, name=name, ttl=timedelta(days=days))
     return JSONResponse({"token": token, "token_type": "Bearer",
                          "expires_at": row.expires_at.isoformat() if row.expires_at else None},
@@ -100,20 +102,20 @@ async def create_token(request: Request) -> Response:
 async def logout(request: Request) -> Response:
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer tt_"):  # a program logging out ends its token
-        async with request.app.state.db.session() as s, s.begin():
+        async with services(request).db.session() as s, s.begin():
             await queries.revoke_api_token(s, header.split(" ", 1)[1].strip())
     await sign_out(request)  # the browser session ends on the server, not just in the cookie
     return Response(status_code=204)
 
 
 def _max_age(request: Request) -> timedelta:
-    return timedelta(seconds=request.app.state.settings.session_max_age_s)
+    return timedelta(seconds=services(request).settings.session_max_age_s)
 
 
 async def list_sessions(request: Request) -> Response:
     """The caller's signed-in browsers; the one making this request is `current`."""
     user = await require_user(request)
-    async with request.app.state.db.session() as s:
+    async with services(request).db.session() as s:
         rows = await queries.browser_sessions(s, user.id, max_age=_max_age(request))
     current = session_id(request)
     return JSONResponse({"items": [session_json(r, current) for r in rows]})
@@ -123,10 +125,10 @@ async def revoke_session(request: Request) -> Response:
     """Sign one of the caller's browsers out (this one too, if it is named)."""
     user = await require_user(request)
     target = path_key(request, "session_id", "session", max_chars=64)  # browser_sessions.id
-    async with request.app.state.db.session() as s, s.begin():
+    async with services(request).db.session() as s, s.begin():
         revoked = await queries.revoke_browser_sessions(s, user.id, only=target)
     if not revoked:
-        raise HTTPException(404, "no such session of yours")
+        raise ApiError(404, "not_found", "no such session of yours")
     if target == session_id(request):
         request.session.clear()
     return Response(status_code=204)
@@ -135,7 +137,7 @@ async def revoke_session(request: Request) -> Response:
 async def revoke_other_sessions(request: Request) -> Response:
     """Sign out every browser of the caller but this one (all of them, with a bearer token)."""
     user = await require_user(request)
-    async with request.app.state.db.session() as s, s.begin():
+    async with services(request).db.session() as s, s.begin():
         revoked = await queries.revoke_browser_sessions(s, user.id, keep=session_id(request))
     return JSONResponse({"revoked": revoked})
 
@@ -147,9 +149,9 @@ async def me(request: Request) -> Response:
 async def voice_ticket(request: Request) -> Response:
     """A single-use ticket for `?ticket=` on the voice socket (browsers cannot set headers)."""
     user = await require_user(request)
-    await request.app.state.billing.check_voice(user)  # 402 when the plan's minutes are spent
-    ttl = request.app.state.settings.ticket_ttl_s
-    ticket = await request.app.state.auth.tickets.issue(user.id, ttl)
+    await services(request).billing.check_voice(user)  # 402 when the plan's minutes are spent
+    ttl = services(request).settings.ticket_ttl_s
+    ticket = await services(request).auth.tickets.issue(user.id, ttl)
     return JSONResponse({"ticket": ticket, "expires_in": ttl,
                          "url": f"/api/voice?ticket={ticket}"}, status_code=201)
 

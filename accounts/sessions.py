@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.requests import HTTPConnection, Request
 
+from api.services import services
 from store import queries
 from store.db import Database
 from store.models import BrowserSession, User
@@ -70,11 +71,11 @@ async def cookie_user(db: Database, conn: HTTPConnection, max_age: timedelta) ->
 
 async def sign_in(request: Request, user: User) -> None:
     """Start a browser session for `user` and put (only) its id in the cookie."""
-    app = request.app.state
-    async with app.db.session() as s, s.begin():
+    shared = services(request)
+    async with shared.db.session() as s, s.begin():
         record = await queries.start_browser_session(
             s, user.id, user_agent=request.headers.get("user-agent"),
-            max_age=timedelta(seconds=app.settings.session_max_age_s))
+            max_age=timedelta(seconds=shared.settings.session_max_age_s))
     request.session.clear()
     request.session[SESSION_KEY] = record.id
 
@@ -83,7 +84,7 @@ async def sign_out(request: Request) -> None:
     """Revoke the request's browser session and clear the cookie."""
     sid = session_id(request)
     if sid is not None:
-        async with request.app.state.db.session() as s, s.begin():
+        async with services(request).db.session() as s, s.begin():
             await queries.revoke_browser_sessions(s, None, only=sid)
     request.session.clear()
 

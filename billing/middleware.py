@@ -8,12 +8,12 @@ WebSockets are limited by the voice endpoint itself, which knows more (quota, se
 
 from __future__ import annotations
 
-import json
-
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from accounts.errors import AuthError
+from api.errors import error_response
+from api.services import services
 
 from .service import QuotaError
 from .tiers import route_group, unlimited
@@ -27,8 +27,8 @@ class RequestLimitMiddleware:
         if scope["type"] != "http" or unlimited(scope["path"]):
             await self.app(scope, receive, send)
             return
-        state = scope["app"].state
         conn = HTTPConnection(scope)
+        state = services(conn)
         try:
             user, error = await state.auth.user_of(conn), None
         except AuthError as exc:
@@ -38,15 +38,6 @@ class RequestLimitMiddleware:
         try:
             await state.billing.check_request(route_group(scope["path"]), user, client)
         except QuotaError as exc:
-            await _refuse(send, exc)
+            await error_response(exc)(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-async def _refuse(send: Send, exc: QuotaError) -> None:
-    body = json.dumps({"error": {"code": exc.code, "message": exc.message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if exc.retry_after_s is not None:
-        headers.append((b"retry-after", str(exc.retry_after_s).encode()))
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

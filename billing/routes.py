@@ -13,13 +13,14 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy import select
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from accounts.http import body_bytes, json_body, page_args
 from accounts.routes import require_user
+from api.errors import ApiError
+from api.request import body_bytes, json_body, page_args
+from api.services import services
 from store.models import PaymentTransaction
 
 from .stripe import LIVE, PaymentError, StripeBilling, WebhookRejected
@@ -28,50 +29,49 @@ log = logging.getLogger("tutor.billing")
 
 
 def _payments(request: Request) -> StripeBilling:
-    payments = request.app.state.payments
+    payments = services(request).payments
     if payments is None:
-        raise HTTPException(503, "payments are not configured (STRIPE_API_KEY, "
-                                 "TUTOR_STRIPE_PRICES, STRIPE_WEBHOOK_SECRET)")
+        raise ApiError(503, "not_configured", "payments are not configured (STRIPE_API_KEY, "
+                       "TUTOR_STRIPE_PRICES, STRIPE_WEBHOOK_SECRET)")
     return payments
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
 async def tiers(request: Request) -> Response:
-    return JSONResponse({"tiers": request.app.state.billing.catalog.public()})
+    return JSONResponse({"tiers": services(request).billing.catalog.public()})
 
 
 async def usage(request: Request) -> Response:
     user = await require_user(request)
-    return JSONResponse(await request.app.state.billing.usage(user))
+    return JSONResponse(await services(request).billing.usage(user))
 
 
 async def checkout(request: Request) -> Response:
     user = await require_user(request)
     payments = _payments(request)
     body = await json_body(request, empty_ok=True)
-    catalog = request.app.state.billing.catalog
+    catalog = services(request).billing.catalog
     name = body.get("tier")
     tier = catalog.tiers.get(name) if isinstance(name, str) else None
     if tier is None or not tier.stripe_price:
         on_sale = [t.name for t in catalog.tiers.values() if t.stripe_price]
-        raise HTTPException(400, f"'tier' must be one of {on_sale}")
+        raise ApiError(400, "invalid_request", f"'tier' must be one of {on_sale}", field="tier")
     seats = body.get("seats", 1)
     if isinstance(seats, bool) or not isinstance(seats, int) or not 1 <= seats <= 10_000:
-        raise HTTPException(400, "'seats' must be an integer from 1 to 10000")
+        raise ApiError(400, "invalid_request", "'seats' must be an integer from 1 to 10000",
+                       field="seats")
     if seats != 1 and not tier.per_seat:
-        raise HTTPException(400, f"the {tier.name} plan is not sold per seat")
+        raise ApiError(400, "invalid_request", f"the {tier.name} plan is not sold per seat",
+                       field="seats")
     if tier.per_seat and user.role not in ("teacher", "admin"):
-        raise HTTPException(403, f"the {tier.name} plan is bought by a teacher for their classes")
+        raise ApiError(403, "forbidden",
+                       f"the {tier.name} plan is bought by a teacher for their classes")
     if user.subscription_id and user.subscription_status in LIVE:
-        raise HTTPException(409, "there is a subscription already: change or cancel it in the "
-                                 "customer portal (POST /api/payments/portal)")
+        raise ApiError(409, "conflict", "there is a subscription already: change or cancel it in "
+                       "the customer portal (POST /api/payments/portal)")
     try:
         session = await payments.checkout(user, tier, seats=seats, base_url=str(request.base_url))
     except PaymentError as exc:
-        return _error(502, "payment_provider_error", str(exc))
+        raise ApiError(502, "payment_provider_error", str(exc)) from exc
     return JSONResponse(session, status_code=201)
 
 
@@ -79,12 +79,12 @@ async def portal(request: Request) -> Response:
     user = await require_user(request)
     payments = _payments(request)
     if not user.stripe_customer_id:
-        raise HTTPException(409, "there is no billing account yet: subscribe through "
-                                 "POST /api/payments/checkout first")
+        raise ApiError(409, "conflict", "there is no billing account yet: subscribe through "
+                       "POST /api/payments/checkout first")
     try:
         session = await payments.portal(user, base_url=str(request.base_url))
     except PaymentError as exc:
-        return _error(502, "payment_provider_error", str(exc))
+        raise ApiError(502, "payment_provider_error", str(exc)) from exc
     return JSONResponse(session, status_code=201)
 
 
@@ -95,7 +95,7 @@ async def transactions(request: Request) -> Response:
     if before_id is not None:
         query = query.where(PaymentTransaction.id < before_id)
     query = query.order_by(PaymentTransaction.id.desc()).limit(limit)
-    async with request.app.state.db.session() as s:
+    async with services(request).db.session() as s:
         rows = list((await s.execute(query)).scalars())
     items = [{"id": r.id, "event_type": r.event_type, "stripe_event_id": r.stripe_event_id,
               "object_id": r.stripe_object_id, "amount": r.amount, "currency": r.currency,
@@ -107,16 +107,17 @@ async def transactions(request: Request) -> Response:
 
 async def webhook(request: Request) -> Response:
     payments = _payments(request)
-    body = await body_bytes(request, request.app.state.settings.max_json_bytes)
+    body = await body_bytes(request, services(request).settings.max_json_bytes)
     try:
         result = await payments.handle(body, request.headers.get("stripe-signature"))
     except WebhookRejected as exc:
-        return _error(exc.status, exc.code, exc.message)
+        raise ApiError(exc.status, exc.code, exc.message) from exc
     except PaymentError as exc:
-        return _error(503, "payment_provider_error", f"{exc}; retry later")
-    except Exception:
+        raise ApiError(503, "payment_provider_error", f"{exc}; retry later") from exc
+    except Exception as exc:
         log.exception("webhook processing failed")
-        return _error(500, "processing_failed", "the event could not be processed; retry later")
+        raise ApiError(500, "processing_failed",
+                       "the event could not be processed; retry later") from exc
     return JSONResponse(result)
 
 

@@ -21,6 +21,7 @@ from typing import Any, Awaitable, Callable
 
 from sqlalchemy import func, select
 
+from api.errors import ApiError
 from store.db import Database
 from store.models import ClassMember, Classroom, User
 
@@ -37,15 +38,14 @@ CLOSE_SESSION_EXPIRED = 4408
 CLOSE_TOO_MANY = 4429
 
 
-class QuotaError(Exception):
-    """A refusal: an HTTP status for routes, a close code for sockets, one error code for both."""
+class QuotaError(ApiError):
+    """A refusal: an HTTP status for routes (answered with `Retry-After` when waiting helps), a
+    close code for sockets, one error code for both."""
 
     def __init__(self, code: str, message: str, *, status: int, close_code: int,
                  retry_after_s: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
+        super().__init__(status, code, message, headers=None if retry_after_s is None
+                         else {"Retry-After": str(retry_after_s)})
         self.close_code = close_code
         self.retry_after_s = retry_after_s
 

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 import shlex
 import sys
@@ -64,9 +63,6 @@ from .message import Email, TransportError
 log = logging.getLogger("tutor.notify.mcp")
 
 _VERDICT = re.compile(r"^(?P<what>[\w-]+) (?P<kind>permanent|temporary): ", re.ASCII)
-# Settings the email tool server reads; forwarded to a spawned server (the SDK otherwise passes
-# only HOME, PATH and the like to a stdio subprocess).
-_FORWARDED_ENV = ("TUTOR_SMTP_", "TUTOR_EMAIL_FROM", "TUTOR_MCP_EMAIL_")
 # A timeout usually means a slow SMTP relay, and the server finishes that send anyway (a retry
 # then finds its key); replacing a stdio server at once would start a second process that does
 # not know about the send still under way. Several in a row mean the server is stuck.
@@ -209,9 +205,9 @@ class McpEmailTransport:
                  tool: str = "send_email", timeout_s: float = 60.0,
                  connect_timeout_s: float | None = None, errlog: TextIO | None = None) -> None:
         """`url`: the server's streamable HTTP endpoint (…/mcp). `command`: spawn the server
-        and talk over its stdin/stdout; it gets HOME, PATH and the like, the TUTOR_SMTP_*,
-        TUTOR_EMAIL_FROM and TUTOR_MCP_EMAIL_* variables of this process, then `env`, and runs in
-        `cwd` (default: this process's); its stderr goes to `errlog` (default sys.stderr).
+        and talk over its stdin/stdout; it gets HOME, PATH and the like, then `env` (the app
+        passes `server.config.mcp_email_environment()`, its settings), and runs in `cwd`
+        (default: this process's); its stderr goes to `errlog` (default sys.stderr).
         `timeout_s`: the longest wait for one tool call (keep it above the server's SMTP
         timeout, 30 s by default); `connect_timeout_s`: for opening a session (default
         `timeout_s`)."""
@@ -238,9 +234,8 @@ class McpEmailTransport:
         if self.url is not None:
             return Client(self.url, client_info=info, cache=None)
         assert self.command is not None
-        env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_ENV)}
         params = StdioServerParameters(command=self.command[0], args=self.command[1:],
-                                       env=env | self.env, cwd=self.cwd)
+                                       env=self.env, cwd=self.cwd)
         # stdio_client(...) is a Transport for Client: passed this way, stderr is ours to route.
         return Client(stdio_client(params, errlog=self.errlog or sys.stderr), client_info=info,
                       cache=None)

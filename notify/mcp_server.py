@@ -25,10 +25,11 @@ Failures are tool errors (`isError` results) whose text follows one small gramma
 
 Nothing is journaled for a failed call, so the same key can be sent again.
 
-Settings (environment): TUTOR_SMTP_HOST (127.0.0.1), TUTOR_SMTP_PORT (25), TUTOR_SMTP_USERNAME,
-TUTOR_SMTP_PASSWORD, TUTOR_SMTP_STARTTLS (unset: upgrade when offered; "true"/"false"),
-TUTOR_SMTP_TLS ("true": implicit TLS, port 465), TUTOR_SMTP_TIMEOUT_S (30), TUTOR_EMAIL_FROM
-(the default sender), TUTOR_MCP_EMAIL_JOURNAL (data/mcp-email.db).
+Settings, from the environment through `server.config.McpEmailSettings` (the settings module
+stays the only reader of the environment): TUTOR_SMTP_HOST (127.0.0.1), TUTOR_SMTP_PORT (25),
+TUTOR_SMTP_USERNAME, TUTOR_SMTP_PASSWORD, TUTOR_SMTP_STARTTLS (unset: upgrade when offered;
+"true"/"false"), TUTOR_SMTP_TLS ("true": implicit TLS, port 465), TUTOR_SMTP_TIMEOUT_S (30),
+TUTOR_EMAIL_FROM (the default sender), TUTOR_MCP_EMAIL_JOURNAL (data/mcp-email.db).
 
     tutor mcp-email                            # stdio (the tutor's McpEmailTransport spawns it)
     tutor mcp-email --http --host 127.0.0.1 --port 8790   # streamable HTTP, http://host:port/mcp
@@ -43,13 +44,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, closing
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Annotated, TypedDict
@@ -60,6 +59,7 @@ import anyio.to_thread
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, TextContent
 
+from server.config import McpEmailSettings
 from store.files import private_sqlite
 
 from .message import Email, TransportError
@@ -68,7 +68,6 @@ from .smtp import SmtpTransport, mime
 log = logging.getLogger("tutor.notify.mcp_server")
 
 TOOL_NAME = "send_email"
-DEFAULT_JOURNAL = "data/mcp-email.db"
 DEFAULT_HTTP_PORT = 8790
 _HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 field name: printable ASCII but ':'
 
@@ -78,48 +77,10 @@ class SendResult(TypedDict):
     duplicate: bool  # true: this key was sent before; nothing was sent now
 
 
-def _env_bool(value: str | None) -> bool | None:
-    if value is None or not value.strip():
-        return None
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-@dataclass(frozen=True)
-class ToolSettings:
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 25
-    smtp_username: str | None = None
-    smtp_password: str | None = None
-    smtp_starttls: bool | None = None  # None: upgrade when the server offers it
-    smtp_tls: bool = False  # implicit TLS
-    smtp_timeout_s: float = 30.0
-    default_sender: str | None = None
-    journal_path: Path = Path(DEFAULT_JOURNAL)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ToolSettings:
-        env = os.environ if env is None else env
-        return cls(
-            smtp_host=env.get("TUTOR_SMTP_HOST") or "127.0.0.1",
-            smtp_port=int(env.get("TUTOR_SMTP_PORT") or 25),
-            smtp_username=env.get("TUTOR_SMTP_USERNAME") or None,
-            smtp_password=env.get("TUTOR_SMTP_PASSWORD") or None,
-            smtp_starttls=_env_bool(env.get("TUTOR_SMTP_STARTTLS")),
-            smtp_tls=bool(_env_bool(env.get("TUTOR_SMTP_TLS"))),
-            smtp_timeout_s=float(env.get("TUTOR_SMTP_TIMEOUT_S") or 30.0),
-            default_sender=env.get("TUTOR_EMAIL_FROM") or None,
-            journal_path=Path(env.get("TUTOR_MCP_EMAIL_JOURNAL") or DEFAULT_JOURNAL),
-        )
-
-    def smtp(self) -> SmtpTransport:
-        return SmtpTransport(self.smtp_host, self.smtp_port, username=self.smtp_username,
-                             password=self.smtp_password, starttls=self.smtp_starttls,
-                             use_tls=self.smtp_tls, timeout_s=self.smtp_timeout_s)
+def smtp_transport(settings: McpEmailSettings) -> SmtpTransport:
+    return SmtpTransport(settings.smtp_host, settings.smtp_port, username=settings.smtp_username,
+                         password=settings.smtp_password, starttls=settings.smtp_starttls,
+                         use_tls=settings.smtp_tls, timeout_s=settings.smtp_timeout_s)
 
 
 class Journal:
@@ -194,11 +155,12 @@ def _smtp_failure(exc: TransportError) -> CallToolResult:
     return _error("SMTP", exc.permanent, str(exc).removeprefix("SMTP "))
 
 
-def create_server(settings: ToolSettings | None = None, *, log_level: str = "INFO") -> MCPServer:
-    settings = settings or ToolSettings.from_env()
-    journal = Journal(settings.journal_path)
+def create_server(settings: McpEmailSettings | None = None, *,
+                  log_level: str = "INFO") -> MCPServer:
+    settings = settings or McpEmailSettings()
+    journal = Journal(settings.mcp_email_journal)
     journal.create()  # fail at start, not at the first message, when the path is unusable
-    smtp = settings.smtp()
+    smtp = smtp_transport(settings)
     locks = _KeyLocks()
     server = MCPServer("tutor-email", instructions=(
         "Sends email through the tutor's SMTP relay. send_email is idempotent per "
@@ -215,7 +177,7 @@ def create_server(settings: ToolSettings | None = None, *, log_level: str = "INF
         key = idempotency_key
         if not key or any(c in "<>" or not c.isprintable() or c.isspace() for c in key):
             return _error("message", True, f"unusable idempotency_key {idempotency_key!r}")
-        sender = sender or settings.default_sender
+        sender = sender or settings.email_from
         if not sender:
             return _error("config", False, "no sender given and TUTOR_EMAIL_FROM is not set")
         for name in headers or {}:
@@ -232,7 +194,7 @@ def create_server(settings: ToolSettings | None = None, *, log_level: str = "INF
             try:
                 known = await anyio.to_thread.run_sync(journal.lookup, key)
             except sqlite3.Error as exc:
-                return _error("journal", False, f"{settings.journal_path}: {exc}")
+                return _error("journal", False, f"{settings.mcp_email_journal}: {exc}")
             if known is not None:
                 log.info("duplicate %s to %s: already sent", known, to)
                 return _result(known, duplicate=True)

@@ -18,13 +18,14 @@ import secrets
 from typing import Any
 
 from sqlalchemy import select, update
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from accounts.http import json_body, page_args, path_id, query_text, text_field, text_problem
 from accounts.routes import require_user
+from api.errors import ApiError
+from api.request import json_body, page_args, path_id, query_text, text_field, text_problem
+from api.services import services
 from store import queries
 from store.models import ClassMember, Classroom, EmailNotification, User, now
 
@@ -60,7 +61,7 @@ async def notifications(request: Request) -> Response:
         query = query.where(T.status == status)
     if before_id is not None:
         query = query.where(T.id < before_id)
-    async with request.app.state.db.session() as s:
+    async with services(request).db.session() as s:
         rows = list((await s.execute(query.order_by(T.id.desc()).limit(limit))).scalars())
     items = [_row(n, admin) for n in rows]
     return JSONResponse({"notifications": items,
@@ -70,9 +71,9 @@ async def notifications(request: Request) -> Response:
 async def retry(request: Request) -> Response:
     await require_user(request, ("admin",))
     notification_id = path_id(request, "id", "notification")
-    if not await requeue(request.app.state.db, notification_id):
-        raise HTTPException(409, "only a failed or unknown message can be retried")
-    _wake(request)
+    if not await requeue(services(request).db, notification_id):
+        raise ApiError(409, "conflict", "only a failed or unknown message can be retried")
+    services(request).email_worker.wake()
     return JSONResponse({"id": notification_id, "status": "pending"})
 
 
@@ -84,20 +85,22 @@ async def send(request: Request) -> Response:
     text = text_field(body, "body", 20_000)
     class_id, user_ids = body.get("class_id"), body.get("user_ids")
     if (class_id is None) == (user_ids is None):
-        raise HTTPException(400, "give either 'class_id' or 'user_ids'")
-    db = request.app.state.db
+        raise ApiError(400, "invalid_request", "give either 'class_id' or 'user_ids'")
+    db = services(request).db
     class_name = None
     async with db.session() as s, s.begin():
         if class_id is not None:
             room = await s.get(Classroom, class_id) \
                 if isinstance(class_id, str) and not text_problem(class_id, 32) else None
             if room is None or (sender.role != "admin" and room.teacher_id != sender.id):
-                raise HTTPException(404, "no such class of yours")
+                raise ApiError(404, "not_found", "no such class of yours")
             class_name = room.name
             user_ids = await queries.class_student_ids(s, room.id)
         elif not isinstance(user_ids, list) or not 0 < len(user_ids) <= MAX_RECIPIENTS \
                 or not all(isinstance(u, str) and not text_problem(u, 32) for u in user_ids):
-            raise HTTPException(400, f"'user_ids' must be a list of 1 to {MAX_RECIPIENTS} ids")
+            raise ApiError(400, "invalid_request",
+                           f"'user_ids' must be a list of 1 to {MAX_RECIPIENTS} ids",
+                           field="user_ids")
         elif sender.role != "admin":
             taught = select(ClassMember.user_id).join(
                 Classroom, Classroom.id == ClassMember.class_id).where(
@@ -105,7 +108,7 @@ async def send(request: Request) -> Response:
             mine = set((await s.execute(taught.where(ClassMember.user_id.in_(user_ids))))
                        .scalars())
             if set(user_ids) - mine:
-                raise HTTPException(403, "you can only write to students of your classes")
+                raise ApiError(403, "forbidden", "you can only write to students of your classes")
         users = list((await s.execute(select(User).where(User.id.in_(user_ids)))).scalars())
         batch = secrets.token_hex(8)
         queued, skipped = [], {"no_email": 0, "unsubscribed": 0}
@@ -122,7 +125,7 @@ async def send(request: Request) -> Response:
                              "body": text},
                     user_id=user.id, language=user.language, key=f"teacher:{batch}:{user.id}")
                 queued.append(user.id)
-    _wake(request)
+    services(request).email_worker.wake()
     return JSONResponse({"queued": len(queued), "skipped": skipped}, status_code=202)
 
 
@@ -132,28 +135,34 @@ async def preferences(request: Request) -> Response:
     values: dict[str, Any] = {}
     if "weekly_summary" in body:
         if not isinstance(body["weekly_summary"], bool):
-            raise HTTPException(400, "'weekly_summary' must be a boolean")
+            raise ApiError(400, "invalid_request", "'weekly_summary' must be a boolean",
+                           field="weekly_summary")
         values["weekly_summary"] = body["weekly_summary"]
     if "guardian_email" in body:
         g = body["guardian_email"]
         if g is not None and (not isinstance(g, str) or not EMAIL.match(g)
                               or text_problem(g, 320)):  # no NUL: [^@\s] lets it through
-            raise HTTPException(400, "'guardian_email' must be an email address or null")
+            raise ApiError(400, "invalid_request",
+                           "'guardian_email' must be an email address or null",
+                           field="guardian_email")
         values["guardian_email"] = g
     if "language" in body:
         lang = body["language"]
         if lang is not None and (not isinstance(lang, str) or not re.match(r"^[a-zA-Z-]{2,16}$",
                                                                          lang)):
-            raise HTTPException(400, "'language' must be a language tag such as 'fr' or null")
+            raise ApiError(400, "invalid_request",
+                           "'language' must be a language tag such as 'fr' or null",
+                           field="language")
         values["language"] = lang
     if "subscribed" in body:
         if not isinstance(body["subscribed"], bool):
-            raise HTTPException(400, "'subscribed' must be a boolean")
+            raise ApiError(400, "invalid_request", "'subscribed' must be a boolean",
+                           field="subscribed")
         values["email_unsubscribed_at"] = None if body["subscribed"] else now()
     if not values:
-        raise HTTPException(400, "nothing to change: weekly_summary, guardian_email, language, "
-                                 "subscribed")
-    async with request.app.state.db.session() as s, s.begin():
+        raise ApiError(400, "invalid_request", "nothing to change: weekly_summary, "
+                       "guardian_email, language, subscribed")
+    async with services(request).db.session() as s, s.begin():
         await s.execute(update(User).where(User.id == user.id).values(**values))
         row = await s.get(User, user.id)
         assert row is not None
@@ -169,7 +178,7 @@ PAGE = """<!doctype html><html lang="en"><meta charset="utf-8">
 
 
 async def unsubscribe(request: Request) -> Response:
-    secret = request.app.state.email_link_secret
+    secret = services(request).email_link_secret
     token = request.query_params.get("token", "")
     user_id = read_token(secret, token) if token else None
     if user_id is None:
@@ -182,19 +191,13 @@ async def unsubscribe(request: Request) -> Response:
         return HTMLResponse(PAGE.format(
             title="Unsubscribe from tutor emails?", form=form,
             text="You will still get account and payment emails."))
-    async with request.app.state.db.session() as s, s.begin():
+    async with services(request).db.session() as s, s.begin():
         await s.execute(update(User).where(User.id == user_id,
                                            User.email_unsubscribed_at.is_(None))
                         .values(email_unsubscribed_at=now()))
     return HTMLResponse(PAGE.format(title="You are unsubscribed", form="",
                                     text="No more progress summaries or notices. Account and "
                                          "payment emails still come."))
-
-
-def _wake(request: Request) -> None:
-    worker = getattr(request.app.state, "email_worker", None)
-    if worker is not None:
-        worker.wake()
 
 
 routes = [

@@ -10,13 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, select
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from accounts.http import json_body, query_text, text_field, text_value
 from accounts.routes import require_user
+from api.errors import ApiError
+from api.request import json_body, query_text, text_field, text_value
+from api.services import services
 from providers import ProviderError
 from store.models import COURSE_CHARS, SOURCE_CHARS, Content
 
@@ -28,16 +29,18 @@ QUERY_CHARS = 2000
 
 async def upload_document(request: Request) -> Response:
     await require_user(request, ("teacher", "admin"))
-    state = request.app.state
+    state = services(request)
     settings = state.settings
     try:
         form = await request.form(max_files=1, max_fields=4,
                                   max_part_size=settings.rag_max_document_bytes + 1)
     except Exception as exc:  # malformed multipart, a part over the limit
-        raise HTTPException(400, f"expected a multipart form with 'file' and 'course': {exc}")
+        raise ApiError(400, "invalid_request",
+                       f"expected a multipart form with 'file' and 'course': {exc}") from exc
     upload, course = form.get("file"), form.get("course")
     if not hasattr(upload, "read") or not isinstance(course, str) or not course.strip():
-        raise HTTPException(400, "expected a multipart form with 'file' and 'course'")
+        raise ApiError(400, "invalid_request",
+                       "expected a multipart form with 'file' and 'course'")
     course = text_value(course, "course", COURSE_CHARS)
     data = await upload.read(settings.rag_max_document_bytes + 1)  # type: ignore[union-attr]
     filename = upload.filename or "upload"  # type: ignore[union-attr]
@@ -47,9 +50,9 @@ async def upload_document(request: Request) -> Response:
         result = await ingest(state.db, state.retriever.embedder, state.parser, course=course,
                               source=source, filename=filename, data=data)
     except IngestError as exc:
-        return _error(STATUS.get(exc.code, 400), exc.code, exc.message)
+        raise ApiError(STATUS.get(exc.code, 400), exc.code, exc.message) from exc
     except ProviderError as exc:
-        return _error(502, exc.code, f"embedding failed, nothing changed: {exc.message}")
+        raise ApiError(502, exc.code, f"embedding failed, nothing changed: {exc.message}") from exc
     if result.status != "unchanged":
         await state.retriever.vectors.refresh(state.db, result.course)
     return JSONResponse({"status": result.status, "course": result.course,
@@ -60,7 +63,7 @@ async def upload_document(request: Request) -> Response:
 async def documents(request: Request) -> Response:
     await require_user(request, ("teacher", "admin"))
     course = query_text(request, "course", COURSE_CHARS)
-    return JSONResponse({"items": _jsonable(await list_documents(request.app.state.db, course))})
+    return JSONResponse({"items": _jsonable(await list_documents(services(request).db, course))})
 
 
 async def remove_document(request: Request) -> Response:
@@ -68,10 +71,10 @@ async def remove_document(request: Request) -> Response:
     course = query_text(request, "course", COURSE_CHARS)
     source = query_text(request, "source", SOURCE_CHARS)
     if not course or not source:
-        raise HTTPException(400, "give ?course=…&source=…")
-    state = request.app.state
+        raise ApiError(400, "invalid_request", "give ?course=…&source=…")
+    state = services(request)
     if not await delete_document(state.db, course, source):
-        raise HTTPException(404, "no such document")
+        raise ApiError(404, "not_found", "no such document")
     await state.retriever.vectors.refresh(state.db, course)
     return Response(status_code=204)
 
@@ -80,12 +83,12 @@ async def search(request: Request) -> Response:
     await require_user(request)
     body = await json_body(request)
     query = text_field(body, "query", QUERY_CHARS)
-    k = body.get("k", request.app.state.settings.rag_top_k)
+    k = body.get("k", services(request).settings.rag_top_k)
     if not isinstance(k, int) or not 1 <= k <= 50:
-        raise HTTPException(400, "k must be an integer from 1 to 50")
+        raise ApiError(400, "invalid_request", "k must be an integer from 1 to 50", field="k")
     course = body.get("course") if isinstance(body.get("course"), str) else None
     course = text_value(course or None, "course", COURSE_CHARS, required=False)
-    hits = await request.app.state.retriever.search(query, course=course, k=k)
+    hits = await services(request).retriever.search(query, course=course, k=k)
     return JSONResponse({"items": [
         {"chunk_id": f"c{h.chunk_id}", "course": h.course, "document": h.source,
          "heading": h.heading_path, "text": h.text, "score": h.score,
@@ -97,7 +100,7 @@ async def courses(request: Request) -> Response:
     await require_user(request)
     query = (select(Content.course, func.count(func.distinct(Content.source)), func.count())
              .group_by(Content.course).order_by(Content.course))
-    async with request.app.state.db.session() as s:
+    async with services(request).db.session() as s:
         rows = (await s.execute(query)).all()
     return JSONResponse({"items": [{"name": c, "documents": d, "chunks": n}
                                    for c, d, n in rows]})
@@ -109,17 +112,13 @@ async def passage(request: Request) -> Response:
     raw = request.path_params["chunk_id"]
     number = raw[1:] if raw[:1] in ("c", "C") else raw
     if not number.isdigit() or len(number) > 18:
-        raise HTTPException(404, f"no passage {raw!r}: ids look like c123")
-    async with request.app.state.db.session() as s:
+        raise ApiError(404, "not_found", f"no passage {raw!r}: ids look like c123")
+    async with services(request).db.session() as s:
         row = await s.get(Content, int(number))
     if row is None:
-        raise HTTPException(404, f"no passage {raw!r}")
+        raise ApiError(404, "not_found", f"no passage {raw!r}")
     return JSONResponse({"chunk_id": f"c{row.id}", "course": row.course, "document": row.source,
                          "heading": row.heading_path, "text": row.text})
-
-
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
 def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -27,11 +26,13 @@ from accounts.identity import Authenticator
 from accounts.secrets import SecretBox
 from accounts.supabase import SupabaseVerifier
 from accounts.tickets import MemoryTickets, RedisTickets
+from api.errors import HANDLERS
+from api.services import Services, services
 from billing import routes as billing_routes
 from billing.middleware import RequestLimitMiddleware
 from billing.quota import MemoryQuotas, RedisQuotas
 from billing.ratelimit import RequestLimiter, storage_for
-from billing.service import Billing, QuotaError
+from billing.service import Billing
 from billing.stripe import StripeBilling
 from billing.tiers import TierCatalog
 from notify import routes as email_routes
@@ -66,9 +67,8 @@ from .logs import route_to_stdlib
 from .connections import SessionSlots
 from .metrics import Metrics, metrics_endpoint, readyz
 from .outage import OutageMiddleware
-from .config import Settings
+from .config import Settings, mcp_email_environment
 from .resume import MemoryResume, RedisResume
-from .errors import ApiError, api_error
 from .static import web_routes
 from . import rights
 from .voice import realtime_endpoint
@@ -151,7 +151,7 @@ def build_providers(settings: Settings) -> tuple[Providers, list]:
 
 
 async def healthz(request: Request) -> JSONResponse:
-    providers: Providers = request.app.state.providers
+    providers = services(request).providers
     return JSONResponse({
         "status": "ok",
         "transcription": providers.transcriber is not None,
@@ -215,16 +215,6 @@ async def open_accounts(settings: Settings, db: Database, redis_client,  # type:
                          session_max_age_s=settings.session_max_age_s)
 
 
-async def http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, HTTPException)
-    codes = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-             409: "conflict", 503: "not_configured"}
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-    code = getattr(exc, "code", None) or codes.get(exc.status_code, "error")  # a Refusal's own
-    return JSONResponse({"error": {"code": code, "message": exc.detail}},
-                        status_code=exc.status_code, headers=headers)
-
-
 def open_writer(db: Database, spool: Spool, stack: AsyncExitStack,
                 model: type[Base] = Interaction) -> InteractionWriter:
     """A background writer through the spool; stopped (flushed) before the spool closes."""
@@ -265,13 +255,6 @@ def open_payments(settings: Settings, billing: Billing,  # type: ignore[no-untyp
     return payments
 
 
-async def quota_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, QuotaError)
-    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
-    return JSONResponse({"error": {"code": exc.code, "message": exc.message}},
-                        status_code=exc.status, headers=headers)
-
-
 def email_transport(settings: Settings) -> Transport:
     if settings.email_transport == "smtp":
         return SmtpTransport(settings.smtp_host, settings.smtp_port,
@@ -288,7 +271,8 @@ def email_transport(settings: Settings) -> Transport:
         return McpEmailTransport(
             url=settings.email_mcp_url,
             command=shlex.split(settings.email_mcp_command) if settings.email_mcp_command
-            else None, tool=settings.email_mcp_tool, timeout_s=settings.email_timeout_s)
+            else None, env=mcp_email_environment(), tool=settings.email_mcp_tool,
+            timeout_s=settings.email_timeout_s)
     if settings.email_transport != "log":
         raise ValueError(f"TUTOR_EMAIL_TRANSPORT must be log, smtp or mcp, "
                          f"not {settings.email_transport!r}")
@@ -378,6 +362,57 @@ async def load_sample_course(retriever: Retriever, parser: Parser) -> None:
     await retriever.vectors.refresh(retriever.db, SAMPLE_COURSE_NAME)
 
 
+async def open_services(settings: Settings, providers: Providers | None, link_secret: str,
+                        stack: AsyncExitStack) -> Services:
+    """Everything the routes and sockets share, opened in order and closed by `stack` in
+    reverse: `providers` given (tests, the benchmark) or built from the settings."""
+    if providers is None:
+        providers, clients = build_providers(settings)
+        for client in clients:
+            stack.push_async_callback(client.close)
+        if clients:
+            await warm_up()
+    if providers.problem:
+        # where a newcomer looks first: the log, before any turn has failed
+        log.warning("%s Voice sessions open but cannot transcribe or answer until it is "
+                    "set (in the environment or .env) and the server restarted.",
+                    providers.problem)
+    db = await open_storage(settings, stack)
+    spool = await Spool.open(settings.spool)
+    stack.push_async_callback(spool.close)
+    writer = open_writer(db, spool, stack)
+    redis_client = open_redis(settings, stack)
+    auth = await open_accounts(settings, db, redis_client, stack)
+    billing, usage_writer = open_billing(settings, db, redis_client, spool, stack)
+    payments = open_payments(settings, billing, stack)
+    email_worker = open_email(settings, db, billing, link_secret, stack)
+    parser = parser_for(settings, stack)
+    retriever = await open_knowledge(settings, db, redis_client, parser, stack)
+
+    def knowledge(course: str | None):  # type: ignore[no-untyped-def]
+        async def lookup(question: str, user_id: str | None) -> Grounding:
+            return await ground(retriever, question, course=course, user_id=user_id,
+                                k=settings.rag_top_k, memory_k=settings.rag_memory_k,
+                                wait_for_embedding=settings.rag_wait_for_embedding,
+                                budget_s=settings.rag_retrieval_budget_s)
+        return lookup
+
+    return Services(
+        settings=settings, providers=providers, session_config=session_config(settings),
+        db=db, spool=spool, writer=writer, redis=redis_client, metrics=Metrics(),
+        slots=SessionSlots(settings.max_sessions_per_address, settings.max_sessions_per_user),
+        auth=auth,
+        resume=RedisResume(redis_client) if redis_client is not None else MemoryResume(),
+        billing=billing, usage_writer=usage_writer, payments=payments,
+        email_link_secret=link_secret, email_worker=email_worker, parser=parser,
+        retriever=retriever, knowledge=knowledge,
+        secret_box=SecretBox(settings.secret_keys) if settings.secret_keys else None,
+        oauth=(google_oauth(client_id=settings.google_client_id,
+                            client_secret=settings.google_client_secret or "",
+                            discovery_url=settings.google_discovery_url)
+               if settings.google_client_id else None))
+
+
 def create_app(settings: Settings | None = None, *, providers: Providers | None = None) -> Starlette:
     settings = settings or Settings()
     route_to_stdlib()
@@ -385,60 +420,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            if providers is None:
-                app.state.providers, clients = build_providers(settings)
-                for client in clients:
-                    stack.push_async_callback(client.close)
-                if clients:
-                    await warm_up()
-            else:
-                app.state.providers = providers
-            if app.state.providers.problem:
-                # where a newcomer looks first: the log, before any turn has failed
-                log.warning("%s Voice sessions open but cannot transcribe or answer until it is "
-                            "set (in the environment or .env) and the server restarted.",
-                            app.state.providers.problem)
-            app.state.settings = settings
-            app.state.session_config = session_config(settings)
-            app.state.db = await open_storage(settings, stack)
-            app.state.spool = await Spool.open(settings.spool)
-            stack.push_async_callback(app.state.spool.close)
-            app.state.writer = open_writer(app.state.db, app.state.spool, stack)
-            redis_client = open_redis(settings, stack)
-            app.state.redis = redis_client
-            app.state.metrics = Metrics()
-            app.state.runners = set()  # the open voice sessions (drained on SIGTERM)
-            app.state.slots = SessionSlots(settings.max_sessions_per_address,
-                                           settings.max_sessions_per_user)
-            app.state.draining = False
-            app.state.auth = await open_accounts(settings, app.state.db, redis_client, stack)
-            app.state.resume = RedisResume(redis_client) if redis_client is not None \
-                else MemoryResume()
-            app.state.billing, app.state.usage_writer = open_billing(
-                settings, app.state.db, redis_client, app.state.spool, stack)
-            app.state.payments = open_payments(settings, app.state.billing, stack)
-            app.state.email_link_secret = link_secret
-            app.state.email_worker = open_email(settings, app.state.db, app.state.billing,
-                                                link_secret, stack)
-            app.state.parser = parser_for(settings, stack)
-            app.state.retriever = await open_knowledge(settings, app.state.db, redis_client,
-                                                       app.state.parser, stack)
-
-            def knowledge(course: str | None):  # type: ignore[no-untyped-def]
-                async def lookup(question: str, user_id: str | None) -> Grounding:
-                    return await ground(app.state.retriever, question, course=course,
-                                        user_id=user_id, k=settings.rag_top_k,
-                                        memory_k=settings.rag_memory_k,
-                                        wait_for_embedding=settings.rag_wait_for_embedding,
-                                        budget_s=settings.rag_retrieval_budget_s)
-                return lookup
-
-            app.state.knowledge = knowledge
-            app.state.secret_box = SecretBox(settings.secret_keys) if settings.secret_keys else None
-            app.state.oauth = (google_oauth(client_id=settings.google_client_id,
-                                            client_secret=settings.google_client_secret or "",
-                                            discovery_url=settings.google_discovery_url)
-                               if settings.google_client_id else None)
+            app.state.services = await open_services(settings, providers, link_secret, stack)
             yield
 
     session_secret = settings.session_secret or secrets.token_urlsafe(32)
@@ -468,7 +450,6 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
                                session_cookie="tutor_session", max_age=settings.session_max_age_s,
                                same_site="lax", https_only=settings.cookie_secure),
                     Middleware(RequestLimitMiddleware)],
-        exception_handlers={HTTPException: http_error, QuotaError: quota_error,
-                            ApiError: api_error},
+        exception_handlers=HANDLERS,
         lifespan=lifespan,
     )

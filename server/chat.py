@@ -12,10 +12,12 @@ import secrets
 from typing import Any, AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 
-from accounts.http import json_body, text_problem
 from accounts.routes import require_user
+from api.errors import ApiError
+from api.request import json_body, text_problem
+from api.services import services
 from dialogue.prompts import chat_messages
 from providers import ProviderError, Usage
 from store.models import COURSE_CHARS
@@ -24,51 +26,48 @@ MAX_HISTORY = 50
 MAX_MESSAGE_CHARS = 100_000  # a typed question (the JSON body is bounded anyway)
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-def _parse(body: Any) -> tuple[str | None, list[dict[str, str]]]:
-    if not isinstance(body, dict) or not isinstance(body.get("message"), str) \
-            or not body["message"].strip():
-        raise ValueError("body must be a JSON object with a non-empty string 'message'")
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(400, "invalid_request", message, field=field)
+
+
+def _parse(body: dict[str, Any]) -> tuple[str | None, list[dict[str, str]]]:
+    if not isinstance(body.get("message"), str) or not body["message"].strip():
+        raise _invalid("message", "body must be a JSON object with a non-empty string 'message'")
     history = body.get("history") or []
     if not isinstance(history, list) or len(history) > MAX_HISTORY or not all(
         isinstance(m, dict) and m.get("role") in ("user", "assistant")
         and isinstance(m.get("content"), str) for m in history
     ):
-        raise ValueError(f"'history' must be a list of at most {MAX_HISTORY} "
-                         "{role: user|assistant, content: string} objects")
+        raise _invalid("history", f"'history' must be a list of at most {MAX_HISTORY} "
+                       "{role: user|assistant, content: string} objects")
     problem = text_problem(body["message"], MAX_MESSAGE_CHARS)  # it is stored as the turn
     if problem:
-        raise ValueError(f"'message' {problem}")
+        raise _invalid("message", f"'message' {problem}")
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
-        raise ValueError("'instructions' must be a string")
+        raise _invalid("instructions", "'instructions' must be a string")
     course = body.get("course")
     if course is not None and not isinstance(course, str):
-        raise ValueError("'course' must be a string")
+        raise _invalid("course", "'course' must be a string")
     if course and (problem := text_problem(course, COURSE_CHARS)):
-        raise ValueError(f"'course' {problem}")
+        raise _invalid("course", f"'course' {problem}")
     messages = [{"role": m["role"], "content": m["content"]} for m in history]
     return instructions, [*messages, {"role": "user", "content": body["message"]}]
 
 
 async def chat_endpoint(request: Request) -> Response:
-    state = request.app.state
+    state = services(request)
     user = await require_user(request)
     body = await json_body(request)
-    try:
-        instructions, history = _parse(body)
-    except ValueError as exc:
-        return _error(400, "invalid_request", str(exc))
+    instructions, history = _parse(body)
     chat = state.providers.chat
     if chat is None:
-        return _error(503, "provider_not_configured", state.providers.problem or "no chat model")
+        raise ApiError(503, "provider_not_configured",
+                       state.providers.problem or "no chat model")
     tier = await state.billing.tier_of(user)
     await state.billing.take_chat(user, tier)  # 402 when today's typed questions are used up
     model = state.billing.chat_model(tier)

@@ -45,10 +45,11 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     async def _drain(self) -> None:
-        state = getattr(self.config.app, "state", None)  # the Starlette app we passed in
-        runners = getattr(state, "runners", set())
-        if state is not None:
-            state.draining = True
+        # the Starlette app we passed in; no services when SIGTERM came before its lifespan ran
+        shared = getattr(getattr(self.config.app, "state", None), "services", None)
+        runners = shared.runners if shared is not None else set()
+        if shared is not None:
+            shared.draining = True
         for runner in list(runners):
             runner.drain()
         deadline = asyncio.get_running_loop().time() + self.drain_s

@@ -7,6 +7,7 @@ have set: `OPENAI_API_KEY` / `OPENAI_BASE_URL` for everything, and `LLM_BASE_URL
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from ipaddress import ip_address
@@ -250,3 +251,32 @@ class Settings(BaseSettings):
         if any(len(p) != 2 for p in pairs):
             raise ValueError("TUTOR_STRIPE_PRICES must be tier=price pairs separated by commas")
         return {k.strip(): v.strip() for k, v in pairs}
+
+
+class McpEmailSettings(BaseSettings):
+    """`tutor mcp-email`'s settings (notify.mcp_server): the SMTP server it relays to, the
+    default sender and its journal. The same variables as the tutor's, with the tool server's own
+    defaults (port 25, no default sender); read from the environment only, as the tutor passes
+    them to the process it spawns. A variable set but empty counts as unset."""
+
+    model_config = SettingsConfigDict(env_prefix="TUTOR_", extra="ignore", env_ignore_empty=True)
+
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 25
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_starttls: bool | None = None  # None: upgrade when the server offers it
+    smtp_tls: bool = False  # implicit TLS (port 465)
+    smtp_timeout_s: float = 30.0
+    email_from: str | None = None  # the sender when a call names none
+    mcp_email_journal: Path = Path("data/mcp-email.db")  # the keys already sent
+
+
+# The variables McpEmailSettings reads.
+MCP_EMAIL_VARIABLES = ("TUTOR_SMTP_", "TUTOR_EMAIL_FROM", "TUTOR_MCP_EMAIL_")
+
+
+def mcp_email_environment() -> dict[str, str]:
+    """What a `tutor mcp-email` spawned over stdio is given of this process's environment: the
+    variables of `McpEmailSettings` (the MCP SDK passes only HOME, PATH and the like on)."""
+    return {k: v for k, v in os.environ.items() if k.startswith(MCP_EMAIL_VARIABLES)}

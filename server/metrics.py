@@ -34,6 +34,7 @@ from sqlalchemy import func, select, text
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from api.services import services
 from store.db import revisions
 from store.models import EmailNotification
 
@@ -132,8 +133,8 @@ class _AtScrape:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    state = request.app.state
-    metrics: Metrics = state.metrics
+    state = services(request)
+    metrics = state.metrics
 
     registry = CollectorRegistry()
     counts: dict[str, int] = {}
@@ -155,7 +156,7 @@ async def readyz(request: Request) -> Response:
     (a revision this code does not know is a newer release's, migrated ahead during a rolling
     deploy: migrations only add, so this code still works), Redis answers (when configured).
     503 with the failing checks otherwise. `/healthz` stays a cheap liveness check."""
-    state = request.app.state
+    state = services(request)
     checks: dict[str, str] = {}
     try:
         async with state.db.session() as s:
@@ -168,14 +169,13 @@ async def readyz(request: Request) -> Response:
         checks["migrations"] = f"at {current}, head is {head}" if behind else "ok"
     except Exception as exc:
         checks["database"] = f"unreachable: {exc.__class__.__name__}"
-    redis = getattr(state, "redis", None)
-    if redis is not None:
+    if state.redis is not None:
         try:
-            await asyncio.wait_for(redis.ping(), 2.0)
+            await asyncio.wait_for(state.redis.ping(), 2.0)
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"unreachable: {exc.__class__.__name__}"
-    if getattr(state, "draining", False):
+    if state.draining:
         checks["draining"] = "the server is stopping: send new sessions elsewhere"
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ready" if ready else "not ready", "checks": checks},

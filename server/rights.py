@@ -17,15 +17,16 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts.identity import user_json
-from accounts.http import (Refusal, json_body, offset_arg, page_args, path_key, text_field,
-                           text_problem, unstorable)
 from accounts.routes import require_user
+from api.errors import ApiError
+from api.request import (json_body, offset_arg, page_args, path_key, text_field, text_problem,
+                         unstorable)
+from api.services import services
 from store import queries
 from store.models import ROLES, Classroom, Interaction, User
 from store.models import NOTE
@@ -47,7 +48,7 @@ def interaction_json(row: Interaction) -> dict[str, Any]:
 async def _page(request: Request, user_ids: list[str], class_id: str | None = None
                 ) -> JSONResponse:
     limit, before = page_args(request)
-    async with request.app.state.db.session() as s:
+    async with services(request).db.session() as s:
         rows = await queries.interactions_page(s, user_ids, limit=limit, before_id=before,
                                                class_id=class_id)
     return JSONResponse({"items": [interaction_json(r) for r in rows],
@@ -61,7 +62,7 @@ async def my_interactions(request: Request) -> Response:
 
 async def my_export(request: Request) -> Response:
     user = await require_user(request)
-    async with request.app.state.db.session() as s:
+    async with services(request).db.session() as s:
         rows = await queries.all_interactions(s, user.id)
     return JSONResponse({"user": user_json(user),
                          "interactions": [interaction_json(r) for r in rows if r.kind != NOTE],
@@ -72,8 +73,8 @@ async def my_export(request: Request) -> Response:
 async def delete_me(request: Request) -> Response:
     user = await require_user(request)
     if user.auth_provider == "guest":
-        raise HTTPException(403, "the local guest account cannot be deleted")
-    async with request.app.state.db.session() as s, s.begin():
+        raise ApiError(403, "forbidden", "the local guest account cannot be deleted")
+    async with services(request).db.session() as s, s.begin():
         await queries.delete_user(s, user.id)
     request.session.clear()
     return Response(status_code=204)
@@ -82,7 +83,7 @@ async def delete_me(request: Request) -> Response:
 async def create_class(request: Request) -> Response:
     user = await require_user(request, ("teacher", "admin"))
     name = text_field(await json_body(request), "name", 200)  # classes.name is String(200)
-    async with request.app.state.db.session() as s, s.begin():
+    async with services(request).db.session() as s, s.begin():
         room = await queries.create_class(s, user.id, name)
     return JSONResponse(class_json(room), status_code=201)
 
@@ -95,7 +96,7 @@ def class_json(room: Classroom) -> dict[str, Any]:
 
 async def my_classes_as_teacher(request: Request) -> Response:
     user = await require_user(request, ("teacher", "admin"))
-    async with request.app.state.db.session() as s:
+    async with services(request).db.session() as s:
         rooms = await queries.classes_of_teacher(s, user.id)
     return JSONResponse({"items": [class_json(r) for r in rooms]})
 
@@ -103,17 +104,17 @@ async def my_classes_as_teacher(request: Request) -> Response:
 async def _own_class(request: Request) -> tuple[User, Classroom]:
     """The caller (a teacher, or an admin) and the class of the path, if it is theirs (404)."""
     user = await require_user(request, ("teacher", "admin"))
-    async with request.app.state.db.session() as s:
+    async with services(request).db.session() as s:
         room = await s.get(Classroom, path_key(request, "class_id", "class of yours"))
     if room is None or (user.role != "admin" and room.teacher_id != user.id):
-        raise HTTPException(404, "no such class of yours")
+        raise ApiError(404, "not_found", "no such class of yours")
     return user, room
 
 
 async def rotate_code(request: Request) -> Response:
     """A new join code: the old one stops working (members stay)."""
     _, room = await _own_class(request)
-    async with request.app.state.db.session() as s, s.begin():
+    async with services(request).db.session() as s, s.begin():
         room = await s.merge(room)
         await queries.rotate_join_code(s, room)
     return JSONResponse(class_json(room))
@@ -133,8 +134,9 @@ def _addresses(body: dict[str, Any]) -> list[str]:
             isinstance(e, str) and 3 <= len(e.strip()) <= 320 and "@" in e.strip()
             and not unstorable(e)
             and not any(c.isspace() or c in "<>,;" for c in e.strip()) for e in emails):
-        raise HTTPException(400, f"'emails' must be a list of 1 to {MAX_INVITATIONS} email "
-                            "addresses")
+        raise ApiError(400, "invalid_request",
+                       f"'emails' must be a list of 1 to {MAX_INVITATIONS} email addresses",
+                       field="emails")
     return sorted({e.strip().lower() for e in emails})
 
 
@@ -143,19 +145,17 @@ async def invite(request: Request) -> Response:
     student's act. Once per class, code and address (asking again does not mail again)."""
     teacher, room = await _own_class(request)
     addresses = _addresses(await json_body(request))
-    settings = request.app.state.settings
+    settings = services(request).settings
     join_url = (settings.public_url or str(request.base_url)).rstrip("/") + "/"
     queued = 0
-    async with request.app.state.db.session() as s, s.begin():
+    async with services(request).db.session() as s, s.begin():
         for address in addresses:
             queued += await queries.enqueue_email(
                 s, recipient=address, template="class_invitation", transactional=True,
                 payload={"name": "", "teacher_name": teacher.name or "", "class_name": room.name,
                          "join_code": room.join_code, "join_url": join_url},
                 key=f"invite:{room.id}:{room.join_code}:{_digest(address)}")
-    worker = getattr(request.app.state, "email_worker", None)
-    if worker is not None:
-        worker.wake()
+    services(request).email_worker.wake()
     return JSONResponse({"queued": queued, "already_invited": len(addresses) - queued},
                         status_code=202)
 
@@ -166,14 +166,15 @@ async def join_class(request: Request) -> Response:
     user = await require_user(request)
     code = (await json_body(request)).get("code")
     if not isinstance(code, str) or not code or text_problem(code, 64):
-        raise HTTPException(400, "send the class's join code: {\"code\": \"…\"}")
-    async with request.app.state.db.session() as s, s.begin():
+        raise ApiError(400, "invalid_request", "send the class's join code: {\"code\": \"…\"}",
+                       field="code")
+    async with services(request).db.session() as s, s.begin():
         room = await queries.class_by_code(s, code)
         if room is None:
-            raise HTTPException(404, "no class has this join code (ask your teacher for the "
-                                "current one)")
+            raise ApiError(404, "not_found", "no class has this join code (ask your teacher for "
+                           "the current one)")
         if room.teacher_id == user.id:
-            raise HTTPException(409, "you teach this class")
+            raise ApiError(409, "conflict", "you teach this class")
         added = await queries.add_student(s, room.id, user.id)
     return JSONResponse({"class_id": room.id, "name": room.name},
                         status_code=201 if added else 200)
@@ -182,7 +183,7 @@ async def join_class(request: Request) -> Response:
 async def my_classes(request: Request) -> Response:
     """The classes the caller joined, and since when their teachers see their turns."""
     user = await require_user(request)
-    async with request.app.state.db.session() as s:
+    async with services(request).db.session() as s:
         rows = await queries.classes_of_student(s, user.id)
     return JSONResponse({"items": [
         {"class_id": room.id, "name": room.name, "teacher_id": room.teacher_id,
@@ -192,10 +193,10 @@ async def my_classes(request: Request) -> Response:
 
 async def leave_class(request: Request) -> Response:
     user = await require_user(request)
-    async with request.app.state.db.session() as s, s.begin():
+    async with services(request).db.session() as s, s.begin():
         left = await queries.leave_class(s, path_key(request, "class_id", "class"), user.id)
     if not left:
-        raise HTTPException(404, "you are not in this class")
+        raise ApiError(404, "not_found", "you are not in this class")
     return Response(status_code=204)
 
 
@@ -206,15 +207,16 @@ async def add_student(request: Request) -> Response:
     body = await json_body(request)
     user_id = body.get("user_id")
     if not isinstance(user_id, str) or text_problem(user_id, 32):  # users.id is String(32)
-        raise HTTPException(404, "no such user")
-    async with request.app.state.db.session() as s, s.begin():
+        raise ApiError(404, "not_found", "no such user")
+    async with services(request).db.session() as s, s.begin():
         if await s.get(Classroom, class_id) is None:
-            raise HTTPException(404, "no such class")
+            raise ApiError(404, "not_found", "no such class")
         student = await queries.get_user(s, user_id)
         if student is None:
-            raise HTTPException(404, "no such user")
+            raise ApiError(404, "not_found", "no such user")
         if student.role == "admin" and student.id != admin.id:
-            raise HTTPException(403, "an admin's account cannot be put in a class by someone else")
+            raise ApiError(403, "forbidden",
+                           "an admin's account cannot be put in a class by someone else")
         await queries.add_student(s, class_id, student.id)
     return Response(status_code=204)
 
@@ -222,7 +224,7 @@ async def add_student(request: Request) -> Response:
 async def class_interactions(request: Request) -> Response:
     """The class's students' turns since each joined, newest first."""
     _, room = await _own_class(request)
-    async with request.app.state.db.session() as s:
+    async with services(request).db.session() as s:
         students = await queries.class_student_ids(s, room.id)
     return await _page(request, students, class_id=room.id)
 
@@ -231,7 +233,7 @@ async def list_users(request: Request) -> Response:
     await require_user(request, ("admin",))
     limit, _ = page_args(request)
     offset = offset_arg(request)
-    async with request.app.state.db.session() as s:
+    async with services(request).db.session() as s:
         users = await queries.list_users(s, limit=limit, offset=offset)
     return JSONResponse({"items": [user_json(u) for u in users]})
 
@@ -241,14 +243,16 @@ async def update_user(request: Request) -> Response:
     user_id = path_key(request, "user_id", "user")
     body = await json_body(request)
     if "role" in body and body["role"] not in ROLES:
-        raise HTTPException(400, f"role must be one of {', '.join(ROLES)}")
-    known = request.app.state.billing.catalog.tiers  # a tier not in it would silently be free
+        raise ApiError(400, "invalid_request", f"role must be one of {', '.join(ROLES)}",
+                       field="role")
+    known = services(request).billing.catalog.tiers  # a tier not in it would silently be free
     if "tier" in body and (not isinstance(body["tier"], str) or body["tier"] not in known):
-        raise Refusal(400, "unknown_tier", f"tier must be one of {', '.join(sorted(known))}")
-    async with request.app.state.db.session() as s, s.begin():
+        raise ApiError(400, "unknown_tier", f"tier must be one of {', '.join(sorted(known))}",
+                       field="tier")
+    async with services(request).db.session() as s, s.begin():
         user = await queries.get_user(s, user_id)
         if user is None:
-            raise HTTPException(404, "no such user")
+            raise ApiError(404, "not_found", "no such user")
         if "role" in body:
             user.role = body["role"]
         if "tier" in body:

@@ -16,7 +16,8 @@ import structlog
 from starlette.websockets import WebSocket
 
 from accounts.errors import AuthError
-from accounts.http import text_problem
+from api.request import text_problem
+from api.services import Services, services
 from billing.plan import open_voice_session
 from billing.service import CLOSE_TOO_MANY, Billing, QuotaError
 from realtime import Ids, RealtimeSession
@@ -51,7 +52,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
     """One voice session, within this process's caps per client address and per user
     (`SessionSlots`; the address is the one uvicorn trusts, X-Forwarded-For from a trusted
     proxy). A socket past a cap is refused: `error` and close 4429, like the plan's cap."""
-    state = websocket.app.state
+    state = services(websocket)
     slots: SessionSlots = state.slots
     address = websocket.client.host if websocket.client else "unknown"
     with slots.address(address) as refusal:  # before sign-in: holding sockets needs no account
@@ -62,7 +63,7 @@ async def realtime_endpoint(websocket: WebSocket) -> None:
         await _signed_in_session(websocket, state, slots, address)
 
 
-async def _signed_in_session(websocket: WebSocket, state: Any, slots: SessionSlots,
+async def _signed_in_session(websocket: WebSocket, state: Services, slots: SessionSlots,
                              address: str) -> None:
     # A database or Redis outage before accept (here, or in the plan's checks below) leaves as
     # an exception: server.outage.OutageMiddleware refuses with `service_unavailable`, 1013.
@@ -79,8 +80,8 @@ async def _signed_in_session(websocket: WebSocket, state: Any, slots: SessionSlo
         await _session(websocket, state, user, address)
 
 
-async def _session(websocket: WebSocket, state: Any, user: Any, address: str) -> None:
-    if getattr(state, "draining", False):
+async def _session(websocket: WebSocket, state: Services, user: Any, address: str) -> None:
+    if state.draining:
         await refuse(websocket, "server_shutting_down", "the server is restarting; connect "
                      "again in a moment", "server_error", 1012)
         return

@@ -7,7 +7,7 @@ the plan's chat model, and sit in the `ai` group of per-minute request limits (t
 429) like `/api/ai/chat`. The allowance is taken once what the request needs has been found (a
 topic the course does not cover, or an unknown session, costs nothing) and just before the model
 is asked; a failed answer is not refunded, as with chat. Errors are
-`{"error": {"code", "message"}}`; the codes are in docs/study.md.
+`api.errors.ApiError`s; the codes are in docs/errors.md.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from accounts.http import body_bytes, max_json_bytes, parse_json
 from accounts.routes import require_user
+from api.errors import ApiError
+from api.request import body_bytes, max_json_bytes, parse_json
+from api.services import services
 from providers import ProviderError
 from rag.grounding import Grounding
-from server.errors import ApiError
 from store.models import TURN_KINDS, Interaction
 
 from . import quiz as quizzes
@@ -55,26 +56,22 @@ Your answer could not be used:
 Answer again with JSON that follows the schema and fixes these problems."""
 
 
-class Refused(ApiError):
-    """A refusal of a quiz or summary request (answered by the app's ApiError handler)."""
-
-
 async def parse(request: Request, model: type[M]) -> M:
     value = parse_json(await body_bytes(request, max_json_bytes(request)) or b"null")
     try:
         return model.model_validate(value)
     except ValidationError as exc:
-        raise Refused(400, "invalid_request", request_errors(exc)) from exc
+        raise ApiError(400, "invalid_request", request_errors(exc)) from exc
 
 
 def chat_model_of(request: Request) -> Any:
-    providers = request.app.state.providers
+    providers = services(request).providers
     chat = providers.chat
     if chat is None:
-        raise Refused(503, "provider_not_configured", providers.problem or "no chat model")
+        raise ApiError(503, "provider_not_configured", providers.problem or "no chat model")
     if not hasattr(chat, "complete_json"):
-        raise Refused(503, "provider_not_configured",
-                      "the configured chat model does not support structured output")
+        raise ApiError(503, "provider_not_configured",
+                       "the configured chat model does not support structured output")
     return chat
 
 
@@ -113,7 +110,7 @@ async def answer(request: Request, user: Any, chat: Any, messages: list[dict[str
                  **generation: Any) -> tuple[Any, str | None]:
     """Charge one of the plan's typed questions, then `generate` with the plan's model: its
     result and the model. A provider's failure is counted and refused with its status."""
-    state = request.app.state
+    state = services(request)
     tier = await state.billing.tier_of(user)
     await state.billing.take_chat(user, tier)  # 402 when today's typed questions are used up
     model = state.billing.chat_model(tier)
@@ -121,7 +118,7 @@ async def answer(request: Request, user: Any, chat: Any, messages: list[dict[str
         return await generate(chat, messages, model=model, **generation), model
     except ProviderError as exc:
         state.metrics.provider_failed("llm", exc.code)
-        raise Refused(PROVIDER_STATUS.get(exc.code, 502), exc.code, exc.message) from exc
+        raise ApiError(PROVIDER_STATUS.get(exc.code, 502), exc.code, exc.message) from exc
 
 
 async def passages_for(retriever: Any, questions: Sequence[str], *, course: str | None,
@@ -183,7 +180,7 @@ async def session_turns(db: Any, user_id: str, session_id: str) -> tuple[list[In
 
 
 async def quiz_endpoint(request: Request) -> Response:
-    state = request.app.state
+    state = services(request)
     settings = state.settings
     user = await require_user(request)
     body = await parse(request, QuizRequest)
@@ -194,8 +191,8 @@ async def quiz_endpoint(request: Request) -> Response:
     if body.source == "recent":
         turns = await recent_turns(state.db, user.id, body.course)
         if not turns:
-            raise Refused(422, "no_history", "you have no recent sessions to make a quiz from"
-                          + (f" in the course {body.course!r}" if body.course else ""))
+            raise ApiError(422, "no_history", "you have no recent sessions to make a quiz from"
+                           + (f" in the course {body.course!r}" if body.course else ""))
         passages = await passages_for(state.retriever, [t.transcript for t in turns[::-1]],
                                       course=course, limit=limit)
     else:
@@ -204,13 +201,13 @@ async def quiz_endpoint(request: Request) -> Response:
             passages = await state.retriever.search(body.topic, course=course, k=limit)
         except Exception as exc:
             log.warning("retrieval failed for a quiz: %r", exc)
-            raise Refused(503, "retrieval_unavailable",
-                          "the course material could not be searched; try again") from exc
+            raise ApiError(503, "retrieval_unavailable",
+                           "the course material could not be searched; try again") from exc
         # Vector search always has nearest neighbours: the topic must also match the
         # material's words, or a topic the course never mentions would get a quiz anyway.
         if not any(h.fts_rank is not None for h in passages):
-            raise Refused(422, "no_material", f"the course material has nothing on "
-                          f"{body.topic!r}" + (f" (course {course!r})" if course else ""))
+            raise ApiError(422, "no_material", f"the course material has nothing on "
+                           f"{body.topic!r}" + (f" (course {course!r})" if course else ""))
 
     ids = quizzes.passage_ids(passages)
     questions, model = await answer(
@@ -229,14 +226,14 @@ async def quiz_endpoint(request: Request) -> Response:
 
 
 async def summary_endpoint(request: Request) -> Response:
-    state = request.app.state
+    state = services(request)
     settings = state.settings
     user = await require_user(request)
     body = await parse(request, SummaryRequest)
     chat = chat_model_of(request)
     turns, omitted = await session_turns(state.db, user.id, body.session_id)
     if not turns:
-        raise Refused(404, "not_found", f"you have no session {body.session_id!r}")
+        raise ApiError(404, "not_found", f"you have no session {body.session_id!r}")
     course = next((t.course for t in reversed(turns) if t.course), settings.default_course)
     passages = await passages_for(state.retriever, [t.transcript for t in reversed(turns)],
                                   course=course, limit=max(settings.rag_top_k, 6))

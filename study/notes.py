@@ -20,19 +20,14 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from rag.fts import interactions_matching, terms
-from accounts.http import unstorable
-from server.errors import ApiError
+from api.errors import ApiError
+from api.request import MAX_ID, unstorable
 from store.models import COURSE_CHARS, NOTE, TURN_KINDS, Interaction, now
 
 MAX_TEXT_CHARS = 20_000
 MAX_TITLE_CHARS = 200
 MAX_QUERY_CHARS = 1_000
 MAX_RESPONSE_ID_CHARS = 64  # interactions.response_id is String(64)
-MAX_ID = 2**63 - 1  # interactions.id is a BIGINT
-
-
-class NoteError(ApiError):
-    """A refusal of a notes route (answered by the app's ApiError handler)."""
 
 
 def note_json(row: Interaction) -> dict[str, Any]:
@@ -67,8 +62,8 @@ UPDATE_FIELDS = frozenset({"text", "title", "course"})
 def check_fields(body: dict[str, Any], allowed: frozenset[str]) -> NoteFields:
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise NoteError(400, "unknown_field", f"unknown field {unknown[0]!r}; a note takes "
-                        + ", ".join(sorted(allowed)))
+        raise ApiError(400, "unknown_field", f"unknown field {unknown[0]!r}; a note takes "
+                       + ", ".join(sorted(allowed)), field=unknown[0])
     fields = NoteFields(given=frozenset(body))
     if "text" in body:
         fields.text = check_text(body["text"])
@@ -77,8 +72,8 @@ def check_fields(body: dict[str, Any], allowed: frozenset[str]) -> NoteFields:
     if body.get("course") is not None:
         course = body["course"]
         if not isinstance(course, str) or len(course.strip()) > COURSE_CHARS:
-            raise NoteError(400, "invalid_field", f"'course' must be a string of at most "
-                            f"{COURSE_CHARS} characters")
+            raise ApiError(400, "invalid_field", f"'course' must be a string of at most "
+                           f"{COURSE_CHARS} characters", field="course")
         fields.course = _storable(course.strip(), "course") or None
     if body.get("turn_id") is not None:
         fields.turn_id = _id(body["turn_id"], "turn_id")
@@ -91,30 +86,30 @@ def check_fields(body: dict[str, Any], allowed: frozenset[str]) -> NoteFields:
         else:
             fields.from_turn = _id(ref, "from_turn")
     if fields.turn_id is not None and fields.from_turn is not None:
-        raise NoteError(400, "conflicting_fields", "give 'from_turn' (save a turn as a note) or "
-                        "'turn_id' (link your own text to a turn), not both")
+        raise ApiError(400, "conflicting_fields", "give 'from_turn' (save a turn as a note) or "
+                       "'turn_id' (link your own text to a turn), not both")
     return fields
 
 
 def check_text(value: Any) -> str:
     if not isinstance(value, str):
-        raise NoteError(400, "invalid_field", "'text' must be a string")
+        raise ApiError(400, "invalid_field", "'text' must be a string", field="text")
     value = value.strip()
     if not value:
-        raise NoteError(400, "text_required", "a note needs some 'text'")
+        raise ApiError(400, "text_required", "a note needs some 'text'", field="text")
     if len(value) > MAX_TEXT_CHARS:
-        raise NoteError(400, "text_too_long", f"'text' has {len(value)} characters; a note "
-                        f"holds at most {MAX_TEXT_CHARS}")
+        raise ApiError(400, "text_too_long", f"'text' has {len(value)} characters; a note "
+                       f"holds at most {MAX_TEXT_CHARS}", field="text")
     return _storable(value, "text")
 
 
 def check_title(value: Any) -> str | None:
     if not isinstance(value, str):
-        raise NoteError(400, "invalid_field", "'title' must be a string or null")
+        raise ApiError(400, "invalid_field", "'title' must be a string or null", field="title")
     value = " ".join(value.split())
     if len(value) > MAX_TITLE_CHARS:
-        raise NoteError(400, "title_too_long", f"'title' has {len(value)} characters; at most "
-                        f"{MAX_TITLE_CHARS}")
+        raise ApiError(400, "title_too_long", f"'title' has {len(value)} characters; at most "
+                       f"{MAX_TITLE_CHARS}", field="title")
     return _storable(value, "title") or None
 
 
@@ -122,22 +117,23 @@ def check_query(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
     if len(value) > MAX_QUERY_CHARS:
-        raise NoteError(400, "query_too_long", f"'q' may have at most {MAX_QUERY_CHARS} "
-                        "characters")
+        raise ApiError(400, "query_too_long", f"'q' may have at most {MAX_QUERY_CHARS} "
+                       "characters", field="q")
     return _storable(value, "q")
 
 
 def _storable(value: str, name: str) -> str:
     problem = unstorable(value)
     if problem:
-        raise NoteError(400, "invalid_field", f"'{name}' {problem}")
+        raise ApiError(400, "invalid_field", f"'{name}' {problem}", field=name)
     return value
 
 
 def _id(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_ID:
-        raise NoteError(400, "invalid_field", f"'{name}' must be the positive integer id of "
-                        "one of your turns" + (" or its response id" if name == "from_turn" else ""))
+        raise ApiError(400, "invalid_field", f"'{name}' must be the positive integer id of "
+                       "one of your turns" + (" or its response id" if name == "from_turn" else ""),
+                       field=name)
     return value
 
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Sequence, TypeVar
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
                       model_validator)
 
-from accounts.http import unstorable
+from api.request import unstorable
 
 log = logging.getLogger("tutor.study")
 M = TypeVar("M", bound=BaseModel)

@@ -81,8 +81,8 @@ async def exported_metrics(app: Any, address: str) -> dict[str, set[str]]:
     answers after one sample of every metric and one message in the email outbox."""
     from store import queries as store_queries
 
-    touch_every_metric(app.state.metrics)
-    async with app.state.db.session() as s, s.begin():  # so the outbox gauge has a series
+    touch_every_metric(app.state.services.metrics)
+    async with app.state.services.db.session() as s, s.begin():  # so the outbox gauge has a series
         await store_queries.enqueue_email(s, recipient="s@example.com", template="welcome",
                                           payload={"name": "S"}, transactional=True)
     async with httpx.AsyncClient() as client:

@@ -52,7 +52,7 @@ async def test_google_sign_in_creates_a_user_and_a_session(app_server, oidc):
     assert set_cookie.startswith("tutor_session=")
     assert "httponly" in set_cookie and "samesite=lax" in set_cookie
     assert oidc.token_requests[-1]["form"]["code_verifier"]  # PKCE was used
-    async with app.state.db.session() as s:
+    async with app.state.services.db.session() as s:
         user = (await s.execute(select(User).where(User.auth_provider == "google"))).scalar_one()
     # the refresh token is stored, but only encrypted
     assert user.oauth_refresh_token and "refresh" not in user.oauth_refresh_token
@@ -151,7 +151,7 @@ async def test_api_tokens_issue_use_and_logout(app_server, jwks):
         assert (await client.post(f"http://{address}/api/auth/logout",
                                   headers=bearer)).status_code == 204
         assert (await client.get(f"http://{address}/api/auth/me", headers=bearer)).status_code == 401
-    async with app.state.db.session() as s:
+    async with app.state.services.db.session() as s:
         stored = (await s.execute(select(ApiToken))).scalar_one()
     assert stored.token_hash != token and token not in stored.token_hash
 
@@ -211,7 +211,7 @@ async def test_voice_turns_are_recorded_for_the_signed_in_student(app_server, jw
         await ws.send(session_update(16000))
         await conv.stream(read_pcm("q_war.wav"), 16000)
         metrics = await conv.until("tutor.response.metrics")
-    assert await app.state.writer.flush(5)
+    assert await app.state.services.writer.flush(5)
     async with httpx.AsyncClient() as client:
         page = (await client.get(f"http://{address}/api/me/interactions", headers=bearer)).json()
     [row] = page["items"]
@@ -242,13 +242,13 @@ async def test_roles_and_data_rights(app_server, jwks):
         for name, h in [("student", student), ("other", other_student), ("teacher", teacher),
                         ("teacher2", other_teacher), ("admin", admin)]:
             ids[name] = (await client.get("/api/auth/me", headers=h)).json()["id"]
-        async with app.state.db.session() as s, s.begin():
+        async with app.state.services.db.session() as s, s.begin():
             for name, role in [("teacher", "teacher"), ("teacher2", "teacher"), ("admin", "admin")]:
                 await queries.set_role(s, ids[name], role)
         # a typed question by each student is recorded
         for h in (student, other_student):
             await client.post("/api/ai/chat", json={"message": "What is a prime?"}, headers=h)
-        assert await app.state.writer.flush(5)
+        assert await app.state.services.writer.flush(5)
 
         # students: no classes, no admin
         assert (await client.post("/api/classes", json={"name": "x"}, headers=student)).status_code == 403
@@ -270,7 +270,7 @@ async def test_roles_and_data_rights(app_server, jwks):
                                   headers=student)).status_code == 201
         await client.post("/api/ai/chat", json={"message": "And a composite?"}, headers=student)
         await client.post("/api/ai/chat", json={"message": "Not in the class"}, headers=other_student)
-        assert await app.state.writer.flush(5)
+        assert await app.state.services.writer.flush(5)
         seen = (await client.get(f"/api/classes/{room['id']}/interactions", headers=teacher)).json()
         assert [(row["user_id"], row["transcript"]) for row in seen["items"]] == [
             (ids["student"], "And a composite?")]
@@ -291,7 +291,7 @@ async def test_roles_and_data_rights(app_server, jwks):
         assert [r["transcript"] for r in export.json()["interactions"]] == [
             "What is a prime?", "And a composite?"]
         assert (await client.delete("/api/me", headers=student)).status_code == 204
-    async with app.state.db.session() as s:
+    async with app.state.services.db.session() as s:
         left = (await s.execute(select(Interaction.user_id))).scalars().all()
     assert ids["student"] not in left and ids["other"] in left
 
@@ -302,7 +302,7 @@ async def test_interactions_are_paginated_newest_first(app_server, jwks):
     async with httpx.AsyncClient(base_url=f"http://{address}") as client:
         for i in range(5):
             await client.post("/api/ai/chat", json={"message": f"question {i}"}, headers=student)
-        assert await app.state.writer.flush(5)
+        assert await app.state.services.writer.flush(5)
         seen, before = [], None
         while True:
             params = {"limit": 2} | ({"before": before} if before else {})

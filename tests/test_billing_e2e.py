@@ -92,8 +92,8 @@ async def test_voice_minutes_run_out_mid_session_after_the_answer(fake, start_se
     assert usage["tier"] == "tiny" and usage["voice"]["remaining_seconds"] == 0
     assert usage["voice"]["used_today_seconds"] == pytest.approx(6.0, abs=0.1)
     # the ledger (written off the hot path) has the same total
-    assert await app.state.usage_writer.flush(5)
-    async with app.state.db.session() as s:
+    assert await app.state.services.usage_writer.flush(5)
+    async with app.state.services.db.session() as s:
         total = (await s.execute(select(func.sum(UsageEntry.amount))
                                  .where(UsageEntry.kind == "voice_ms"))).scalar_one()
     assert total == pytest.approx(6000, abs=100)
@@ -181,7 +181,7 @@ async def test_quotas_fail_open_when_redis_goes_away_and_nothing_goes_unbilled(
                                          redis_url=f"redis://127.0.0.1:{proxy.port}/15")
     finally:
         del TIERS["roomy"]
-    guest = await app.state.auth.guest()
+    guest = await app.state.services.auth.guest()
     await redis_client.delete(*[k async for k in redis_client.scan_iter(
         f"tutor:quota:{guest.id}:*")] or ["-"])
     question = read_pcm("q_war.wav")
@@ -195,13 +195,13 @@ async def test_quotas_fail_open_when_redis_goes_away_and_nothing_goes_unbilled(
         assert conv.of("response.done")[-1]["response"]["status"] == "completed"
         async with httpx.AsyncClient(base_url=f"http://{address}") as client:
             assert (await client.get("/api/billing/tiers")).status_code == 200  # fails open
-        assert app.state.billing.store_failures > 0
+        assert app.state.services.billing.store_failures > 0
         await proxy.restore()
         await conv.stream(question, 16000)
     sent_ms = 3 * len(question) / 32
     counters = RedisQuotas(redis_client)  # a connection of its own: the app's pool may still
     for _ in range(100):  # hold one the cut killed. The last charge lands as the session closes
-        usage = await counters.voice_usage(guest.id, app.state.billing.clock())
+        usage = await counters.voice_usage(guest.id, app.state.services.billing.clock())
         if usage.day_ms >= sent_ms - 1:
             break
         await asyncio.sleep(0.05)

@@ -121,7 +121,7 @@ async def test_a_server_without_a_provider_says_so_before_the_first_turn(browser
     """`make run` without OPENAI_API_KEY: the page says what to set as soon as it loads, instead
     of "Ready", and in the server's own words (`provider_not_configured`) once a session opens."""
     address = await start_server(make_settings(None))
-    problem = start_server.apps[-1].state.providers.problem
+    problem = start_server.apps[-1].state.services.providers.problem
     async with chromium() as browser:
         page, watch = await open_page(browser, address)
         notice = page.locator("#notice")

@@ -146,8 +146,8 @@ async def test_a_peer_that_stops_answering_pings_is_dropped(fake, start_server) 
     assert time.monotonic() - started >= 0.3
     sock.close()
     app = start_server.apps[0]
-    await wait_for(lambda: _async(not app.state.runners), "the session to end")
-    assert not app.state.slots.addresses and not app.state.slots.users
+    await wait_for(lambda: _async(not app.state.services.runners), "the session to end")
+    assert not app.state.services.slots.addresses and not app.state.services.slots.users
 
 
 async def test_sessions_past_the_address_cap_are_refused_until_one_closes(fake, start_server
@@ -167,7 +167,7 @@ async def test_sessions_past_the_address_cap_are_refused_until_one_closes(fake, 
         await other.close()
         await first.close()
         app = start_server.apps[0]
-        await wait_for(lambda: _async(app.state.slots.addresses["127.0.0.1"] == 1),
+        await wait_for(lambda: _async(app.state.services.slots.addresses["127.0.0.1"] == 1),
                        "the closed session's slot")
         async with websockets.connect(url) as third:
             assert (await Conversation(third).next())["type"] == "session.created"
@@ -187,11 +187,11 @@ async def test_sessions_past_the_user_cap_are_refused_until_one_closes(fake, sta
             event, code = await refused(url, {"X-Forwarded-For": "192.0.2.9"})
             assert (event["error"]["code"], code) == ("too_many_sessions", TOO_MANY), event
         app = start_server.apps[0]
-        await wait_for(lambda: _async(sum(app.state.slots.users.values()) == 1),
+        await wait_for(lambda: _async(sum(app.state.services.slots.users.values()) == 1),
                        "the closed session's slot")
         async with websockets.connect(url) as again:
             assert (await Conversation(again).next())["type"] == "session.created"
-    await wait_for(lambda: _async(not app.state.slots.users and not app.state.slots.addresses),
+    await wait_for(lambda: _async(not app.state.services.slots.users and not app.state.services.slots.addresses),
                    "every slot given back")
 
 

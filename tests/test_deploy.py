@@ -288,16 +288,16 @@ async def test_through_haproxy_voice_sockets_and_a_draining_server(fake, start_s
 
             for _ in range(4):
                 await open_socket()
-            assert len(app_a.state.runners) >= 1 and len(app_b.state.runners) >= 1  # leastconn
-            before_a = len(app_a.state.runners)
+            assert len(app_a.state.services.runners) >= 1 and len(app_b.state.services.runners) >= 1  # leastconn
+            before_a = len(app_a.state.services.runners)
 
-            app_a.state.draining = True  # what SIGTERM does first (server/cli.py DrainingServer)
+            app_a.state.services.draining = True  # what SIGTERM does first (server/cli.py DrainingServer)
             assert (await http.get(f"http://{a}/readyz")).status_code == 503
             await asyncio.sleep(1.5)  # fall 2 × inter 200 ms, and some
             for _ in range(4):
                 await open_socket()
-            assert len(app_a.state.runners) == before_a, "a draining server got new sessions"
-            assert len(app_b.state.runners) == 8 - before_a
+            assert len(app_a.state.services.runners) == before_a, "a draining server got new sessions"
+            assert len(app_b.state.services.runners) == 8 - before_a
             # the sockets it held are still open through the balancer
             for ws in held:
                 await ws.send(json.dumps({"type": "input_audio_buffer.clear"}))

@@ -56,7 +56,7 @@ async def test_in_dev_mode_an_openai_key_is_the_guest_over_http_and_the_socket(f
                 await ws.send(message)
             done = await conv.until("response.done")
             assert done["response"]["status"] == "completed"
-        assert await app.state.writer.flush(5)
+        assert await app.state.services.writer.flush(5)
         # both turns are the guest's: its history, asked for without any credential
         history = (await http.get("/api/me/interactions")).json()["items"]
     assert sorted(row["transcript"] for row in history) == ["Is 7 prime?", QUESTION]

@@ -33,7 +33,7 @@ async def test_a_database_outage_mid_session_loses_no_turn(fake, start_server, t
         via_proxy = real.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
         address = await start_server(make_settings(fake, database_url=via_proxy))
         app = start_server.apps[-1]
-        writer = app.state.writer
+        writer = app.state.services.writer
         async with websockets.connect(f"ws://{address}/api/voice") as ws:
             conv = Conversation(ws)
             await ws.send(session_update(16000))
@@ -50,14 +50,14 @@ async def test_a_database_outage_mid_session_loses_no_turn(fake, start_server, t
 
             await proxy.restore()
             assert await writer.flush(10)
-        async with app.state.db.session() as s:
+        async with app.state.services.db.session() as s:
             rows = (await s.execute(select(Interaction).order_by(Interaction.id))).scalars().all()
         transcripts = [t["transcript"] for t in
                        conv.of("conversation.item.input_audio_transcription.completed")]
         assert [r.transcript for r in rows] == transcripts
         assert [r.answer for r in rows] == [d["text"] for d in conv.of("response.output_text.done")]
         assert writer.dropped == 0
-        await app.state.db.close()  # before the database is dropped
+        await app.state.services.db.close()  # before the database is dropped
         proxy.cut()
 
 
@@ -65,7 +65,7 @@ async def test_response_done_leaves_only_once_its_turn_is_on_disk(fake, start_se
     """The spool's disk made slow (300 ms before each row's commit): `response.done` waits for
     it, so a client that has `response.done` has a turn that a crash cannot take away."""
     address = await start_server(make_settings(fake))
-    spool = start_server.apps[-1].state.spool
+    spool = start_server.apps[-1].state.services.spool
     on_disk: list[str] = []
     put = spool.put
 

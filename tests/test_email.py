@@ -326,7 +326,7 @@ async def test_teachers_write_to_their_classes_and_users_see_what_they_got(
         smtp_host=smtp_sink.host, smtp_port=smtp_sink.port, smtp_starttls=False,
         email_poll_s=0.05))
     app = start_server.apps[-1]
-    db = app.state.db  # noqa: F811
+    db = app.state.services.db  # noqa: F811
 
     async def caller(email: str, role: str) -> tuple[User, dict[str, str]]:
         async with db.session() as s, s.begin():
@@ -415,12 +415,12 @@ async def test_the_server_mails_through_its_own_mcp_tool_server(fake, start_serv
         fake, database_url=f"sqlite+aiosqlite:///{tmp_path}/t.db", email_transport="mcp",
         email_mcp_command=f"{sys.executable} -m notify.mcp_server", email_poll_s=0.05))
     app = start_server.apps[-1]
-    user = await new_user(app.state.db, email="grace@example.com", name="Grace")
+    user = await new_user(app.state.services.db, email="grace@example.com", name="Grace")
     [mail] = await smtp_sink.until(1, timeout_s=15)
     assert mail.rcpt_tos == ["grace@example.com"] and "Grace" in mail.message.get_body(
         ("plain",)).get_content()
     for _ in range(100):
-        [row] = await outbox(app.state.db)
+        [row] = await outbox(app.state.services.db)
         if row.status == "sent":
             break
         await asyncio.sleep(0.05)

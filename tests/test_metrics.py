@@ -51,7 +51,7 @@ async def test_the_email_outbox_backlog_is_exported(fake, start_server):
 
     address = await start_server(make_settings(fake, email_worker=False))
     app = start_server.apps[-1]
-    async with app.state.db.session() as s, s.begin():
+    async with app.state.services.db.session() as s, s.begin():
         for i in range(3):
             await queries.enqueue_email(s, recipient=f"s{i}@example.com", template="welcome",
                                         payload={"name": "S"}, transactional=True)
@@ -81,7 +81,7 @@ async def test_readyz_is_unready_behind_head_and_ready_ahead_of_it(fake, start_s
     from sqlalchemy import text
 
     address = await start_server(make_settings(fake))
-    db = start_server.apps[-1].state.db
+    db = start_server.apps[-1].state.services.db
     async with httpx.AsyncClient(base_url=f"http://{address}") as client:
         for revision, status in (("0001", 503), ("9999_from_a_newer_release", 200)):
             async with db.session() as s, s.begin():

@@ -137,7 +137,7 @@ async def test_a_student_writes_reads_edits_and_deletes_notes_and_nobody_else_ca
         assert (await ada.get(f"/api/notes/{note['id']}")).json()["text"] == edited["text"]
         # and a turn is not a note
         await ada.ask("What is a prime number?")
-        assert await app.state.writer.flush(5)  # the turn is written off the request's path
+        assert await app.state.services.writer.flush(5)  # the turn is written off the request's path
         turn_id = (await ada.get("/api/me/interactions")).json()["items"][0]["id"]
         assert error(await ada.get(f"/api/notes/{turn_id}"), 404) == "note_not_found"
         assert error(await ada.delete(turn_id), 404) == "note_not_found"
@@ -224,7 +224,7 @@ async def test_notes_are_searched_by_their_words_filtered_by_course_and_paged(
         await bob.note(text="My own fraction tricks.", course="algebra")
         # a turn that mentions fractions is not a note, and is not listed
         await ada.ask("How do I add fractions?", course="algebra")
-        assert await app.state.writer.flush(5)  # written, so the search could find it
+        assert await app.state.services.writer.flush(5)  # written, so the search could find it
 
         ids = lambda items: [n["id"] for n in items]  # noqa: E731
         # stemmed ("fraction" finds "fractions"), over title and text, the student's own only
@@ -327,7 +327,7 @@ async def test_a_typed_or_spoken_turn_is_saved_as_a_note_in_one_call(
         spoken = r.json()
         assert spoken["text"] == ("Question: How do I divide fractions?\n"
                                   "Answer: You multiply by the reciprocal.")
-        async with app.state.db.session() as s:
+        async with app.state.services.db.session() as s:
             turn_row = await s.get(Interaction, spoken["turn_id"])
         assert (turn_row.kind, turn_row.response_id, turn_row.user_id) == (
             "voice", response_id, ada.id)
@@ -336,8 +336,8 @@ async def test_a_typed_or_spoken_turn_is_saved_as_a_note_in_one_call(
 
 async def _last_turn_id(api: Api, app) -> int:  # type: ignore[no-untyped-def]
     """The newest turn's id, read from the database once the writer has stored it."""
-    assert await app.state.writer.flush(5)
-    async with app.state.db.session() as s:
+    assert await app.state.services.writer.flush(5)
+    async with app.state.services.db.session() as s:
         return (await s.execute(select(Interaction.id).where(Interaction.user_id == api.id)
                                 .order_by(Interaction.id.desc()).limit(1))).scalar_one()
 
@@ -389,7 +389,7 @@ async def test_notes_stay_out_of_turn_listings_class_views_and_summaries_but_are
     async with httpx.AsyncClient(base_url=base) as client:
         ada = await sign_in(client, jwks, "ada@example.com")
         teacher = await sign_in(client, jwks, "teacher@example.com")
-        async with app.state.db.session() as s, s.begin():
+        async with app.state.services.db.session() as s, s.begin():
             await queries.set_role(s, teacher.id, "teacher")
         room = (await client.post("/api/classes", json={"name": "7B"},
                                   headers=teacher.headers)).json()
@@ -413,9 +413,9 @@ async def test_notes_stay_out_of_turn_listings_class_views_and_summaries_but_are
         assert export["notes"] == [note]
 
         # the weekly summary counts questions, sessions and topics of turns only
-        queued = await queue_weekly_summaries(app.state.db, now() - timedelta(days=1))
+        queued = await queue_weekly_summaries(app.state.services.db, now() - timedelta(days=1))
         assert queued == 1
-        async with app.state.db.session() as s:
+        async with app.state.services.db.session() as s:
             [mail] = (await s.execute(select(EmailNotification).where(
                 EmailNotification.template == "weekly_summary"))).scalars()
         assert (mail.payload["questions"], mail.payload["sessions"]) == (1, 1)

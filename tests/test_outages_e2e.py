@@ -64,9 +64,9 @@ async def pg(fake, start_server, tmp_path) -> AsyncIterator[tuple[TcpProxy, Any]
             finally:
                 await proxy.restore()  # the rows written meanwhile land, the pool closes cleanly
                 for app in start_server.apps:  # before the database is dropped
-                    for writer in (app.state.writer, app.state.usage_writer):
+                    for writer in (app.state.services.writer, app.state.services.usage_writer):
                         assert await writer.flush(5)
-                    await app.state.db.close()
+                    await app.state.services.db.close()
 
 
 async def refusal(address: str) -> tuple[dict[str, Any], int | None, float]:
@@ -150,8 +150,8 @@ async def test_a_hung_redis_holds_neither_a_socket_open_nor_a_turn(fake, start_s
         fake, redis_url=f"redis://127.0.0.1:{redis_proxy.port}{database}",
         redis_timeout_s=TIMEOUT_S, redis_connect_timeout_s=TIMEOUT_S,
         default_course="maths", rag_retrieval_budget_s=budget_s))
-    retriever = start_server.apps[-1].state.retriever  # a course with vectors
-    await ingest(retriever.db, retriever.embedder, start_server.apps[-1].state.parser,
+    retriever = start_server.apps[-1].state.services.retriever  # a course with vectors
+    await ingest(retriever.db, retriever.embedder, start_server.apps[-1].state.services.parser,
                  course="maths", source="war.md", filename="war.md", data=DOC)
     fake.behaviour.transcripts = ["How did the war begin?"]
     redis_proxy.hang()

@@ -56,7 +56,7 @@ class Payments:
 
     # -- callers ---------------------------------------------------------------------------
     async def user(self, role: str = "student", name: str = "Sam") -> Caller:
-        async with self.app.state.db.session() as s, s.begin():
+        async with self.app.state.services.db.session() as s, s.begin():
             user = await queries.upsert_user(s, provider="google", subject=secrets.token_hex(8),
                                              email=f"{secrets.token_hex(4)}@example.com",
                                              name=name, role=role)
@@ -117,18 +117,18 @@ class Payments:
 
     # -- the database ----------------------------------------------------------------------
     async def row(self, user_id: str) -> User:
-        async with self.app.state.db.session() as s:
+        async with self.app.state.services.db.session() as s:
             user = await s.get(User, user_id)
         assert user is not None
         return user
 
     async def transactions(self) -> list[PaymentTransaction]:
-        async with self.app.state.db.session() as s:
+        async with self.app.state.services.db.session() as s:
             return list((await s.execute(select(PaymentTransaction)
                                          .order_by(PaymentTransaction.id))).scalars())
 
     async def events(self) -> list[StripeEvent]:
-        async with self.app.state.db.session() as s:
+        async with self.app.state.services.db.session() as s:
             return list((await s.execute(select(StripeEvent))).scalars())
 
 
@@ -499,7 +499,7 @@ async def test_a_failed_payment_keeps_the_plan_for_the_grace_period_then_downgra
     await pay.deliver("invoice.payment_failed", pay.stripe.invoice(sub["id"], paid=False))
     assert aware((await pay.row(sam.id)).grace_until) > grace
 
-    pay.app.state.billing.clock = lambda: time.time() + 8 * DAY  # the grace period is over
+    pay.app.state.services.billing.clock = lambda: time.time() + 8 * DAY  # the grace period is over
     usage = await pay.usage(sam)
     assert (usage["tier"], usage["own_tier"]) == ("free", "free")
     assert usage["subscription"]["status"] == "past_due"  # Stripe has not given up yet
@@ -579,7 +579,7 @@ async def test_a_database_failure_leaves_nothing_half_done(pay: Payments):
     event = pay.event("customer.subscription.created", sub)
     # A leftover row with the event's id: the transaction row cannot be written, so the whole
     # transaction (event id, the user's new tier) must roll back.
-    async with pay.app.state.db.session() as s, s.begin():
+    async with pay.app.state.services.db.session() as s, s.begin():
         s.add(PaymentTransaction(stripe_event_id=event["id"], event_type="leftover"))
     r = await pay.deliver(event)
     assert r.status_code == 500 and r.json()["error"]["code"] == "processing_failed", r.text
@@ -588,7 +588,7 @@ async def test_a_database_failure_leaves_nothing_half_done(pay: Payments):
     assert (user.tier, user.subscription_id, user.stripe_customer_id) \
         == ("free", None, sub["customer"])
 
-    async with pay.app.state.db.session() as s, s.begin():
+    async with pay.app.state.services.db.session() as s, s.begin():
         await s.execute(delete(PaymentTransaction))
     r = await pay.deliver(event)
     assert r.status_code == 200 and r.json()["status"] == "processed", r.text
@@ -619,10 +619,10 @@ async def test_a_refund_is_logged_and_other_event_types_are_ignored(pay: Payment
 async def test_a_school_plan_covers_the_first_students_by_seat(pay: Payments):
     teacher = await pay.user(role="teacher", name="Ms Tee")
     students = [await pay.user(name=f"student {n}") for n in range(3)]
-    async with pay.app.state.db.session() as s, s.begin():
+    async with pay.app.state.services.db.session() as s, s.begin():
         room = await queries.create_class(s, teacher.id, "Fractions")
     for student in students:  # one by one, so they join in this order
-        async with pay.app.state.db.session() as s, s.begin():
+        async with pay.app.state.services.db.session() as s, s.begin():
             await queries.add_student(s, room.id, student.id)
     assert (await pay.usage(students[0]))["tier"] == "free"  # cached as "no seat" for 30 s
 
@@ -687,7 +687,7 @@ async def test_receipts_and_failed_payments_are_mailed_with_the_event(pay: Payme
     pay.stripe.update_subscription(sub["id"], status="past_due")
     failed = pay.stripe.invoice(sub["id"], paid=False)
     assert (await pay.deliver("invoice.payment_failed", failed)).status_code == 200
-    async with pay.app.state.db.session() as s:
+    async with pay.app.state.services.db.session() as s:
         rows = list((await s.execute(select(EmailNotification).where(
             EmailNotification.template.in_(("payment_receipt", "payment_failed")))
             .order_by(EmailNotification.id))).scalars())

@@ -332,7 +332,7 @@ async def test_a_quiz_on_recent_sessions_uses_the_students_turns_and_their_passa
     async with httpx.AsyncClient(base_url=base) as client:
         for question in ("How do I divide fractions?", "What does the Calvin cycle make?"):
             assert (await client.post("/api/ai/chat", json={"message": question})).status_code == 200
-    assert await app.state.writer.flush(5)
+    assert await app.state.services.writer.flush(5)
     fake.chats.clear()
     fake.behaviour.structured_reply = quiz_for
     r = await quiz(base, source="recent", questions=3)
@@ -357,7 +357,7 @@ async def test_recent_turns_without_course_material_give_an_uncited_quiz(fake, s
     async with httpx.AsyncClient(base_url=base) as client:
         assert (await client.post("/api/ai/chat", json={"message": "What is a noun?"})
                 ).status_code == 200
-    assert await app.state.writer.flush(5)
+    assert await app.state.services.writer.flush(5)
     fake.behaviour.structured_reply = quiz_for
     r = await quiz(base, source="recent", questions=2)
     assert r.status_code == 200, r.text

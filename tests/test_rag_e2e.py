@@ -62,7 +62,7 @@ async def user(client: httpx.AsyncClient, app, jwks, email: str,  # type: ignore
     me = await client.get("/api/auth/me", headers=headers)
     assert me.status_code == 200, me.text
     if role is not None:
-        async with app.state.db.session() as s, s.begin():
+        async with app.state.services.db.session() as s, s.begin():
             await queries.set_role(s, me.json()["id"], role)
     return headers, me.json()["id"]
 
@@ -360,7 +360,7 @@ async def test_a_student_is_reminded_of_their_own_earlier_turns_and_nobody_else_
         bob, bob_id = await user(client, app, jwks, "bob@example.com")
         await ask(client, "Remember my cat is named Pixel, what is osmosis?", alice)
         await ask(client, "My cat is named Whiskers and he sleeps all day.", bob)
-        assert await app.state.writer.flush(5)
+        assert await app.state.services.writer.flush(5)
 
         # a new chat: Alice's earlier question comes back to her
         await ask(client, "What is my cat called?", alice)
@@ -386,7 +386,7 @@ async def test_a_student_is_reminded_of_their_own_earlier_turns_and_nobody_else_
     system = system_prompt(fake)
     assert "Remember my cat is named Pixel" in system and "Whiskers" not in system
 
-    retriever = app.state.retriever
+    retriever = app.state.services.retriever
     assert await retriever.memory("Pixel", user_id=bob_id, k=5) == []
     assert not any("Pixel" in m.transcript + m.answer  # his own cat turns only
                    for m in await retriever.memory("cat Pixel", user_id=bob_id, k=5))

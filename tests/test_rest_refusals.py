@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from accounts.http import MAX_JSON_DEPTH, json_depth
+from api.request import MAX_JSON_DEPTH, json_depth
 from store import queries
 from store.models import User
 from tests.conftest import make_settings
@@ -206,7 +206,7 @@ async def world(start_server, fake, stripe_fake, database_url: str) -> tuple[Wor
         stripe_api_base=stripe_fake.base_url, stripe_webhook_secret="whsec_x",
         stripe_prices={"pro": "price_pro"}))
     app = start_server.apps[-1]
-    async with app.state.db.session() as s, s.begin():
+    async with app.state.services.db.session() as s, s.begin():
         admin = await queries.upsert_user(s, provider="google", subject="admin", name="Admin",
                                           email="admin@example.com", role="admin")
         admin.tier = "unlimited"  # no per-minute limit in the way of a long list
@@ -251,7 +251,7 @@ async def test_every_fuzz_input_is_refused_with_its_code_and_the_server_goes_on(
         r = await w.client.patch(w.url("/api/admin/users/{uid}"), json={"tier": "platinum"})
         message = r.json()["error"]["message"]
         assert "free" in message and "pro" in message and "unlimited" in message, message
-        async with app.state.db.session() as s:
+        async with app.state.services.db.session() as s:
             assert (await s.get(User, w.student_id)).tier == "free"
         r = await w.client.patch(w.url("/api/admin/users/{uid}"), json={"tier": "pro"})
         assert (r.status_code, r.json()["tier"]) == (200, "pro")

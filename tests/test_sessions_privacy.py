@@ -111,7 +111,7 @@ async def test_a_session_cookie_ends_at_logout_and_revocation_in_every_process(
 async def test_a_cookie_of_the_old_scheme_is_refused_and_cleared(fake, jwks, start_server,
                                                                  blank_db_url):  # noqa: F811
     base, app = await start(fake, start_server, blank_db_url, supabase_url=jwks.project_url)
-    async with app.state.db.session() as s, s.begin():
+    async with app.state.services.db.session() as s, s.begin():
         user = await queries.upsert_user(s, provider="supabase", subject="old", email=None,
                                          name="Before the upgrade")
     # what SessionMiddleware signed before: the user id itself, valid for 14 days
@@ -132,7 +132,7 @@ async def test_classes_are_joined_by_code_and_teachers_see_only_later_turns(
         async def user(email: str, role: str = "student") -> tuple[dict[str, str], str]:
             headers = {"Authorization": f"Bearer {jwks.sign(jwks.access_token_claims(email=email))}"}
             uid = (await client.get("/api/auth/me", headers=headers)).json()["id"]
-            async with app.state.db.session() as s, s.begin():
+            async with app.state.services.db.session() as s, s.begin():
                 await queries.set_role(s, uid, role)
             return headers, uid
 
@@ -145,7 +145,7 @@ async def test_classes_are_joined_by_code_and_teachers_see_only_later_turns(
         async def ask(headers: dict[str, str], message: str) -> None:
             r = await client.post("/api/ai/chat", json={"message": message}, headers=headers)
             assert r.status_code == 200, r.text
-            assert await app.state.writer.flush(5)
+            assert await app.state.services.writer.flush(5)
 
         await ask(ada, "Private: I failed my exam and I am scared to tell anyone.")
         await ask(bob, "Private: my parents are divorcing.")
@@ -210,7 +210,7 @@ async def test_classes_are_joined_by_code_and_teachers_see_only_later_turns(
             assert r.status_code == 400, emails
         assert (await client.post(f"/api/classes/{room['id']}/invitations", headers=ada,
                                   json={"emails": ["e@x.org"]})).status_code == 403
-        async with app.state.db.session() as s:
+        async with app.state.services.db.session() as s:
             mails = (await s.execute(select(EmailNotification).where(
                 EmailNotification.template == "class_invitation"))).scalars().all()
         assert sorted(m.recipient for m in mails) == ["dan@example.com", "e@x.org"]

@@ -24,10 +24,10 @@ async def test_a_client_that_never_reads_is_closed_and_its_backlog_freed(fake, s
                                   write_limit=2**24) as ws:
         deadline = time.monotonic() + 20
         sent = 0
-        while not app.state.runners and time.monotonic() < deadline:
+        while not app.state.services.runners and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        [runner] = list(app.state.runners)
-        while time.monotonic() < deadline and runner in app.state.runners:
+        [runner] = list(app.state.services.runners)
+        while time.monotonic() < deadline and runner in app.state.services.runners:
             try:
                 await asyncio.wait_for(ws.send(item), 1)
             except (websockets.ConnectionClosed, asyncio.TimeoutError):
@@ -36,9 +36,9 @@ async def test_a_client_that_never_reads_is_closed_and_its_backlog_freed(fake, s
             assert runner.queued_bytes <= 2 * 1024 * 1024 + 300_000  # never far past the budget
             await asyncio.sleep(0.005)
         # the server gave up on this client: the session is gone, its backlog with it
-        while time.monotonic() < deadline and runner in app.state.runners:
+        while time.monotonic() < deadline and runner in app.state.services.runners:
             await asyncio.sleep(0.05)
-        assert runner not in app.state.runners, f"still open after {sent} messages"
+        assert runner not in app.state.services.runners, f"still open after {sent} messages"
         assert runner.queued_bytes == 0 and runner.outbox.qsize() <= 2  # the refusal and the close
     assert sent > 20  # it took far more than the budget's worth to get there
-    assert app.state.metrics.errors.labels("slow_consumer")._value.get() == 1
+    assert app.state.services.metrics.errors.labels("slow_consumer")._value.get() == 1

@@ -38,10 +38,10 @@ async def record(app, user_id: str, session_id: str, turns: list[tuple[str, str]
                  course: str | None = "sample") -> None:
     """Turns written as the voice loop writes them (the background writer)."""
     for transcript, answer in turns:
-        app.state.writer.submit({"session_id": session_id, "user_id": user_id, "kind": "voice",
+        app.state.services.writer.submit({"session_id": session_id, "user_id": user_id, "kind": "voice",
                                  "course": course, "transcript": transcript, "answer": answer,
                                  "status": "completed", "cancelled": False})
-    assert await app.state.writer.flush(5)
+    assert await app.state.services.writer.flush(5)
 
 
 def structured_requests(fake) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
@@ -182,11 +182,11 @@ async def test_notes_in_a_session_are_not_turns_of_it(fake, jwks, start_server):
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         ana, ana_id = await student(client, jwks, "ana@example.com")
         await record(app, ana_id, "sess_ana1", TURNS)
-        app.state.writer.submit({"session_id": "sess_ana1", "user_id": ana_id, "kind": "note",
+        app.state.services.writer.submit({"session_id": "sess_ana1", "user_id": ana_id, "kind": "note",
                                  "course": "sample", "transcript": "My note on fractions",
                                  "answer": "Flip and multiply.", "status": "completed",
                                  "cancelled": False})
-        assert await app.state.writer.flush(5)
+        assert await app.state.services.writer.flush(5)
         fake.behaviour.structured_reply = summary_of
         r = await client.post("/api/ai/summary", json={"session_id": "sess_ana1"}, headers=ana)
     assert r.status_code == 200, r.text

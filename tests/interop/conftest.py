@@ -137,13 +137,13 @@ class Stack:
 
     fake: FakeOpenAI
     address: str  # 127.0.0.1:port
-    app: Any  # the server's Starlette app (app.state.metrics counts the events it sent)
+    app: Any  # the server's Starlette app (app.state.services.metrics counts the events it sent)
     cert: Path | None = None  # served over TLS with this certificate (clients must trust it)
 
     def errors_sent(self) -> dict[str, float]:
         """`error` events the server sent in this run, by code (from its own metrics)."""
         counts: dict[str, float] = {}
-        for metric in self.app.state.metrics.errors.collect():
+        for metric in self.app.state.services.metrics.errors.collect():
             for sample in metric.samples:
                 if sample.name.endswith("_total") and sample.value:
                     code = sample.labels.get("code", "?")

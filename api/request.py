@@ -16,11 +16,8 @@ never a 500 from deep inside the JSON parser or the database driver:
   surrogate (no UTF-8 for it): 400 `invalid_request` naming the field. `text_problem` and
   `unstorable` say why, for routes that refuse with their own codes.
 
-The import arrows: every route package (billing, notify, rag, server, study) already imports
-`accounts` (for `require_user`), and this module imports nothing of the project's.
-
-A refusal is `Refusal`, an HTTPException with a precise `error.code`; the app's HTTPException
-handler answers it as `{"error": {"code", "message"}}`, like every other route error.
+Each refusal is an `ApiError` with its code, naming the `field` (or query parameter) at fault
+where there is one.
 """
 
 from __future__ import annotations
@@ -30,8 +27,10 @@ import re
 from typing import Any
 
 import numpy as np
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
+
+from .errors import ApiError
+from .services import services
 
 MAX_ID = 2**63 - 1  # ids are BIGINT: anything larger would fail in the database driver
 MAX_JSON_DEPTH = 32  # no route takes more than a few levels; json.loads recurses per level
@@ -41,14 +40,6 @@ _STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # as int8: +1 opens, -1 c
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
-
-
-class Refusal(HTTPException):
-    """A request refused with its status and a stable `error.code`."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(status, message)
-        self.code = code
 
 
 # --- pure checks -------------------------------------------------------------------------------
@@ -71,8 +62,8 @@ def _no_constant(name: str) -> Any:
 def check_json_text(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> None:
     """Refuse (400 `invalid_json`) JSON text nested deeper than `max_depth`."""
     if json_depth(raw) > max_depth:
-        raise Refusal(400, "invalid_json", f"the JSON body is nested more than {max_depth} "
-                      "levels deep")
+        raise ApiError(400, "invalid_json", f"the JSON body is nested more than {max_depth} "
+                       "levels deep")
 
 
 def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
@@ -83,7 +74,7 @@ def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
         if _SURROGATE_ESCAPE.search(raw):  # "\ud800" alone decodes to what UTF-8 cannot hold
             json.dumps(value, ensure_ascii=False).encode()
     except ValueError as exc:  # also Unicode{Decode,Encode}Error: not UTF-8, a lone surrogate
-        raise Refusal(400, "invalid_json", f"the body is not JSON text: {exc}") from exc
+        raise ApiError(400, "invalid_json", f"the body is not JSON text: {exc}") from exc
     return value
 
 
@@ -109,11 +100,12 @@ def text_value(value: Any, name: str, max_chars: int, *, required: bool = True) 
     if value is None and not required:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise Refusal(400, "invalid_request", f"'{name}' must be a non-empty string")
+        raise ApiError(400, "invalid_request", f"'{name}' must be a non-empty string",
+                       field=name)
     value = value.strip()
     problem = text_problem(value, max_chars)
     if problem:
-        raise Refusal(400, "invalid_request", f"'{name}' {problem}")
+        raise ApiError(400, "invalid_request", f"'{name}' {problem}", field=name)
     return value
 
 
@@ -133,13 +125,13 @@ async def body_bytes(request: Request, max_bytes: int) -> bytes:
     return bytes(data)
 
 
-def _too_large(max_bytes: int) -> Refusal:
-    return Refusal(413, "body_too_large", f"the body is larger than {max_bytes} bytes, the "
-                   "most this route reads")
+def _too_large(max_bytes: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the body is larger than {max_bytes} bytes, the "
+                    "most this route reads")
 
 
 def max_json_bytes(request: Request) -> int:
-    return request.app.state.settings.max_json_bytes
+    return services(request).settings.max_json_bytes
 
 
 async def json_body(request: Request, *, empty_ok: bool = False,
@@ -150,7 +142,7 @@ async def json_body(request: Request, *, empty_ok: bool = False,
         return {}
     body = parse_json(raw)
     if not isinstance(body, dict):
-        raise Refusal(400, "invalid_json", "the body must be a JSON object")
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
     return body
 
 
@@ -174,9 +166,10 @@ def page_args(request: Request, *, max_page: int = 200) -> tuple[int, int | None
         before = request.query_params.get("before")
         below = int(before) if before else None
     except ValueError as exc:
-        raise Refusal(400, "invalid_request", "limit and before must be integers") from exc
+        raise ApiError(400, "invalid_request", "limit and before must be integers") from exc
     if below is not None and not 0 < below <= MAX_ID:
-        raise Refusal(400, "invalid_request", f"before must be an id (1 to {MAX_ID})")
+        raise ApiError(400, "invalid_request", f"before must be an id (1 to {MAX_ID})",
+                       field="before")
     return limit, below
 
 
@@ -184,7 +177,8 @@ def offset_arg(request: Request) -> int:
     """`?offset=`: a whole number of rows (default 0), 400 otherwise."""
     offset = request.query_params.get("offset", "0") or "0"
     if not (offset.isascii() and offset.isdigit()) or int(offset) > MAX_ID:  # no sign, no "²"
-        raise Refusal(400, "invalid_request", "offset must be a whole number of rows")
+        raise ApiError(400, "invalid_request", "offset must be a whole number of rows",
+                       field="offset")
     return int(offset)
 
 
@@ -192,7 +186,7 @@ def path_id(request: Request, name: str, what: str) -> int:
     """The integer id `{name}` of the path; 404 (no such `what`) when it cannot be one."""
     raw = str(request.path_params[name])
     if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= MAX_ID:
-        raise Refusal(404, "not_found", f"no such {what}")
+        raise ApiError(404, "not_found", f"no such {what}")
     return int(raw)
 
 
@@ -200,5 +194,5 @@ def path_key(request: Request, name: str, what: str, max_chars: int = 32) -> str
     """The string id `{name}` of the path (ids are String(32)); 404 when it cannot be one."""
     raw = request.path_params[name]
     if text_problem(raw, max_chars):
-        raise Refusal(404, "not_found", f"no such {what}")
+        raise ApiError(404, "not_found", f"no such {what}")
     return raw
