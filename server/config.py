@@ -22,9 +22,10 @@ def _split(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    """Every setting of the server. Each attribute's docstring is its description: the
-    configuration reference (docs/configuration.md) is generated from this class
-    (`tutor config --markdown`)."""
+    """The settings of `tutor serve` and of the other `tutor` commands.
+
+    Each attribute's docstring is its description: the configuration reference
+    (docs/configuration.md) is generated from this class (`tutor config --markdown`)."""
 
     model_config = SettingsConfigDict(
         env_prefix="TUTOR_", env_file=".env", extra="ignore", populate_by_name=True,

@@ -1,6 +1,7 @@
 """The configuration reference (docs/configuration.md), written from the settings model itself.
 
-Every row comes from `server.config.Settings`: the variable's name (the `TUTOR_` prefix, or the
+Every row comes from a settings model of `server.config` (`Settings`, and any other
+`BaseSettings` class defined there, each its own table): the variable's name (the `TUTOR_` prefix, or the
 field's own aliases such as `OPENAI_API_KEY`), its type, its default and its description (the
 attribute's docstring), so the page cannot drift from the code. `tutor config --markdown` prints
 it; `tests/test_config_reference.py` checks that the committed page is what it prints.
@@ -77,16 +78,30 @@ def cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def markdown(model: type[BaseSettings] | None = None) -> str:
-    """The whole page, one row per setting in the order the model declares them."""
-    if model is None:
-        from .config import Settings
+def settings_models() -> list[type[BaseSettings]]:
+    """Every settings model of `server.config`, in the order the module defines them."""
+    from . import config
 
-        model = Settings
+    return [value for value in vars(config).values()
+            if isinstance(value, type) and issubclass(value, BaseSettings)
+            and value.__module__ == config.__name__]
+
+
+def table(model: type[BaseSettings]) -> str:
+    """A heading, the first paragraph of the model's docstring, and one row per setting in the
+    order the model declares them."""
     prefix = model.model_config.get("env_prefix", "")
-    rows = ["| Variable | Type | Default | What it does |", "| --- | --- | --- | --- |"]
+    summary = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split())
+    rows = [f"## `{model.__name__}`", "", summary, "",
+            "| Variable | Type | Default | What it does |", "| --- | --- | --- | --- |"]
     for name, field in model.model_fields.items():
         names = ", ".join(f"`{n}`" for n in env_names(name, field, prefix))
-        rows.append(f"| {names} | {cell(type_name(field.annotation))} | "
-                    f"{cell(default_text(field.get_default(call_default_factory=True)))} | {cell(field.description or '')} |")
-    return INTRO + "\n" + "\n".join(rows) + "\n"
+        default = default_text(field.get_default(call_default_factory=True))
+        rows.append(f"| {names} | {cell(type_name(field.annotation))} | {cell(default)} | "
+                    f"{cell(field.description or '')} |")
+    return "\n".join(rows) + "\n"
+
+
+def markdown() -> str:
+    """The whole page: every settings model's table."""
+    return INTRO + "".join("\n" + table(model) for model in settings_models())
