@@ -23,15 +23,15 @@ if TYPE_CHECKING:
     from accounts.secrets import SecretBox
     from billing.service import Billing
     from billing.stripe import StripeBilling
-    from providers import Providers
     from notify.worker import OutboxWorker
+    from providers import Providers
     from rag.grounding import Grounding
     from rag.search import Retriever
     from rag.worker import Parser
+    from realtime import SessionConfig
     from server.config import Settings
     from server.connections import SessionSlots
     from server.metrics import Metrics
-    from realtime import SessionConfig
     from server.resume import ResumeStore
     from store.db import Database
     from store.spool import Spool

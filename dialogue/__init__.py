@@ -1,6 +1,11 @@
-"""The conversation: who speaks when and what the tutor is told.
+"""The conversation's pure decisions: who speaks when, when to start work early, how a spoken
+answer is cut and what of it was heard, and what the tutor is told.
 
-`turntaking.TurnTaker` is a pure state machine (listening → transcribing → responding, barge-in);
-`prompts` holds the tutor's system prompt. The services that answer (transcription, chat,
-speech) are the top-level `providers` package.
+`turntaking.TurnTaker` is the turn state machine (listening → transcribing → responding,
+barge-in, the bounded history); `speculation.Speculator` decides speculative turn ends (a guess
+at a pause, its caps and budget); `sentences` cuts streaming text into pieces for synthesis
+(`SentenceSplitter`) and maps a playback position back to the words heard (`heard_text`);
+`prompts` holds the tutor's system prompt and assembles a request's messages. None of it does
+I/O or reads a clock: the providers that answer are in `providers`, the protocol core that drives
+these is in `realtime`.
 """

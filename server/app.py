@@ -69,14 +69,13 @@ from .metrics import Metrics, metrics_endpoint, readyz
 from .outage import OutageMiddleware
 from .config import Settings, mcp_email_environment
 from .resume import MemoryResume, RedisResume
-from .static import web_routes
+from .static import client_folder, web_routes
 from . import rights
 from .voice import realtime_endpoint
 
 log = logging.getLogger("tutor")
 SAMPLE_COURSE = Path(__file__).resolve().parent.parent / "rag" / "sample_course"
 SAMPLE_COURSE_NAME = "sample"
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"  # the browser client (docs/web.md)
 
 
 def session_config(settings: Settings) -> SessionConfig:
@@ -443,7 +442,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             *email_routes.routes,
             *notes_routes,
             # last, so that every API route wins: the browser client
-            *web_routes(WEB_DIR, watch=settings.loopback_only),  # `/` and `/web/...`, content-hashed (server/static.py)
+            *web_routes(client_folder(), watch=settings.loopback_only),  # `/` and `/web/...`, content-hashed (server/static.py)
         ],
         middleware=[Middleware(OutageMiddleware),  # outermost: sees every outage as it leaves
                     Middleware(SessionMiddleware, secret_key=session_secret,

@@ -1,5 +1,5 @@
 """The `tutor` command: `serve`, `migrate`, `ingest`, `email-summaries`, `worker`, `mcp-email`,
-`backup`, `restore`, `dead-letters`."""
+`backup`, `restore`, `dead-letters`, `config`."""
 
 from __future__ import annotations
 
@@ -296,6 +296,10 @@ def main(argv: list[str] | None = None) -> None:
                          help="insert them into the database again (once the cause is fixed)")
     sub.add_parser("mcp-email", add_help=False,
                    help="the MCP email tool server (stdio; --http --port N for HTTP)")
+    config = sub.add_parser("config", help="print the configuration reference "
+                            "(docs/configuration.md)")
+    config.add_argument("--markdown", action="store_true", required=True,
+                        help="as Markdown, the format of docs/configuration.md")
     args, rest = parser.parse_known_args(argv)
     if args.command == "mcp-email":
         from notify.mcp_server import main as mcp_email
@@ -304,6 +308,11 @@ def main(argv: list[str] | None = None) -> None:
         return
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "config":
+        from .config_reference import markdown
+
+        print(markdown(), end="")
+        return
 
     settings = Settings()
     if args.command == "serve":

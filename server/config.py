@@ -23,180 +23,311 @@ def _split(value: object) -> object:
 
 
 class Settings(BaseSettings):
+    """The settings of `tutor serve` and of the other `tutor` commands.
+
+    Each attribute's docstring is its description: the configuration reference
+    (docs/configuration.md) is generated from this class (`tutor config --markdown`)."""
+
     model_config = SettingsConfigDict(
-        env_prefix="TUTOR_", env_file=".env", extra="ignore", populate_by_name=True
+        env_prefix="TUTOR_", env_file=".env", extra="ignore", populate_by_name=True,
+        use_attribute_docstrings=True,
     )
 
     host: str = "127.0.0.1"
+    """Address to listen on (also `tutor serve --host`); off loopback, the dev guest is off."""
     port: int = 8000
-    # TLS in uvicorn itself, so wss:// and https:// work without a proxy (also --ssl-certfile/-keyfile)
-    ssl_certfile: Path | None = None  # PEM certificate chain
-    ssl_keyfile: Path | None = None  # PEM private key (omit if it is in the certificate file)
-    log_format: str = "auto"  # json | console | auto (console on a terminal, else JSON lines)
+    """Port to listen on (also `tutor serve --port`)."""
+    ssl_certfile: Path | None = None
+    """PEM certificate chain: serve `https://` and `wss://` from uvicorn itself, no proxy needed
+    (also `tutor serve --ssl-certfile`)."""
+    ssl_keyfile: Path | None = None
+    """PEM private key; omit it when the key is in the certificate file (also `--ssl-keyfile`)."""
+    log_format: str = "auto"
+    """`json` lines, `console`, or `auto` (console on a terminal, else JSON lines)."""
 
     # Providers
     openai_api_key: str | None = Field(None, validation_alias=AliasChoices("OPENAI_API_KEY", "openai_api_key"))
+    """Key for transcription, chat, speech and embeddings (chat: unless `LLM_API_KEY`)."""
     openai_base_url: str | None = Field(None, validation_alias=AliasChoices("OPENAI_BASE_URL", "openai_base_url"))
+    """Any OpenAI-compatible endpoint; default: OpenAI's. Transcription needs
+    `/audio/transcriptions` (OpenAI, or a local Whisper server such as speaches)."""
     llm_api_key: str | None = Field(None, validation_alias=AliasChoices("LLM_API_KEY", "llm_api_key"))
+    """Key for chat only, e.g. OpenRouter's (a local server needs none)."""
     llm_base_url: str | None = Field(None, validation_alias=AliasChoices("LLM_BASE_URL", "llm_base_url"))
+    """Send chat (only) elsewhere: OpenRouter, or a local Ollama, vLLM or llama.cpp server."""
     llm_model: str = Field("gpt-4o-mini", validation_alias=AliasChoices("LLM_MODEL", "llm_model"))
+    """The chat model."""
     llm_max_tokens: int | None = 400
+    """Cap per answer (answers are meant to be spoken)."""
     transcription_model: str = "gpt-4o-mini-transcribe"
-    tts_model: str = "gpt-4o-mini-tts"  # spoken answers (audio.speech, PCM), on OPENAI_BASE_URL
-    tts_voice: str = "alloy"  # a plan's tts_voice, then the session's audio.output.voice, win
-    echo_guard_ms: int = 400  # speech starting this soon after the tutor starts speaking...
-    echo_persist_ms: int = 300  # ...counts only if it goes on this much longer
-    audio_lead_ms: int = 300  # spoken answers go out at playback pace, this far ahead
-    shutdown_drain_s: float = 30.0  # on SIGTERM, answers in progress get this long to finish
-    resume_ttl_s: float = 120.0  # a dropped session can be resumed this long (tutor.session.resumable)
-    provider_timeout_s: float = 20.0  # per request; for a stream, the longest wait for the next bytes
+    """Per session: `audio.input.transcription.model`."""
+    tts_model: str = "gpt-4o-mini-tts"
+    """Spoken answers (`audio.speech`, PCM 24 kHz), on `OPENAI_BASE_URL`."""
+    tts_voice: str = "alloy"
+    """The voice; a plan's `tts_voice`, then the session's `audio.output.voice`, win."""
+    echo_guard_ms: int = 400
+    """Speech starting this soon after the tutor starts speaking..."""
+    echo_persist_ms: int = 300
+    """...counts only if it goes on this much longer (the echo guard)."""
+    audio_lead_ms: int = 300
+    """Spoken answers go out at playback pace, this far ahead."""
+    shutdown_drain_s: float = 30.0
+    """On SIGTERM, how long answers in progress get to finish (docs/operations.md)."""
+    resume_ttl_s: float = 120.0
+    """How long a dropped session can be resumed (`?resume=`, `tutor.session.resumable`)."""
+    provider_timeout_s: float = 20.0
+    """Per provider request; for a stream, the longest wait for the next bytes."""
     provider_connect_timeout_s: float = 3.0
+    """Opening a connection to a provider."""
     provider_max_retries: int = 1
+    """The SDK's default (2 retries, 10 min timeout) is far too patient for a live turn."""
 
     # Sessions
-    instructions: str | None = None  # None: dialogue.prompts.TUTOR_INSTRUCTIONS
+    instructions: str | None = None
+    """The tutor's system prompt; default: the built-in one (`dialogue.prompts`). Per session:
+    `instructions`."""
     history_messages: int = 20
-    input_sample_rate: int = 24000  # the Realtime default; clients may choose 16000
+    """Conversation window sent with each answer."""
+    input_sample_rate: int = 24000
+    """16000 or 24000 (the Realtime default); per session: `audio.input.format.rate`."""
     vad_threshold: float = 0.5
+    """Turn detection: maps to webrtcvad's aggressiveness (`int(threshold * 4)`, 0..3)."""
     vad_silence_ms: int = 600
+    """Turn detection: silence that ends a turn (500 would split a hesitation in two)."""
     vad_prefix_padding_ms: int = 300
+    """Turn detection: audio kept before the speech started."""
     vad_min_speech_ms: int = 200
-    # Speculative turn ends (docs/protocol.md §9): a pause this long (at most half of
-    # vad_silence_ms) starts transcription, and a held answer, before the turn is surely over.
-    # Plans without the "speculative" feature, and sessions that turn it off, never speculate.
+    """Turn detection: continuous voiced audio needed to start a turn."""
     speculative: bool = True
-    # A session's answers before the client says (`output_modalities`): "auto" speaks them when
-    # the plan includes spoken answers and a speech provider is configured (OpenAI's default),
-    # "text" writes them unless a client asks for audio.
+    """Speculative turn ends (docs/protocol.md §9): at a pause, transcribe (and answer, held)
+    before the turn is surely over, and use it if the pause becomes the end. Plans without the
+    `speculative` feature, and sessions that turn it off, never speculate."""
     output_modalities: Literal["auto", "text"] = "auto"
+    """A session's answers before its client says (`output_modalities`): `auto` speaks them when
+    the plan has spoken answers and a speech provider is set (OpenAI's default), `text` writes
+    them unless a client asks for audio."""
     speculative_pause_ms: int = 200
-    speculative_max_per_turn: int = 2  # guesses per turn
-    speculative_budget: float = 0.5  # discarded guesses per session ≤ budget × turns + 2
+    """The pause that starts a guess (at most half of `vad_silence_ms`)."""
+    speculative_max_per_turn: int = 2
+    """Guesses per turn."""
+    speculative_budget: float = 0.5
+    """Discarded guesses per session ≤ budget × turns + 2."""
     max_turn_ms: int = 30000
-    # Audio may arrive ahead of real time by this much (network jitter, client buffering); more
-    # than that is refused, so one client cannot make the server do minutes of VAD per second.
+    """Longer turns are cut (and still answered)."""
     audio_burst_ms: int = 3000
-    max_message_bytes: int = 256 * 1024  # larger messages get a `message_too_large` error event
-    ws_max_size: int = 1024 * 1024  # hard cap in the WebSocket layer: larger closes with 1009
-    # a REST request's JSON body: larger is refused (413 body_too_large) before it is read in full
+    """How far audio may run ahead of real time (network jitter, client buffering); more is
+    refused, so one client cannot make the server do minutes of VAD per second."""
+    max_message_bytes: int = 256 * 1024
+    """Soft limit: larger messages get a `message_too_large` error event."""
+    ws_max_size: int = 1024 * 1024
+    """Hard cap in the WebSocket layer: larger frames close the socket with 1009."""
     max_json_bytes: int = 1024 * 1024
-    # events of one session waiting for a client that does not read: past this, the session
-    # ends (`slow_consumer`, close 1008) and its backlog is freed
+    """A REST request's JSON body: larger is refused (413 `body_too_large`) before it is read in
+    full (docs/operations.md, REST request limits)."""
     ws_outbox_max_bytes: int = 4 * 1024 * 1024
+    """Events of one session waiting for a client that does not read: past this, the session
+    ends (`slow_consumer`, close 1008) and its backlog is freed."""
     # Connection limits (docs/operations.md "Timeouts and connection caps")
-    http_head_timeout_s: float = 10.0  # a connection's request head must be complete this soon
-    http_keep_alive_s: int = 5  # an idle kept-alive HTTP connection is closed after this
-    http_max_connections_per_address: int | None = 256  # open HTTP connections of one peer
-    ws_ping_interval_s: float | None = 20.0  # WebSocket pings (None: off)...
-    ws_ping_timeout_s: float | None = 20.0  # ...and a peer that does not answer one is dropped
-    session_idle_timeout_s: float | None = 300.0  # no client message this long ends a session
-    max_sessions_per_address: int | None = 200  # open voice sessions from one client address
-    # Of one account, on top of its plan's max_concurrent_sessions; off by default, because the
-    # plans with no cap (staff, load tests, the shared dev guest) are meant to have none.
+    http_head_timeout_s: float = 10.0
+    """A connection's request head must be complete this soon (half-open and slowloris
+    connections are closed)."""
+    http_keep_alive_s: int = 5
+    """An idle kept-alive HTTP connection is closed after this."""
+    http_max_connections_per_address: int | None = 256
+    """Open HTTP connections of one peer address (not counting trusted proxies,
+    `FORWARDED_ALLOW_IPS`); more are closed at once."""
+    ws_ping_interval_s: float | None = 20.0
+    """WebSocket pings (None: off)..."""
+    ws_ping_timeout_s: float | None = 20.0
+    """...and a peer that does not answer one in time is dropped (1011)."""
+    session_idle_timeout_s: float | None = 300.0
+    """A voice session with no client message this long ends (`idle_timeout`, close 4408)."""
+    max_sessions_per_address: int | None = 200
+    """Open voice sessions from one client address, per process (`too_many_connections`, close
+    4429)."""
     max_sessions_per_user: int | None = None
+    """Open voice sessions of one account, per process, on top of its plan's
+    `max_concurrent_sessions` (`too_many_sessions`, close 4429); off by default, because the plans
+    with no cap (staff, load tests, the shared dev guest) are meant to have none."""
 
     # Storage
     data_dir: Path = Path("data")
-    database_url: str | None = None  # default: SQLite file data_dir/tutor.db
-    # the write-ahead spool of accepted turns and usage rows (store/spool.py); default
-    # data_dir/spool.db. Local disk, kept across restarts, one per server process.
+    """Where the SQLite database and the spool live."""
+    database_url: str | None = None
+    """`postgresql+asyncpg://…` (or a plain `postgresql://` URL, e.g. Supabase's); default: the
+    SQLite file `data_dir/tutor.db`."""
     spool_file: Path | None = None
-    auto_migrate: bool = True  # bring the schema up to date at startup
-    redis_url: str | None = None  # shared tickets (and later caches, quotas) across processes
+    """The write-ahead spool of accepted turns and usage rows, and its dead letters
+    (`store/spool.py`; docs/operations.md, durability of turns); default `data_dir/spool.db`.
+    Local disk, kept across restarts, one per server process."""
+    auto_migrate: bool = True
+    """Bring the schema up to date at startup (else `tutor migrate`)."""
+    redis_url: str | None = None
+    """What several server processes share: WebSocket tickets, query caches, quota counters,
+    request limits, resume tokens; default: in-process."""
     # Bounds on every wait for the database and Redis (docs/operations.md, "Timeouts"): a service
     # that stops answering fails the call (a live turn answers without retrieval, a socket open
     # is refused with `service_unavailable` and close 1013, a REST call gets 503) instead of
     # holding it for good.
-    database_timeout_s: float = 5.0  # one PostgreSQL statement; a hung connection costs ≤ 2×
-    database_connect_timeout_s: float = 5.0  # opening a PostgreSQL connection
-    database_pool_timeout_s: float = 5.0  # waiting for a free pooled connection (any database)
-    redis_timeout_s: float = 1.0  # one Redis command (tickets, quotas, limits, resume, cache)
-    redis_connect_timeout_s: float = 1.0  # opening a Redis connection
+    database_timeout_s: float = 5.0
+    """One PostgreSQL statement; a hung connection costs at most twice this."""
+    database_connect_timeout_s: float = 5.0
+    """Opening a PostgreSQL connection."""
+    database_pool_timeout_s: float = 5.0
+    """Waiting for a free pooled connection (any database)."""
+    redis_timeout_s: float = 1.0
+    """One Redis command (tickets, quotas, limits, resume, cache); no retry after a timeout."""
+    redis_connect_timeout_s: float = 1.0
+    """Opening a Redis connection."""
 
     # Sign-in
-    session_secret: str | None = None  # signs the session cookie; random per process if unset
-    cookie_secure: bool = False  # set true behind HTTPS
+    session_secret: str | None = None
+    """Signs the session cookie; random per process if unset."""
+    cookie_secure: bool = False
+    """Set true behind HTTPS."""
     session_max_age_s: int = 14 * 24 * 3600
-    secret_keys: str | None = None  # comma-separated Fernet keys for secrets at rest; first encrypts
+    """A browser session's lifetime (14 days)."""
+    secret_keys: str | None = None
+    """Fernet keys (comma-separated, newest first) encrypting secrets at rest; the first
+    encrypts."""
     google_client_id: str | None = None
+    """Google sign-in (OpenID Connect); docs/accounts.md."""
     google_client_secret: str | None = None
+    """Google sign-in's client secret."""
     google_discovery_url: str = "https://accounts.google.com/.well-known/openid-configuration"
-    public_url: str | None = None  # e.g. https://tutor.example.com, for OAuth redirect URIs
-    supabase_url: str | None = None  # https://<project>.supabase.co: JWKS and issuer
-    supabase_jwt_secret: str | None = None  # legacy HS256 shared secret, if the project uses it
+    """Google's OpenID Connect discovery document (tests point it at a loopback provider)."""
+    public_url: str | None = None
+    """Base of the OAuth redirect URI behind a proxy, e.g. `https://tutor.example.com`; default:
+    from the request."""
+    supabase_url: str | None = None
+    """`https://<project>.supabase.co`: accept Supabase access tokens (JWKS and issuer)."""
+    supabase_jwt_secret: str | None = None
+    """The legacy HS256 shared secret, if the Supabase project uses it."""
     api_token_ttl_days: int = 90
+    """Lifetime of an API token (`POST /api/auth/token`)."""
     ticket_ttl_s: float = 60.0
-    # Origins allowed to open the voice socket with a ticket (browsers); empty: same host only
+    """Lifetime of a single-use WebSocket ticket."""
     allowed_origins: Annotated[list[str], NoDecode] = []
-    dev_guest: bool | None = None  # None: on when no sign-in is configured and bound to loopback
+    """Extra origins (comma-separated) allowed to open the voice socket with a ticket; empty: the
+    server's own only."""
+    dev_guest: bool | None = None
+    """Unset: on when no sign-in is configured and the server is bound to loopback; `false`
+    forces it off. It is never on off loopback."""
 
     # Course knowledge (RAG)
     embedding_model: str = "text-embedding-3-small"
-    embedding_base_url: str | None = None  # default: OPENAI_BASE_URL
-    embedding_api_key: str | None = None  # default: OPENAI_API_KEY
+    """Embeddings; without an embedding provider, retrieval is full-text only."""
+    embedding_base_url: str | None = None
+    """Default: `OPENAI_BASE_URL`."""
+    embedding_api_key: str | None = None
+    """Default: `OPENAI_API_KEY`."""
     embedding_batch_size: int = 64
+    """Texts per embedding request."""
     rag_max_document_bytes: int = 10 * 1024 * 1024
-    # Caps on what one document may become (docs/rag.md): refused with document_too_large
-    rag_max_pdf_pages: int = 1000  # counted before any page is read
-    rag_max_document_chars: int = 2_000_000  # of extracted text
+    """The upload limit."""
+    rag_max_pdf_pages: int = 1000
+    """Cap on one PDF, counted before any page is read; over it: 413 `document_too_large`
+    (docs/rag.md)."""
+    rag_max_document_chars: int = 2_000_000
+    """Cap on one document's extracted text."""
     rag_max_document_chunks: int = 4000
-    # Documents are read in worker processes (rag/worker.py), each with this much address space
-    # and this long per document; past either, the worker is replaced and the upload refused.
+    """Cap on one document's chunks."""
     rag_ingest_workers: int = 1
+    """Documents are read in worker processes (`rag/worker.py`): how many."""
     rag_ingest_memory_mb: int = 1024
+    """The address space of each reading worker (`RLIMIT_AS`; 0: none); past it, the worker is
+    replaced and the upload refused."""
     rag_ingest_timeout_s: float = 60.0
+    """Time a worker gets per document; past it, the worker is replaced and the upload refused."""
     rag_chunk_chars: int = 900
+    """Chunk length."""
     rag_chunk_overlap_chars: int = 150
+    """Overlap between consecutive chunks."""
     rag_top_k: int = 4
-    rag_memory_k: int = 3  # the student's own earlier turns retrieved with each question
-    # False: a question whose embedding is not cached yet is ranked by full-text alone and
-    # embedded just after (an embedding is a provider round trip, often 100-300 ms, and ~2 ms of
-    # SDK work on the event loop: far more than the few ms retrieval may add to a turn).
+    """Course passages put in each prompt."""
+    rag_memory_k: int = 3
+    """The student's own earlier turns retrieved with each question."""
     rag_wait_for_embedding: bool = False
-    # A live turn waits this long for its retrieval (passages and memory, from the database and
-    # Redis); what has not come by then is left out of that answer, and `tutor.response.metrics`
-    # says `"retrieval": "timed_out"`
+    """`false`: a question whose embedding is not cached yet is ranked by full-text alone and
+    embedded just after (an embedding is a provider round trip, often 100-300 ms, far more than
+    the few ms retrieval may add to a turn); `true` waits for it."""
     rag_retrieval_budget_s: float = 1.0
-    default_course: str | None = None  # course a session uses when it names none
-    load_sample_course: bool = True  # ingest rag/sample_course at startup (skipped if unchanged)
+    """A live turn waits this long for its retrieval (passages and memory); what has not come by
+    then is left out of that answer, and `tutor.response.metrics` says
+    `"retrieval": "timed_out"`."""
+    default_course: str | None = None
+    """The course a session uses when it names none; default: every course."""
+    load_sample_course: bool = True
+    """Ingest `rag/sample_course` at startup (skipped if unchanged)."""
 
     # Tiers, quotas and payments (billing/; docs/billing.md)
-    tiers_file: Path | None = None  # JSON plans; default: billing.tiers.DEFAULT_TIERS
+    tiers_file: Path | None = None
+    """The plans (JSON; docs/billing.md); default: the built-in `free`, `school`, `pro`,
+    `unlimited` (`billing.tiers.DEFAULT_TIERS`)."""
     llm_model_large: str = Field("gpt-4o", validation_alias=AliasChoices("LLM_MODEL_LARGE",
                                                                          "llm_model_large"))
-    guest_tier: str | None = None  # the dev guest's plan; None: the plan with every feature
-    anonymous_rpm: int | None = 60  # requests a minute per address before sign-in
-    quota_step_ms: int = 1000  # voice is charged to the shared counters in steps of this much
+    """The model of plans whose `chat_model` is `"large"`."""
+    guest_tier: str | None = None
+    """The dev guest's plan, e.g. `free` to try the free plan; default: the plan with every
+    feature (`unlimited`)."""
+    anonymous_rpm: int | None = 60
+    """Requests a minute per address and route group before sign-in."""
+    quota_step_ms: int = 1000
+    """Voice is charged to the shared counters in steps of this much."""
     stripe_api_key: str | None = Field(None, validation_alias=AliasChoices(
         "STRIPE_API_KEY", "STRIPE_SECRET_KEY", "stripe_api_key"))
+    """Payments: Stripe's secret key."""
     stripe_webhook_secret: str | None = Field(None, validation_alias=AliasChoices(
         "STRIPE_WEBHOOK_SECRET", "stripe_webhook_secret"))
-    stripe_api_base: str | None = None  # default: Stripe's; tests point it at a loopback fake
-    # tier=price pairs, e.g. "pro=price_123,school=price_456"
+    """The webhook signing secret."""
+    stripe_api_base: str | None = None
+    """Default: Stripe's; tests point it at a loopback fake."""
     stripe_prices: Annotated[dict[str, str], NoDecode] = {}
+    """`tier=price_id` pairs, comma-separated, e.g. `pro=price_123,school=price_456`."""
     stripe_webhook_tolerance_s: int = 300
-    payment_grace_days: float = 7.0  # a paid plan survives a failed payment this long
+    """Age of a webhook signature still accepted."""
+    payment_grace_days: float = 7.0
+    """A paid plan survives a failed payment this long."""
 
     # Email (notify/; docs/email.md)
-    email_transport: str = "log"  # log | smtp | mcp
+    email_transport: str = "log"
+    """`log`, `smtp` (the `smtp_*` settings) or `mcp` (`email_mcp_url` or `email_mcp_command`)."""
     email_from: str = "Tutor <tutor@localhost>"
-    email_link_secret: str | None = None  # signs unsubscribe links; default: TUTOR_SESSION_SECRET
+    """The sender."""
+    email_link_secret: str | None = None
+    """Signs unsubscribe links; default: `TUTOR_SESSION_SECRET`."""
     smtp_host: str = "127.0.0.1"
+    """SMTP server."""
     smtp_port: int = 587
+    """SMTP port."""
     smtp_username: str | None = None
+    """SMTP login."""
     smtp_password: str | None = None
-    smtp_starttls: bool | None = None  # None: upgrade when the server offers it
-    smtp_tls: bool = False  # implicit TLS (port 465)
-    email_mcp_url: str | None = None  # the email tool server, streamable HTTP (…/mcp)
-    email_mcp_command: str | None = None  # or spawned over stdio, e.g. "tutor mcp-email"
+    """SMTP password."""
+    smtp_starttls: bool | None = None
+    """Unset: upgrade when the server offers it."""
+    smtp_tls: bool = False
+    """Implicit TLS (port 465)."""
+    email_mcp_url: str | None = None
+    """The email tool server, streamable HTTP (`…/mcp`)..."""
+    email_mcp_command: str | None = None
+    """...or spawned over stdio, e.g. `tutor mcp-email`."""
     email_mcp_tool: str = "send_email"
-    email_timeout_s: float = 60.0  # one send (SMTP or the MCP tool call)
-    email_worker: bool = True  # run the outbox worker in this process
+    """The MCP tool that sends."""
+    email_timeout_s: float = 60.0
+    """One send (SMTP or the MCP tool call)."""
+    email_worker: bool = True
+    """Run the outbox worker in this process."""
     email_poll_s: float = 2.0
+    """How often the worker looks for mail due."""
     email_max_attempts: int = 8
+    """Attempts before a message is marked failed (at most 3 when the server refuses it for good)."""
     email_retry_base_s: float = 30.0
+    """First retry delay; it doubles with each attempt, up to a cap."""
     email_lease_s: float = 120.0
+    """How long a worker holds a message it is sending before another may take it."""
     email_quota_warning_percent: int = 80
+    """Mail a notice when this percentage of a plan's voice minutes is used (and at 100 %)."""
 
     @property
     def sign_in_configured(self) -> bool:

@@ -10,6 +10,10 @@ is `no-cache` with an ETag, and refers to the hashed names: its `src`/`href` att
 keep working (`no-cache`: revalidated with the ETag on every use), for development, for old
 pages, and for a browser without import maps.
 
+The folder is the installed `web` package (`client_folder`), found through `importlib.resources`:
+the checkout in development, site-packages from a wheel. Its `__init__.py` (and `__pycache__`),
+which make it a package, are not part of the client and are never served.
+
 Only files found in `web/` at the last scan can be served, by a lookup in a dict: no path from
 the request ever reaches the filesystem. With `watch` (a server on loopback, as `make run` starts it) the folder is scanned
 again (a `stat` per file, no read) when the page or a plain name is asked for, so an edited file
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.resources
 import json
 import mimetypes
 import os
@@ -35,6 +40,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+CLIENT_PACKAGE = "web"
+PACKAGE_FILES = {"__init__.py", "__pycache__"}  # what makes web/ a package, not the client
 PREFIX = "/web/"
 PAGE = "index.html"
 HASH_CHARS = 10
@@ -64,6 +71,14 @@ class Asset:
     @property
     def hashed(self) -> str:
         return hashed_name(self.name, self.digest)
+
+
+def client_folder() -> Path:
+    """The browser client's files: the folder of the installed `web` package."""
+    folder = importlib.resources.files(CLIENT_PACKAGE)
+    if not isinstance(folder, Path):  # e.g. a zipped install: the client is served from files
+        raise RuntimeError(f"the {CLIENT_PACKAGE!r} package is not installed as a folder: {folder}")
+    return folder
 
 
 def hashed_name(name: str, digest: str) -> str:
@@ -194,9 +209,9 @@ class WebClient:
         except OSError:
             return ()
         for folder, dirs, names in os.walk(root):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in PACKAGE_FILES)
             for n in names:
-                if n.startswith("."):
+                if n.startswith(".") or n in PACKAGE_FILES:
                     continue
                 path = Path(folder, n)
                 try:

@@ -18,9 +18,8 @@ import pytest
 from starlette.applications import Starlette
 
 from server import static
-from server.app import WEB_DIR
-from server.static import (HASH_CHARS, IMMUTABLE, WebClient, accepts_gzip, hashed_name,
-                           render_page, web_routes)
+from server.static import (HASH_CHARS, IMMUTABLE, WebClient, accepts_gzip, client_folder,
+                           hashed_name, render_page, web_routes)
 from tests.conftest import make_settings
 
 HASHED = re.compile(r"""(?:src|href)="(/web/[^"]+)\"""")
@@ -104,7 +103,7 @@ async def test_page_points_at_hashed_names_that_resolve_immutable(fake, start_se
             assert r.status_code == 200, url
             assert r.headers["cache-control"] == IMMUTABLE == \
                 "public, max-age=31536000, immutable", url
-            assert r.content == (WEB_DIR / plain(url)).read_bytes(), url
+            assert r.content == (client_folder() / plain(url)).read_bytes(), url
             assert r.headers["content-type"] == ("text/css; charset=utf-8" if url.endswith(".css")
                                                  else "text/javascript; charset=utf-8"), url
             assert r.headers["vary"] == "Accept-Encoding"
@@ -153,7 +152,7 @@ async def test_gzip_for_text_when_accepted_identity_otherwise(fake, start_server
             assert packed.content == raw.content  # httpx decoded it
             assert int(packed.headers["content-length"]) < len(raw.content) / 2, url
             if source:
-                assert raw.content == (WEB_DIR / source).read_bytes()
+                assert raw.content == (client_folder() / source).read_bytes()
             refused = await http.get(url, headers={"Accept-Encoding": "gzip;q=0, br"})
             assert "content-encoding" not in refused.headers, url
             # the bytes on the wire really are gzip
@@ -181,7 +180,7 @@ async def test_plain_names_unknown_hashes_and_traversal(fake, start_server, tmp_
         for name in ("app.js", "audio.js", "mic-worklet.js", "style.css"):
             r = await http.get(f"/web/{name}", headers=IDENTITY)
             assert r.status_code == 200 and r.headers["cache-control"] == "no-cache", name
-            assert r.content == (WEB_DIR / name).read_bytes()
+            assert r.content == (client_folder() / name).read_bytes()
             again = await http.get(f"/web/{name}", headers={"If-None-Match": r.headers["etag"]})
             assert again.status_code == 304, name
         for missing in ("/web/app.0000000000.js", "/web/app.zzzzzzzzzz.js", "/web/nothing.js",
@@ -248,6 +247,19 @@ async def test_page_rewriting_and_binary_files(site: Path) -> None:
             assert (await http.get(target)).status_code == 404, target
         (site / "inside.txt").symlink_to(site / "lib.js")  # a link within it is fine
         assert (await http.get("/web/inside.txt")).status_code == 200
+        # nor is what makes the folder the `web` package (it ships in the wheel that way)
+        (site / "__init__.py").write_text('"""The browser client."""\n')
+        (site / "__pycache__").mkdir()
+        (site / "__pycache__" / "__init__.cpython-311.pyc").write_bytes(b"\x00" * 16)
+        for target in ("/web/__init__.py", "/web/__pycache__/__init__.cpython-311.pyc"):
+            assert (await http.get(target)).status_code == 404, target
+
+
+def test_the_client_is_the_installed_web_package() -> None:
+    import web
+
+    assert client_folder() == Path(web.__file__).parent
+    assert (client_folder() / "index.html").is_file()
 
 
 async def test_without_a_client_folder(tmp_path: Path) -> None:
