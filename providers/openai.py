@@ -19,7 +19,7 @@ import numpy as np
 import openai
 from openai import AsyncOpenAI
 
-from audio.pcm import wav_bytes
+from audio.pcm import SPEECH_RATE, wav_bytes
 
 from .errors import ProviderError, from_openai
 from .protocols import JsonReply, ToolCallDelta, Transcript, Truncated, Usage, normalise
@@ -213,7 +213,7 @@ class OpenAISpeech:
     """Text-to-speech through `audio.speech` with raw PCM output (24 kHz, 16-bit, mono),
     streamed: chunks are yielded as they arrive, so playback starts before synthesis ends."""
 
-    RATE = 24000
+    RATE = SPEECH_RATE
 
     def __init__(self, client: AsyncOpenAI, model: str, voice: str, chunk_bytes: int = 4800
                  ) -> None:

@@ -390,17 +390,27 @@ class McpEmailSettings(BaseSettings):
     defaults (port 25, no default sender); read from the environment only, as the tutor passes
     them to the process it spawns. A variable set but empty counts as unset."""
 
-    model_config = SettingsConfigDict(env_prefix="TUTOR_", extra="ignore", env_ignore_empty=True)
+    model_config = SettingsConfigDict(env_prefix="TUTOR_", extra="ignore", env_ignore_empty=True,
+                                      use_attribute_docstrings=True)
 
     smtp_host: str = "127.0.0.1"
+    """The SMTP server the tool server relays to."""
     smtp_port: int = 25
+    """Its port."""
     smtp_username: str | None = None
+    """SMTP login, if the server asks for one."""
     smtp_password: str | None = None
-    smtp_starttls: bool | None = None  # None: upgrade when the server offers it
-    smtp_tls: bool = False  # implicit TLS (port 465)
+    """SMTP password."""
+    smtp_starttls: bool | None = None
+    """Unset: upgrade to TLS when the server offers it; `true` / `false` to require or refuse."""
+    smtp_tls: bool = False
+    """Implicit TLS (port 465)."""
     smtp_timeout_s: float = 30.0
-    email_from: str | None = None  # the sender when a call names none
-    mcp_email_journal: Path = Path("data/mcp-email.db")  # the keys already sent
+    """Seconds before an SMTP conversation is given up."""
+    email_from: str | None = None
+    """The sender when a call names none."""
+    mcp_email_journal: Path = Path("data/mcp-email.db")
+    """The journal of idempotency keys already sent."""
 
 
 # The variables McpEmailSettings reads.

@@ -1,7 +1,7 @@
 """Prometheus metrics (`GET /metrics`) and the readiness check (`GET /readyz`).
 
 One registry per app (tests run several apps in a process). What is recorded, by whom:
-- `tutor_stage_seconds{stage}`: per-turn stage latencies, from the figures `server.voice` already
+- `tutor_stage_seconds{stage}`: per-turn stage latencies, from the figures `server.session_runner` already
   measures for `tutor.response.metrics` (transcription, retrieval, first token, end of turn to
   first delta, first audio after first delta, the server's own share);
 - `tutor_sessions_total`, `tutor_sessions_connected`, `tutor_turns_total{kind,status}`,
@@ -10,7 +10,7 @@ One registry per app (tests run several apps in a process). What is recorded, by
   `tutor_email_outbox{status}`, `tutor_spool_pending` (accepted rows the database has not
   committed yet) and `tutor_spool_dead_letters` (rows it refused for good) (read at scrape time);
 - `tutor_vad_frame_seconds` (one audio chunk in SAMPLE_EVERY timed, per 30 ms frame) and
-  `tutor_endpoint_decision_seconds` (the chunks that ended a turn), timed by `server.voice`;
+  `tutor_endpoint_decision_seconds` (the chunks that ended a turn), timed by `server.session_runner`;
 - `tutor_provider_failures_total{provider,code}` (stt, llm, tts; voice, /api/ai/*);
 - `tutor_speculations_total{outcome}` and `tutor_speculative_calls_total{kind,result}`;
 - prometheus-client's `process_*` (resident memory, open file descriptors, CPU; Linux), so

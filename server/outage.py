@@ -18,9 +18,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
+
+from api.errors import ApiError, error_response
 
 from .voice import refuse
 
@@ -79,8 +80,8 @@ class OutageMiddleware:
             log.warning("%s %s refused: a backing service is unavailable (%r)",
                         scope["type"], scope["path"], exc)
             if scope["type"] == "http":
-                await JSONResponse({"error": {"code": CODE, "message": MESSAGE}}, 503,
-                                   headers={"Retry-After": str(RETRY_AFTER_S)})(scope, receive, send)
+                refusal = ApiError(503, CODE, MESSAGE, headers={"Retry-After": str(RETRY_AFTER_S)})
+                await error_response(refusal)(scope, receive, send)
             else:
                 await refuse(WebSocket(scope, receive, send), CODE, MESSAGE, "server_error",
                              CLOSE_TRY_AGAIN_LATER)
