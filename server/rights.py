@@ -28,7 +28,7 @@ from api.request import (json_body, offset_arg, page_args, path_key, text_field,
                          unstorable)
 from api.services import services
 from store import queries
-from store.models import ROLES, Classroom, Interaction, User
+from store.models import COURSE_CHARS, ROLES, Classroom, Interaction, User
 from store.models import NOTE
 from study.notes import note_json
 
@@ -82,16 +82,18 @@ async def delete_me(request: Request) -> Response:
 
 async def create_class(request: Request) -> Response:
     user = await require_user(request, ("teacher", "admin"))
-    name = text_field(await json_body(request), "name", 200)  # classes.name is String(200)
+    body = await json_body(request)
+    name = text_field(body, "name", 200)  # classes.name is String(200)
+    course = text_field(body, "course", COURSE_CHARS, required=False)
     async with services(request).db.session() as s, s.begin():
-        room = await queries.create_class(s, user.id, name)
+        room = await queries.create_class(s, user.id, name, course)
     return JSONResponse(class_json(room), status_code=201)
 
 
 def class_json(room: Classroom) -> dict[str, Any]:
     """A class as its teacher sees it, join code included."""
     return {"id": room.id, "name": room.name, "teacher_id": room.teacher_id,
-            "join_code": room.join_code}
+            "course": room.course, "join_code": room.join_code}
 
 
 async def my_classes_as_teacher(request: Request) -> Response:

@@ -123,6 +123,9 @@ class Classroom(Base):
     teacher_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     join_code: Mapped[str | None] = mapped_column(String(16), index=True, unique=True)
+    # The course the class studies (as content.course names it): its teachers are that course's
+    # teachers (they shape its tutor). None: a class not tied to a course.
+    course: Mapped[str | None] = mapped_column(String(COURSE_CHARS), index=True)
 
 
 class ClassMember(Base):

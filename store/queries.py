@@ -199,8 +199,9 @@ def normalise_join_code(code: str) -> str:
     return "".join(c for c in code.upper() if c not in " -\t")
 
 
-async def create_class(s: AsyncSession, teacher_id: str, name: str) -> Classroom:
-    room = Classroom(teacher_id=teacher_id, name=name, join_code=new_join_code())
+async def create_class(s: AsyncSession, teacher_id: str, name: str,
+                       course: str | None = None) -> Classroom:
+    room = Classroom(teacher_id=teacher_id, name=name, join_code=new_join_code(), course=course)
     s.add(room)
     await s.flush()
     return room

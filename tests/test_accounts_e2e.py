@@ -263,7 +263,9 @@ async def test_roles_and_data_rights(app_server, jwks):
             assert r.status_code == 400, query
         # a teacher sees the transcripts of the students who joined their class (with its
         # code), from the join on, and only those (tests/test_sessions_privacy.py: the details)
-        room = (await client.post("/api/classes", json={"name": "Maths 7B"}, headers=teacher)).json()
+        room = (await client.post("/api/classes", json={"name": "Maths 7B", "course": "maths"},
+                                  headers=teacher)).json()
+        assert room["course"] == "maths"  # the course the class studies (None when not given)
         assert (await client.post(f"/api/classes/{room['id']}/students",
                                   json={"user_id": ids["student"]}, headers=teacher)).status_code == 403
         assert (await client.post("/api/classes/join", json={"code": room["join_code"]},
