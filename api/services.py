@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from store.db import Database
     from store.spool import Spool
     from store.writer import InteractionWriter
+    from study.tutor import CourseTutors
 
     # what a voice turn or a typed question asks of the course: (question, user id) → grounding
     Lookup = Callable[[str, str | None], Awaitable[Grounding]]
@@ -62,6 +63,7 @@ class Services:
     parser: Parser  # the document-reading worker processes
     retriever: Retriever
     knowledge: Callable[[str | None], Lookup]  # the course's lookup, by course name
+    tutors: CourseTutors  # each course's tutor settings (cached briefly)
     secret_box: SecretBox | None  # None: no TUTOR_SECRET_KEYS, refresh tokens are not kept
     oauth: OAuth | None  # None: Google sign-in is not configured
     runners: set[Any] = field(default_factory=set)  # the open voice sessions, drained on SIGTERM

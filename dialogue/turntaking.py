@@ -85,12 +85,14 @@ class TurnTaker:
         self,
         *,
         instructions: str,
+        frame: str | None = None,
         new_response_id: Callable[[], str],
         history_messages: int = 20,
         auto_respond: bool = True,
         interrupt: bool = True,
     ) -> None:
         self.instructions = instructions
+        self.frame = frame  # the course's locked frame: instructions stay inside it
         self.auto_respond = auto_respond  # answer each transcribed turn without response.create
         self.interrupt = interrupt  # speech during an answer cancels it (barge-in)
         self._new_response_id = new_response_id
@@ -145,7 +147,7 @@ class TurnTaker:
         history = deque(self.history, maxlen=self.history.maxlen)
         history.append({"role": "user", "content": text})
         return StartResponse(self._new_response_id(),
-                             chat_messages(self.instructions, list(history)),
+                             chat_messages(self.instructions, list(history), self.frame),
                              "\n".join([*self._unanswered, text]))
 
     def transcription_failed(self, item_id: str) -> StartResponse | None:
@@ -260,11 +262,11 @@ class TurnTaker:
         self._wanted = None
         instructions = self.instructions if options.instructions is None else options.instructions
         if options.input is not None:  # its own context: the conversation is neither read nor
-            messages = chat_messages(instructions, options.input)  # answered
+            messages = chat_messages(instructions, options.input, self.frame)  # answered
             question = next((e["content"] for e in reversed(options.input)
                              if e.get("role") == "user" and e.get("content")), "")
         else:
-            messages = chat_messages(instructions, list(self.history))
+            messages = chat_messages(instructions, list(self.history), self.frame)
             question = "\n".join(self._unanswered)
             if options.in_conversation:
                 self._unanswered = []

@@ -38,8 +38,13 @@ class TurnDetection:
 
 @dataclass(frozen=True)
 class SessionConfig:
-    instructions: str
+    instructions: str  # the client's (what session.created / session.updated report)
     model: str
+    # The course's locked frame (dialogue.prompts.tutor_prompt) in a student's session: the
+    # client's instructions, a response's and its system items stay inside it, after it
+    # (dialogue.prompts.framed). None: the instructions are the whole prompt (a teacher's or an
+    # admin's session, or a core without courses).
+    frame: str | None = None
     input_rate: int = 24000  # of the PCM16 the input decodes to (8000 for G.711)
     input_format: AudioFormat = DEFAULT_FORMAT  # audio/pcm (24 or 16 kHz), pcmu, pcma
     output_format: AudioFormat = DEFAULT_FORMAT  # audio/pcm at 24 kHz, pcmu, pcma

@@ -51,7 +51,7 @@ class RealtimeSession:
         self._closing: tuple[str, str] | None = None  # (code, message) once the plan ends it
         self._last_client_at: float | None = None  # loop time of the last client message
         self.closed = False
-        self.turns = TurnTaker(instructions=config.instructions,
+        self.turns = TurnTaker(instructions=config.instructions, frame=config.frame,
                                new_response_id=lambda: self.ids("resp"),
                                history_messages=config.history_messages)
         self.spec = Speculator(max_per_turn=config.speculative_max_per_turn,
@@ -94,6 +94,7 @@ class RealtimeSession:
         self.input.config = config
         td = config.turn_detection
         self.turns.instructions = config.instructions
+        self.turns.frame = config.frame
         self.turns.auto_respond = td.create_response if td else False
         self.turns.interrupt = td.interrupt_response if td else False
 

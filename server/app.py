@@ -54,6 +54,8 @@ from store.spool import Spool
 from store.writer import InteractionWriter
 from study import ai_routes as study_ai_routes
 from study.notes_routes import routes as notes_routes
+from study.tutor import CourseTutors
+from study.tutor_routes import routes as tutor_routes
 
 from audio.formats import AudioFormat
 from dialogue.prompts import TUTOR_INSTRUCTIONS
@@ -404,7 +406,7 @@ async def open_services(settings: Settings, providers: Providers | None, link_se
         resume=RedisResume(redis_client) if redis_client is not None else MemoryResume(),
         billing=billing, usage_writer=usage_writer, payments=payments,
         email_link_secret=link_secret, email_worker=email_worker, parser=parser,
-        retriever=retriever, knowledge=knowledge,
+        retriever=retriever, knowledge=knowledge, tutors=CourseTutors(db),
         secret_box=SecretBox(settings.secret_keys) if settings.secret_keys else None,
         oauth=(google_oauth(client_id=settings.google_client_id,
                             client_secret=settings.google_client_secret or "",
@@ -441,6 +443,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             *billing_routes.routes,
             *email_routes.routes,
             *notes_routes,
+            *tutor_routes,  # /api/courses/{course}/tutor
             # last, so that every API route wins: the browser client
             *web_routes(client_folder(), watch=settings.loopback_only),  # `/` and `/web/...`, content-hashed (server/static.py)
         ],

@@ -1,6 +1,8 @@
 """`POST /api/ai/chat`: a typed question in, the tutor's answer out as Server-Sent Events.
 
-Same grounding, prompt assembly and chat provider as a voice turn. Events: `citations`
+Same grounding, prompt assembly and chat provider as a voice turn, and the same course frame:
+on a course with saved settings a student's `instructions` stay inside the course's prompt
+(`dialogue.prompts.framed`); an admin's or the course's teacher's replace it. Events: `citations`
 ({"citations": [...]}, the course passages used), `delta` ({"delta"}) as the answer is generated,
 then `done` ({"text"}) or `error` ({"code", "message"}) when the provider fails mid-answer.
 """
@@ -72,9 +74,11 @@ async def chat_endpoint(request: Request) -> Response:
     await state.billing.take_chat(user, tier)  # 402 when today's typed questions are used up
     model = state.billing.chat_model(tier)
     course = body.get("course") or state.settings.default_course
+    tutor = await state.tutors.current(course)  # the course's settings, read once per request
+    prompt = tutor.prompt(state.settings.instructions)
+    frame = prompt if await state.tutors.locked(tutor, user) else None
     grounding = await state.knowledge(course)(history[-1]["content"], user.id)
-    messages = grounding.apply(chat_messages(instructions or state.session_config.instructions,
-                                             history))
+    messages = grounding.apply(chat_messages(instructions or prompt, history, frame))
     session_id = "chat_" + secrets.token_hex(8)
 
     async def stream() -> AsyncIterator[bytes]:

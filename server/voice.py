@@ -1,7 +1,8 @@
 """The Realtime WebSocket endpoint (`/api/voice`, `/v1/realtime`): one voice session per socket.
 
 It refuses what must be refused before anything is read (the caps per address and user,
-sign-in, a draining server, the plan), opens the session with its plan (`billing.plan`), and
+sign-in, a draining server, the plan), opens the session with its course's tutor settings
+(`study.tutor`: the prompt, locked for a student, and the voice) and its plan (`billing.plan`), and
 hands the socket to a `SessionRunner` (`server.session_runner`), the loop around the protocol
 core (`realtime`).
 """
@@ -95,12 +96,16 @@ async def _session(websocket: WebSocket, state: Services, user: Any, address: st
     ids = Ids.random()  # the core's id factory: the session's id is its first
     session_id = ids.session
     resumed = await take_resume(state.resume, websocket.query_params.get("resume"), user.id)
+    tutor = await state.tutors.current(course)  # the course's settings, read once per session
+    config = tutor.session_config(state.session_config, state.settings.instructions,
+                                  locked=await state.tutors.locked(tutor, user))
     try:
         opened = await open_voice_session(
-            billing, user, address=address, session_id=session_id, config=state.session_config,
+            billing, user, address=address, session_id=session_id, config=config,
             speech=state.providers.speech is not None,
             speak_by_default=state.settings.output_modalities == "auto",
-            replacing=resumed.get("session_id") if resumed else None)
+            replacing=resumed.get("session_id") if resumed else None,
+            course_voice=tutor.settings.voice)
     except QuotaError as exc:
         await refuse(websocket, exc.code, exc.message, "invalid_request_error", exc.close_code)
         return

@@ -279,6 +279,21 @@ class EmailNotification(Base):
     transport: Mapped[str | None] = mapped_column(String(16))  # that took it: smtp | mcp | log
 
 
+class CourseTutorVersion(Base):
+    """One version of a course's tutor settings (study.tutor): the newest is the current one.
+    Every change adds a row (who, when, the whole settings), so the history is the table."""
+
+    __tablename__ = "course_tutor_versions"
+    __table_args__ = (UniqueConstraint("course", "version", name="uq_course_tutor_versions_course_version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    course: Mapped[str] = mapped_column(String(COURSE_CHARS))
+    version: Mapped[int] = mapped_column(Integer)  # 1, 2, ... per course
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)  # dialogue.prompts.TutorSettings' fields
+    updated_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
 def described_by_models(name: str | None, type_: str, parent_names: dict[str, Any]) -> bool:
     """Autogenerate's `include_name`: False for the full-text search objects of migration 0002
     (dialect-specific SQL the models cannot describe): `fts_*` tables (with FTS5's shadow
