@@ -5,7 +5,8 @@ answer is cut and what of it was heard, and what the tutor is told.
 barge-in, the bounded history); `speculation.Speculator` decides speculative turn ends (a guess
 at a pause, its caps and budget); `sentences` cuts streaming text into pieces for synthesis
 (`SentenceSplitter`) and maps a playback position back to the words heard (`heard_text`);
-`prompts` holds the tutor's system prompt and assembles a request's messages. None of it does
+`prompts` builds the tutor's prompt from a course's settings and assembles a request's messages,
+a student's client's instructions inside the course's frame. None of it does
 I/O or reads a clock: the providers that answer are in `providers`, the protocol core that drives
 these is in `realtime`.
 """

@@ -84,8 +84,8 @@ class Settings(BaseSettings):
 
     # Sessions
     instructions: str | None = None
-    """The tutor's system prompt; default: the built-in one (`dialogue.prompts`). Per session:
-    `instructions`."""
+    """The tutor's system prompt on courses whose teachers saved no tutor settings; default: the
+    built-in Socratic one (`dialogue.prompts`). Per session: `instructions` (docs/tutoring.md)."""
     history_messages: int = 20
     """Conversation window sent with each answer."""
     input_sample_rate: int = 24000
