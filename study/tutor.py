@@ -14,9 +14,10 @@ The HTTP routes are in `study.tutor_routes`; docs/tutoring.md describes the sett
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, fields, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Callable
 
 from sqlalchemy import exists, func, select
@@ -29,6 +30,8 @@ from dialogue.prompts import (ANSWER_LENGTHS, MODES, READING_LEVELS, SCOPES, Tut
 from realtime.config import VOICES, SessionConfig
 from store.db import Database
 from store.models import Classroom, CourseTutorVersion, User
+
+log = logging.getLogger("tutor.courses")
 
 LEVEL_CHARS = 60  # grade_level
 LANGUAGE_CHARS = 40
@@ -135,10 +138,18 @@ class CourseTutors:
         hit = self._cache.get(course)
         if hit is not None and hit[0] > self.clock() and not fresh:
             return hit[1]
-        async with self.db.session() as s:
-            row = (await s.execute(
-                select(CourseTutorVersion).where(CourseTutorVersion.course == course)
-                .order_by(CourseTutorVersion.version.desc()).limit(1))).scalar_one_or_none()
+        try:
+            async with self.db.session() as s:
+                row = (await s.execute(
+                    select(CourseTutorVersion).where(CourseTutorVersion.course == course)
+                    .order_by(CourseTutorVersion.version.desc()).limit(1))).scalar_one_or_none()
+        except Exception as exc:
+            if hit is None or fresh:
+                raise  # an outage: the caller refuses (server.outage)
+            # a course's frame stays locked through a database blip: its last known settings
+            log.warning("course %r tutor settings unreadable (%s); using the last known", course,
+                        exc)
+            return hit[1]
         tutor = _tutor(row) if row is not None else CourseTutor(course, TutorSettings())
         self._cache[course] = (self.clock() + self.ttl_s, tutor)
         return tutor
@@ -206,5 +217,7 @@ class CourseTutors:
 
 
 def _tutor(row: CourseTutorVersion) -> CourseTutor:
-    return CourseTutor(row.course, from_stored(row.settings), row.version, row.updated_by,
-                       row.updated_at)
+    at = row.updated_at
+    if at.tzinfo is None:  # SQLite gives back naive UTC
+        at = at.replace(tzinfo=timezone.utc)
+    return CourseTutor(row.course, from_stored(row.settings), row.version, row.updated_by, at)

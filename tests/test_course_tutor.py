@@ -6,6 +6,7 @@ and PostgreSQL, with the REST routes, their versions and who may use them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -19,7 +20,8 @@ from dialogue.prompts import (APP_ADDS, LENGTH_TEXT, MODE_TEXT, NO_MATERIAL, REA
 from realtime import Generate, RealtimeSession, SessionConfig
 from store import queries
 from tests.conftest import make_settings
-from tests.storage_fixtures import blank_db_url  # noqa: F401  (fixture: sqlite, postgresql)
+from study.tutor import CourseTutors
+from tests.storage_fixtures import blank_db_url, db  # noqa: F401  (fixtures: sqlite, postgresql)
 
 FRAME = "FRAME: the course's frame."
 
@@ -120,6 +122,35 @@ def test_a_teacher_session_replaces_the_prompt_as_before():
     assert system_prompt(send(s, {"type": "response.create"})) == "Quiz me on verbs."
 
 
+# -- the store: versions, the cache, a database blip --------------------------------------
+class Unreachable:
+    def session(self) -> Any:
+        raise ConnectionRefusedError("the database is down")
+
+
+async def test_versions_are_numbered_cached_briefly_and_kept_through_a_blip(db):  # noqa: F811
+    async with db.session() as s, s.begin():
+        teacher = await queries.upsert_user(s, provider="supabase", subject="t", email=None,
+                                            name="Teacher")
+    now = [0.0]
+    here = CourseTutors(db, ttl_s=10, clock=lambda: now[0])
+    elsewhere = CourseTutors(db, ttl_s=10, clock=lambda: now[0])  # another server process
+    assert (await elsewhere.current("maths")).version == 0
+    saved = await asyncio.gather(*(here.save("maths", TutorSettings(mode=mode), teacher.id)
+                                   for mode in ("explain", "practice")))
+    assert sorted(t.version for t in saved) == [1, 2]  # concurrent saves: two versions
+    newest = max(saved, key=lambda t: t.version)
+    assert await here.current("maths") == newest  # seen at once where it was saved
+    assert (await elsewhere.current("maths")).version == 0  # elsewhere, within the TTL
+    now[0] = 11
+    assert await elsewhere.current("maths") == newest
+    elsewhere.db = Unreachable()  # type: ignore[assignment]
+    now[0] = 30
+    assert await elsewhere.current("maths") == newest  # the last known frame stays
+    with pytest.raises(ConnectionRefusedError):
+        await elsewhere.current("physics")  # nothing known: the caller refuses (an outage)
+
+
 # -- through the app, on SQLite and PostgreSQL ----------------------------------------------
 class School:
     """The app with signed-in users of each role and a class on the course `maths`."""
@@ -215,6 +246,7 @@ async def test_settings_are_read_changed_and_versioned_by_the_courses_teachers(s
     first = r.json()
     assert (first["version"], first["mode"], first["updated_by"]) == (1, "practice",
                                                                       teacher["_id"])
+    assert first["updated_at"].endswith("+00:00")
     r = await c.put("/api/courses/maths/tutor", headers=_h(admin),
                     json={"scope": "course", "grade_level": None})
     second = r.json()
