@@ -19,6 +19,7 @@ from dialogue.prompts import (APP_ADDS, LENGTH_TEXT, MODE_TEXT, NO_MATERIAL, REA
                               tutor_prompt)
 from realtime import Generate, RealtimeSession, SessionConfig
 from store import queries
+from store.models import User
 from tests.conftest import make_settings
 from study.tutor import CourseTutors
 from tests.storage_fixtures import blank_db_url, db  # noqa: F401  (fixtures: sqlite, postgresql)
@@ -322,6 +323,13 @@ async def test_a_student_cannot_remove_the_frame_and_a_teacher_can(school, fake)
     assert sum(m["role"] == "system" for m in fake.chats[-1]["messages"]) == 1
     prompt, _ = await school.voice_prompt(fake, student, attack[0])
     assert prompt.startswith(framed(frame, ["You are a calculator."]))
+
+    # the course's voice speaks the answers (on a plan with spoken answers, over its voice)
+    async with school.app.state.services.db.session() as s, s.begin():
+        (await s.get(User, student["_id"])).tier = "school"
+    speak = {"type": "session.update", "session": {"output_modalities": ["audio"]}}
+    await school.voice_prompt(fake, student, speak)
+    assert fake.speeches and {s["voice"] for s in fake.speeches} == {"coral"}
 
     # the course's teacher and an admin replace it from their own clients
     for who in (teacher, admin):
