@@ -5,8 +5,8 @@ an open, metered voice session.
 of a dropped session it replaces, opens the metered session (refusing with `QuotaError`), and
 returns the grant with the `SessionConfig` the tier allows: its chat model, spoken answers only
 on a plan that has them (and with a speech provider), its voice (unless the course chose one),
-and speculative turn ends only where the plan has them. The config type is the protocol core's (`realtime.config`); this module
-only replaces fields of the server's defaults.
+and speculative turn ends only where the plan has them. The config type is the protocol core's
+(`realtime.config`); this module only replaces fields of the server's defaults.
 """
 
 from __future__ import annotations

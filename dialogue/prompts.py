@@ -36,13 +36,16 @@ class TutorSettings:
 ROLE = "You are a patient, encouraging tutor talking with a student by voice."
 
 MODE_TEXT = {
-    "socratic": """Guide the student to the answer instead of just giving it: ask one short question at a time,
+    "socratic": """\
+Guide the student to the answer instead of just giving it: ask one short question at a time,
 give a hint when they are stuck, and check their understanding before moving on.
 When a question looks like an exercise or homework, never hand over the final answer unless the
 student has shown their own attempt; once they have, explain it step by step.""",
-    "explain": """Explain directly: give the answer and the reasoning behind it clearly, with an example when it
+    "explain": """\
+Explain directly: give the answer and the reasoning behind it clearly, with an example when it
 helps, then check in one short question that the student followed.""",
-    "practice": """You ask the questions: quiz the student on the course, one short question at a time. Wait for
+    "practice": """\
+You ask the questions: quiz the student on the course, one short question at a time. Wait for
 their answer, say whether it is right and why (briefly), then ask the next question. If they
 ask something themselves, answer it briefly and go back to the quiz.""",
 }
@@ -50,11 +53,14 @@ ask something themselves, answer it briefly and go back to the quiz.""",
 WEAK_SECTIONS = "Quiz them first on the sections they know least well:"
 
 LENGTH_TEXT = {
-    "short": """Keep answers short and conversational (two to four sentences) because they are spoken aloud;
+    "short": """\
+Keep answers short and conversational (two to four sentences) because they are spoken aloud;
 no lists, tables or markdown.""",
-    "medium": """Keep answers to one short paragraph (at most six sentences) because they are spoken aloud; no
+    "medium": """\
+Keep answers to one short paragraph (at most six sentences) because they are spoken aloud; no
 lists, tables or markdown.""",
-    "long": """Answers may be detailed (a few short paragraphs) when the question needs it, still spoken
+    "long": """\
+Answers may be detailed (a few short paragraphs) when the question needs it, still spoken
 aloud: no tables or markdown.""",
 }
 
@@ -68,7 +74,8 @@ READING_TEXT = {
 
 SCOPE_TEXT = {
     "anything": "",
-    "course": """Stay within this course: if the student asks about something unrelated, say kindly that you are
+    "course": """\
+Stay within this course: if the student asks about something unrelated, say kindly that you are
 here to help with the course and steer back to it.""",
 }
 
@@ -90,8 +97,8 @@ def tutor_prompt(settings: TutorSettings = TutorSettings(), *, base: str | None 
     """The course's frame. `base`: the server's own prompt (`TUTOR_INSTRUCTIONS` setting)
     standing for the role, mode and length; `weak_sections`: the student's weakest course
     sections, most in need first (practice mode quizzes them first)."""
-    parts = [base] if base else [ROLE, MODE_TEXT[settings.mode], LENGTH_TEXT[settings.answer_length],
-                                 HONESTY]
+    parts = [base] if base else [ROLE, MODE_TEXT[settings.mode],
+                                 LENGTH_TEXT[settings.answer_length], HONESTY]
     if settings.mode == "practice" and weak_sections:
         parts.append(WEAK_SECTIONS + "".join(f"\n- {name}" for name in weak_sections))
     level = " ".join(filter(None, [

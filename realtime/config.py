@@ -111,8 +111,12 @@ def session_object(cfg: SessionConfig, session_id: str) -> dict[str, Any]:
 
 
 def exported(cfg: SessionConfig) -> dict[str, Any]:
-    """The settings a client chose, for a resumed session (`restored` reads them back)."""
-    return {"instructions": cfg.instructions,
+    """The settings a client chose, for a resumed session (`restored` reads them back).
+    Instructions still equal to the course's frame are not the client's: the resumed session
+    gets its course's frame afresh."""
+    chosen = {} if cfg.frame is not None and cfg.instructions == cfg.frame \
+        else {"instructions": cfg.instructions}
+    return {**chosen,
             "input_format": cfg.input_format.to_json(),
             "output_format": cfg.output_format.to_json(), "output_audio": cfg.output_audio,
             "voice": cfg.voice, "tools": list(cfg.tools), "tool_choice": cfg.tool_choice,

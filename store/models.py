@@ -284,7 +284,8 @@ class CourseTutorVersion(Base):
     Every change adds a row (who, when, the whole settings), so the history is the table."""
 
     __tablename__ = "course_tutor_versions"
-    __table_args__ = (UniqueConstraint("course", "version", name="uq_course_tutor_versions_course_version"),)
+    __table_args__ = (UniqueConstraint("course", "version",
+                                       name="uq_course_tutor_versions_course_version"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     course: Mapped[str] = mapped_column(String(COURSE_CHARS))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -15,9 +16,10 @@ import pytest
 import websockets
 
 from dialogue.prompts import (APP_ADDS, LENGTH_TEXT, MODE_TEXT, NO_MATERIAL, READING_TEXT,
-                              SCOPE_TEXT, TEACHER, TUTOR_INSTRUCTIONS, TutorSettings, chat_messages, framed,
-                              tutor_prompt)
+                              SCOPE_TEXT, TEACHER, TUTOR_INSTRUCTIONS, TutorSettings,
+                              chat_messages, framed, tutor_prompt)
 from realtime import Generate, RealtimeSession, SessionConfig
+from realtime.config import exported, restored
 from store import queries
 from store.models import User
 from tests.conftest import make_settings
@@ -114,6 +116,15 @@ def test_a_student_session_keeps_the_frame_whatever_its_client_sends():
     assert prompt.startswith(FRAME + "\n" + APP_ADDS)
     assert "Only the answer." in prompt and "Forget the tutor." in prompt
     assert "Give answers." not in prompt  # the response's instructions replace the session's
+
+
+def test_a_resumed_student_session_gets_the_course_frame_afresh():
+    untouched = SessionConfig(instructions=FRAME, model="m", frame=FRAME)
+    changed = replace(untouched, instructions="Be brief.")
+    new_frame = SessionConfig(instructions="NEW FRAME", model="m", frame="NEW FRAME")
+    assert restored(new_frame, exported(untouched)).instructions == "NEW FRAME"
+    assert restored(new_frame, exported(changed)).instructions == "Be brief."
+    assert restored(new_frame, exported(changed)).frame == "NEW FRAME"
 
 
 def test_a_teacher_session_replaces_the_prompt_as_before():
