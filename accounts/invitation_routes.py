@@ -19,7 +19,7 @@ from api.services import services
 from store.models import Invitation, User, now
 
 from .errors import AuthError
-from .invitations import (PENDING_KEY, RANK, accept_quietly, addresses, create,
+from .invitations import (INVITABLE, PENDING_KEY, accept_quietly, addresses, create,
                           invitation_json, redeem)
 from .routes import require_user
 
@@ -30,7 +30,7 @@ async def _inviter(request: Request) -> tuple[User, tuple[str, ...], int | None]
     """The caller, the roles they may invite to, and their cap (None: no cap). 403 otherwise."""
     user = await require_user(request, ("teacher", "admin"))
     if user.role == "admin":
-        return user, ("teacher", "admin"), None
+        return user, INVITABLE, None
     billing = services(request).billing
     own = billing.own_tier(user)
     if own.per_seat and own.name == user.tier and (user.seats or 0) > 0:
@@ -52,10 +52,12 @@ async def invite(request: Request) -> Response:
     body = await json_body(request)
     emails = addresses(body)
     role = body.get("role", "teacher")
+    if role not in INVITABLE:
+        raise ApiError(400, "invalid_request", f"'role' must be {' or '.join(INVITABLE)}",
+                       field="role")
     if role not in roles:
-        raise ApiError(403 if role in RANK else 400, "forbidden" if role in RANK
-                       else "invalid_request", f"you may invite to the role "
-                       f"{' or '.join(roles)}", field="role")
+        raise ApiError(403, "forbidden", f"you may invite to the role {' or '.join(roles)}",
+                       field="role")
     shared = services(request)
     base = shared.settings.public_url or str(request.base_url)
     try:

@@ -38,6 +38,7 @@ from store.models import Invitation, User, now
 from store.queries import aware, enqueue_email
 
 RANK = {"student": 0, "teacher": 1, "admin": 2}
+INVITABLE = ("teacher", "admin")  # the roles an invitation gives (invitations.role's CHECK)
 MAX_ADDRESSES = 30  # per request
 PENDING_KEY = "invitation"  # the session cookie's key for a link opened before signing in
 Status = Literal["open", "accepted", "revoked", "expired"]
