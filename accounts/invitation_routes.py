@@ -76,8 +76,9 @@ async def invite(request: Request) -> Response:
                        "made; list the invitations and ask again") from exc
     shared.email_worker.wake()
     at = now()
+    shown = created + [r for r in kept if inviter.role == "admin" or r.invited_by == inviter.id]
     return JSONResponse({"queued": len(created), "already_invited": len(kept),
-                         "items": [invitation_json(r, at) for r in created + kept]},
+                         "items": [invitation_json(r, at) for r in shown]},
                         status_code=202)
 
 

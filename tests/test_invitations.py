@@ -216,6 +216,9 @@ async def test_who_may_invite(app_server, jwks):
                               (await client.get("/api/invitations", headers=owner)).json()["items"]}
         assert (await client.delete(f"/api/invitations/{admins}", headers=owner)).status_code == 404
         assert len((await client.get("/api/invitations", headers=admin)).json()["items"]) == 4
+        # the admin's open invitation is not shown to a seat owner inviting the same address
+        r = await client.post("/api/invitations", json=body, headers=owner)
+        assert (r.json()["queued"], r.json()["already_invited"], r.json()["items"]) == (0, 1, [])
         # malformed requests
         for bad in ({"emails": []}, {"emails": ["no-at"]}, {"emails": "a@b.c"},
                     {"emails": ["a@b.c"], "role": "wizard"}):
