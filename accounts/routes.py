@@ -1,4 +1,5 @@
-"""HTTP routes of sign-in: Google login/callback, API tokens, logout, the user's browser
+"""HTTP routes of sign-in: Google login/callback (which accepts the invitation whose link
+brought the browser there: accounts.invitations), API tokens, logout, the user's browser
 sessions (listed, revoked: accounts.sessions), me, voice tickets.
 
 `require_user(request, roles)` is what every protected route calls first: 401 without (valid)
@@ -25,6 +26,7 @@ from store.models import User
 from .errors import AuthError
 from .google import sealed_refresh_token
 from .identity import user_json
+from .invitations import accept_pending, take_pending
 from .sessions import session_id, session_json, sign_in, sign_out
 
 log = logging.getLogger("tutor.accounts")
@@ -83,8 +85,10 @@ async def google_callback(request: Request) -> Response:
         sealed = sealed_refresh_token(token, services(request).secret_box)
         if sealed:
             user.oauth_refresh_token = sealed
+    pending = take_pending(request)  # an invitation link opened before signing in
+    invitation = await accept_pending(request, pending, user)
     await sign_in(request, user)
-    return RedirectResponse("/", status_code=303)
+    return RedirectResponse("/" + invitation, status_code=303)
 
 
 async def create_token(request: Request) -> Response:

@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 
+from accounts import invitation_routes
 from accounts import routes as account_routes
 from accounts.google import google_oauth
 from accounts.identity import Authenticator
@@ -438,6 +439,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             WebSocketRoute("/api/voice", realtime_endpoint),
             WebSocketRoute("/v1/realtime", realtime_endpoint),
             *account_routes.routes,
+            *invitation_routes.routes,
             *rights.routes,
             *rag_routes.routes,
             *billing_routes.routes,

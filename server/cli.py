@@ -1,5 +1,5 @@
 """The `tutor` command: `serve`, `migrate`, `ingest`, `email-summaries`, `worker`, `mcp-email`,
-`backup`, `restore`, `dead-letters`, `config`."""
+`backup`, `restore`, `dead-letters`, `config`, `users`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import json
 import logging
 import sys
 from contextlib import AsyncExitStack
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import uvicorn
+
+from store.models import ROLES
 
 from .app import create_app
 from .config import Settings
@@ -253,6 +255,77 @@ def dead_letters_command(settings: Settings, retry: bool, write_ids: list[str]) 
     return 1 if refused else 0
 
 
+def _user_line(user) -> str:  # type: ignore[no-untyped-def]
+    return (f"{user.id}  {user.role:<7}  {user.tier:<10}  {user.auth_provider:<8}  "
+            f"{user.email or '-'}  {user.name or ''}").rstrip()
+
+
+async def users_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`tutor users list|set|invite`, against the configured database (migrated first): the
+    first admin is `tutor users set you@school.example --role admin` after signing in once.
+    Exit status 2 for a value refused before anything is read, 1 for no such user."""
+    from accounts import people
+    from accounts.identity import user_json
+    from accounts.invitations import addresses, invitation_json
+    from api.errors import ApiError
+    from billing.tiers import TierCatalog
+    from store.db import Database, migrate
+    from store.models import now
+
+    if args.users_command == "set":
+        if args.role is None and args.plan is None:
+            print("tutor users set: give --role, --plan or both", file=sys.stderr)
+            return 2
+        known = TierCatalog.load(settings.tiers_file, settings.stripe_prices).tiers
+        if args.plan is not None and args.plan not in known:
+            print(f"tutor users set: unknown plan {args.plan!r}; the plans are "
+                  f"{', '.join(sorted(known))}", file=sys.stderr)
+            return 2
+    if args.users_command == "invite":
+        if not settings.public_url:
+            print("tutor users invite: set TUTOR_PUBLIC_URL (the emailed links point there)",
+                  file=sys.stderr)
+            return 2
+        try:
+            emails = addresses({"emails": args.emails})
+        except ApiError as exc:
+            print(f"tutor users invite: {exc.message}", file=sys.stderr)
+            return 2
+    db = Database(settings.database)
+    try:
+        await asyncio.to_thread(migrate, db.url)
+        async with db.session() as s, s.begin():
+            if args.users_command == "list":
+                found = await people.users(s, args.role)
+                if args.json:
+                    print(json.dumps([user_json(u) for u in found], indent=2))
+                else:
+                    for user in found:
+                        print(_user_line(user))
+                    print(f"{len(found)} users", file=sys.stderr)
+            elif args.users_command == "set":
+                user = await people.update(s, args.user, role=args.role, tier=args.plan)
+                print(_user_line(user))
+            else:
+                created, kept = await people.invite(
+                    s, emails, role=args.role, base_url=settings.public_url,
+                    ttl=timedelta(days=settings.invitation_ttl_days))
+                at = now()
+                for row in created + kept:
+                    state = "invited" if row in created else "already invited"
+                    print(f"{state:<16} {row.email}  as {row.role}, until "
+                          f"{invitation_json(row, at)['expires_at']}")
+                if created:
+                    print(f"{len(created)} emails queued (the outbox worker sends them)",
+                          file=sys.stderr)
+    except people.PersonError as exc:
+        print(f"tutor users {args.users_command}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await db.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tutor", description="Real-time voice tutor server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -300,6 +373,20 @@ def main(argv: list[str] | None = None) -> None:
                             "(docs/configuration.md)")
     config.add_argument("--markdown", action="store_true", required=True,
                         help="as Markdown, the format of docs/configuration.md")
+    users_help = "list people, set their role and plan, invite teachers (no SQL needed)"
+    users = sub.add_parser("users", help=users_help, description=users_help)
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    users_list = users_sub.add_parser("list", help="everyone, oldest first")
+    users_list.add_argument("--role", choices=ROLES, help="only this role")
+    users_list.add_argument("--json", action="store_true", help="as a JSON array")
+    users_set = users_sub.add_parser("set", help="set a user's role and/or plan")
+    users_set.add_argument("user", help="the user's email address or id (`tutor users list`)")
+    users_set.add_argument("--role", choices=ROLES)
+    users_set.add_argument("--plan", help="a plan of the catalog (docs/billing.md), e.g. pro")
+    users_invite = users_sub.add_parser(
+        "invite", help="email invitations to a role through the outbox (docs/accounts.md)")
+    users_invite.add_argument("emails", nargs="+", help="addresses")
+    users_invite.add_argument("--role", choices=("teacher", "admin"), default="teacher")
     args, rest = parser.parse_known_args(argv)
     if args.command == "mcp-email":
         from notify.mcp_server import main as mcp_email
@@ -345,6 +432,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "restore":
         raise SystemExit(restore_command(settings, args.path, yes=args.yes, force=args.force,
                                          safety=args.safety))
+    elif args.command == "users":
+        raise SystemExit(asyncio.run(users_command(settings, args)))
     elif args.command == "dead-letters":
         raise SystemExit(dead_letters_command(settings, args.retry, args.write_ids))
     elif args.command == "migrate":

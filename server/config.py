@@ -205,6 +205,9 @@ class Settings(BaseSettings):
     """The legacy HS256 shared secret, if the Supabase project uses it."""
     api_token_ttl_days: int = 90
     """Lifetime of an API token (`POST /api/auth/token`)."""
+    invitation_ttl_days: float = 14.0
+    """Lifetime of an invitation to a role (`POST /api/invitations`): its link stops working
+    after this many days, used or not."""
     ticket_ttl_s: float = 60.0
     """Lifetime of a single-use WebSocket ticket."""
     allowed_origins: Annotated[list[str], NoDecode] = []

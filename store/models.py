@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import (JSON, BigInteger, Boolean, CheckConstraint, DateTime, Float, ForeignKey,
                         Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint,
-                        false, true)
+                        false, text, true)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 ROLES = ("student", "teacher", "admin")
@@ -136,6 +136,36 @@ class ClassMember(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
                                          primary_key=True, index=True)
     joined_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class Invitation(Base):
+    """An invitation to a role (accounts.invitations): mailed through the outbox with a link
+    carrying a secret token, of which only a SHA-256 is stored; the first signed-in user to
+    redeem it before `expires_at` gets the role, once. The address is kept in clear, lowercased:
+    the inviter sees whom they invited and revokes by it, and one open invitation per address is
+    the unique index below (open: neither accepted nor revoked). The row goes with the account of
+    whoever accepted it; an inviter's deletion leaves their invitations valid (`invited_by` NULL)."""
+
+    __tablename__ = "invitations"
+    __table_args__ = (
+        CheckConstraint("role IN ('teacher', 'admin')", name="role"),
+        Index("uq_invitations_open_email", "email", unique=True,
+              sqlite_where=text("accepted_at IS NULL AND revoked_at IS NULL"),
+              postgresql_where=text("accepted_at IS NULL AND revoked_at IS NULL")),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    email: Mapped[str] = mapped_column(String(320))
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"),
+                                                   index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    accepted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    accepted_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                                    index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 NOTE = "note"  # an interaction that is a student's note (study.notes), not a turn

@@ -42,6 +42,9 @@ PAYLOADS: dict[str, dict] = {
                         "body": "Hi all,\n\nPlease finish exercise 4 before Friday.\nThanks!"},
     "class_invitation": {"name": "Ana", "teacher_name": "Ms. Rivera", "class_name": "Algebra 1",
                          "join_code": "K7QFM2XP", "join_url": "https://tutor.example/"},
+    "role_invitation": {"name": "Ana", "inviter_name": "Ms. Rivera", "role": "teacher",
+                        "accept_url": "https://tutor.example/api/invitations/accept?token=t0k&x=1",
+                        "expires_at": "2026-12-17T09:30:00+00:00"},
 }
 
 # What each rendering must show (in subject + text, and in the HTML), per language.
@@ -79,6 +82,11 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "class_invitation": {
         "en": ["Ana", "Ms. Rivera", "Algebra 1", "K7QFM2XP", "https://tutor.example/"],
         "fr": ["Ana", "Ms. Rivera", "Algebra 1", "K7QFM2XP", "https://tutor.example/"]},
+    "role_invitation": {
+        "en": ["Ana", "Ms. Rivera", "a teacher", "December 17, 2026 at 09:30 UTC",
+               "https://tutor.example/api/invitations/accept?token=t0k&x=1"],
+        "fr": ["Ana", "Ms. Rivera", "enseignant", "17 décembre 2026 à 09:30 UTC",
+               "https://tutor.example/api/invitations/accept?token=t0k&x=1"]},
 }
 
 
@@ -129,7 +137,7 @@ def test_unsubscribe_link_only_in_non_transactional_mail(renderer: Renderer,
     assert TEMPLATES == {"welcome": True, "payment_receipt": True, "payment_failed": True,
                          "quota_warning": False, "quota_exhausted": False,
                          "weekly_summary": False, "teacher_message": False,
-                         "class_invitation": True}
+                         "class_invitation": True, "role_invitation": True}
 
 
 @pytest.mark.parametrize("language", ["en", "fr"])
