@@ -59,8 +59,8 @@ async def _activity(s: AsyncSession, user: User, joined_at: datetime | None,
     cited = [cited_chunks(answer) for _, answer in turns]
     where = await mastery.sections_of_chunks(s, (c for ids in cited for c in ids))
     for ids in cited:
-        a.sections.update(dict.fromkeys(
-            where[c][1] for c in ids if c in where and course in (None, where[c][0])))
+        a.sections.update({where[c][1] for c in ids  # a section once per question
+                           if c in where and course in (None, where[c][0])})
     a.voice_ms = int((await s.execute(select(func.coalesce(func.sum(UsageEntry.amount), 0)).where(
         UsageEntry.user_id == user.id, UsageEntry.kind == "voice_ms",
         _since(UsageEntry.created_at, joined_at)))).scalar_one())
