@@ -6,7 +6,8 @@
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const BAR = 22; // px per student in the chart
-const LABEL = 160; // px for the names on the left
+const LABEL = 160; // px for the names on the left (less on a narrow screen)
+let shown = null; // the report on screen, redrawn to the chart's width on resize
 
 function cell(row, text, numeric = false) {
   const td = document.createElement("td");
@@ -22,6 +23,10 @@ function svgElement(name, attributes, text) {
   return el;
 }
 
+function count(n, noun) {
+  return `${n} ${noun}${n === 1 ? "" : "s"}`;
+}
+
 function studentName(s) {
   return s.name || s.email || s.user_id;
 }
@@ -29,21 +34,22 @@ function studentName(s) {
 function drawChart(students) {
   const svg = $("report-chart");
   svg.replaceChildren();
-  const width = Math.max(280, svg.clientWidth || 600);
+  const width = Math.max(200, svg.clientWidth || 600);
+  const label = Math.min(LABEL, Math.round(width * 0.35));
   const most = Math.max(1, ...students.map((s) => s.questions));
-  const plot = width - LABEL - 40;
+  const plot = width - label - 40;
   svg.setAttribute("height", String(Math.max(1, students.length) * BAR + 4));
   svg.setAttribute("viewBox", `0 0 ${width} ${Math.max(1, students.length) * BAR + 4}`);
   students.forEach((s, i) => {
     const y = i * BAR + 2;
-    const bar = svgElement("rect", { class: "bar", x: LABEL, y, height: BAR - 6,
+    const bar = svgElement("rect", { class: "bar", x: label, y, height: BAR - 6,
                                      width: Math.max(1, (s.questions / most) * plot) });
     bar.append(svgElement("title", {}, `${studentName(s)}: ${s.questions} questions`));
-    svg.append(svgElement("text", { x: LABEL - 6, y: y + BAR / 2, "text-anchor": "end",
+    svg.append(svgElement("text", { x: label - 6, y: y + BAR / 2, "text-anchor": "end",
                                     "dominant-baseline": "middle" },
-                          studentName(s).slice(0, 22)),
+                          studentName(s).slice(0, Math.floor(label / 7))),
                bar,
-               svgElement("text", { x: LABEL + Math.max(1, (s.questions / most) * plot) + 4,
+               svgElement("text", { x: label + Math.max(1, (s.questions / most) * plot) + 4,
                                     y: y + BAR / 2, "dominant-baseline": "middle" },
                           String(s.questions)));
   });
@@ -65,9 +71,11 @@ function fillList(id, items, describe) {
 }
 
 function render(report) {
+  shown = report;
   const totals = report.totals;
   $("report-summary").textContent =
-    `${totals.students} students, ${totals.questions} questions, ${totals.voice_minutes} voice minutes` +
+    `${count(totals.students, "student")}, ${count(totals.questions, "question")}, ` +
+    `${count(totals.voice_minutes, "voice minute")}` +
     (report.class.course ? ` (course ${report.class.course})` : "");
   const rows = report.students.map((s) => {
     const tr = document.createElement("tr");
@@ -84,9 +92,9 @@ function render(report) {
   $("report-table").tBodies[0].replaceChildren(...rows);
   drawChart(report.students);
   fillList("report-asked", totals.most_asked_sections,
-           (x) => `${x.section}: ${x.questions} questions, ${x.students} students`);
+           (x) => `${x.section}: ${count(x.questions, "question")}, ${count(x.students, "student")}`);
   fillList("report-lowest", totals.lowest_mastery_sections,
-           (x) => `${x.section}: ${Math.round(x.mean_score * 100)}% (${x.students} students)`);
+           (x) => `${x.section}: ${Math.round(x.mean_score * 100)}% (${count(x.students, "student")})`);
 }
 
 async function load(classId) {
@@ -113,6 +121,7 @@ export async function showTeacherView(user) {
   const select = $("report-class");
   select.replaceChildren(...classes.map((c) => new Option(c.name, c.id)));
   select.addEventListener("change", () => load(select.value));
+  window.addEventListener("resize", () => shown && drawChart(shown.students));
   $("teacher").hidden = false;
   await load(select.value);
 }
