@@ -1,2 +1,4 @@
 """Study tools beside the sessions: the student's notes (`/api/notes`), quizzes generated from the
-course or from recent sessions (`/api/ai/quiz`) and session summaries (`/api/ai/summary`)."""
+course or from recent sessions (`/api/ai/quiz`) and the answers to them, mastery per course
+section (`mastery`), session summaries (`/api/ai/summary`) and class reports for teachers
+(`/api/classes/{id}/report`)."""
