@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -44,7 +44,8 @@ async def _members(s: AsyncSession, class_id: str) -> list[tuple[User, datetime 
 
 
 def _since(column: Any, joined_at: datetime | None) -> Any:
-    return column >= joined_at if joined_at is not None else column.is_(None)  # never joined
+    """Rows from the student's joining on (none without a joining time, as for transcripts)."""
+    return column >= joined_at if joined_at is not None else false()
 
 
 async def _activity(s: AsyncSession, user: User, joined_at: datetime | None,
