@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.models import SECTION_CHARS, Content, Mastery, now
-from store.queries import aware
+from store.queries import aware, dialect_insert
 
 SECTION_DEPTH = 2
 HEADING_SEPARATOR = " > "  # as rag.worker joins a passage's headings
@@ -118,19 +118,19 @@ async def standing(s: AsyncSession, user_id: str, course: str | None) -> dict[st
 
 async def record(s: AsyncSession, user_id: str, course: str | None, sections: Sequence[str],
                  correct: bool, at: datetime | None = None) -> dict[str, Progress]:
-    """Update the student's sections after one marked answer, in the caller's transaction."""
+    """Update the student's sections after one marked answer, in the caller's transaction. A
+    section's row is made if missing (once, whoever comes first) and locked while it is updated
+    (PostgreSQL), so two answers at once both count."""
     at = at or now()
     changed: dict[str, Progress] = {}
     for section in dict.fromkeys(sections):
-        row = await s.get(Mastery, (user_id, _course_key(course), section))
-        if row is None:
-            row = Mastery(user_id=user_id, course=_course_key(course), section=section,
-                          score=0.0, answers=0, correct=0, interval_days=0.0, due_at=at)
-            s.add(row)
-            before = Progress()
-        else:
-            before = _progress(row)
-        after = update(before, correct, at)
+        key = {"user_id": user_id, "course": _course_key(course), "section": section}
+        await s.execute(dialect_insert(s)(Mastery).values(
+            **key, score=0.0, answers=0, correct=0, interval_days=0.0, due_at=at, updated_at=at,
+        ).on_conflict_do_nothing(index_elements=list(key)))
+        row = (await s.execute(select(Mastery).filter_by(**key).with_for_update()
+                               .execution_options(populate_existing=True))).scalar_one()
+        after = update(_progress(row), correct, at)
         row.score, row.answers, row.correct = after.score, after.answers, after.correct
         row.interval_days, row.due_at, row.updated_at = after.interval_days, after.due_at, at
         changed[section] = after
