@@ -3,14 +3,14 @@ around `study.quiz`, `study.answers` and `study.summary` (the student's turns fr
 course passages from the retriever, the chat model's structured output with one retry, the
 plan's limits) and their HTTP errors.
 
-A quiz and a summary each count as one typed question of the plan's daily allowance (`Billing.take_chat`, 402), use
-the plan's chat model, and sit in the `ai` group of per-minute request limits (the middleware,
-429) like `/api/ai/chat`. The allowance is taken once what the request needs has been found (a
-topic the course does not cover, or an unknown session, costs nothing) and just before the model
-is asked; a failed answer is not refunded, as with chat. A quiz is stored with its correct
-answers and the sections each question cites, so its answers are checked here and move the
-student's mastery (`study.mastery`); answering is not charged. Errors are
-`api.errors.ApiError`s; the codes are in docs/errors.md.
+A quiz and a summary each count as one typed question of the plan's daily allowance
+(`Billing.take_chat`, 402), use the plan's chat model, and sit in the `ai` group of per-minute
+request limits (the middleware, 429) like `/api/ai/chat`. The allowance is taken once what the
+request needs has been found (a topic the course does not cover, or an unknown session, costs
+nothing) and just before the model is asked; a failed answer is not refunded, as with chat. A
+quiz is stored with its correct answers and the sections each question cites, so its answers
+are checked here and move the student's mastery (`study.mastery`); answering is not charged.
+Errors are `api.errors.ApiError`s; the codes are in docs/errors.md.
 """
 
 from __future__ import annotations

@@ -91,10 +91,10 @@ function render(report) {
   });
   $("report-table").tBodies[0].replaceChildren(...rows);
   drawChart(report.students);
-  fillList("report-asked", totals.most_asked_sections,
-           (x) => `${x.section}: ${count(x.questions, "question")}, ${count(x.students, "student")}`);
-  fillList("report-lowest", totals.lowest_mastery_sections,
-           (x) => `${x.section}: ${Math.round(x.mean_score * 100)}% (${count(x.students, "student")})`);
+  fillList("report-asked", totals.most_asked_sections, (x) =>
+    `${x.section}: ${count(x.questions, "question")}, ${count(x.students, "student")}`);
+  fillList("report-lowest", totals.lowest_mastery_sections, (x) =>
+    `${x.section}: ${Math.round(x.mean_score * 100)}% (${count(x.students, "student")})`);
 }
 
 async function load(classId) {
@@ -102,6 +102,7 @@ async function load(classId) {
   $("report-csv").href = `${url}?format=csv`;
   $("teacher").dataset.loaded = "";
   const response = await fetch(url, { credentials: "same-origin" });
+  if ($("report-class").value !== classId) return; // another class was picked meanwhile
   if (!response.ok) {
     $("report-summary").textContent = `The report could not be loaded (HTTP ${response.status}).`;
     return;
