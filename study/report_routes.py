@@ -52,12 +52,13 @@ async def _activity(s: AsyncSession, user: User, joined_at: datetime | None,
                     course: str | None) -> StudentActivity:
     """What one student did since joining: turns, voice time, quiz answers (of `course`)."""
     a = StudentActivity(user.id, user.name, user.email, joined_at)
-    turns = (await s.execute(select(Interaction.kind, Interaction.answer).where(
-        Interaction.user_id == user.id, Interaction.kind.in_(TURN_KINDS),
-        Interaction.transcript != "", _since(Interaction.created_at, joined_at)))).all()
-    a.voice_questions = sum(1 for kind, _ in turns if kind == "voice")
-    a.text_questions = len(turns) - a.voice_questions
-    cited = [cited_chunks(answer) for _, answer in turns]
+    turns = (Interaction.user_id == user.id, Interaction.kind.in_(TURN_KINDS),
+             Interaction.transcript != "", _since(Interaction.created_at, joined_at))
+    counts = dict((await s.execute(select(Interaction.kind, func.count()).where(*turns)
+                                   .group_by(Interaction.kind))).all())
+    a.voice_questions, a.text_questions = counts.get("voice", 0), counts.get("text", 0)
+    cited = [cited_chunks(answer) for answer in (await s.execute(
+        select(Interaction.answer).where(*turns, Interaction.answer.contains("[c")))).scalars()]
     where = await mastery.sections_of_chunks(s, (c for ids in cited for c in ids))
     for ids in cited:
         a.sections.update({where[c][1] for c in ids  # a section once per question
