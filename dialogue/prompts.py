@@ -51,6 +51,10 @@ ask something themselves, answer it briefly and go back to the quiz.""",
 }
 
 WEAK_SECTIONS = "Quiz them first on the sections they know least well:"
+# Other modes: the same sections (from the student's quiz answers, study.mastery), as a hint.
+WEAK_NOTE = ("From their quiz answers, these course sections are the ones this student knows "
+             "least well (most in need first); when the talk comes near one, check their "
+             "understanding of it:")
 
 LENGTH_TEXT = {
     "short": """\
@@ -96,11 +100,13 @@ def tutor_prompt(settings: TutorSettings = TutorSettings(), *, base: str | None 
                  weak_sections: list[str] = ()) -> str:
     """The course's frame. `base`: the server's own prompt (`TUTOR_INSTRUCTIONS` setting)
     standing for the role, mode and length; `weak_sections`: the student's weakest course
-    sections, most in need first (practice mode quizzes them first)."""
+    sections, most in need first (practice mode quizzes them first; the other modes check them
+    when the conversation comes near)."""
     parts = [base] if base else [ROLE, MODE_TEXT[settings.mode],
                                  LENGTH_TEXT[settings.answer_length], HONESTY]
-    if settings.mode == "practice" and weak_sections:
-        parts.append(WEAK_SECTIONS + "".join(f"\n- {name}" for name in weak_sections))
+    if weak_sections:
+        heading = WEAK_SECTIONS if settings.mode == "practice" else WEAK_NOTE
+        parts.append(heading + "".join(f"\n- {name}" for name in weak_sections))
     level = " ".join(filter(None, [
         settings.grade_level and f"The student is at this level: {settings.grade_level}.",
         settings.reading_level and READING_TEXT[settings.reading_level]]))

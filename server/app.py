@@ -57,6 +57,7 @@ from study import ai_routes as study_ai_routes
 from study.notes_routes import routes as notes_routes
 from study.tutor import CourseTutors
 from study.tutor_routes import routes as tutor_routes
+from study.report_routes import routes as report_routes
 
 from audio.formats import AudioFormat
 from dialogue.prompts import TUTOR_INSTRUCTIONS
@@ -435,7 +436,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
             Route("/api/ai/chat", chat_endpoint, methods=["POST"]),
-            *study_ai_routes.routes,  # /api/ai/quiz, /api/ai/summary
+            *study_ai_routes.routes,  # /api/ai/quiz (and its answers), /api/ai/summary
             WebSocketRoute("/api/voice", realtime_endpoint),
             WebSocketRoute("/v1/realtime", realtime_endpoint),
             *account_routes.routes,
@@ -446,6 +447,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             *email_routes.routes,
             *notes_routes,
             *tutor_routes,  # /api/courses/{course}/tutor
+            *report_routes,  # /api/classes/{id}/report
             # last, so that every API route wins: the browser client
             *web_routes(client_folder(), watch=settings.loopback_only),  # `/` and `/web/...`, content-hashed (server/static.py)
         ],

@@ -75,7 +75,8 @@ async def chat_endpoint(request: Request) -> Response:
     model = state.billing.chat_model(tier)
     course = body.get("course") or state.settings.default_course
     tutor = await state.tutors.current(course)  # the course's settings, read once per request
-    prompt = tutor.prompt(state.settings.instructions)
+    prompt = tutor.prompt(state.settings.instructions,
+                          await state.tutors.weak_sections(user.id, course))
     frame = prompt if await state.tutors.locked(tutor, user) else None
     grounding = await state.knowledge(course)(history[-1]["content"], user.id)
     messages = grounding.apply(chat_messages(instructions or prompt, history, frame))

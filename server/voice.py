@@ -98,7 +98,8 @@ async def _session(websocket: WebSocket, state: Services, user: Any, address: st
     resumed = await take_resume(state.resume, websocket.query_params.get("resume"), user.id)
     tutor = await state.tutors.current(course)  # the course's settings, read once per session
     config = tutor.session_config(state.session_config, state.settings.instructions,
-                                  locked=await state.tutors.locked(tutor, user))
+                                  locked=await state.tutors.locked(tutor, user),
+                                  weak_sections=await state.tutors.weak_sections(user.id, course))
     try:
         opened = await open_voice_session(
             billing, user, address=address, session_id=session_id, config=config,

@@ -37,6 +37,7 @@ def new_id() -> str:
 
 COURSE_CHARS = 200  # a course name, wherever it is stored
 SOURCE_CHARS = 1000  # a document's name within its course (content.source)
+SECTION_CHARS = 400  # a course section's name (study.mastery.section_of)
 
 
 class Base(DeclarativeBase):
@@ -207,6 +208,63 @@ class Interaction(Base):
     # Given by the background writer when the turn is accepted: a replay of the write-ahead
     # spool inserts it once (store.writer, store.spool; NULL for rows from before 0007 and notes).
     write_id: Mapped[str | None] = mapped_column(String(32))
+
+
+class Quiz(Base):
+    """A quiz as generated (study.quiz): its questions with the correct answers and the course
+    sections each cites, kept so the student's answers are checked against them server-side."""
+
+    __tablename__ = "quizzes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    course: Mapped[str | None] = mapped_column(String(COURSE_CHARS))
+    topic: Mapped[str | None] = mapped_column(Text)
+    # [{type, question, choices, answer_index, answer, explanation, sources, sections}]
+    questions: Mapped[list[Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class QuizAnswer(Base):
+    """A student's answer to one question of a quiz: once per question. `correct` is checked by
+    the server for multiple choice, given by the student for an open question (self-assessed),
+    NULL while an open answer is not marked; `sections` are the question's, copied so a class
+    report replays mastery from the answers alone."""
+
+    __tablename__ = "quiz_answers"
+    __table_args__ = (UniqueConstraint("quiz_id", "question", name="uq_quiz_answers_question"),
+                      Index("ix_quiz_answers_user_created", "user_id", "created_at"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    quiz_id: Mapped[str] = mapped_column(ForeignKey("quizzes.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    question: Mapped[int] = mapped_column(Integer)  # its index in the quiz
+    course: Mapped[str | None] = mapped_column(String(COURSE_CHARS))
+    sections: Mapped[list[Any]] = mapped_column(JSON)
+    choice: Mapped[int | None] = mapped_column(Integer)  # multiple choice: the index chosen
+    text: Mapped[str | None] = mapped_column(Text)  # an open question: what the student wrote
+    correct: Mapped[bool | None] = mapped_column(Boolean)
+    self_assessed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class Mastery(Base):
+    """How well a student knows one section of a course (study.mastery): a moving average of
+    their answers' correctness and when to review it next. `course` is '' for quizzes on no
+    course (a primary key column cannot be NULL)."""
+
+    __tablename__ = "mastery"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    course: Mapped[str] = mapped_column(String(COURSE_CHARS), primary_key=True)
+    section: Mapped[str] = mapped_column(String(SECTION_CHARS), primary_key=True)
+    score: Mapped[float] = mapped_column(Float)
+    answers: Mapped[int] = mapped_column(Integer)
+    correct: Mapped[int] = mapped_column(Integer)
+    interval_days: Mapped[float] = mapped_column(Float)
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 
 class Content(Base):

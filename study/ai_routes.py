@@ -1,13 +1,16 @@
-"""`POST /api/ai/quiz` and `POST /api/ai/summary`: the I/O around `study.quiz` and
-`study.summary` (the student's turns from the database, course passages from the retriever, the
-chat model's structured output with one retry, the plan's limits) and their HTTP errors.
+"""`POST /api/ai/quiz`, `POST /api/ai/quiz/{id}/answers` and `POST /api/ai/summary`: the I/O
+around `study.quiz`, `study.answers` and `study.summary` (the student's turns from the database,
+course passages from the retriever, the chat model's structured output with one retry, the
+plan's limits) and their HTTP errors.
 
-Both count as one typed question of the plan's daily allowance (`Billing.take_chat`, 402), use
-the plan's chat model, and sit in the `ai` group of per-minute request limits (the middleware,
-429) like `/api/ai/chat`. The allowance is taken once what the request needs has been found (a
-topic the course does not cover, or an unknown session, costs nothing) and just before the model
-is asked; a failed answer is not refunded, as with chat. Errors are
-`api.errors.ApiError`s; the codes are in docs/errors.md.
+A quiz and a summary each count as one typed question of the plan's daily allowance
+(`Billing.take_chat`, 402), use the plan's chat model, and sit in the `ai` group of per-minute
+request limits (the middleware, 429) like `/api/ai/chat`. The allowance is taken once what the
+request needs has been found (a topic the course does not cover, or an unknown session, costs
+nothing) and just before the model is asked; a failed answer is not refunded, as with chat. A
+quiz is stored with its correct answers and the sections each question cites, so its answers
+are checked here and move the student's mastery (`study.mastery`); answering is not charged.
+Errors are `api.errors.ApiError`s; the codes are in docs/errors.md.
 """
 
 from __future__ import annotations
@@ -19,20 +22,23 @@ from typing import Any, Callable, Sequence, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from accounts.routes import require_user
 from api.errors import ApiError
-from api.request import body_bytes, max_json_bytes, parse_json
+from api.request import body_bytes, max_json_bytes, parse_json, path_key
 from api.services import services
 from providers import ProviderError
 from rag.grounding import Grounding
-from store.models import TURN_KINDS, Interaction
+from store.models import TURN_KINDS, Interaction, Quiz, QuizAnswer
 
+from . import mastery
 from . import quiz as quizzes
 from . import summary as summaries
+from .answers import AnswerProblem, AnswersRequest, mark, marked_json
 from .quiz import InvalidOutput, QuizRequest, request_errors
 from .summary import SummaryRequest
 
@@ -217,8 +223,16 @@ async def quiz_endpoint(request: Request) -> Response:
         timeout=settings.provider_timeout_s * (1 + body.questions / 5),
         validate=lambda data: quizzes.validate_quiz(data, questions=body.questions,
                                                     kinds=body.kinds, ids=ids))
+    sections = {f"c{h.chunk_id}": mastery.section_of(h.source, h.heading_path) for h in passages}
+    stored = [q.public() | {"sections": list(dict.fromkeys(sections[c] for c in q.sources
+                                                            if c in sections))}
+              for q in questions]
+    async with state.db.session() as s, s.begin():
+        row = Quiz(user_id=user.id, course=course, topic=body.topic, questions=stored)
+        s.add(row)
+        await s.flush()
     return JSONResponse({
-        "quiz": {"source": body.source, "course": course, "topic": body.topic,
+        "quiz": {"id": row.id, "source": body.source, "course": course, "topic": body.topic,
                  "questions": [q.public() for q in questions]},
         "citations": Grounding(passages=quizzes.cited(passages, questions)).citations(),
         "model": model,
@@ -255,7 +269,54 @@ async def summary_endpoint(request: Request) -> Response:
     })
 
 
+async def answers_endpoint(request: Request) -> Response:
+    """Record answers to one of the caller's quizzes: each checked (`study.answers`) and stored,
+    and each marked one updates the mastery of the question's sections (`study.mastery`)."""
+    user = await require_user(request)
+    quiz_id = path_key(request, "quiz_id", "quiz")
+    body = await parse(request, AnswersRequest)
+    try:
+        return await _record_answers(request, user.id, quiz_id, body)
+    except IntegrityError as exc:  # the same question answered by two requests at once
+        raise ApiError(409, "conflict", "already answered") from exc
+
+
+async def _record_answers(request: Request, user_id: str, quiz_id: str,
+                          body: AnswersRequest) -> Response:
+    async with services(request).db.session() as s, s.begin():
+        quiz = await s.get(Quiz, quiz_id)
+        if quiz is None or quiz.user_id != user_id:
+            raise ApiError(404, "not_found", "no such quiz of yours")
+        try:
+            marked = [mark(quiz.questions, a) for a in body.answers]
+        except AnswerProblem as exc:
+            raise ApiError(400, "invalid_request", str(exc), field=exc.field) from exc
+        asked = [m.question for m in marked]
+        done = set((await s.execute(select(QuizAnswer.question).where(
+            QuizAnswer.quiz_id == quiz.id, QuizAnswer.question.in_(asked)))).scalars())
+        if done:
+            raise ApiError(409, "conflict", "already answered: question "
+                           + ", ".join(str(q) for q in sorted(done)))
+        changed: dict[str, mastery.Progress] = {}
+        for m in marked:
+            s.add(QuizAnswer(quiz_id=quiz.id, user_id=user_id, question=m.question,
+                             course=quiz.course, sections=m.sections, choice=m.choice,
+                             text=m.text, correct=m.correct, self_assessed=m.self_assessed))
+            if m.correct is not None and m.sections:
+                changed |= await mastery.record(s, user_id, quiz.course, m.sections, m.correct)
+        answered = (await s.execute(select(QuizAnswer.correct).where(
+            QuizAnswer.quiz_id == quiz.id))).scalars().all()
+    return JSONResponse({
+        "quiz_id": quiz.id,
+        "answers": [marked_json(quiz.questions[m.question], m) for m in marked],
+        "score": {"questions": len(quiz.questions), "answered": len(answered),
+                  "correct": sum(1 for c in answered if c)},
+        "mastery": [mastery.progress_json(section, p) for section, p in changed.items()],
+    }, status_code=201)
+
+
 routes = [
     Route("/api/ai/quiz", quiz_endpoint, methods=["POST"]),
+    Route("/api/ai/quiz/{quiz_id}/answers", answers_endpoint, methods=["POST"]),
     Route("/api/ai/summary", summary_endpoint, methods=["POST"]),
 ]

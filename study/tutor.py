@@ -31,11 +31,14 @@ from realtime.config import VOICES, SessionConfig
 from store.db import Database
 from store.models import Classroom, CourseTutorVersion, User
 
+from .mastery import weakest
+
 log = logging.getLogger("tutor.courses")
 
 LEVEL_CHARS = 60  # grade_level
 LANGUAGE_CHARS = 40
 EXTRA_CHARS = 2000  # the teacher's extra instructions
+WEAK_SECTIONS_IN_PROMPT = 3  # the student's weakest sections the prompt names
 CACHE_TTL_S = 10.0  # a change reaches other processes' new sessions within this
 
 # field → the values it takes (a tuple), or the most characters of its free text (an int)
@@ -65,10 +68,11 @@ class CourseTutor:
                             base=server_instructions if self.version == 0 else None)
 
     def session_config(self, config: SessionConfig, server_instructions: str | None, *,
-                       locked: bool) -> SessionConfig:
-        """A new voice session's `config` on this course: the course's prompt as its
-        instructions, and as its frame when `locked` (`CourseTutors.locked`)."""
-        prompt = self.prompt(server_instructions)
+                       locked: bool, weak_sections: list[str] = ()) -> SessionConfig:
+        """A new voice session's `config` on this course: the course's prompt (with the
+        student's weakest sections) as its instructions, and as its frame when `locked`
+        (`CourseTutors.locked`)."""
+        prompt = self.prompt(server_instructions, weak_sections)
         return replace(config, instructions=prompt, frame=prompt if locked else None)
 
     def to_json(self) -> dict[str, Any]:
@@ -197,6 +201,17 @@ class CourseTutors:
             out.append({**_tutor(row).to_json(), "changed": changed_fields(
                 from_stored(older.settings) if older is not None else None, settings)})
         return out
+
+    async def weak_sections(self, user_id: str, course: str | None) -> list[str]:
+        """The student's weakest sections of `course` for the prompt (`study.mastery.weakest`),
+        read once per session or typed question. Empty when the read fails: the prompt then
+        goes without them rather than the student without an answer."""
+        try:
+            async with self.db.session() as s:
+                return await weakest(s, user_id, course, WEAK_SECTIONS_IN_PROMPT)
+        except Exception:
+            log.warning("weakest sections of %s unavailable", course, exc_info=True)
+            return []
 
     async def locked(self, tutor: CourseTutor, user: User) -> bool:
         """Whether `user`'s client stays inside the course's frame: on a course whose teachers

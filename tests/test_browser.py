@@ -6,7 +6,7 @@ provider (tests/fake_openai.py) as the dev guest: sign-in, the course list, a sp
 captioned and answered with citations, the student interrupting the answer, spoken answers
 played through the player worklet, push-to-talk from the keyboard, a dropped connection that
 reconnects and resumes the conversation, running out of minutes and the upgrade, and the layout
-at phone width. Screenshots go to each test's tmp_path; with TUTOR_README_SCREENSHOT=1, one at
+at phone width; a teacher's class report (a table and a chart). Screenshots go to each test's tmp_path; with TUTOR_README_SCREENSHOT=1, one at
 1000×700 also to docs/screenshot.png (the README's), so a test run leaves the checkout as it was.
 
 The test of the routes the client uses (courses, passages, the static files) needs no browser.
@@ -18,11 +18,17 @@ import asyncio
 import json
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from sqlalchemy import select
+
+from store import queries
+from store.models import Content, Interaction, Quiz, QuizAnswer, UsageEntry, now
+from study.mastery import section_of
 from tests.browser_support import PageWatch, chromium, count, require_browser, speech_wav
 from tests.conftest import ROOT, make_settings
 from tests.fake_stripe import FakeStripe
@@ -486,4 +492,72 @@ async def test_worklets_resample_and_play_smoothly(browser_ready, fake, start_se
         # the flush at 0.6 s cuts it at once; the 40 ms pushed at 0.7 s stay under the buffer
         assert 0.59 < player["lastSound"] < 0.61, player
         assert player["flushed"]
+        watch.assert_clean()
+
+
+async def test_a_teacher_sees_a_class_report_as_a_table_and_a_chart(browser_ready, fake,
+                                                                    start_server, tmp_path) -> None:
+    """The dev guest, a student, sees no class report; made a teacher with a class of two
+    students, they see the report: a row and a bar per student, the class's most asked and
+    weakest sections, and the CSV behind the download link."""
+    address = await start_server(make_settings(fake, load_sample_course=True))
+    db = start_server.apps[-1].state.services.db
+    async with chromium() as browser:
+        page, watch = await open_page(browser, address)
+        assert await page.locator("#teacher").is_hidden()  # a student's page
+        await page.close()
+
+        async with httpx.AsyncClient(base_url=f"http://{address}") as http:
+            guest_id = (await http.get("/api/auth/me")).json()["id"]
+            async with db.session() as s, s.begin():
+                await queries.set_role(s, guest_id, "teacher")
+            room = (await http.post("/api/classes", json={"name": "5B", "course": "sample"})).json()
+        async with db.session() as s, s.begin():
+            chunk = (await s.execute(select(Content).where(
+                Content.course == "sample", Content.heading_path.like("%Dividing Fractions%"))
+                .limit(1))).scalar_one()
+            section = section_of(chunk.source, chunk.heading_path)
+            students = []
+            for name, questions in (("Ada Lovelace", 3), ("Bob Marley", 1)):
+                user = await queries.upsert_user(s, provider="google", subject=name, name=name,
+                                                 email=f"{name.split()[0].lower()}@example.com")
+                await queries.add_student(s, room["id"], user.id)
+                students.append(user.id)
+            later = now() + timedelta(seconds=1)
+            for user_id, questions in zip(students, (3, 1)):
+                for i in range(questions):
+                    s.add(Interaction(session_id="s", user_id=user_id, course="sample",
+                                      kind="text", transcript=f"q{i}", created_at=later,
+                                      answer=f"Flip the second fraction [c{chunk.id}]."))
+            s.add(UsageEntry(user_id=students[0], kind="voice_ms", amount=120_000,
+                             created_at=later))
+            quiz = Quiz(user_id=students[0], course="sample", questions=[])
+            s.add(quiz)
+            await s.flush()
+            s.add(QuizAnswer(quiz_id=quiz.id, user_id=students[0], question=0, course="sample",
+                             sections=[section], choice=0, correct=False, created_at=later))
+
+        page, watch = await open_page(browser, address)
+        await watch.until(f"document.getElementById('teacher').dataset.loaded === '{room['id']}'",
+                          what="the class report")
+        assert await page.locator("#report-class option").all_inner_texts() == ["5B"]
+        rows = page.locator("#report-table tbody tr")
+        assert await rows.count() == 2
+        ada = await rows.nth(0).locator("td").all_inner_texts()
+        assert ada[:3] == ["Ada Lovelace", "2", "3"] and section in ada[3]
+        assert ada[4] == "0%" and ada[5] == section and ada[6] == "–"
+        assert await page.locator("#report-chart rect.bar").count() == 2
+        widths = [float(await page.locator("#report-chart rect.bar").nth(i).get_attribute("width"))
+                  for i in range(2)]
+        assert widths[0] == pytest.approx(3 * widths[1], rel=0.01)  # 3 questions against 1
+        assert section in await page.locator("#report-asked").inner_text()
+        assert "0%" in await page.locator("#report-lowest").inner_text()
+        assert "2 students, 4 questions, 2 voice minutes" in await page.locator(
+            "#report-summary").inner_text()
+        href = await page.locator("#report-csv").get_attribute("href")
+        assert href == f"/api/classes/{room['id']}/report?format=csv"
+        csv_text = await page.evaluate("async (url) => (await fetch(url)).text()", href)
+        assert csv_text.startswith("user_id,name,email,") and "Ada Lovelace" in csv_text
+        await page.screenshot(path=str(tmp_path / "teacher.png"), full_page=True)
+        await no_overflow_at_phone_width(page, watch, tmp_path / "teacher-360.png")
         watch.assert_clean()

@@ -16,7 +16,8 @@ import pytest
 import websockets
 
 from dialogue.prompts import (APP_ADDS, LENGTH_TEXT, MODE_TEXT, NO_MATERIAL, READING_TEXT,
-                              SCOPE_TEXT, TEACHER, TUTOR_INSTRUCTIONS, TutorSettings,
+                              SCOPE_TEXT, TEACHER, TUTOR_INSTRUCTIONS, WEAK_NOTE, WEAK_SECTIONS,
+                              TutorSettings,
                               chat_messages, framed, tutor_prompt)
 from realtime import Generate, RealtimeSession, SessionConfig
 from realtime.config import exported, restored
@@ -55,10 +56,13 @@ def test_each_setting_says_its_part_of_the_prompt(settings, expected, absent):
     assert absent is None or absent not in prompt
 
 
-def test_practice_quizzes_the_weakest_sections_first_and_other_modes_ignore_them():
+def test_practice_quizzes_the_weakest_sections_first_and_other_modes_check_them():
     prompt = tutor_prompt(TutorSettings(mode="practice"), weak_sections=["Fractions", "Ratios"])
-    assert "least well:\n- Fractions\n- Ratios" in prompt
-    assert "Fractions" not in tutor_prompt(TutorSettings(), weak_sections=["Fractions"])
+    assert f"{WEAK_SECTIONS}\n- Fractions\n- Ratios" in prompt
+    for mode in ("socratic", "explain"):
+        prompt = tutor_prompt(TutorSettings(mode=mode), weak_sections=["Fractions"])
+        assert f"{WEAK_NOTE}\n- Fractions" in prompt and WEAK_SECTIONS not in prompt
+    assert WEAK_NOTE not in tutor_prompt(TutorSettings())  # a student with no answers yet
 
 
 def test_the_server_prompt_stands_in_for_the_built_in_one():

@@ -94,8 +94,9 @@ async def test_a_quiz_on_a_course_topic_cites_the_passages_it_was_given(fake, st
     assert r.status_code == 200, r.text
     result = r.json()
     questions = result["quiz"]["questions"]
-    assert result["quiz"] | {"questions": None} == {"source": "topic", "course": None,
-                                                    "topic": TOPIC, "questions": None}
+    assert result["quiz"] | {"questions": None, "id": None} == {
+        "id": None, "source": "topic", "course": None, "topic": TOPIC, "questions": None}
+    assert re.fullmatch(r"[0-9a-f]{32}", result["quiz"]["id"])  # stored, for its answers
     assert [q["type"] for q in questions] == ["mcq", "open", "mcq", "open"]
     assert questions[0] == {"type": "mcq", "question": "What is 1/2 divided by 1/4? (0)",
                             "choices": ["1/8", "2", "4"], "answer_index": 1, "answer": "2",

@@ -88,7 +88,7 @@ async def test_page_points_at_hashed_names_that_resolve_immutable(fake, start_se
         urls = page_urls(page.text)
         names = {plain(u) for u in urls}
         assert names == {"app.js", "audio.js", "connection.js", "mic-worklet.js",
-                         "player-worklet.js", "style.css"}, urls
+                         "player-worklet.js", "style.css", "teacher.js"}, urls
         assert all(re.fullmatch(rf"/web/[\w-]+\.[0-9a-f]{{{HASH_CHARS}}}\.(js|css)", u)
                    for u in urls), urls
         # the import map covers every module, under the name a relative import resolves to
@@ -314,6 +314,6 @@ async def test_browser_loads_the_client_through_hashed_names_only(fake, start_se
         files = sorted({u for u in served if u.startswith("/web/")})
         assert {plain(u) for u in files} == {"app.js", "audio.js", "connection.js",
                                              "mic-worklet.js", "player-worklet.js",
-                                             "style.css"}, files
+                                             "style.css", "teacher.js"}, files
         assert all(re.search(rf"\.[0-9a-f]{{{HASH_CHARS}}}\.(js|css)$", u) for u in files), files
         watch.assert_clean()

@@ -7,6 +7,7 @@
 
 import { AudioEngine } from "./audio.js";
 import { Connection } from "./connection.js";
+import { showTeacherView } from "./teacher.js";
 
 const $ = (id) => document.getElementById(id);
 const LOG_LIMIT = 5000;
@@ -773,7 +774,8 @@ async function main() {
   tutor.user = user;
   $("user-name").textContent = user.name || user.email || "Signed in";
   $("tutor").hidden = false;
-  await Promise.all([loadCourses(), loadBilling(user), checkProviders()]);
+  await Promise.all([loadCourses(), loadBilling(user), checkProviders(),
+                     showTeacherView(user).catch((error) => console.warn("class report:", error))]);
   const params = new URLSearchParams(location.search);
   if (params.get("checkout") === "success") notice("Thank you! Your new plan is on its way; it applies within a minute.");
   else if (params.get("upgrade") && billing.target) notice("Upgrade for more voice minutes:", { upgrade: true });
