@@ -41,13 +41,18 @@ async def plan_server(fake, start_server, tmp_path, tier: str, **overrides):
 
 
 async def talk_until_closed(ws, conv: Conversation, pcm: bytes) -> None:
-    """Stream like a student who waits for each answer, until the server closes the socket."""
+    """Stream like a student who waits for each answer, until the server closes the socket.
+    What the server sent before closing is read to the end: a `send` that meets the close
+    raises while the last events (the `error`) still wait in the client's buffer."""
     try:
         for chunk in chunks(pcm, 16000):
             await ws.send(chunk)
             await conv.drain()
             if conv.count("input_audio_buffer.speech_stopped") > conv.count("response.done"):
                 await conv.until("response.done")
+    except websockets.ConnectionClosed:
+        pass
+    try:
         while True:
             await conv.next()
     except websockets.ConnectionClosed:

@@ -32,7 +32,13 @@ TOO_MANY = 4429
 def sockets(pid: int) -> int:
     """The process's open sockets (its other descriptors, e.g. SQLite's, come and go)."""
     folder = f"/proc/{pid}/fd"
-    return sum(os.readlink(f"{folder}/{fd}").startswith("socket:") for fd in os.listdir(folder))
+    count = 0
+    for fd in os.listdir(folder):
+        try:
+            count += os.readlink(f"{folder}/{fd}").startswith("socket:")
+        except FileNotFoundError:  # closed between the listing and the look
+            pass
+    return count
 
 
 async def closed_by_server(sock: socket.socket) -> bool:
