@@ -54,6 +54,7 @@ TEMPLATES: dict[str, bool] = {
     "weekly_summary": False,
     "teacher_message": False,
     "class_invitation": True,
+    "moderation_alert": True,
 }
 
 # Fields a payload may leave out (they default to None). Every other field a template uses must
@@ -65,6 +66,7 @@ OPTIONAL: dict[str, tuple[str, ...]] = {
     "quota_exhausted": ("upgrade_url",),
     "teacher_message": ("class_name",),
     "class_invitation": ("name",),
+    "moderation_alert": ("course",),
 }
 
 _TAG = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{1,8})*")

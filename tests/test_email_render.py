@@ -42,6 +42,8 @@ PAYLOADS: dict[str, dict] = {
                         "body": "Hi all,\n\nPlease finish exercise 4 before Friday.\nThanks!"},
     "class_invitation": {"name": "Ana", "teacher_name": "Ms. Rivera", "class_name": "Algebra 1",
                          "join_code": "K7QFM2XP", "join_url": "https://tutor.example/"},
+    "moderation_alert": {"name": "Ms. Rivera", "student_name": "Ana", "course": "Algebra 1",
+                         "categories": ["self-harm", "self-harm/intent"]},
 }
 
 # What each rendering must show (in subject + text, and in the HTML), per language.
@@ -79,6 +81,9 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
     "class_invitation": {
         "en": ["Ana", "Ms. Rivera", "Algebra 1", "K7QFM2XP", "https://tutor.example/"],
         "fr": ["Ana", "Ms. Rivera", "Algebra 1", "K7QFM2XP", "https://tutor.example/"]},
+    "moderation_alert": {
+        "en": ["Ms. Rivera", "Ana", "Algebra 1", "self-harm, self-harm/intent"],
+        "fr": ["Ms. Rivera", "Ana", "Algebra 1", "self-harm, self-harm/intent"]},
 }
 
 
@@ -108,7 +113,8 @@ def test_renders(renderer: Renderer, template: str, language: str) -> None:
     for value in EXPECTED[template][language]:
         assert value in out.subject + "\n" + out.text, (template, language, value)
         assert str(escape(value)) in out.html, (template, language, value)
-    assert out.text.startswith({"en": "Hi Ana,", "fr": "Bonjour Ana,"}[language])
+    name = PAYLOADS[template]["name"]
+    assert out.text.startswith({"en": f"Hi {name},", "fr": f"Bonjour {name},"}[language])
 
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
@@ -129,7 +135,7 @@ def test_unsubscribe_link_only_in_non_transactional_mail(renderer: Renderer,
     assert TEMPLATES == {"welcome": True, "payment_receipt": True, "payment_failed": True,
                          "quota_warning": False, "quota_exhausted": False,
                          "weekly_summary": False, "teacher_message": False,
-                         "class_invitation": True}
+                         "class_invitation": True, "moderation_alert": True}
 
 
 @pytest.mark.parametrize("language", ["en", "fr"])
