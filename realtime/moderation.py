@@ -82,8 +82,8 @@ def rule(policy: Policy, direction: Direction, *, flagged: bool = False,
         return Ruling(True)
     found = tuple(sorted(set(categories))) or ("flagged",)  # flagged without a category named
     reply = safe_reply(found, policy.help_resources)
-    if direction == "output" and reply == OFF_LIMITS:
-        reply = STOPPED
+    if direction == "output" and reply != safe_reply(("self-harm",), policy.help_resources):
+        reply = STOPPED  # the tutor's own words: it stops (help is offered for self-harm only)
     return Ruling(False, reply, found, is_urgent(found, policy.urgent))
 
 

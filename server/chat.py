@@ -3,10 +3,15 @@
 Same grounding, prompt assembly and chat provider as a voice turn. Events: `citations`
 ({"citations": [...]}, the course passages used), `delta` ({"delta"}) as the answer is generated,
 then `done` ({"text"}) or `error` ({"code", "message"}) when the provider fails mid-answer.
+With moderation on (`server.moderation`), the question is checked while retrieval runs and a
+flagged one is answered with the safe line (the same events, no citations); the answer is sent
+sentence by sentence, each once checked, and a flagged sentence is replaced by the safe line,
+which ends the answer (`done` has the text as sent).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from typing import Any, AsyncIterator
@@ -20,7 +25,10 @@ from api.request import json_body, text_problem
 from api.services import services
 from dialogue.prompts import chat_messages
 from providers import ProviderError, Usage
+from realtime.moderation import AnswerCut, Ruling
 from store.models import COURSE_CHARS
+
+from .moderation import Moderation, Turn
 
 MAX_HISTORY = 50
 MAX_MESSAGE_CHARS = 100_000  # a typed question (the JSON body is bounded anyway)
@@ -72,30 +80,55 @@ async def chat_endpoint(request: Request) -> Response:
     await state.billing.take_chat(user, tier)  # 402 when today's typed questions are used up
     model = state.billing.chat_model(tier)
     course = body.get("course") or state.settings.default_course
-    grounding = await state.knowledge(course)(history[-1]["content"], user.id)
+    session_id = "chat_" + secrets.token_hex(8)
+    moderation = state.moderation
+    turn = Turn(session_id, user.id, course)
+    check = (asyncio.ensure_future(moderation.check(history[-1]["content"], "input", turn))
+             if moderation is not None else None)
+    try:  # the question is checked while retrieval runs
+        grounding = await state.knowledge(course)(history[-1]["content"], user.id)
+        refused = await check if check is not None else None
+    finally:
+        if check is not None:
+            check.cancel()
     messages = grounding.apply(chat_messages(instructions or state.session_config.instructions,
                                              history))
-    session_id = "chat_" + secrets.token_hex(8)
 
     async def stream() -> AsyncIterator[bytes]:
-        yield _sse("citations", {"citations": grounding.citations()})
         parts: list[str] = []
         usage: Usage | None = None
         status = "completed"
+        guard = _Guard(moderation, turn) if moderation is not None else None
         try:
-            async for delta in chat.stream(messages, model=model):
-                if isinstance(delta, Usage):
-                    usage = delta
-                    continue
-                parts.append(delta)
-                yield _sse("delta", {"delta": delta})
-        except ProviderError as exc:
-            state.metrics.provider_failed("llm", exc.code)
-            status = "failed"
-            yield _sse("error", {"code": exc.code, "message": exc.message})
-        else:
-            yield _sse("done", {"text": "".join(parts)})
+            if refused is not None and not refused.allow:
+                yield _sse("citations", {"citations": []})
+                parts.append(refused.reply or "")
+                yield _sse("delta", {"delta": parts[-1]})
+                yield _sse("done", {"text": "".join(parts)})
+                return
+            yield _sse("citations", {"citations": grounding.citations()})
+            try:
+                async for delta in chat.stream(messages, model=model):
+                    if isinstance(delta, Usage):
+                        usage = delta
+                        continue
+                    for text in [delta] if guard is None else await guard.feed(delta):
+                        parts.append(text)
+                        yield _sse("delta", {"delta": text})
+                    if guard is not None and guard.stopped:
+                        break
+                for text in await guard.finish() if guard is not None else []:
+                    parts.append(text)
+                    yield _sse("delta", {"delta": text})
+            except ProviderError as exc:
+                state.metrics.provider_failed("llm", exc.code)
+                status = "failed"
+                yield _sse("error", {"code": exc.code, "message": exc.message})
+            else:
+                yield _sse("done", {"text": "".join(parts)})
         finally:
+            if guard is not None:
+                guard.cancel()
             state.writer.submit({
                 "session_id": session_id, "user_id": user.id, "kind": "text", "course": course,
                 "transcript": history[-1]["content"], "answer": "".join(parts),
@@ -104,3 +137,50 @@ async def chat_endpoint(request: Request) -> Response:
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class _Guard:
+    """A typed answer's sentences, each checked as soon as it is complete (side by side) and
+    given back in order once it passed; a flagged one is replaced by the safe line and ends the
+    answer (`stopped`)."""
+
+    def __init__(self, moderation: Moderation, turn: Turn) -> None:
+        self.moderation = moderation
+        self.turn = turn
+        self.cut = AnswerCut()
+        self.pending: list[tuple[str, asyncio.Future[Ruling]]] = []
+        self.stopped = False
+        self.shown = False
+
+    async def feed(self, delta: str) -> list[str]:
+        for sentence in self.cut.feed(delta):
+            self._check(sentence)
+        return await self._passed(wait=False)
+
+    async def finish(self) -> list[str]:
+        rest = self.cut.flush()
+        if rest is not None:
+            self._check(rest)
+        return await self._passed(wait=True)
+
+    def _check(self, text: str) -> None:
+        self.pending.append(
+            (text, asyncio.ensure_future(self.moderation.check(text, "output", self.turn))))
+
+    async def _passed(self, *, wait: bool) -> list[str]:
+        out: list[str] = []
+        while self.pending and not self.stopped and (wait or self.pending[0][1].done()):
+            text, check = self.pending.pop(0)
+            ruling = await check
+            if ruling.allow:
+                out.append(text)
+                self.shown = True
+            else:
+                self.stopped = True
+                line = ruling.reply or ""
+                out.append(f" {line}" if self.shown else line)
+        return out
+
+    def cancel(self) -> None:
+        for _, check in self.pending:
+            check.cancel()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,11 +61,13 @@ class Moderation:
         """The ruling on `text`; a flag is stored (and teachers alerted) on the way."""
         try:
             verdict = await self.moderator.check(text)
-        except ProviderError as exc:
+        except Exception as exc:  # ProviderError, or a bug: the policy decides either way
+            code = exc.code if isinstance(exc, ProviderError) else "internal_error"
             if self.metrics is not None:
-                self.metrics.provider_failed("moderation", exc.code)
-            log.warning("moderation check failed (%s): failing %s", exc.code,
-                        "closed" if self.policy.fail_closed else "open")
+                self.metrics.provider_failed("moderation", code)
+            log.warning("moderation check failed (%s): failing %s", code,
+                        "closed" if self.policy.fail_closed else "open",
+                        exc_info=not isinstance(exc, ProviderError))
             return rule(self.policy, direction, failed=True)
         ruling = rule(self.policy, direction, flagged=verdict.flagged,
                       categories=verdict.categories)
@@ -77,8 +80,8 @@ class Moderation:
             "session_id": turn.session_id, "user_id": turn.user_id, "course": turn.course,
             "response_id": turn.response_id, "direction": direction,
             "categories": list(ruling.categories), "text": text[:FLAGGED_TEXT_CHARS],
-            "urgent": ruling.urgent}
-        self.flags.submit(row)  # gives the row its write_id
+            "urgent": ruling.urgent, "write_id": uuid.uuid4().hex}  # also keys the alerts
+        self.flags.submit(row)
         log.info("turn flagged: %s %s", direction, ",".join(ruling.categories))
         if ruling.urgent and turn.user_id is not None:
             task = asyncio.create_task(self._alert(turn, row))

@@ -6,7 +6,11 @@ the actions it gets back through one table keyed by action type: events go to on
 fed back to the core. Cancelling a response cancels its task, which closes the provider's HTTP
 stream at once. Speculative work (see `dialogue.speculation`) runs the same way: a held answer
 keeps what its provider gave (`Answer.held_outputs`) until the core releases it, or is dropped
-with its task when the core abandons it. A finished turn is handed to the background writer;
+with its task when the core abandons it. With moderation on (`server.moderation`), the student's
+words are checked while retrieval runs and the answer waits for the verdict; the answer's text is
+checked sentence by sentence (`_AnswerGuard`) before the core, and so the client and the speech,
+sees any of it; a held answer is moderated before it is released, and cancelling an answer
+cancels its pending checks. A finished turn is handed to the background writer;
 its `response.done` leaves once the turn is on local disk (the writer's spool, a few ms), so a
 client that got it has a turn that survives a crash of the server (docs/operations.md,
 "Durability of turns").
@@ -31,8 +35,10 @@ from rag.grounding import Grounding
 from realtime import (Abandon, Action, Adopt, Cancel, Charge, Close, Generate, RealtimeSession,
                       Record, Release, ReportLimits, Send, SendBinary, Synthesize, Transcribe)
 from realtime.beta import client_text_to_ga, ga_to_client
+from realtime.moderation import AnswerCut, Ruling
 
 from .metrics import SAMPLE_EVERY, Metrics
+from .moderation import Moderation, Turn
 from .playback import Playback
 from .resume import ResumeStore
 
@@ -103,7 +109,8 @@ class SessionRunner:
                  course: str | None = None, billing: Billing | None = None,
                  grant: VoiceGrant | None = None, resume: ResumeStore | None = None,
                  resume_ttl_s: float = 120.0, metrics: Metrics | None = None,
-                 beta: bool = False, outbox_max_bytes: int) -> None:
+                 beta: bool = False, outbox_max_bytes: int,
+                 moderation: Moderation | None = None) -> None:
         self.websocket = websocket
         self.session = session
         self.providers = providers
@@ -121,6 +128,7 @@ class SessionRunner:
         self.resume_ttl_s = resume_ttl_s
         self.metrics = metrics
         self.beta = beta  # the client speaks the beta protocol: events translated both ways
+        self.moderation = moderation  # None: nothing is checked
         self.resume_token = secrets.token_urlsafe(24)
         self.charges: set[asyncio.Task[None]] = set()  # never cancelled: billing must land
         self.playbacks: dict[str, Playback] = {}  # response id → its synthesis and playback
@@ -519,46 +527,74 @@ class SessionRunner:
                 self._answering = None
 
     async def _generate(self, job: Generate, answer: Answer) -> None:
-        """Retrieval, then the streamed completion. Every output goes to the core through
-        `_answered`, which keeps it while the answer is held (speculative)."""
+        """Retrieval (with the moderation of the student's words beside it), then the streamed
+        completion. Every output goes to the core through `_answered`, which keeps it while the
+        answer is held (speculative); with moderation, text goes through `_AnswerGuard` first."""
         rid = job.response_id
         chat = self.providers.chat
         messages = job.messages
+        check: asyncio.Future[Ruling] | None = None
+        guard: _AnswerGuard | None = None
+        emit: Callable[[Output], None] = lambda output: self._answered(rid, answer, output)
+        if self.moderation is not None:
+            turn = Turn(self.session.id, self.user_id, self.course, rid)
+            if job.question:  # checked while retrieval runs
+                check = asyncio.ensure_future(self.moderation.check(job.question, "input", turn))
+            guard = _AnswerGuard(self, rid, answer, self.moderation, turn)
+            emit = guard.put
         try:
-            if chat is None:
-                raise ProviderError("provider_not_configured", self.providers.problem or "no chat model")
-            if self.knowledge is not None and job.question:
-                # Retrieval starts as soon as the answer does: the transcript is known by now.
-                grounding = await self.knowledge(job.question, self.user_id)
-                answer.retrieval_ms = grounding.retrieval_ms
-                answer.retrieval_degraded = grounding.degraded
-                messages = grounding.apply(messages)
-                self._answered(rid, answer, Citations(grounding.citations()))
-            answer.started = time.perf_counter()
-            options: dict[str, Any] = {}
-            if job.tools:
-                options.update(tools=list(job.tools), tool_choice=job.tool_choice)
-            if job.max_tokens is not None:
-                options["max_tokens"] = job.max_tokens
-            async for output in chat.stream(messages, model=job.model, **options):
-                if isinstance(output, Usage):
-                    answer.usage = output
-                elif isinstance(output, Truncated):
-                    answer.truncated = True
-                else:
-                    if not answer.first_token:
-                        answer.first_token = time.perf_counter()
-                    self._answered(rid, answer, output)
-        except ProviderError as exc:
-            if self.metrics is not None:
-                self.metrics.provider_failed("llm", exc.code)
-            self._answered(rid, answer, Failed(exc.code, exc.message))
-        except Exception:
-            log.exception("response %s failed", rid)
-            self._answered(rid, answer, Failed("internal_error", "the answer failed on the server"))
-        else:
-            self._answered(rid, answer, Finished())
+            try:
+                if chat is None:
+                    raise ProviderError("provider_not_configured", self.providers.problem or "no chat model")
+                citations: Citations | None = None
+                if self.knowledge is not None and job.question:
+                    # Retrieval starts as soon as the answer does: the transcript is known by now.
+                    grounding = await self.knowledge(job.question, self.user_id)
+                    answer.retrieval_ms = grounding.retrieval_ms
+                    answer.retrieval_degraded = grounding.degraded
+                    messages = grounding.apply(messages)
+                    citations = Citations(grounding.citations())
+                if check is not None:
+                    ruling = await check
+                    if not ruling.allow:  # the safe line instead of the model's answer
+                        self._answered(rid, answer, ruling.reply or "")
+                        self._answered(rid, answer, Finished())
+                        return
+                if citations is not None:
+                    self._answered(rid, answer, citations)
+                answer.started = time.perf_counter()
+                options: dict[str, Any] = {}
+                if job.tools:
+                    options.update(tools=list(job.tools), tool_choice=job.tool_choice)
+                if job.max_tokens is not None:
+                    options["max_tokens"] = job.max_tokens
+                async for output in chat.stream(messages, model=job.model, **options):
+                    if isinstance(output, Usage):
+                        answer.usage = output
+                    elif isinstance(output, Truncated):
+                        answer.truncated = True
+                    else:
+                        if not answer.first_token:
+                            answer.first_token = time.perf_counter()
+                        emit(output)
+                        if guard is not None and guard.stopped:
+                            break  # a sentence was flagged: the answer ended there
+            except ProviderError as exc:
+                if self.metrics is not None:
+                    self.metrics.provider_failed("llm", exc.code)
+                emit(Failed(exc.code, exc.message))
+            except Exception:
+                log.exception("response %s failed", rid)
+                emit(Failed("internal_error", "the answer failed on the server"))
+            else:
+                emit(Finished())
+            if guard is not None:
+                await guard.released()
         finally:
+            if check is not None:
+                check.cancel()
+            if guard is not None:
+                guard.cancel()
             if self.responses.get(rid) is asyncio.current_task():
                 del self.responses[rid]
 
@@ -594,6 +630,75 @@ class SessionRunner:
             if not self.session.speaking(rid):  # a spoken answer reports when it ends
                 extra.append(self.session.response_metrics(rid, answer.metrics))
         return self.session.response_completed(rid, truncated=answer.truncated) + extra
+
+
+class _AnswerGuard:
+    """Moderates one answer's text before the core sees it: the text is cut into sentences
+    (`realtime.moderation.AnswerCut`), each checked as soon as it is complete (checks run side
+    by side), and the outputs are passed on in their order once the sentences before them
+    passed. A flagged sentence (or a failed check, failing closed) is replaced by the ruling's
+    line and the answer ends there (`stopped`); what comes after is dropped."""
+
+    def __init__(self, runner: SessionRunner, rid: str, answer: Answer, moderation: Moderation,
+                 turn: Turn) -> None:
+        self.runner = runner
+        self.rid = rid
+        self.answer = answer
+        self.moderation = moderation
+        self.turn = turn
+        self.cut = AnswerCut()
+        self.stopped = False
+        self._shown = False  # some text passed
+        self._checks: list[asyncio.Future[Ruling]] = []
+        self._queue: asyncio.Queue[tuple[str, asyncio.Future[Ruling]] | Output] = asyncio.Queue()
+        self._releasing = asyncio.ensure_future(self._release())
+
+    def put(self, output: Output) -> None:
+        if self.stopped:
+            return
+        if isinstance(output, str):
+            for sentence in self.cut.feed(output):
+                self._check(sentence)
+            return
+        if isinstance(output, (Failed, Finished)):
+            rest = self.cut.flush()
+            if rest is not None:
+                self._check(rest)
+        self._queue.put_nowait(output)
+
+    def _check(self, text: str) -> None:
+        check = asyncio.ensure_future(self.moderation.check(text, "output", self.turn))
+        self._checks.append(check)
+        self._queue.put_nowait((text, check))
+
+    async def _release(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, tuple):
+                text, check = item
+                ruling = await check
+                if ruling.allow:
+                    self._shown = True
+                    self.runner._answered(self.rid, self.answer, text)
+                    continue
+                self.stopped = True
+                line = ruling.reply or ""
+                self.runner._answered(self.rid, self.answer, f" {line}" if self._shown else line)
+                self.runner._answered(self.rid, self.answer, Finished())
+                return
+            self.runner._answered(self.rid, self.answer, item)
+            if isinstance(item, (Failed, Finished)):
+                return
+
+    async def released(self) -> None:
+        """Returns once the answer's last output (or the replacement line) was passed on."""
+        await self._releasing
+
+    def cancel(self) -> None:
+        """The answer was cancelled or abandoned (barge-in): its pending checks too."""
+        self._releasing.cancel()
+        for check in self._checks:
+            check.cancel()
 
 
 def _metrics(answer: Answer) -> dict[str, Any]:
