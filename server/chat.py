@@ -81,16 +81,16 @@ async def chat_endpoint(request: Request) -> Response:
     model = state.billing.chat_model(tier)
     course = body.get("course") or state.settings.default_course
     session_id = "chat_" + secrets.token_hex(8)
-    moderation = state.moderation
     turn = Turn(session_id, user.id, course)
-    check = (asyncio.ensure_future(moderation.check(history[-1]["content"], "input", turn))
-             if moderation is not None else None)
-    try:  # the question is checked while retrieval runs
+    guard = _Guard(state.moderation, turn) if state.moderation is not None else None
+    if guard is not None:  # the question is checked beside retrieval and the model's first token
+        guard.ask(history[-1]["content"])
+    try:
         grounding = await state.knowledge(course)(history[-1]["content"], user.id)
-        refused = await check if check is not None else None
-    finally:
-        if check is not None:
-            check.cancel()
+    except BaseException:
+        if guard is not None:
+            guard.cancel()
+        raise
     messages = grounding.apply(chat_messages(instructions or state.session_config.instructions,
                                              history))
 
@@ -98,34 +98,50 @@ async def chat_endpoint(request: Request) -> Response:
         parts: list[str] = []
         usage: Usage | None = None
         status = "completed"
-        guard = _Guard(moderation, turn) if moderation is not None else None
+        started = guard is None  # the verdict on the question came (and it passed)
+
+        async def verdict() -> list[bytes]:
+            """The citations once the question passed; its safe line when it did not."""
+            nonlocal started
+            refused = await guard.asked() if guard is not None else None
+            started = True
+            if refused is None:
+                return [_sse("citations", {"citations": grounding.citations()})]
+            parts.append(refused)
+            return [_sse("citations", {"citations": []}), _sse("delta", {"delta": refused})]
+
         try:
-            if refused is not None and not refused.allow:
-                yield _sse("citations", {"citations": []})
-                parts.append(refused.reply or "")
-                yield _sse("delta", {"delta": parts[-1]})
-                yield _sse("done", {"text": "".join(parts)})
-                return
-            yield _sse("citations", {"citations": grounding.citations()})
             try:
                 async for delta in chat.stream(messages, model=model):
                     if isinstance(delta, Usage):
                         usage = delta
                         continue
+                    if not started:
+                        for event in await verdict():
+                            yield event
+                    if guard is not None and guard.stopped:
+                        break
                     for text in [delta] if guard is None else await guard.feed(delta):
                         parts.append(text)
                         yield _sse("delta", {"delta": text})
                     if guard is not None and guard.stopped:
                         break
+                if not started:
+                    for event in await verdict():
+                        yield event
                 for text in await guard.finish() if guard is not None else []:
                     parts.append(text)
                     yield _sse("delta", {"delta": text})
             except ProviderError as exc:
                 state.metrics.provider_failed("llm", exc.code)
-                status = "failed"
-                yield _sse("error", {"code": exc.code, "message": exc.message})
-            else:
-                yield _sse("done", {"text": "".join(parts)})
+                if not started:
+                    for event in await verdict():
+                        yield event
+                if guard is None or not guard.stopped:  # else the safe line was the answer
+                    status = "failed"
+                    yield _sse("error", {"code": exc.code, "message": exc.message})
+                    return
+            yield _sse("done", {"text": "".join(parts)})
         finally:
             if guard is not None:
                 guard.cancel()
@@ -140,17 +156,31 @@ async def chat_endpoint(request: Request) -> Response:
 
 
 class _Guard:
-    """A typed answer's sentences, each checked as soon as it is complete (side by side) and
-    given back in order once it passed; a flagged one is replaced by the safe line and ends the
-    answer (`stopped`)."""
+    """A typed answer's moderation: the question's verdict first (`ask`, `asked`), then the
+    answer's sentences, each checked as soon as it is complete (side by side) and given back in
+    order once it passed; a flagged one is replaced by the safe line and ends the answer
+    (`stopped`)."""
 
     def __init__(self, moderation: Moderation, turn: Turn) -> None:
         self.moderation = moderation
         self.turn = turn
         self.cut = AnswerCut()
+        self.question: asyncio.Future[Ruling] | None = None
         self.pending: list[tuple[str, asyncio.Future[Ruling]]] = []
         self.stopped = False
         self.shown = False
+
+    def ask(self, question: str) -> None:
+        self.question = asyncio.ensure_future(self.moderation.check(question, "input", self.turn))
+
+    async def asked(self) -> str | None:
+        """None when the question passed; else the line said instead (the answer stops)."""
+        assert self.question is not None
+        ruling = await self.question
+        if ruling.allow:
+            return None
+        self.stopped = True
+        return ruling.reply or ""
 
     async def feed(self, delta: str) -> list[str]:
         for sentence in self.cut.feed(delta):
@@ -158,7 +188,7 @@ class _Guard:
         return await self._passed(wait=False)
 
     async def finish(self) -> list[str]:
-        rest = self.cut.flush()
+        rest = None if self.stopped else self.cut.flush()
         if rest is not None:
             self._check(rest)
         return await self._passed(wait=True)
@@ -182,5 +212,6 @@ class _Guard:
         return out
 
     def cancel(self) -> None:
-        for _, check in self.pending:
-            check.cancel()
+        for check in [self.question, *(c for _, c in self.pending)]:
+            if check is not None:
+                check.cancel()

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     # Moderation (docs/tutoring.md, "Moderation")
     moderation: bool | None = None
     """Check the student's words and the tutor's answers. Unset: on when the moderation endpoint
-    is OpenAI's own (a key and no `MODERATION_BASE_URL`/`OPENAI_BASE_URL`) or
+    is OpenAI's own (a key, and no `OPENAI_BASE_URL`) or
     `TUTOR_MODERATION_BASE_URL` is set; compatible servers (Ollama, vLLM) have no
     `/moderations`, so it is off with them unless set to `true`. `false`: off."""
     moderation_model: str = "omni-moderation-latest"

@@ -97,6 +97,7 @@ class Answer:
     retrieval_degraded: str | None = None  # rag.grounding.TIMED_OUT / FAILED: answered without
     usage: Usage | None = None
     truncated: bool = False  # stopped at its token cap
+    input_verdict: float = 0.0  # moderation's verdict on the student's words came (0: none)
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -533,35 +534,26 @@ class SessionRunner:
         rid = job.response_id
         chat = self.providers.chat
         messages = job.messages
-        check: asyncio.Future[Ruling] | None = None
         guard: _AnswerGuard | None = None
         emit: Callable[[Output], None] = lambda output: self._answered(rid, answer, output)
         if self.moderation is not None:
             turn = Turn(self.session.id, self.user_id, self.course, rid)
-            if job.question:  # checked while retrieval runs
-                check = asyncio.ensure_future(self.moderation.check(job.question, "input", turn))
-            guard = _AnswerGuard(self, rid, answer, self.moderation, turn)
+            # the student's words are checked beside retrieval and the model's first token
+            question = (asyncio.ensure_future(self.moderation.check(job.question, "input", turn))
+                        if job.question else None)
+            guard = _AnswerGuard(self, rid, answer, self.moderation, turn, question)
             emit = guard.put
         try:
             try:
                 if chat is None:
                     raise ProviderError("provider_not_configured", self.providers.problem or "no chat model")
-                citations: Citations | None = None
                 if self.knowledge is not None and job.question:
                     # Retrieval starts as soon as the answer does: the transcript is known by now.
                     grounding = await self.knowledge(job.question, self.user_id)
                     answer.retrieval_ms = grounding.retrieval_ms
                     answer.retrieval_degraded = grounding.degraded
                     messages = grounding.apply(messages)
-                    citations = Citations(grounding.citations())
-                if check is not None:
-                    ruling = await check
-                    if not ruling.allow:  # the safe line instead of the model's answer
-                        self._answered(rid, answer, ruling.reply or "")
-                        self._answered(rid, answer, Finished())
-                        return
-                if citations is not None:
-                    self._answered(rid, answer, citations)
+                    emit(Citations(grounding.citations()))
                 answer.started = time.perf_counter()
                 options: dict[str, Any] = {}
                 if job.tools:
@@ -591,8 +583,6 @@ class SessionRunner:
             if guard is not None:
                 await guard.released()
         finally:
-            if check is not None:
-                check.cancel()
             if guard is not None:
                 guard.cancel()
             if self.responses.get(rid) is asyncio.current_task():
@@ -633,14 +623,17 @@ class SessionRunner:
 
 
 class _AnswerGuard:
-    """Moderates one answer's text before the core sees it: the text is cut into sentences
-    (`realtime.moderation.AnswerCut`), each checked as soon as it is complete (checks run side
-    by side), and the outputs are passed on in their order once the sentences before them
-    passed. A flagged sentence (or a failed check, failing closed) is replaced by the ruling's
-    line and the answer ends there (`stopped`); what comes after is dropped."""
+    """Moderates one answer before the core sees any of it. Nothing passes before the verdict on
+    the student's words (`question`, checked while retrieval runs and the model starts): a
+    flagged turn gets the ruling's safe line instead, and the model's answer is dropped. Then
+    the text is cut into sentences (`realtime.moderation.AnswerCut`), each checked as soon as it
+    is complete (checks run side by side), and the outputs are passed on in their order once the
+    sentences before them passed. A flagged sentence (or a failed check, failing closed) is
+    replaced by the ruling's line and the answer ends there (`stopped`): the task generating it
+    is cancelled, and what it made after is dropped."""
 
     def __init__(self, runner: SessionRunner, rid: str, answer: Answer, moderation: Moderation,
-                 turn: Turn) -> None:
+                 turn: Turn, question: asyncio.Future[Ruling] | None) -> None:
         self.runner = runner
         self.rid = rid
         self.answer = answer
@@ -649,7 +642,9 @@ class _AnswerGuard:
         self.cut = AnswerCut()
         self.stopped = False
         self._shown = False  # some text passed
-        self._checks: list[asyncio.Future[Ruling]] = []
+        self._producer = asyncio.current_task()  # the answer's task, stopped with the answer
+        self._checks: list[asyncio.Future[Ruling]] = [question] if question is not None else []
+        self._question = question
         self._queue: asyncio.Queue[tuple[str, asyncio.Future[Ruling]] | Output] = asyncio.Queue()
         self._releasing = asyncio.ensure_future(self._release())
 
@@ -672,23 +667,33 @@ class _AnswerGuard:
         self._queue.put_nowait((text, check))
 
     async def _release(self) -> None:
+        if self._question is not None:
+            ruling = await self._question
+            self.answer.input_verdict = time.perf_counter()
+            if not ruling.allow:
+                return self._stop(ruling)
         while True:
             item = await self._queue.get()
             if isinstance(item, tuple):
                 text, check = item
                 ruling = await check
-                if ruling.allow:
-                    self._shown = True
-                    self.runner._answered(self.rid, self.answer, text)
-                    continue
-                self.stopped = True
-                line = ruling.reply or ""
-                self.runner._answered(self.rid, self.answer, f" {line}" if self._shown else line)
-                self.runner._answered(self.rid, self.answer, Finished())
-                return
+                if not ruling.allow:
+                    return self._stop(ruling)
+                self._shown = True
+                self.runner._answered(self.rid, self.answer, text)
+                continue
             self.runner._answered(self.rid, self.answer, item)
             if isinstance(item, (Failed, Finished)):
                 return
+
+    def _stop(self, ruling: Ruling) -> None:
+        """The ruling's line ends the answer; the model's stream is closed."""
+        self.stopped = True
+        line = ruling.reply or ""
+        self.runner._answered(self.rid, self.answer, f" {line}" if self._shown else line)
+        self.runner._answered(self.rid, self.answer, Finished())
+        if self._producer is not None and not self._producer.done():
+            self._producer.cancel()
 
     async def released(self) -> None:
         """Returns once the answer's last output (or the replacement line) was passed on."""
@@ -711,6 +716,8 @@ def _metrics(answer: Answer) -> dict[str, Any]:
     ms: dict[str, float] = {"llm_first_token_ms": (answer.first_token - answer.started) * 1000}
     if answer.retrieval_ms is not None:
         ms["retrieval_ms"] = answer.retrieval_ms
+    if answer.input_verdict:  # how long the first token waited for moderation's verdict
+        ms["moderation_wait_ms"] = max(0.0, answer.input_verdict - answer.first_token) * 1000
     if clock is not None and clock.ended is not None:
         ms["stt_ms"] = (clock.stt_end - clock.stt_start) * 1000
         ms["transcript_wait_ms"] = max(0.0, clock.stt_end - clock.ended) * 1000

@@ -136,9 +136,8 @@ async def test_a_passing_turn_is_answered_as_without_moderation(fake, start_serv
 async def test_a_flagged_student_turn_gets_the_safe_reply(fake, start_server) -> None:
     address = await start_server(moderated(fake))
     conv = await typed_turn(address, "I want to hurt myself")
-    assert answer_of(conv) == SELF_HARM_LINE
+    assert answer_of(conv) == SELF_HARM_LINE  # the model's answer (asked beside) is dropped
     assert conv.of("response.done")[-1]["response"]["status"] == "completed"
-    assert fake.chats == []  # the model was never asked
     [flag] = await flags(start_server.apps[-1])
     assert (flag.direction, flag.categories, flag.text, flag.urgent) == (
         "input", ["self-harm", "self-harm/intent"], "I want to hurt myself", True)
@@ -161,7 +160,7 @@ async def test_the_provider_down_fails_closed_or_open(fake, start_server) -> Non
     address = await start_server(moderated(fake))  # closed: the default
     fake.behaviour.moderation_failures = ["500"]
     conv = await typed_turn(address, "What is a fraction?")
-    assert answer_of(conv) == UNAVAILABLE_INPUT and fake.chats == []
+    assert answer_of(conv) == UNAVAILABLE_INPUT
     fake.behaviour.reply = "Let us look at this together. What is the numerator?"
     fake.behaviour.moderation_failures = ["ok", "500"]  # the answer's first sentence
     conv = await typed_turn(address, "What is a fraction?")
@@ -179,7 +178,7 @@ async def test_cancelling_an_answer_cancels_its_pending_checks(fake, start_serve
     fake.behaviour.moderation_latency = 1.0
     conv = await typed_turn(address, "What is a fraction?", cancel=True)
     assert conv.of("response.done")[-1]["response"]["status"] == "cancelled"
-    assert conv.count("response.output_text.delta") == 0 and fake.chats == []
+    assert conv.count("response.output_text.delta") == 0  # nothing passed before the verdict
 
 
 async def test_a_speculative_answer_is_moderated_before_release(fake, start_server) -> None:
@@ -228,7 +227,7 @@ async def test_flags_reach_the_students_teachers(fake, jwks, start_server,
                               headers=student)
         events = sse_events(r.text)
         assert [e for e, _ in events] == ["citations", "delta", "done"]
-        assert events[-1][1]["text"] == SELF_HARM_LINE and fake.chats == []
+        assert events[-1][1]["text"] == SELF_HARM_LINE and events[0][1] == {"citations": []}
         fake.behaviour.reply = "Let us look at this together. Here is how to make a weapon at home."
         r = await client.post("/api/ai/chat", json={"message": "Chemistry?"}, headers=student)
         assert sse_events(r.text)[-1][1]["text"] == "Let us look at this together. " + STOPPED
