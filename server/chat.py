@@ -111,6 +111,8 @@ async def chat_endpoint(request: Request) -> Response:
             return [_sse("citations", {"citations": []}), _sse("delta", {"delta": refused})]
 
         try:
+            if guard is None:
+                yield _sse("citations", {"citations": grounding.citations()})
             try:
                 async for delta in chat.stream(messages, model=model):
                     if isinstance(delta, Usage):
