@@ -7,6 +7,7 @@ SQLite and PostgreSQL where storage is involved."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -259,3 +260,31 @@ async def test_flags_reach_the_students_teachers(fake, jwks, start_server,
             EmailNotification.template == "moderation_alert"))).scalars().all()
     assert [(m.recipient, m.payload["categories"], m.transactional) for m in mail] == [
         ("rivera@example.com", ["self-harm", "self-harm/intent"], True)]
+
+
+async def test_barge_in_cancels_the_answer_and_its_checks(fake, start_server) -> None:
+    address = await start_server(moderated(fake))
+    fake.behaviour.token_delay = 0.05  # a long, slow answer, its sentences checked slowly
+    fake.behaviour.moderation_latency = 0.3
+    fake.behaviour.reply = "This is a sentence about derivatives. " * 30
+    async with websockets.connect(f"ws://{address}/api/voice") as ws:
+        conv = Conversation(ws)
+        await ws.send(session_update(16000))
+        await conv.stream(read_pcm("q_derivative.wav"), 16000, polite=False)
+        await conv.until("response.output_text.delta")
+        fake.behaviour.reply = "Here is a hint."
+        await conv.stream(read_pcm("q_fractions.wav"), 16000, polite=False)
+        while conv.count("response.done") < 2:
+            await conv.next()
+        cancelled, answered = conv.of("response.done")
+        assert cancelled["response"]["status"] == "cancelled"
+        assert cancelled["response"]["status_details"]["reason"] == "turn_detected"
+        await conv.sync()
+        late = [e for e in conv.events[conv.events.index(cancelled) + 1:]
+                if e.get("response_id") == cancelled["response"]["id"]]
+        assert late == []  # no check that was pending released anything
+        assert answered["response"]["status"] == "completed"
+        assert answered["response"]["output"][0]["content"][0]["text"] == "Here is a hint."
+    checked = len(fake.moderations)
+    await asyncio.sleep(0.5)
+    assert len(fake.moderations) == checked  # nothing of the cancelled answer checked after
