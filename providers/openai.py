@@ -1,5 +1,5 @@
-"""Transcription, streaming chat and structured output, speech, embeddings and moderation over the official
-`openai` SDK (`AsyncOpenAI`): one adapter per protocol of `providers.protocols`.
+"""Transcription, streaming chat and structured output, speech, embeddings and moderation over
+the official `openai` SDK (`AsyncOpenAI`): one adapter per protocol of `providers.protocols`.
 
 Any OpenAI-compatible server works (OpenAI, OpenRouter, Ollama, vLLM): only the base URL, key
 and model differ. A client (`make_client`) is made once and shared by every session, so its HTTP

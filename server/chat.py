@@ -103,7 +103,8 @@ async def chat_endpoint(request: Request) -> Response:
         async def verdict() -> list[bytes]:
             """The citations once the question passed; its safe line when it did not."""
             nonlocal started
-            refused = await guard.asked() if guard is not None else None
+            assert guard is not None
+            refused = await guard.asked()
             started = True
             if refused is None:
                 return [_sse("citations", {"citations": grounding.citations()})]

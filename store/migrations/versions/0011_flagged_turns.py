@@ -28,8 +28,9 @@ def upgrade() -> None:
         "flagged_turns",
         sa.Column("id", BigId, autoincrement=True, nullable=False),
         sa.Column("session_id", sa.String(64), nullable=False),
-        sa.Column("user_id", sa.String(32), sa.ForeignKey(
-            "users.id", ondelete="CASCADE", name=op.f("fk_flagged_turns_user_id_users")), nullable=True),
+        sa.Column("user_id", sa.String(32),
+                  sa.ForeignKey("users.id", ondelete="CASCADE",
+                                name=op.f("fk_flagged_turns_user_id_users")), nullable=True),
         sa.Column("course", sa.String(200), nullable=True),
         sa.Column("response_id", sa.String(64), nullable=True),
         sa.Column("direction", sa.String(8), nullable=False),
@@ -38,7 +39,8 @@ def upgrade() -> None:
         sa.Column("urgent", sa.Boolean(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("write_id", sa.String(32), nullable=True),
-        sa.CheckConstraint("direction IN ('input', 'output')", name=op.f("ck_flagged_turns_direction")),
+        sa.CheckConstraint("direction IN ('input', 'output')",
+                           name=op.f("ck_flagged_turns_direction")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_flagged_turns")),
     )
     op.create_index("ix_flagged_turns_user_created", "flagged_turns", ["user_id", "created_at"])
