@@ -6,16 +6,19 @@ not what the student hears instead (a calm, age-appropriate line from `safe_repl
 help resources the school configured when self-harm is involved), which categories are stored
 as a flag, and whether the flag is urgent (the student's teachers are emailed). A check that
 failed is allowed (fail open) or refused with a neutral line (fail closed), per the policy.
-`AnswerCut` cuts a streamed answer into the sentences that are checked before any of them is
-shown or spoken, keeping the text exactly as generated (spaces and line breaks included).
+`AnswerGate` orders one answer's moderation: the student's words first, then the answer's
+outputs, its text cut into sentences (`AnswerCut`, the text exactly as generated) that are each
+checked; it says which checks to start (`Check`), what may be passed on (`Pass`) once everything
+before it passed, and where the answer ends with the ruling's line instead (`Stop`).
 docs/tutoring.md, "Moderation", describes the behaviour.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, Union
 
 from dialogue.sentences import SentenceSplitter
 
@@ -109,3 +112,101 @@ class AnswerCut:
         self._splitter.flush()
         rest, self._raw = self._raw, ""
         return rest if rest.strip() else None
+
+
+@dataclass(frozen=True)
+class Check:
+    """Check `text` and give the ruling to `AnswerGate.ruled` with this `ticket`."""
+
+    ticket: int
+    text: str
+    direction: Direction
+
+
+@dataclass(frozen=True)
+class Pass:
+    """Hand this output on: a piece of the answer's text, or any other output (citations, a tool
+    call, the end), in the order the answer gave them."""
+
+    output: Any
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The answer ends here, with this line instead of what was checked (nothing after it)."""
+
+    line: str
+
+
+GateAction = Union[Check, Pass, Stop]
+
+
+class AnswerGate:
+    """One answer's moderation, in order. `question` (the student's words, when there are any)
+    is checked first and nothing passes before its ruling; then each output given to `output`
+    passes once every check before it allowed its text. Text is cut into sentences, each
+    checked as soon as it is complete (the checks run side by side). `ends` marks the outputs
+    that end an answer (its text so far is cut and checked before them). After a `Stop`
+    nothing more comes out."""
+
+    def __init__(self, question: str | None, ends: tuple[type, ...]) -> None:
+        self.ends = ends
+        self.stopped = False
+        self._cut = AnswerCut()
+        self._queue: deque[tuple[int | None, Any]] = deque()  # (ticket, text) or (None, output)
+        self._rulings: dict[int, Ruling] = {}
+        self._tickets = 0
+        self._shown = False
+        self._first = [self._check(question, "input")] if question else []
+
+    def start(self) -> list[GateAction]:
+        """The checks to start with: the student's words."""
+        first, self._first = self._first, []
+        return list(first)
+
+    def output(self, output: Any) -> list[GateAction]:
+        if self.stopped:
+            return []
+        actions: list[GateAction] = []
+        if isinstance(output, str):
+            actions += [self._check(piece, "output") for piece in self._cut.feed(output)]
+            return actions + self._drain()
+        if isinstance(output, self.ends):
+            rest = self._cut.flush()
+            if rest is not None:
+                actions.append(self._check(rest, "output"))
+        self._queue.append((None, output))
+        return actions + self._drain()
+
+    def ruled(self, ticket: int, ruling: Ruling) -> list[GateAction]:
+        if self.stopped:
+            return []
+        self._rulings[ticket] = ruling
+        return self._drain()
+
+    def _check(self, text: str, direction: Direction) -> Check:
+        check = Check(self._tickets, text, direction)
+        self._tickets += 1
+        self._queue.append((check.ticket, text if direction == "output" else None))
+        return check
+
+    def _drain(self) -> list[GateAction]:
+        out: list[GateAction] = []
+        while self._queue and not self.stopped:
+            ticket, item = self._queue[0]
+            if ticket is not None:
+                ruling = self._rulings.pop(ticket, None)
+                if ruling is None:
+                    break  # its check is still running
+                if not ruling.allow:
+                    self.stopped = True
+                    line = ruling.reply or ""
+                    out.append(Stop(f" {line}" if self._shown else line))
+                    break
+                if item is not None:  # the question's text is the student's: never passed on
+                    self._shown = True
+                    out.append(Pass(item))
+            else:
+                out.append(Pass(item))
+            self._queue.popleft()
+        return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Union
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -25,7 +25,7 @@ from api.request import json_body, text_problem
 from api.services import services
 from dialogue.prompts import chat_messages
 from providers import ProviderError, Usage
-from realtime.moderation import AnswerCut, Ruling
+from realtime.moderation import AnswerGate, Check, GateAction, Pass, Ruling
 from store.models import COURSE_CHARS
 
 from .moderation import Moderation, Turn
@@ -81,15 +81,15 @@ async def chat_endpoint(request: Request) -> Response:
     model = state.billing.chat_model(tier)
     course = body.get("course") or state.settings.default_course
     session_id = "chat_" + secrets.token_hex(8)
+    moderation = state.moderation
     turn = Turn(session_id, user.id, course)
-    guard = _Guard(state.moderation, turn) if state.moderation is not None else None
-    if guard is not None:  # the question is checked beside retrieval and the model's first token
-        guard.ask(history[-1]["content"])
+    # the question is checked beside retrieval and the model's first token
+    gate = _Moderated(moderation, turn, history[-1]["content"]) if moderation is not None else None
     try:
         grounding = await state.knowledge(course)(history[-1]["content"], user.id)
     except BaseException:
-        if guard is not None:
-            guard.cancel()
+        if gate is not None:
+            gate.cancel()
         raise
     messages = grounding.apply(chat_messages(instructions or state.session_config.instructions,
                                              history))
@@ -98,56 +98,47 @@ async def chat_endpoint(request: Request) -> Response:
         parts: list[str] = []
         usage: Usage | None = None
         status = "completed"
-        started = guard is None  # the verdict on the question came (and it passed)
+        ended: Ended = _DONE
 
-        async def verdict() -> list[bytes]:
-            """The citations once the question passed; its safe line when it did not."""
-            nonlocal started
-            assert guard is not None
-            refused = await guard.asked()
-            started = True
-            if refused is None:
-                return [_sse("citations", {"citations": grounding.citations()})]
-            parts.append(refused)
-            return [_sse("citations", {"citations": []}), _sse("delta", {"delta": refused})]
+        def event(output: Any) -> list[bytes]:
+            nonlocal status
+            if isinstance(output, str):
+                parts.append(output)
+                return [_sse("delta", {"delta": output})]
+            if isinstance(output, list):
+                return [_sse("citations", {"citations": output})]
+            if isinstance(output, ProviderError):
+                status = "failed"
+                return [_sse("error", {"code": output.code, "message": output.message})]
+            return [_sse("done", {"text": "".join(parts)})]
 
         try:
-            if guard is None:
+            first: list[Any] = [grounding.citations()]  # with moderation: once the question passed
+            if gate is None:
+                first = []
                 yield _sse("citations", {"citations": grounding.citations()})
             try:
                 async for delta in chat.stream(messages, model=model):
                     if isinstance(delta, Usage):
                         usage = delta
                         continue
-                    if not started:
-                        for event in await verdict():
-                            yield event
-                    if guard is not None and guard.stopped:
+                    outputs = [*first, delta] if gate is None else await gate.feed(*first, delta)
+                    first = []
+                    for output in outputs:
+                        for sse in event(output):
+                            yield sse
+                    if gate is not None and gate.stopped:
                         break
-                    for text in [delta] if guard is None else await guard.feed(delta):
-                        parts.append(text)
-                        yield _sse("delta", {"delta": text})
-                    if guard is not None and guard.stopped:
-                        break
-                if not started:
-                    for event in await verdict():
-                        yield event
-                for text in await guard.finish() if guard is not None else []:
-                    parts.append(text)
-                    yield _sse("delta", {"delta": text})
             except ProviderError as exc:
                 state.metrics.provider_failed("llm", exc.code)
-                if not started:
-                    for event in await verdict():
-                        yield event
-                if guard is None or not guard.stopped:  # else the safe line was the answer
-                    status = "failed"
-                    yield _sse("error", {"code": exc.code, "message": exc.message})
-                    return
-            yield _sse("done", {"text": "".join(parts)})
+                ended = exc
+            outputs = [*first, ended] if gate is None else await gate.end(*first, ended)
+            for output in outputs:
+                for sse in event(output):
+                    yield sse
         finally:
-            if guard is not None:
-                guard.cancel()
+            if gate is not None:
+                gate.cancel()
             state.writer.submit({
                 "session_id": session_id, "user_id": user.id, "kind": "text", "course": course,
                 "transcript": history[-1]["content"], "answer": "".join(parts),
@@ -158,63 +149,65 @@ async def chat_endpoint(request: Request) -> Response:
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-class _Guard:
-    """A typed answer's moderation: the question's verdict first (`ask`, `asked`), then the
-    answer's sentences, each checked as soon as it is complete (side by side) and given back in
-    order once it passed; a flagged one is replaced by the safe line and ends the answer
-    (`stopped`)."""
+class _Done:
+    """The answer's end (the `done` event)."""
 
-    def __init__(self, moderation: Moderation, turn: Turn) -> None:
+
+_DONE = _Done()
+Ended = Union[_Done, ProviderError]  # how a typed answer ends: done, or the provider's error
+
+
+class _Moderated:
+    """Carries out one typed answer's `realtime.moderation.AnswerGate`: outputs (the citations
+    as a list, text, then how it ended) go in, and come back once they passed, in order; checks
+    run side by side. A `Stop` gives the safe line and the end (with no citations if none had
+    gone)."""
+
+    def __init__(self, moderation: Moderation, turn: Turn, question: str) -> None:
         self.moderation = moderation
         self.turn = turn
-        self.cut = AnswerCut()
-        self.question: asyncio.Future[Ruling] | None = None
-        self.pending: list[tuple[str, asyncio.Future[Ruling]]] = []
-        self.stopped = False
-        self.shown = False
+        self.gate = AnswerGate(question, ends=(_Done, ProviderError))
+        self.checks: dict[int, asyncio.Future[Ruling]] = {}
+        self.cited = False
+        self._start(self.gate.start())
 
-    def ask(self, question: str) -> None:
-        self.question = asyncio.ensure_future(self.moderation.check(question, "input", self.turn))
+    @property
+    def stopped(self) -> bool:
+        return self.gate.stopped
 
-    async def asked(self) -> str | None:
-        """None when the question passed; else the line said instead (the answer stops)."""
-        assert self.question is not None
-        ruling = await self.question
-        if ruling.allow:
-            return None
-        self.stopped = True
-        return ruling.reply or ""
+    async def feed(self, *outputs: Any) -> list[Any]:
+        """What passed so far, without waiting for checks still running."""
+        return await self._through(outputs, wait=False)
 
-    async def feed(self, delta: str) -> list[str]:
-        for sentence in self.cut.feed(delta):
-            self._check(sentence)
-        return await self._passed(wait=False)
+    async def end(self, *outputs: Any) -> list[Any]:
+        """Everything that passes, once every check is in."""
+        return await self._through(outputs, wait=True)
 
-    async def finish(self) -> list[str]:
-        rest = None if self.stopped else self.cut.flush()
-        if rest is not None:
-            self._check(rest)
-        return await self._passed(wait=True)
+    async def _through(self, outputs: tuple[Any, ...], *, wait: bool) -> list[Any]:
+        passed: list[Any] = []
+        for output in outputs:
+            passed += self._start(self.gate.output(output))
+        while self.checks and not self.stopped:
+            ticket = min(self.checks)
+            if not wait and not self.checks[ticket].done():
+                break
+            ruling = await self.checks.pop(ticket)
+            passed += self._start(self.gate.ruled(ticket, ruling))
+        return passed
 
-    def _check(self, text: str) -> None:
-        self.pending.append(
-            (text, asyncio.ensure_future(self.moderation.check(text, "output", self.turn))))
-
-    async def _passed(self, *, wait: bool) -> list[str]:
-        out: list[str] = []
-        while self.pending and not self.stopped and (wait or self.pending[0][1].done()):
-            text, check = self.pending.pop(0)
-            ruling = await check
-            if ruling.allow:
-                out.append(text)
-                self.shown = True
+    def _start(self, actions: list[GateAction]) -> list[Any]:
+        passed: list[Any] = []
+        for action in actions:
+            if isinstance(action, Check):
+                self.checks[action.ticket] = asyncio.ensure_future(
+                    self.moderation.check(action.text, action.direction, self.turn))
+            elif isinstance(action, Pass):
+                self.cited = self.cited or isinstance(action.output, list)
+                passed.append(action.output)
             else:
-                self.stopped = True
-                line = ruling.reply or ""
-                out.append(f" {line}" if self.shown else line)
-        return out
+                passed += ([] if self.cited else [[]]) + [action.line, _DONE]
+        return passed
 
     def cancel(self) -> None:
-        for check in [self.question, *(c for _, c in self.pending)]:
-            if check is not None:
-                check.cancel()
+        for check in self.checks.values():
+            check.cancel()

@@ -8,7 +8,8 @@ stream at once. Speculative work (see `dialogue.speculation`) runs the same way:
 keeps what its provider gave (`Answer.held_outputs`) until the core releases it, or is dropped
 with its task when the core abandons it. With moderation on (`server.moderation`), the student's
 words are checked while retrieval runs and the answer waits for the verdict; the answer's text is
-checked sentence by sentence (`_AnswerGuard`) before the core, and so the client and the speech,
+checked sentence by sentence (`_AnswerGuard`, carrying out `realtime.moderation.AnswerGate`)
+before the core, and so the client and the speech,
 sees any of it; a held answer is moderated before it is released, and cancelling an answer
 cancels its pending checks. A finished turn is handed to the background writer;
 its `response.done` leaves once the turn is on local disk (the writer's spool, a few ms), so a
@@ -19,6 +20,7 @@ client that got it has a turn that survives a crash of the server (docs/operatio
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -35,7 +37,7 @@ from rag.grounding import Grounding
 from realtime import (Abandon, Action, Adopt, Cancel, Charge, Close, Generate, RealtimeSession,
                       Record, Release, ReportLimits, Send, SendBinary, Synthesize, Transcribe)
 from realtime.beta import client_text_to_ga, ga_to_client
-from realtime.moderation import AnswerCut, Ruling
+from realtime.moderation import AnswerGate, Check, GateAction, Pass, Ruling
 
 from .metrics import SAMPLE_EVERY, Metrics
 from .moderation import Moderation, Turn
@@ -539,9 +541,7 @@ class SessionRunner:
         if self.moderation is not None:
             turn = Turn(self.session.id, self.user_id, self.course, rid)
             # the student's words are checked beside retrieval and the model's first token
-            question = (asyncio.ensure_future(self.moderation.check(job.question, "input", turn))
-                        if job.question else None)
-            guard = _AnswerGuard(self, rid, answer, self.moderation, turn, question)
+            guard = _AnswerGuard(self, rid, answer, self.moderation, turn, job.question or None)
             emit = guard.put
         try:
             try:
@@ -623,86 +623,66 @@ class SessionRunner:
 
 
 class _AnswerGuard:
-    """Moderates one answer before the core sees any of it. Nothing passes before the verdict on
-    the student's words (`question`, checked while retrieval runs and the model starts): a
-    flagged turn gets the ruling's safe line instead, and the model's answer is dropped. Then
-    the text is cut into sentences (`realtime.moderation.AnswerCut`), each checked as soon as it
-    is complete (checks run side by side), and the outputs are passed on in their order once the
-    sentences before them passed. A flagged sentence (or a failed check, failing closed) is
-    replaced by the ruling's line and the answer ends there (`stopped`): the task generating it
-    is cancelled, and what it made after is dropped."""
+    """Carries out one answer's `realtime.moderation.AnswerGate`: starts its checks (side by
+    side), hands what passes to the core (`_answered`), and on a `Stop` says the ruling's line,
+    ends the answer and cancels the task generating it. Cancelled with the answer (barge-in, an
+    abandoned guess), pending checks included."""
 
     def __init__(self, runner: SessionRunner, rid: str, answer: Answer, moderation: Moderation,
-                 turn: Turn, question: asyncio.Future[Ruling] | None) -> None:
+                 turn: Turn, question: str | None) -> None:
         self.runner = runner
         self.rid = rid
         self.answer = answer
         self.moderation = moderation
         self.turn = turn
-        self.cut = AnswerCut()
-        self.stopped = False
-        self._shown = False  # some text passed
+        self.gate = AnswerGate(question, ends=(Failed, Finished))
+        self._question = 0 if question else None  # its ticket
         self._producer = asyncio.current_task()  # the answer's task, stopped with the answer
-        self._checks: list[asyncio.Future[Ruling]] = [question] if question is not None else []
-        self._question = question
-        self._queue: asyncio.Queue[tuple[str, asyncio.Future[Ruling]] | Output] = asyncio.Queue()
-        self._releasing = asyncio.ensure_future(self._release())
+        self._checks: dict[int, asyncio.Future[Ruling]] = {}
+        self._ended = asyncio.Event()
+        self._cancelled = False
+        self._carry_out(self.gate.start())
+
+    @property
+    def stopped(self) -> bool:
+        return self.gate.stopped
 
     def put(self, output: Output) -> None:
-        if self.stopped:
-            return
-        if isinstance(output, str):
-            for sentence in self.cut.feed(output):
-                self._check(sentence)
-            return
-        if isinstance(output, (Failed, Finished)):
-            rest = self.cut.flush()
-            if rest is not None:
-                self._check(rest)
-        self._queue.put_nowait(output)
+        self._carry_out(self.gate.output(output))
 
-    def _check(self, text: str) -> None:
-        check = asyncio.ensure_future(self.moderation.check(text, "output", self.turn))
-        self._checks.append(check)
-        self._queue.put_nowait((text, check))
+    def _carry_out(self, actions: list[GateAction]) -> None:
+        for action in actions:
+            if isinstance(action, Check):
+                check = asyncio.ensure_future(
+                    self.moderation.check(action.text, action.direction, self.turn))
+                self._checks[action.ticket] = check
+                check.add_done_callback(functools.partial(self._ruled, action.ticket))
+            elif isinstance(action, Pass):
+                self.runner._answered(self.rid, self.answer, action.output)
+                if isinstance(action.output, (Failed, Finished)):
+                    self._ended.set()
+            else:  # Stop: the safe line ends the answer
+                self.runner._answered(self.rid, self.answer, action.line)
+                self.runner._answered(self.rid, self.answer, Finished())
+                self._ended.set()
+                if self._producer is not None and not self._producer.done():
+                    self._producer.cancel()
 
-    async def _release(self) -> None:
-        if self._question is not None:
-            ruling = await self._question
+    def _ruled(self, ticket: int, check: asyncio.Future[Ruling]) -> None:
+        self._checks.pop(ticket, None)
+        if self._cancelled or check.cancelled():
+            return
+        if ticket == self._question:
             self.answer.input_verdict = time.perf_counter()
-            if not ruling.allow:
-                return self._stop(ruling)
-        while True:
-            item = await self._queue.get()
-            if isinstance(item, tuple):
-                text, check = item
-                ruling = await check
-                if not ruling.allow:
-                    return self._stop(ruling)
-                self._shown = True
-                self.runner._answered(self.rid, self.answer, text)
-                continue
-            self.runner._answered(self.rid, self.answer, item)
-            if isinstance(item, (Failed, Finished)):
-                return
-
-    def _stop(self, ruling: Ruling) -> None:
-        """The ruling's line ends the answer; the model's stream is closed."""
-        self.stopped = True
-        line = ruling.reply or ""
-        self.runner._answered(self.rid, self.answer, f" {line}" if self._shown else line)
-        self.runner._answered(self.rid, self.answer, Finished())
-        if self._producer is not None and not self._producer.done():
-            self._producer.cancel()
+        self._carry_out(self.gate.ruled(ticket, check.result()))
 
     async def released(self) -> None:
-        """Returns once the answer's last output (or the replacement line) was passed on."""
-        await self._releasing
+        """Returns once the answer's last output (or the safe line) was passed on."""
+        await self._ended.wait()
 
     def cancel(self) -> None:
-        """The answer was cancelled or abandoned (barge-in): its pending checks too."""
-        self._releasing.cancel()
-        for check in self._checks:
+        self._cancelled = True
+        for check in list(self._checks.values()):
             check.cancel()
 
 

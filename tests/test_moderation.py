@@ -19,7 +19,8 @@ from sqlalchemy import select
 from providers import ProviderError, Verdict
 from providers.openai import OpenAIModerator, make_client
 from realtime.moderation import (DANGER, SELF_HARM, STOPPED, UNAVAILABLE_INPUT, AnswerCut,
-                                 Policy, is_urgent, rule, safe_reply)
+                                 AnswerGate, Check, Pass, Policy, Ruling, Stop, is_urgent, rule,
+                                 safe_reply)
 from store import queries
 from store.models import EmailNotification, FlaggedTurn
 from tests.conftest import make_settings, read_pcm
@@ -59,6 +60,41 @@ def test_the_answer_cut_keeps_the_text_exactly() -> None:
     assert pieces[0] == "Let us look at this together."
     rest = cut.flush()
     assert "".join(pieces) + (rest or "") == text
+
+
+class End:
+    """An answer's end, as the shell passes it."""
+
+
+def test_the_gate_passes_outputs_in_order_once_checked() -> None:
+    gate = AnswerGate("What is a fraction?", ends=(End,))
+    assert gate.start() == [Check(0, "What is a fraction?", "input")]
+    citations = ["passage"]
+    assert gate.output(citations) == []  # nothing before the question's ruling
+    first = gate.output("A fraction is a part. It has two")
+    assert first == [Check(1, "A fraction is a part.", "output")]
+    end = End()
+    assert gate.output(" numbers.") == [] and gate.output(end) == [
+        Check(2, " It has two numbers.", "output")]
+    assert gate.ruled(2, Ruling(True)) == []  # the later sentence waits for the earlier ones
+    assert gate.ruled(0, Ruling(True)) == [Pass(citations)]  # the student's words: not passed
+    assert gate.ruled(1, Ruling(True)) == [Pass("A fraction is a part."),
+                                           Pass(" It has two numbers."), Pass(end)]
+
+
+def test_the_gate_stops_at_a_refusal() -> None:
+    refused = AnswerGate("I want to hurt myself", ends=(End,))
+    refused.start()
+    refused.output("Sure, let us talk. ")
+    assert refused.ruled(0, rule(Policy(), "input", flagged=True, categories=["self-harm"])) == [
+        Stop(SELF_HARM)]
+    assert refused.stopped and refused.output(End()) == [] and refused.ruled(1, Ruling(True)) == []
+    answer = AnswerGate(None, ends=(End,))
+    assert answer.start() == []
+    answer.output("Let us look at this together. Here is how to make a weapon. More. ")
+    assert answer.ruled(0, Ruling(True)) == [Pass("Let us look at this together.")]
+    assert answer.ruled(1, Ruling(False, STOPPED, ("violence",))) == [Stop(" " + STOPPED)]
+    assert answer.output(End()) == []
 
 
 # --- the adapter over the SDK, against the fake ----------------------------------------------
