@@ -187,6 +187,7 @@ async def healthz(request: Request) -> JSONResponse:
         "status": "ok",
         "transcription": providers.transcriber is not None,
         "chat": providers.chat is not None,
+        "moderation": providers.moderator is not None,
     })
 
 

@@ -163,6 +163,8 @@ async def flags(app) -> list[FlaggedTurn]:  # type: ignore[no-untyped-def]
 async def test_a_passing_turn_is_answered_as_without_moderation(fake, start_server) -> None:
     address = await start_server(moderated(fake))
     fake.behaviour.reply = "Let us look at this together. What is the numerator?"
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"http://{address}/healthz")).json()["moderation"] is True
     conv = await typed_turn(address, "What is a fraction?")
     assert answer_of(conv) == fake.behaviour.reply
     assert [m["input"] for m in fake.moderations] == [
