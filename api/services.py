@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from server.config import Settings
     from server.connections import SessionSlots
     from server.metrics import Metrics
+    from server.moderation import Moderation
     from server.resume import ResumeStore
     from store.db import Database
     from store.spool import Spool
@@ -66,6 +67,7 @@ class Services:
     tutors: CourseTutors  # each course's tutor settings (cached briefly)
     secret_box: SecretBox | None  # None: no TUTOR_SECRET_KEYS, refresh tokens are not kept
     oauth: OAuth | None  # None: Google sign-in is not configured
+    moderation: Moderation | None = None  # None: off (no provider offers it, or turned off)
     runners: set[Any] = field(default_factory=set)  # the open voice sessions, drained on SIGTERM
     draining: bool = False  # set on SIGTERM: new sessions are refused, /readyz fails
 

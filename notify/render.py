@@ -55,6 +55,7 @@ TEMPLATES: dict[str, bool] = {
     "teacher_message": False,
     "class_invitation": True,
     "role_invitation": True,
+    "moderation_alert": True,
 }
 
 # Fields a payload may leave out (they default to None). Every other field a template uses must
@@ -67,6 +68,7 @@ OPTIONAL: dict[str, tuple[str, ...]] = {
     "teacher_message": ("class_name",),
     "class_invitation": ("name",),
     "role_invitation": ("name",),
+    "moderation_alert": ("course",),
 }
 
 _TAG = re.compile(r"[a-z]{2,3}(?:-[a-z0-9]{1,8})*")

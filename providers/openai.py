@@ -1,5 +1,5 @@
-"""Transcription, streaming chat and structured output, speech and embeddings over the official
-`openai` SDK (`AsyncOpenAI`): one adapter per protocol of `providers.protocols`.
+"""Transcription, streaming chat and structured output, speech, embeddings and moderation over
+the official `openai` SDK (`AsyncOpenAI`): one adapter per protocol of `providers.protocols`.
 
 Any OpenAI-compatible server works (OpenAI, OpenRouter, Ollama, vLLM): only the base URL, key
 and model differ. A client (`make_client`) is made once and shared by every session, so its HTTP
@@ -22,7 +22,8 @@ from openai import AsyncOpenAI
 from audio.pcm import SPEECH_RATE, wav_bytes
 
 from .errors import ProviderError, from_openai
-from .protocols import JsonReply, ToolCallDelta, Transcript, Truncated, Usage, normalise
+from .protocols import (JsonReply, ToolCallDelta, Transcript, Truncated, Usage, Verdict,
+                        normalise)
 
 try:  # the HTTP library the SDK is built on (httpx2 in openai 3.x)
     import httpx2 as _http
@@ -285,3 +286,31 @@ class OpenAIEmbedder:
             raise ProviderError("provider_error", f"embedding provider returned {len(data)} "
                                 f"vectors for {len(texts)} texts")
         return np.asarray([d.embedding for d in data], dtype=np.float32)
+
+
+class OpenAIModerator:
+    """Moderation through `moderations.create` (`omni-moderation-latest` by default). A check is
+    short and on a turn's path, so it has its own read timeout (`timeout_s`), shorter than the
+    client's: past it the check fails like any provider error and the caller's fail-open or
+    fail-closed setting decides."""
+
+    def __init__(self, client: AsyncOpenAI, model: str, timeout_s: float | None = None) -> None:
+        self.client = client
+        self.model = model
+        self.timeout_s = timeout_s
+
+    async def check(self, text: str) -> Verdict:
+        extra: dict[str, Any] = {}
+        if self.timeout_s is not None:
+            extra["timeout"] = openai.Timeout(self.timeout_s,
+                                              connect=getattr(self.client.timeout, "connect", None))
+        try:
+            response = await self.client.moderations.create(model=self.model, input=text, **extra)
+        except Exception as exc:  # SDK errors, and transport errors some versions leave raw
+            raise from_openai(exc, "moderation") from exc
+        if not response.results:
+            raise ProviderError("provider_error", "moderation provider returned no result")
+        result = response.results[0]
+        flags = result.categories.model_dump(by_alias=True)
+        categories = tuple(sorted(name for name, on in flags.items() if on))
+        return Verdict(bool(result.flagged), categories)

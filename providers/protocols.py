@@ -96,6 +96,23 @@ class Synthesizer(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A moderation check's answer: `flagged`, and the categories that flagged it (the
+    provider's names, e.g. "self-harm/intent", "violence"), sorted."""
+
+    flagged: bool
+    categories: tuple[str, ...] = ()
+
+
+class Moderator(Protocol):
+    """Content moderation (student's words in, tutor's sentences out)."""
+
+    async def check(self, text: str) -> Verdict:
+        """Whether `text` is flagged, and for what; raise ProviderError on failure."""
+        ...
+
+
 class Embedder(Protocol):
     model: str  # stored with each vector: vectors of different models must never be compared
 
@@ -122,3 +139,4 @@ class Providers:
     chat: ChatModel | None
     problem: str | None = None  # why a provider is missing: told to clients, never a traceback
     speech: Synthesizer | None = None  # text-to-speech, for spoken answers
+    moderator: Moderator | None = None  # None: moderation is off (docs/tutoring.md)

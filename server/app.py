@@ -50,7 +50,7 @@ from rag.search import MemoryQueryCache, RedisQueryCache, Retriever
 from rag.vectors import VectorIndex
 from rag.worker import Limits, Parser
 from store.db import Database, migrate
-from store.models import Base, Interaction, UsageEntry
+from store.models import Base, FlaggedTurn, Interaction, UsageEntry
 from store.spool import Spool
 from store.writer import InteractionWriter
 from study import ai_routes as study_ai_routes
@@ -62,14 +62,16 @@ from study.report_routes import routes as report_routes
 from audio.formats import AudioFormat
 from dialogue.prompts import TUTOR_INSTRUCTIONS
 from providers import Providers
-from providers.openai import (OpenAIChatModel, OpenAIEmbedder, OpenAISpeech, OpenAITranscriber,
-                              make_client, warm_up)
+from providers.openai import (OpenAIChatModel, OpenAIEmbedder, OpenAIModerator, OpenAISpeech,
+                              OpenAITranscriber, make_client, warm_up)
 from realtime import SessionConfig, TurnDetection
+from realtime.moderation import Policy
 
 from .chat import chat_endpoint
 from .logs import route_to_stdlib
 from .connections import SessionSlots
 from .metrics import Metrics, metrics_endpoint, readyz
+from .moderation import Moderation, routes as moderation_routes
 from .outage import OutageMiddleware
 from .config import Settings, mcp_email_environment
 from .resume import MemoryResume, RedisResume
@@ -150,7 +152,37 @@ def build_providers(settings: Settings) -> tuple[Providers, list]:
         missing.append("answers need OPENAI_API_KEY, or LLM_BASE_URL (+ LLM_API_KEY, LLM_MODEL) "
                        "for OpenRouter or a local OpenAI-compatible server")
     problem = ("No AI provider is configured: " + "; ".join(missing) + ".") if missing else None
-    return Providers(transcriber, chat, problem, speech), clients
+    return Providers(transcriber, chat, problem, speech, moderator_for(settings, clients)), clients
+
+
+def moderator_for(settings: Settings, clients: list) -> OpenAIModerator | None:
+    """The moderation provider when moderation is on (`Settings.moderation_on`); its client
+    joins `clients` (to close)."""
+    if not settings.moderation_on:
+        return None
+    base_url = settings.moderation_base_url or settings.openai_base_url
+    key = api_key(settings.moderation_api_key or settings.openai_api_key, base_url)
+    if key is None:
+        log.warning("moderation is on but has no key (TUTOR_MODERATION_API_KEY or "
+                    "OPENAI_API_KEY): it stays off")
+        return None
+    client = provider_client(settings, key, base_url)
+    clients.append(client)
+    return OpenAIModerator(client, settings.moderation_model, settings.moderation_timeout_s)
+
+
+def open_moderation(settings: Settings, providers: Providers, db: Database, spool: Spool,
+                    metrics: Metrics, stack: AsyncExitStack) -> Moderation | None:
+    """Moderation, when a provider offers it: its flags go through their own background writer."""
+    if providers.moderator is None:
+        return None
+    policy = Policy(fail_closed=settings.moderation_on_failure == "closed",
+                    urgent=frozenset(settings.moderation_urgent_categories),
+                    help_resources=settings.moderation_help_resources)
+    moderation = Moderation(providers.moderator, policy, db=db, metrics=metrics,
+                            flags=open_writer(db, spool, stack, FlaggedTurn))
+    stack.push_async_callback(moderation.settle)
+    return moderation
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -159,6 +191,7 @@ async def healthz(request: Request) -> JSONResponse:
         "status": "ok",
         "transcription": providers.transcriber is not None,
         "chat": providers.chat is not None,
+        "moderation": providers.moderator is not None,
     })
 
 
@@ -400,9 +433,11 @@ async def open_services(settings: Settings, providers: Providers | None, link_se
                                 budget_s=settings.rag_retrieval_budget_s)
         return lookup
 
+    metrics = Metrics()
     return Services(
         settings=settings, providers=providers, session_config=session_config(settings),
-        db=db, spool=spool, writer=writer, redis=redis_client, metrics=Metrics(),
+        db=db, spool=spool, writer=writer, redis=redis_client, metrics=metrics,
+        moderation=open_moderation(settings, providers, db, spool, metrics, stack),
         slots=SessionSlots(settings.max_sessions_per_address, settings.max_sessions_per_user),
         auth=auth,
         resume=RedisResume(redis_client) if redis_client is not None else MemoryResume(),
@@ -442,6 +477,7 @@ def create_app(settings: Settings | None = None, *, providers: Providers | None 
             *account_routes.routes,
             *invitation_routes.routes,
             *rights.routes,
+            *moderation_routes,  # /api/classes/{id}/flags
             *rag_routes.routes,
             *billing_routes.routes,
             *email_routes.routes,

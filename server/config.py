@@ -8,10 +8,9 @@ have set: `OPENAI_API_KEY` / `OPENAI_BASE_URL` for everything, and `LLM_BASE_URL
 from __future__ import annotations
 
 import os
-from typing import Literal
-
 from ipaddress import ip_address
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -81,6 +80,31 @@ class Settings(BaseSettings):
     """Opening a connection to a provider."""
     provider_max_retries: int = 1
     """The SDK's default (2 retries, 10 min timeout) is far too patient for a live turn."""
+
+    # Moderation (docs/tutoring.md, "Moderation")
+    moderation: bool | None = None
+    """Check the student's words and the tutor's answers. Unset: on when the moderation endpoint
+    is OpenAI's own (a key, and no `OPENAI_BASE_URL`) or
+    `TUTOR_MODERATION_BASE_URL` is set; compatible servers (Ollama, vLLM) have no
+    `/moderations`, so it is off with them unless set to `true`. `false`: off."""
+    moderation_model: str = "omni-moderation-latest"
+    """The moderation model (`moderations.create`)."""
+    moderation_base_url: str | None = None
+    """Any OpenAI-compatible server with `/moderations`; default: `OPENAI_BASE_URL`."""
+    moderation_api_key: str | None = None
+    """Default: `OPENAI_API_KEY`."""
+    moderation_timeout_s: float = 2.0
+    """The longest wait for one check; past it the check has failed (`moderation_on_failure`)."""
+    moderation_on_failure: Literal["open", "closed"] = "closed"
+    """When a check fails (provider down, timeout): `closed` refuses the text with a neutral
+    line (the student's turn is not answered, the answer stops); `open` lets it through
+    unchecked."""
+    moderation_urgent_categories: Annotated[list[str], NoDecode] = ["self-harm", "sexual/minors"]
+    """Categories (comma-separated; a family name covers its subcategories) whose flags email the
+    student's teachers at once."""
+    moderation_help_resources: str = ""
+    """What the tutor adds when a student's words are flagged for self-harm: the school's help
+    (the counsellor, a helpline number)."""
 
     # Sessions
     instructions: str | None = None
@@ -370,6 +394,20 @@ class Settings(BaseSettings):
     def chat_base_url(self) -> str | None:
         return self.llm_base_url or self.openai_base_url
 
+
+    @property
+    def moderation_on(self) -> bool:
+        """Whether moderation runs (see `moderation`)."""
+        if self.moderation is not None:
+            return self.moderation
+        base_url = self.moderation_base_url or self.openai_base_url
+        return bool(self.moderation_api_key or self.openai_api_key) and (
+            base_url is None or self.moderation_base_url is not None)
+
+    @field_validator("moderation_urgent_categories", mode="before")
+    @classmethod
+    def _urgent(cls, value: object) -> object:
+        return _split(value)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -6,7 +6,12 @@ the actions it gets back through one table keyed by action type: events go to on
 fed back to the core. Cancelling a response cancels its task, which closes the provider's HTTP
 stream at once. Speculative work (see `dialogue.speculation`) runs the same way: a held answer
 keeps what its provider gave (`Answer.held_outputs`) until the core releases it, or is dropped
-with its task when the core abandons it. A finished turn is handed to the background writer;
+with its task when the core abandons it. With moderation on (`server.moderation`), the student's
+words are checked while retrieval runs and the answer waits for the verdict; the answer's text is
+checked sentence by sentence (`_AnswerGuard`, carrying out `realtime.moderation.AnswerGate`)
+before the core, and so the client and the speech,
+sees any of it; a held answer is moderated before it is released, and cancelling an answer
+cancels its pending checks. A finished turn is handed to the background writer;
 its `response.done` leaves once the turn is on local disk (the writer's spool, a few ms), so a
 client that got it has a turn that survives a crash of the server (docs/operations.md,
 "Durability of turns").
@@ -15,6 +20,7 @@ client that got it has a turn that survives a crash of the server (docs/operatio
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import secrets
@@ -31,8 +37,10 @@ from rag.grounding import Grounding
 from realtime import (Abandon, Action, Adopt, Cancel, Charge, Close, Generate, RealtimeSession,
                       Record, Release, ReportLimits, Send, SendBinary, Synthesize, Transcribe)
 from realtime.beta import client_text_to_ga, ga_to_client
+from realtime.moderation import AnswerGate, Check, GateAction, Pass, Ruling
 
 from .metrics import SAMPLE_EVERY, Metrics
+from .moderation import Moderation, Turn
 from .playback import Playback
 from .resume import ResumeStore
 
@@ -91,6 +99,7 @@ class Answer:
     retrieval_degraded: str | None = None  # rag.grounding.TIMED_OUT / FAILED: answered without
     usage: Usage | None = None
     truncated: bool = False  # stopped at its token cap
+    input_verdict: float = 0.0  # moderation's verdict on the student's words came (0: none)
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,7 +112,8 @@ class SessionRunner:
                  course: str | None = None, billing: Billing | None = None,
                  grant: VoiceGrant | None = None, resume: ResumeStore | None = None,
                  resume_ttl_s: float = 120.0, metrics: Metrics | None = None,
-                 beta: bool = False, outbox_max_bytes: int) -> None:
+                 beta: bool = False, outbox_max_bytes: int,
+                 moderation: Moderation | None = None) -> None:
         self.websocket = websocket
         self.session = session
         self.providers = providers
@@ -121,6 +131,7 @@ class SessionRunner:
         self.resume_ttl_s = resume_ttl_s
         self.metrics = metrics
         self.beta = beta  # the client speaks the beta protocol: events translated both ways
+        self.moderation = moderation  # None: nothing is checked
         self.resume_token = secrets.token_urlsafe(24)
         self.charges: set[asyncio.Task[None]] = set()  # never cancelled: billing must land
         self.playbacks: dict[str, Playback] = {}  # response id → its synthesis and playback
@@ -519,46 +530,61 @@ class SessionRunner:
                 self._answering = None
 
     async def _generate(self, job: Generate, answer: Answer) -> None:
-        """Retrieval, then the streamed completion. Every output goes to the core through
-        `_answered`, which keeps it while the answer is held (speculative)."""
+        """Retrieval (with the moderation of the student's words beside it), then the streamed
+        completion. Every output goes to the core through `_answered`, which keeps it while the
+        answer is held (speculative); with moderation, text goes through `_AnswerGuard` first."""
         rid = job.response_id
         chat = self.providers.chat
         messages = job.messages
+        guard: _AnswerGuard | None = None
+        emit: Callable[[Output], None] = lambda output: self._answered(rid, answer, output)
+        if self.moderation is not None:
+            turn = Turn(self.session.id, self.user_id, self.course, rid)
+            # the student's words are checked beside retrieval and the model's first token
+            guard = _AnswerGuard(self, rid, answer, self.moderation, turn, job.question or None)
+            emit = guard.put
         try:
-            if chat is None:
-                raise ProviderError("provider_not_configured", self.providers.problem or "no chat model")
-            if self.knowledge is not None and job.question:
-                # Retrieval starts as soon as the answer does: the transcript is known by now.
-                grounding = await self.knowledge(job.question, self.user_id)
-                answer.retrieval_ms = grounding.retrieval_ms
-                answer.retrieval_degraded = grounding.degraded
-                messages = grounding.apply(messages)
-                self._answered(rid, answer, Citations(grounding.citations()))
-            answer.started = time.perf_counter()
-            options: dict[str, Any] = {}
-            if job.tools:
-                options.update(tools=list(job.tools), tool_choice=job.tool_choice)
-            if job.max_tokens is not None:
-                options["max_tokens"] = job.max_tokens
-            async for output in chat.stream(messages, model=job.model, **options):
-                if isinstance(output, Usage):
-                    answer.usage = output
-                elif isinstance(output, Truncated):
-                    answer.truncated = True
-                else:
-                    if not answer.first_token:
-                        answer.first_token = time.perf_counter()
-                    self._answered(rid, answer, output)
-        except ProviderError as exc:
-            if self.metrics is not None:
-                self.metrics.provider_failed("llm", exc.code)
-            self._answered(rid, answer, Failed(exc.code, exc.message))
-        except Exception:
-            log.exception("response %s failed", rid)
-            self._answered(rid, answer, Failed("internal_error", "the answer failed on the server"))
-        else:
-            self._answered(rid, answer, Finished())
+            try:
+                if chat is None:
+                    raise ProviderError("provider_not_configured", self.providers.problem or "no chat model")
+                if self.knowledge is not None and job.question:
+                    # Retrieval starts as soon as the answer does: the transcript is known by now.
+                    grounding = await self.knowledge(job.question, self.user_id)
+                    answer.retrieval_ms = grounding.retrieval_ms
+                    answer.retrieval_degraded = grounding.degraded
+                    messages = grounding.apply(messages)
+                    emit(Citations(grounding.citations()))
+                answer.started = time.perf_counter()
+                options: dict[str, Any] = {}
+                if job.tools:
+                    options.update(tools=list(job.tools), tool_choice=job.tool_choice)
+                if job.max_tokens is not None:
+                    options["max_tokens"] = job.max_tokens
+                async for output in chat.stream(messages, model=job.model, **options):
+                    if isinstance(output, Usage):
+                        answer.usage = output
+                    elif isinstance(output, Truncated):
+                        answer.truncated = True
+                    else:
+                        if not answer.first_token:
+                            answer.first_token = time.perf_counter()
+                        emit(output)
+                        if guard is not None and guard.stopped:
+                            break  # a sentence was flagged: the answer ended there
+            except ProviderError as exc:
+                if self.metrics is not None:
+                    self.metrics.provider_failed("llm", exc.code)
+                emit(Failed(exc.code, exc.message))
+            except Exception:
+                log.exception("response %s failed", rid)
+                emit(Failed("internal_error", "the answer failed on the server"))
+            else:
+                emit(Finished())
+            if guard is not None:
+                await guard.released()
         finally:
+            if guard is not None:
+                guard.cancel()
             if self.responses.get(rid) is asyncio.current_task():
                 del self.responses[rid]
 
@@ -596,6 +622,70 @@ class SessionRunner:
         return self.session.response_completed(rid, truncated=answer.truncated) + extra
 
 
+class _AnswerGuard:
+    """Carries out one answer's `realtime.moderation.AnswerGate`: starts its checks (side by
+    side), hands what passes to the core (`_answered`), and on a `Stop` says the ruling's line,
+    ends the answer and cancels the task generating it. Cancelled with the answer (barge-in, an
+    abandoned guess), pending checks included."""
+
+    def __init__(self, runner: SessionRunner, rid: str, answer: Answer, moderation: Moderation,
+                 turn: Turn, question: str | None) -> None:
+        self.runner = runner
+        self.rid = rid
+        self.answer = answer
+        self.moderation = moderation
+        self.turn = turn
+        self.gate = AnswerGate(question, ends=(Failed, Finished))
+        self._question = 0 if question else None  # its ticket
+        self._producer = asyncio.current_task()  # the answer's task, stopped with the answer
+        self._checks: dict[int, asyncio.Future[Ruling]] = {}
+        self._ended = asyncio.Event()
+        self._cancelled = False
+        self._carry_out(self.gate.start())
+
+    @property
+    def stopped(self) -> bool:
+        return self.gate.stopped
+
+    def put(self, output: Output) -> None:
+        self._carry_out(self.gate.output(output))
+
+    def _carry_out(self, actions: list[GateAction]) -> None:
+        for action in actions:
+            if isinstance(action, Check):
+                check = asyncio.ensure_future(
+                    self.moderation.check(action.text, action.direction, self.turn))
+                self._checks[action.ticket] = check
+                check.add_done_callback(functools.partial(self._ruled, action.ticket))
+            elif isinstance(action, Pass):
+                self.runner._answered(self.rid, self.answer, action.output)
+                if isinstance(action.output, (Failed, Finished)):
+                    self._ended.set()
+            else:  # Stop: the safe line ends the answer
+                self.runner._answered(self.rid, self.answer, action.line)
+                self.runner._answered(self.rid, self.answer, Finished())
+                self._ended.set()
+                if self._producer is not None and not self._producer.done():
+                    self._producer.cancel()
+
+    def _ruled(self, ticket: int, check: asyncio.Future[Ruling]) -> None:
+        self._checks.pop(ticket, None)
+        if self._cancelled or check.cancelled():
+            return
+        if ticket == self._question:
+            self.answer.input_verdict = time.perf_counter()
+        self._carry_out(self.gate.ruled(ticket, check.result()))
+
+    async def released(self) -> None:
+        """Returns once the answer's last output (or the safe line) was passed on."""
+        await self._ended.wait()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        for check in list(self._checks.values()):
+            check.cancel()
+
+
 def _metrics(answer: Answer) -> dict[str, Any]:
     """Stage latencies in ms. `server_ms` is our own share of end-of-turn → first delta: the
     time not spent in transcription, retrieval, or waiting for the chat model's first token.
@@ -606,6 +696,8 @@ def _metrics(answer: Answer) -> dict[str, Any]:
     ms: dict[str, float] = {"llm_first_token_ms": (answer.first_token - answer.started) * 1000}
     if answer.retrieval_ms is not None:
         ms["retrieval_ms"] = answer.retrieval_ms
+    if answer.input_verdict:  # how long the first token waited for moderation's verdict
+        ms["moderation_wait_ms"] = max(0.0, answer.input_verdict - answer.first_token) * 1000
     if clock is not None and clock.ended is not None:
         ms["stt_ms"] = (clock.stt_end - clock.stt_start) * 1000
         ms["transcript_wait_ms"] = max(0.0, clock.stt_end - clock.ended) * 1000

@@ -123,7 +123,7 @@ async def _session(websocket: WebSocket, state: Services, user: Any, address: st
                                course=course,
                                knowledge=state.knowledge(course), billing=billing, grant=grant,
                                resume=state.resume, resume_ttl_s=state.settings.resume_ttl_s,
-                               metrics=state.metrics)
+                               metrics=state.metrics, moderation=state.moderation)
         state.metrics.sessions.inc()
         state.metrics.connected.inc()
         state.runners.add(runner)

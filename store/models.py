@@ -265,6 +265,31 @@ class Mastery(Base):
     interval_days: Mapped[float] = mapped_column(Float)
     due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+FLAG_DIRECTIONS = ("input", "output")  # the student's words, or a sentence of the tutor's answer
+FLAGGED_TEXT_CHARS = 4000  # of the flagged text, kept for the student's teachers
+
+
+class FlaggedTurn(Base):
+    """A turn moderation flagged (realtime.moderation): the student's words (`input`) or a
+    sentence of the tutor's answer (`output`), with the categories that flagged it. Shown to the
+    student's teachers; written by the background writer, like the turns."""
+
+    __tablename__ = "flagged_turns"
+    __table_args__ = (Index("ix_flagged_turns_user_created", "user_id", "created_at"),
+                      Index("uq_flagged_turns_write_id", "write_id", unique=True),
+                      CheckConstraint("direction IN ('input', 'output')", name="direction"))
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    course: Mapped[str | None] = mapped_column(String(COURSE_CHARS))
+    response_id: Mapped[str | None] = mapped_column(String(64))
+    direction: Mapped[str] = mapped_column(String(8))
+    categories: Mapped[list[str]] = mapped_column(JSON, default=list)
+    text: Mapped[str] = mapped_column(Text, default="")
+    urgent: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    write_id: Mapped[str | None] = mapped_column(String(32))  # as Interaction.write_id
 
 
 class Content(Base):

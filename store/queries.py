@@ -11,13 +11,13 @@ import secrets
 from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (ROLES, TURN_KINDS, ApiToken, BrowserSession, ClassMember, Classroom,
-                     EmailNotification, Interaction, User, new_id, now)
+                     EmailNotification, FlaggedTurn, Interaction, User, new_id, now)
 
 API_TOKEN_PREFIX = "tt_"
 
@@ -268,3 +268,38 @@ async def set_role(s: AsyncSession, user_id: str, role: str) -> User | None:
     if user is not None:
         user.role = role
     return user
+
+
+async def flagged_turns_page(s: AsyncSession, class_id: str, *, limit: int = 50,
+                             before_id: int | None = None) -> list[FlaggedTurn]:
+    """The flagged turns of a class's students since each joined it, newest first (keyset
+    paging as `interactions_page`)."""
+    query = (select(FlaggedTurn)
+             .join(ClassMember, (ClassMember.user_id == FlaggedTurn.user_id)
+                   & (ClassMember.class_id == class_id))
+             .where(FlaggedTurn.created_at >= ClassMember.joined_at))
+    if before_id is not None:
+        query = query.where(FlaggedTurn.id < before_id)
+    query = query.order_by(FlaggedTurn.id.desc()).limit(limit)
+    return list((await s.execute(query)).scalars())
+
+
+async def flagged_counts(s: AsyncSession, user_ids: Sequence[str],
+                         since: datetime | None = None) -> dict[str, int]:
+    """How many flagged turns each of `user_ids` has (since `since`, if given); a user without
+    any is absent (read it with `.get(user_id, 0)`). For the class report."""
+    if not user_ids:
+        return {}
+    query = (select(FlaggedTurn.user_id, func.count())
+             .where(FlaggedTurn.user_id.in_(user_ids)).group_by(FlaggedTurn.user_id))
+    if since is not None:
+        query = query.where(FlaggedTurn.created_at >= since)
+    return {user_id: count for user_id, count in (await s.execute(query)).all()}
+
+
+async def teachers_of_student(s: AsyncSession, user_id: str) -> list[User]:
+    """The teachers of every class the student is in (each once)."""
+    query = (select(User).join(Classroom, Classroom.teacher_id == User.id)
+             .join(ClassMember, ClassMember.class_id == Classroom.id)
+             .where(ClassMember.user_id == user_id).distinct().order_by(User.id))
+    return list((await s.execute(query)).scalars())

@@ -30,7 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from .db import Database
-from .models import Base, Interaction, UsageEntry, now
+from .models import Base, FlaggedTurn, Interaction, UsageEntry, now
 from .spool import Spool, dead_letters, forget_dead_letter, keep_dead_letter
 
 log = logging.getLogger("tutor.store.writer")
@@ -179,7 +179,7 @@ async def retry_dead_letters(db: Database, path: Path,
     `tutor dead-letters --retry` once the cause is fixed: each one written (or found there
     already) leaves the dead letters; one refused again stays, with the new reason. Any other
     error (the database unreachable) propagates. Returns (written, still refused)."""
-    models = {m.__tablename__: m for m in (Interaction, UsageEntry)}
+    models = {m.__tablename__: m for m in (Interaction, UsageEntry, FlaggedTurn)}
     written = refused = 0
     for letter in dead_letters(path):
         if write_ids is not None and letter["write_id"] not in write_ids:

@@ -9,7 +9,7 @@ class counts.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,17 +25,10 @@ from api.request import path_key
 from api.services import services
 from store.models import (TURN_KINDS, ClassMember, Classroom, Interaction, QuizAnswer,
                           UsageEntry, User, now)
-from store.queries import aware
+from store.queries import aware, flagged_counts
 
 from . import mastery
 from .reports import StudentActivity, cited_chunks, report_csv, report_json
-
-# The number of each student's flagged turns since a time: moderation's
-# `store.queries.flagged_counts(session, user_ids, since=None)`, wired here when that part of
-# issue 17 is merged. Until then the report's `flagged_turns` is null (unknown), never a 0.
-FlaggedCounts = Callable[..., Awaitable[dict[str, int]]]
-flagged_counts: FlaggedCounts | None = None
-
 
 async def _members(s: AsyncSession, class_id: str) -> list[tuple[User, datetime | None]]:
     query = (select(User, ClassMember.joined_at).join(ClassMember, ClassMember.user_id == User.id)
@@ -72,8 +65,8 @@ async def _activity(s: AsyncSession, user: User, joined_at: datetime | None,
         query = query.where(QuizAnswer.course == course)
     answers = (await s.execute(query.order_by(QuizAnswer.created_at, QuizAnswer.id))).all()
     a.mastery = mastery.replay((sections, correct, aware(at)) for sections, correct, at in answers)
-    if flagged_counts is not None:
-        a.flagged = (await flagged_counts(s, [user.id], since=joined_at)).get(user.id, 0)
+    a.flagged = ((await flagged_counts(s, [user.id], since=joined_at)).get(user.id, 0)
+                 if joined_at is not None else 0)  # moderation's flags, since joining too
     return a
 
 

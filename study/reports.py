@@ -43,7 +43,7 @@ class StudentActivity:
     text_questions: int = 0
     sections: Counter[str] = field(default_factory=Counter)  # questions per section
     mastery: dict[str, Progress] = field(default_factory=dict)
-    flagged: int | None = None  # None: moderation's counts are not available
+    flagged: int = 0  # turns moderation flagged (store.queries.flagged_counts)
 
 
 def _mean(values: Iterable[float]) -> float | None:

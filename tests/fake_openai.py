@@ -21,7 +21,11 @@ the tool-call/tool-answer pairing of the messages are checked as OpenAI checks t
 otherwise). `max_completion_tokens` (or `max_tokens`) caps the streamed tokens (text tokens or
 argument pieces), then `finish_reason: "length"`.
 `POST /v1/embeddings` answers deterministic feature-hashing vectors (texts sharing words are
-similar), as floats or base64 as asked. Used by
+similar), as floats or base64 as asked, after `embedding_latency`. `POST /v1/moderations`
+answers as OpenAI's moderation endpoint does (every category, `flagged` when one is true), after
+`moderation_latency`: a text holding a phrase of `MODERATION_PHRASES` (case-insensitive) is
+flagged with its categories, anything else passes; it fails on demand too
+(`moderation_failures`: "500" | "timeout"). Used by
 the tests (in-process) and by bench/ (as a subprocess:
 `python -m tests.fake_openai --port 9100 --stt-latency 0.3 --ttft 0.4`).
 """
@@ -49,6 +53,30 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+
+# Test phrases the fake moderation flags, with their categories. The last one is meant for the
+# tutor's answers (a test makes the fake chat model say it): students in tests never do.
+MODERATION_PHRASES: dict[str, tuple[str, ...]] = {
+    "i want to hurt myself": ("self-harm", "self-harm/intent"),
+    "i will punch him": ("harassment", "violence"),
+    "here is how to make a weapon": ("illicit", "illicit/violent", "violence"),
+}
+MODERATION_CATEGORIES = (
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit",
+    "illicit/violent", "self-harm", "self-harm/instructions", "self-harm/intent", "sexual",
+    "sexual/minors", "violence", "violence/graphic",
+)
+
+
+def moderation_result(text: str) -> dict[str, Any]:
+    """One result of the moderation endpoint for `text`, as OpenAI shapes it."""
+    lowered = text.lower()
+    flagged = {c for phrase, cats in MODERATION_PHRASES.items() if phrase in lowered for c in cats}
+    return {"flagged": bool(flagged),
+            "categories": {c: c in flagged for c in MODERATION_CATEGORIES},
+            "category_scores": {c: 0.99 if c in flagged else 0.001 for c in MODERATION_CATEGORIES},
+            "category_applied_input_types": {c: ["text"] for c in MODERATION_CATEGORIES}}
 
 
 class LoopbackServer:
@@ -105,6 +133,9 @@ class Behaviour:
     chat_failures: list[str] = field(default_factory=list)  # consumed one per chat request
     stt_failures: list[str] = field(default_factory=list)  # "500" | "timeout"
     embedding_failures: list[str] = field(default_factory=list)  # "500" | "timeout", per request
+    embedding_latency: float = 0.0
+    moderation_latency: float = 0.0
+    moderation_failures: list[str] = field(default_factory=list)  # "500" | "timeout", per request
     tts_latency: float = 0.0  # time to the first audio bytes
     tts_ms_per_char: float = 60.0  # audio length of the synthesised text (~15 characters/s)
     tts_failures: list[str] = field(default_factory=list)  # "500" | "cut", per request
@@ -134,7 +165,9 @@ class FakeOpenAI(LoopbackServer):
             Route("/v1/chat/completions", self._chat, methods=["POST"]),
             Route("/v1/embeddings", self._embeddings, methods=["POST"]),
             Route("/v1/audio/speech", self._speech, methods=["POST"]),
+            Route("/v1/moderations", self._moderations, methods=["POST"]),
         ])
+        self.moderations: list[dict[str, Any]] = []  # model, input (the text checked)
         self.speeches: list[dict[str, Any]] = []  # model, voice, input, response_format
 
     @property
@@ -301,7 +334,27 @@ class FakeOpenAI(LoopbackServer):
 
         return StreamingResponse(chunks(), media_type="audio/pcm")
 
+    async def _moderations(self, request: Request) -> Response:
+        arrived = time.perf_counter()
+        body = await request.json()
+        text = body.get("input")
+        if not isinstance(text, str):
+            return JSONResponse({"error": {"message": "input must be a string (text only here)",
+                                           "type": "invalid_request_error"}}, status_code=400)
+        model = body.get("model", "omni-moderation-latest")
+        self.moderations.append({"model": model, "input": text})
+        failures = self.behaviour.moderation_failures
+        failure = failures.pop(0) if failures else None
+        if failure == "500":
+            return JSONResponse({"error": {"message": "fake upstream failure",
+                                           "type": "server_error"}}, status_code=500)
+        await asyncio.sleep(self.behaviour.hang_seconds if failure == "timeout"
+                            else self.behaviour.moderation_latency - (time.perf_counter() - arrived))
+        return JSONResponse({"id": "modr-" + uuid.uuid4().hex[:12], "model": model,
+                             "results": [moderation_result(text)]})
+
     async def _embeddings(self, request: Request) -> Response:
+        arrived = time.perf_counter()
         body = await request.json()
         texts = [body["input"]] if isinstance(body.get("input"), str) else body.get("input")
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -315,8 +368,8 @@ class FakeOpenAI(LoopbackServer):
         if failure == "500":
             return JSONResponse({"error": {"message": "fake upstream failure",
                                            "type": "server_error"}}, status_code=500)
-        if failure == "timeout":
-            await asyncio.sleep(self.behaviour.hang_seconds)
+        await asyncio.sleep(self.behaviour.hang_seconds if failure == "timeout"
+                            else self.behaviour.embedding_latency - (time.perf_counter() - arrived))
         data = []
         for i, text in enumerate(texts):
             vector = fake_embedding(text)
@@ -672,10 +725,14 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.02)
     parser.add_argument("--tts-latency", type=float, default=0.0)
     parser.add_argument("--tts-ms-per-char", type=float, default=60.0)
+    parser.add_argument("--embedding-latency", type=float, default=0.0)
+    parser.add_argument("--moderation-latency", type=float, default=0.0)
     args = parser.parse_args()
     fake = FakeOpenAI(Behaviour(stt_latency=args.stt_latency, ttft=args.ttft,
                                 token_delay=args.token_delay, tts_latency=args.tts_latency,
-                                tts_ms_per_char=args.tts_ms_per_char))
+                                tts_ms_per_char=args.tts_ms_per_char,
+                                embedding_latency=args.embedding_latency,
+                                moderation_latency=args.moderation_latency))
     # Idle connections are kept longer than the server's client keeps them (60 s), as real
     # providers do, so the client never reuses a connection this side is just closing.
     uvicorn.run(fake.app, host=args.host, port=args.port, log_level="warning",

@@ -45,6 +45,8 @@ PAYLOADS: dict[str, dict] = {
     "role_invitation": {"name": "Ana", "inviter_name": "Ms. Rivera", "role": "teacher",
                         "accept_url": "https://tutor.example/api/invitations/accept?token=t0k&x=1",
                         "expires_at": "2026-12-17T09:30:00+00:00"},
+    "moderation_alert": {"name": "Ms. Rivera", "student_name": "Ana", "course": "Algebra 1",
+                         "categories": ["self-harm", "self-harm/intent"]},
 }
 
 # What each rendering must show (in subject + text, and in the HTML), per language.
@@ -87,6 +89,9 @@ EXPECTED: dict[str, dict[str, list[str]]] = {
                "https://tutor.example/api/invitations/accept?token=t0k&x=1"],
         "fr": ["Ana", "Ms. Rivera", "enseignant", "17 décembre 2026 à 09:30 UTC",
                "https://tutor.example/api/invitations/accept?token=t0k&x=1"]},
+    "moderation_alert": {
+        "en": ["Ms. Rivera", "Ana", "Algebra 1", "self-harm, self-harm/intent"],
+        "fr": ["Ms. Rivera", "Ana", "Algebra 1", "self-harm, self-harm/intent"]},
 }
 
 
@@ -116,7 +121,8 @@ def test_renders(renderer: Renderer, template: str, language: str) -> None:
     for value in EXPECTED[template][language]:
         assert value in out.subject + "\n" + out.text, (template, language, value)
         assert str(escape(value)) in out.html, (template, language, value)
-    assert out.text.startswith({"en": "Hi Ana,", "fr": "Bonjour Ana,"}[language])
+    name = PAYLOADS[template]["name"]
+    assert out.text.startswith({"en": f"Hi {name},", "fr": f"Bonjour {name},"}[language])
 
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
@@ -137,7 +143,8 @@ def test_unsubscribe_link_only_in_non_transactional_mail(renderer: Renderer,
     assert TEMPLATES == {"welcome": True, "payment_receipt": True, "payment_failed": True,
                          "quota_warning": False, "quota_exhausted": False,
                          "weekly_summary": False, "teacher_message": False,
-                         "class_invitation": True, "role_invitation": True}
+                         "class_invitation": True, "role_invitation": True,
+                         "moderation_alert": True}
 
 
 @pytest.mark.parametrize("language", ["en", "fr"])

@@ -19,7 +19,7 @@ from tests.realtime_client import sse_events
 async def test_healthz_reports_providers(server):
     async with httpx.AsyncClient() as client:
         r = await client.get(f"http://{server}/healthz")
-    assert r.json() == {"status": "ok", "transcription": True, "chat": True}
+    assert r.json() == {"status": "ok", "transcription": True, "chat": True, "moderation": False}
 
 
 async def test_chat_streams_deltas_then_done(server, fake):
@@ -85,7 +85,8 @@ def test_tutor_serve_starts_without_any_key():
                 assert proc.poll() is None, proc.stdout.read().decode()
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.1)
-        assert r.json() == {"status": "ok", "transcription": False, "chat": False}
+        assert r.json() == {"status": "ok", "transcription": False, "chat": False,
+                                    "moderation": False}
     finally:
         proc.terminate()
         proc.wait(10)

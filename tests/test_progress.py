@@ -18,7 +18,8 @@ from sqlalchemy import select
 
 from dialogue.prompts import WEAK_NOTE
 from store import queries
-from store.models import Content, Interaction, Mastery, QuizAnswer, UsageEntry, now
+from store.models import (Content, FlaggedTurn, Interaction, Mastery, QuizAnswer, UsageEntry,
+                          now)
 from study import mastery
 from study.answers import AnswerIn, AnswerProblem, mark
 from study.mastery import MASTERED, Progress, ranked, replay, section_of, update
@@ -84,12 +85,12 @@ def test_answers_are_marked_against_the_stored_questions():
 def test_citations_and_a_csv_a_spreadsheet_cannot_run():
     assert cited_chunks("Flip it [c12], then multiply [c3][c12].") == [12, 3]
     a = StudentActivity("u1", "=HYPERLINK(\"x\")", "a@example.com", T0, voice_ms=90_000,
-                        voice_questions=2, text_questions=1)
+                        voice_questions=2, text_questions=1, flagged=1)
     a.sections.update({FRACTIONS: 2})
     a.mastery = replay([([FRACTIONS], False, T0)])
     rows = list(csv.reader(io.StringIO(report_csv(report_json({"id": "c"}, [a], T0)))))
     assert rows[1] == ["u1", "'=HYPERLINK(\"x\")", "a@example.com", T0.isoformat(), "1.5", "3",
-                       "2", "1", f"{FRACTIONS} (2)", "0.0", f"{FRACTIONS} 0.0", ""]
+                       "2", "1", f"{FRACTIONS} (2)", "0.0", f"{FRACTIONS} 0.0", "1"]
 
 
 # --- end to end ------------------------------------------------------------------------------
@@ -231,6 +232,8 @@ async def test_a_class_report_counts_only_what_came_after_joining(fake, jwks, st
             s.add(Interaction(session_id="s0", user_id=ada_id, course="sample", kind="voice",
                               transcript="before", answer=f"secret [c{leaf}]"))
             s.add(UsageEntry(user_id=ada_id, kind="voice_ms", amount=600_000))
+            s.add(FlaggedTurn(session_id="s0", user_id=ada_id, direction="input",
+                              categories=["violence"]))
         quiz = await make_quiz(client, ada)
         assert (await client.post(f"/api/ai/quiz/{quiz['id']}/answers", json={"answers": [
             {"question": 2, "choice": 0}]}, headers=ada)).status_code == 201
@@ -254,6 +257,9 @@ async def test_a_class_report_counts_only_what_came_after_joining(fake, jwks, st
             s.add(Interaction(session_id="s1", user_id=ada_id, kind="note", transcript="note",
                               answer=f"my note [c{leaf}]", created_at=later))
             s.add(UsageEntry(user_id=ada_id, kind="voice_ms", amount=90_000, created_at=later))
+            for direction in ("input", "output"):  # moderation's flags, since joining
+                s.add(FlaggedTurn(session_id="s1", user_id=ada_id, direction=direction,
+                                  categories=["violence"], created_at=later))
         quiz = await make_quiz(client, ada)
         assert (await client.post(f"/api/ai/quiz/{quiz['id']}/answers", json={"answers": [
             {"question": 0, "choice": 1}, {"question": 2, "choice": 0}]},
@@ -269,7 +275,7 @@ async def test_a_class_report_counts_only_what_came_after_joining(fake, jwks, st
                 a["text_questions"]) == (1.5, 4, 2, 2)
         assert a["sections_asked"] == [{"section": fractions_section, "questions": 2},
                                        {"section": leaf_section, "questions": 1}]
-        assert a["flagged_turns"] is None  # moderation's counts are not wired in yet
+        assert (a["flagged_turns"], b["flagged_turns"]) == (2, 0)  # not the one before joining
         answered = {m["section"]: m for m in a["mastery"]["sections"]}
         assert answered and all(m["answers"] <= 2 for m in answered.values())  # not the 1st
         assert sum(m["answers"] for m in answered.values()) >= 2
@@ -290,7 +296,7 @@ async def test_a_class_report_counts_only_what_came_after_joining(fake, jwks, st
             assert rows[ada_id]["questions"] == "4" and rows[ada_id]["voice_minutes"] == "1.5"
             assert rows[ada_id]["sections_asked"] == (f"{fractions_section} (2); "
                                                       f"{leaf_section} (1)")
-            assert rows[bob_id]["flagged_turns"] == ""
+            assert (rows[ada_id]["flagged_turns"], rows[bob_id]["flagged_turns"]) == ("2", "0")
         assert error(await client.get(f"/api/classes/{room['id']}/report",
                                       params={"format": "xml"}, headers=teacher), 400) \
             == "invalid_request"
