@@ -136,7 +136,8 @@ class ServerProcess:
                 assert self.proc.poll() is None, f"{self.name} exited:\n{self.log()}"
                 try:
                     r = await client.get(f"{self.http_url}/healthz", timeout=1)
-                    assert r.json() == {"status": "ok", "transcription": True, "chat": True}
+                    assert r.json() == {"status": "ok", "transcription": True, "chat": True,
+                                        "moderation": False}
                     return
                 except httpx.TransportError:
                     assert time.monotonic() < deadline, f"{self.name} did not start:\n{self.log()}"

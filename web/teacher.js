@@ -86,7 +86,7 @@ function render(report) {
     cell(tr, s.sections_asked.slice(0, 3).map((x) => `${x.section} (${x.questions})`).join("; "));
     cell(tr, s.mastery.mean === null ? "–" : `${Math.round(s.mastery.mean * 100)}%`, true);
     cell(tr, s.mastery.weakest.slice(0, 3).join("; "));
-    cell(tr, s.flagged_turns === null ? "–" : s.flagged_turns, true);
+    cell(tr, s.flagged_turns, true);
     return tr;
   });
   $("report-table").tBodies[0].replaceChildren(...rows);
