@@ -60,13 +60,29 @@ async def my_interactions(request: Request) -> Response:
     return await _page(request, [user.id])
 
 
+# What the export carries of each progress and safety row (ids and internals left out).
+EXPORTED_ANSWER = ("quiz_id", "question", "course", "sections", "choice", "text", "correct",
+                   "self_assessed", "created_at")
+EXPORTED_MASTERY = ("course", "section", "score", "answers", "correct", "due_at", "updated_at")
+EXPORTED_FLAG = ("session_id", "course", "direction", "categories", "text", "created_at")
+
+
+def _row_json(row: Any, columns: tuple[str, ...]) -> dict[str, Any]:
+    values = {name: getattr(row, name) for name in columns}
+    return {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in values.items()}
+
+
 async def my_export(request: Request) -> Response:
     user = await require_user(request)
     async with services(request).db.session() as s:
         rows = await queries.all_interactions(s, user.id)
+        answers, standing, flags = await queries.progress_of(s, user.id)
     return JSONResponse({"user": user_json(user),
                          "interactions": [interaction_json(r) for r in rows if r.kind != NOTE],
-                         "notes": [note_json(r) for r in rows if r.kind == NOTE]},
+                         "notes": [note_json(r) for r in rows if r.kind == NOTE],
+                         "quiz_answers": [_row_json(a, EXPORTED_ANSWER) for a in answers],
+                         "mastery": [_row_json(m, EXPORTED_MASTERY) for m in standing],
+                         "flagged_turns": [_row_json(f, EXPORTED_FLAG) for f in flags]},
                         headers={"Content-Disposition": 'attachment; filename="tutor-export.json"'})
 
 

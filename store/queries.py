@@ -17,7 +17,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (ROLES, TURN_KINDS, ApiToken, BrowserSession, ClassMember, Classroom,
-                     EmailNotification, FlaggedTurn, Interaction, User, new_id, now)
+                     EmailNotification, FlaggedTurn, Interaction, Mastery, QuizAnswer, User,
+                     new_id, now)
 
 API_TOKEN_PREFIX = "tt_"
 
@@ -303,3 +304,16 @@ async def teachers_of_student(s: AsyncSession, user_id: str) -> list[User]:
              .join(ClassMember, ClassMember.class_id == Classroom.id)
              .where(ClassMember.user_id == user_id).distinct().order_by(User.id))
     return list((await s.execute(query)).scalars())
+
+
+async def progress_of(s: AsyncSession, user_id: str
+                      ) -> tuple[list[QuizAnswer], list[Mastery], list[FlaggedTurn]]:
+    """Everything kept of a student's progress and safety, oldest first: their quiz answers,
+    their mastery per course section and the turns moderation flagged (the export)."""
+    answers = (await s.execute(select(QuizAnswer).where(QuizAnswer.user_id == user_id)
+                               .order_by(QuizAnswer.created_at, QuizAnswer.id))).scalars().all()
+    standing = (await s.execute(select(Mastery).where(Mastery.user_id == user_id)
+                                .order_by(Mastery.course, Mastery.section))).scalars().all()
+    flags = (await s.execute(select(FlaggedTurn).where(FlaggedTurn.user_id == user_id)
+                             .order_by(FlaggedTurn.created_at, FlaggedTurn.id))).scalars().all()
+    return list(answers), list(standing), list(flags)

@@ -180,6 +180,21 @@ async def test_answers_are_checked_and_move_mastery(fake, jwks, start_server, bl
         assert await mastery.weakest(s, student_id, "other course", 5) == []
         assert await mastery.weakest(s, student_id, "sample", 0) == []
 
+    # the student's export carries their answers, mastery and flagged turns (and nobody else's)
+    async with app.state.services.db.session() as s, s.begin():
+        s.add(FlaggedTurn(session_id="s9", user_id=student_id, course="sample",
+                          direction="input", categories=["violence"], text="flagged words"))
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        export = (await client.get("/api/me/export", headers=student)).json()
+        assert [a["question"] for a in export["quiz_answers"]] == [0, 1, 2, 1]
+        assert {m["section"]: (m["answers"], m["correct"])
+                for m in export["mastery"]} == stored
+        assert [(f["categories"], f["text"]) for f in export["flagged_turns"]] == [
+            (["violence"], "flagged words")]
+        bob_export = (await client.get("/api/me/export", headers=other)).json()
+        assert (bob_export["quiz_answers"], bob_export["mastery"],
+                bob_export["flagged_turns"]) == ([], [], [])
+
     # the tutor's prompt names the student's weakest sections (none for a student with no answers)
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         for who, named in ((student, weak[:WEAK_SECTIONS_IN_PROMPT]), (other, [])):
