@@ -29,7 +29,7 @@ from providers import Moderator, ProviderError
 from realtime.moderation import Direction, Policy, Ruling, rule
 from store import queries
 from store.db import Database
-from store.models import FLAGGED_TEXT_CHARS, Classroom, FlaggedTurn, User
+from store.models import FLAGGED_TEXT_CHARS, FlaggedTurn, User
 from store.writer import InteractionWriter
 
 from .metrics import Metrics
@@ -134,8 +134,9 @@ async def class_flags(request: Request) -> Response:
     user = await require_user(request, ("teacher", "admin"))
     limit, before = page_args(request)
     async with services(request).db.session() as s:
-        room = await s.get(Classroom, path_key(request, "class_id", "class of yours"))
-        if room is None or (user.role != "admin" and room.teacher_id != user.id):
+        room = await queries.class_taught_by(s, path_key(request, "class_id", "class of yours"),
+                                             user)
+        if room is None:
             raise ApiError(404, "not_found", "no such class of yours")
         flags = await queries.flagged_turns_page(s, room.id, limit=limit, before_id=before)
     return JSONResponse({"items": [flag_json(f) for f in flags],

@@ -123,8 +123,9 @@ async def _own_class(request: Request) -> tuple[User, Classroom]:
     """The caller (a teacher, or an admin) and the class of the path, if it is theirs (404)."""
     user = await require_user(request, ("teacher", "admin"))
     async with services(request).db.session() as s:
-        room = await s.get(Classroom, path_key(request, "class_id", "class of yours"))
-    if room is None or (user.role != "admin" and room.teacher_id != user.id):
+        room = await queries.class_taught_by(s, path_key(request, "class_id", "class of yours"),
+                                             user)
+    if room is None:
         raise ApiError(404, "not_found", "no such class of yours")
     return user, room
 

@@ -200,6 +200,14 @@ def normalise_join_code(code: str) -> str:
     return "".join(c for c in code.upper() if c not in " -\t")
 
 
+async def class_taught_by(s: AsyncSession, class_id: str, user: User) -> Classroom | None:
+    """The class, if `user` teaches it or is an admin (else None: routes answer 404, so a class
+    that is not the caller's looks like no class at all)."""
+    room = await s.get(Classroom, class_id)
+    return room if room is not None and (user.role == "admin" or room.teacher_id == user.id) \
+        else None
+
+
 async def create_class(s: AsyncSession, teacher_id: str, name: str,
                        course: str | None = None) -> Classroom:
     room = Classroom(teacher_id=teacher_id, name=name, join_code=new_join_code(), course=course)

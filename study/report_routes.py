@@ -23,9 +23,9 @@ from accounts.routes import require_user
 from api.errors import ApiError
 from api.request import path_key
 from api.services import services
-from store.models import (TURN_KINDS, ClassMember, Classroom, Interaction, QuizAnswer,
+from store.models import (TURN_KINDS, ClassMember, Interaction, QuizAnswer,
                           UsageEntry, User, now)
-from store.queries import aware, flagged_counts
+from store.queries import aware, class_taught_by, flagged_counts
 
 from . import mastery
 from .reports import StudentActivity, cited_chunks, report_csv, report_json
@@ -84,8 +84,8 @@ async def class_report(request: Request) -> Response:
     class_id = path_key(request, "class_id", "class of yours")
     as_csv = wants_csv(request)
     async with services(request).db.session() as s:
-        room = await s.get(Classroom, class_id)
-        if room is None or (user.role != "admin" and room.teacher_id != user.id):
+        room = await class_taught_by(s, class_id, user)
+        if room is None:
             raise ApiError(404, "not_found", "no such class of yours")
         students: Sequence[StudentActivity] = [
             await _activity(s, member, joined_at, room.course)
