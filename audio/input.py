@@ -17,7 +17,7 @@ from .endpointer import (Endpointer, EndpointerConfig, SpeechEnded, SpeechPaused
 from .pcm import (FRAME_MS, SAMPLE_WIDTH, VAD_RATE, AudioFormatError, Reframer, bytes_to_ms,
                   check_pcm16, samples_to_ms)
 from .resample import Resampler
-from .vad import FRAME_BYTES, SpeechClassifier
+from .vad import FRAME_BYTES, SpeechClassifier, frame_level
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,9 @@ class VadSettings:
     silence_duration_ms: int = 600
     min_speech_ms: int = 200
     pause_ms: int = 0  # a pause this long in a turn says TurnPaused (0: never)
+    # the sharper end of speech (audio.endpointer): a frame this far below the turn's loudest
+    # is the end of the speech even when webrtcvad still hears speech in it (0: off)
+    quiet_db: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,13 @@ class AudioInput:
                 padding_ms=vad.prefix_padding_ms,
                 max_turn_ms=max_turn_ms,
                 pause_ms=vad.pause_ms,
+                quiet_db=vad.quiet_db,
             )
             self._endpointer: Endpointer | None = Endpointer(cfg)
             self._classifier = SpeechClassifier(vad.threshold)
             self._reframer = Reframer(FRAME_BYTES)
             self._keep_idle = (cfg.padding_frames + cfg.min_speech_frames) * FRAME_BYTES
+            self._levels = vad.quiet_db > 0
         else:
             self._endpointer = None
 
@@ -119,7 +124,8 @@ class AudioInput:
         ep = self._endpointer
         for frame in self._reframer.feed(audio):
             self._buf += frame
-            decision = ep.push(self._classifier.is_speech(frame))
+            speech = self._classifier.is_speech(frame)
+            decision = ep.push(speech, frame_level(frame) if self._levels else None)
             if isinstance(decision, SpeechStarted):
                 events.append(TurnStarted(samples_to_ms(decision.start)))
             elif isinstance(decision, SpeechEnded):
@@ -135,6 +141,19 @@ class AudioInput:
         if not ep.speaking and len(self._buf) > 2 * self._keep_idle:
             self._drop_before(ep.position * SAMPLE_WIDTH - self._keep_idle)
         return events
+
+    @property
+    def silent_ms(self) -> int:
+        """How long the student has been silent in the turn in progress (0 while speaking)."""
+        return 0 if self._endpointer is None else self._endpointer.silent_frames * FRAME_MS
+
+    def end_after(self, silence_ms: int) -> TurnEnded | None:
+        """The turn in progress ends once its pause lasts `silence_ms` (from the end of the
+        speech), instead of the configured silence: the turn, if that is already so."""
+        if self._endpointer is None:
+            return None
+        ended = self._endpointer.end_after(-(-silence_ms // FRAME_MS))
+        return self._take_turn(ended) if ended else None
 
     def commit(self) -> TurnEnded | None:
         """End the current turn now: in VAD mode the turn in progress, else all buffered audio."""

@@ -6,11 +6,22 @@ inline on the event loop for every session (`make bench` prints the measured cos
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import webrtcvad
 
 from .pcm import FRAME_MS, VAD_RATE, ms_to_bytes
 
 FRAME_BYTES = ms_to_bytes(FRAME_MS)
+_FULL_SCALE = 32768.0 ** 2
+
+
+def frame_level(frame: bytes) -> float:
+    """The level of a PCM16 frame in dBFS (mean power; digital silence gives -120)."""
+    a = np.frombuffer(frame, np.int16).astype(np.float32)
+    power = float(np.dot(a, a)) / max(1, len(a))
+    return 10.0 * math.log10(power / _FULL_SCALE + 1e-12)
 
 
 def aggressiveness(threshold: float) -> int:

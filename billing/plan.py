@@ -63,4 +63,8 @@ def planned(config: SessionConfig, tier: Tier, chat_model: str | None, *, speech
                      voice=course_voice or tier.tts_voice or config.voice)
     if not tier.allows("speculative"):
         config = replace(config, speculative_pause_ms=0)
+    if not tier.allows("semantic_turns") and config.turn_model:
+        server_vad = replace(config.default_turn_detection, type="server_vad", eagerness="auto")
+        config = replace(config, turn_model=False, default_turn_detection=server_vad,
+                         turn_detection=None if config.turn_detection is None else server_vad)
     return config

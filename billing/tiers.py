@@ -81,18 +81,18 @@ DEFAULT_TIERS: dict[str, dict[str, Any]] = {
         chat_messages_per_day=1000,
         requests_per_minute={"ai": 60, "rag": 120, "voice": 30, "default": 300},
         max_session_minutes=120, max_concurrent_sessions=2, chat_model="large",
-        features=["tts", "speculative"], tts_voice="alloy"),
+        features=["tts", "speculative", "semantic_turns"], tts_voice="alloy"),
     "school": dict(
         label="School (per seat)", rank=5, voice_minutes_per_day=60,
         voice_minutes_per_month=600, chat_messages_per_day=300,
         requests_per_minute={"ai": 40, "rag": 60, "voice": 20, "default": 200},
         max_session_minutes=60, max_concurrent_sessions=1, chat_model=None,
-        features=["tts", "speculative"], tts_voice="alloy", per_seat=True),
+        features=["tts", "speculative", "semantic_turns"], tts_voice="alloy", per_seat=True),
     # Not for sale: staff, load tests, and a dev guest who should not run out.
     "unlimited": dict(
         label="Unlimited", rank=100, voice_minutes_per_day=None, voice_minutes_per_month=None,
         chat_messages_per_day=None, requests_per_minute={}, max_session_minutes=None,
-        max_concurrent_sessions=None, chat_model=None, features=["tts", "speculative"]),
+        max_concurrent_sessions=None, chat_model=None, features=["tts", "speculative", "semantic_turns"]),
 }
 
 

@@ -113,6 +113,17 @@ class Moderator(Protocol):
         ...
 
 
+class TurnModel(Protocol):
+    """End of turn: has the student finished, judged from how the turn so far sounds."""
+
+    name: str  # reported on /healthz
+
+    async def complete(self, pcm: bytes) -> float:
+        """The probability (0..1) that the turn is complete, from its audio so far (PCM16 mono
+        16 kHz, ending in the pause being judged); raise ProviderError on failure."""
+        ...
+
+
 class Embedder(Protocol):
     model: str  # stored with each vector: vectors of different models must never be compared
 
@@ -140,3 +151,4 @@ class Providers:
     problem: str | None = None  # why a provider is missing: told to clients, never a traceback
     speech: Synthesizer | None = None  # text-to-speech, for spoken answers
     moderator: Moderator | None = None  # None: moderation is off (docs/tutoring.md)
+    turn_model: TurnModel | None = None  # None: semantic_vad ends turns on silence alone

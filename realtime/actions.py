@@ -38,6 +38,16 @@ class Transcribe:
 
 
 @dataclass(frozen=True)
+class JudgeTurn:
+    """Ask the end-of-turn model whether the turn whose audio so far is `pcm` (PCM16 mono 16 kHz,
+    ending in a pause) is complete; its verdict comes back with `serial`
+    (`RealtimeSession.turn_judged`)."""
+
+    serial: int
+    pcm: bytes
+
+
+@dataclass(frozen=True)
 class Generate:
     response_id: str
     messages: list[dict[str, Any]]

@@ -19,14 +19,15 @@ VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "s
           "verse", "marin", "cedar")
 
 
-# semantic_vad's eagerness → how long a silence ends the turn (no end-of-turn model yet: the
-# eagerness only moves the silence threshold; "auto" and "medium" keep the session's default)
+# semantic_vad's eagerness → how long a silence ends the turn when no end-of-turn verdict is
+# had (no model on this server, a failed call); with one, dialogue.endofturn.EAGERNESS decides.
+# "auto" and "medium" keep the session's default.
 EAGERNESS_SILENCE_MS = {"low": 1000, "high": 400}
 
 
 @dataclass(frozen=True)
 class TurnDetection:
-    type: str = "server_vad"  # or "semantic_vad" (eagerness mapped onto the silence threshold)
+    type: str = "server_vad"  # or "semantic_vad" (an end-of-turn model, dialogue.endofturn)
     eagerness: str = "auto"
     threshold: float = 0.5
     prefix_padding_ms: int = 300
@@ -70,6 +71,10 @@ class SessionConfig:
     speculative_pause_ms: int = 0
     speculative_max_per_turn: int = 2
     speculative_budget: float = 0.5
+    # Semantic end of turn (dialogue.endofturn): the server has an end-of-turn model and the
+    # plan allows it; a pause this long after the end of speech is judged by it.
+    turn_model: bool = False
+    semantic_pause_ms: int = 150
     tools: tuple[dict[str, Any], ...] = ()  # Realtime function tools ({type, name, ...})
     tool_choice: str | dict[str, Any] = "auto"
     max_output_tokens: int | None = None  # None: "inf"
@@ -81,12 +86,27 @@ class SessionConfig:
             object.__setattr__(self, "input_format", AudioFormat("audio/pcm", self.input_rate))
 
     @property
-    def pause_ms(self) -> int:
-        """The effective speculative pause: 0 when speculation is off for this session."""
+    def speculating(self) -> bool:
+        """Speculative turn ends are on for this session."""
         td = self.turn_detection
-        if td is None or not td.speculative or self.speculative_pause_ms <= 0:
+        return td is not None and td.speculative and self.speculative_pause_ms > 0
+
+    @property
+    def semantic(self) -> bool:
+        """Turn ends are judged by the end-of-turn model (semantic_vad, with a model)."""
+        td = self.turn_detection
+        return td is not None and td.type == "semantic_vad" and self.turn_model
+
+    @property
+    def pause_ms(self) -> int:
+        """The pause (from the end of speech) at which speculation starts and the end-of-turn
+        model judges: 0 when neither is on for this session."""
+        td = self.turn_detection
+        pauses = ([self.speculative_pause_ms] if self.speculating else []) + \
+            ([self.semantic_pause_ms] if self.semantic else [])
+        if td is None or not pauses:
             return 0
-        return min(self.speculative_pause_ms, td.silence_duration_ms // 2)
+        return max(1, min(min(pauses), td.silence_duration_ms // 2))
 
 
 def session_object(cfg: SessionConfig, session_id: str) -> dict[str, Any]:
@@ -105,7 +125,7 @@ def session_object(cfg: SessionConfig, session_id: str) -> dict[str, Any]:
         "audio": {"input": {
             "format": cfg.input_format.to_json(),
             "transcription": transcription,
-            "turn_detection": _turn_detection_object(td, cfg.pause_ms > 0),
+            "turn_detection": _turn_detection_object(td, cfg.speculating),
         }, "output": {"format": cfg.output_format.to_json(), "voice": cfg.voice}},
     }
 

@@ -17,11 +17,13 @@ from typing import Any, Callable
 from audio.input import TurnEnded, TurnPaused, TurnResumed, TurnStarted
 from audio.pcm import bytes_to_seconds, wav_bytes
 from billing.meter import VoiceMeter, VoiceUsage
+from dialogue.endofturn import Judge
 from dialogue.speculation import Guess, Speculator
 from dialogue.turntaking import StartResponse, TurnState, TurnTaker
 
 from . import config as cfgs
-from .actions import Abandon, Action, Adopt, Charge, Close, ReportLimits, Send, Transcribe
+from .actions import (Abandon, Action, Adopt, Charge, Close, JudgeTurn, ReportLimits, Send,
+                      Transcribe)
 from .config import SessionConfig
 from .errors import ClientError
 from .events import Events, user_audio_item
@@ -63,6 +65,7 @@ class RealtimeSession:
                                    settle=self._then_maybe_close)
         self.input = InputAudio(config, self.responses.echo_window)
         self._speech_item_id: str | None = None  # the user item of the speech in progress
+        self.judge: Judge | None = None  # semantic_vad's end-of-turn verdicts (config setter)
         self.config = config
         self._handlers: dict[str, Callable[[dict[str, Any], float], list[Action]]] = {
             "session.update": self._session_update,
@@ -97,6 +100,11 @@ class RealtimeSession:
         self.turns.frame = config.frame
         self.turns.auto_respond = td.create_response if td else False
         self.turns.interrupt = td.interrupt_response if td else False
+        eagerness = td.eagerness if td is not None and config.semantic else None
+        if eagerness is None:
+            self.judge = None
+        elif self.judge is None or self.judge.eagerness_name != eagerness:
+            self.judge = Judge(eagerness)
 
     # -- entry points ----------------------------------------------------------------------
     def open(self, now: float | None = None) -> list[Action]:
@@ -204,11 +212,27 @@ class RealtimeSession:
         guess = self.spec.transcribed(serial, text, seconds)
         if guess is None or self._closing is not None:
             return []
+        out: list[Action] = []
         start = self.turns.preview(text)
-        if start is None:
+        if start is not None:
+            self.spec.answering(start.response_id, start.messages, start.question)
+            out.append(self.responses.generate(start, self.responses.default_spec(), held=True))
+        if self.judge is not None:  # the words may say the student is (not) done
+            out += self._end_after(self.judge.transcribed(guess.speech_end_ms, text))
+        return out
+
+    def turn_judged(self, serial: int, probability: float) -> list[Action]:
+        """The end-of-turn model's verdict on pause `serial` (`JudgeTurn`): the turn ends now,
+        or later, or sooner than the configured silence (dialogue.endofturn)."""
+        if self.judge is None or self._closing is not None:
             return []
-        self.spec.answering(start.response_id, start.messages, start.question)
-        return [self.responses.generate(start, self.responses.default_spec(), held=True)]
+        return self._end_after(self.judge.judged(serial, probability))
+
+    def _end_after(self, silence_ms: int | None) -> list[Action]:
+        if silence_ms is None or self._speech_item_id is None:
+            return []
+        turn = self.input.audio.end_after(silence_ms)
+        return self._speech_stopped(turn) if turn is not None else []
 
     def speculative_transcription_failed(self, serial: int, code: str, message: str
                                          ) -> list[Action]:
@@ -430,6 +454,8 @@ class RealtimeSession:
     def _speech_stopped(self, turn: TurnEnded, now: float | None = None) -> list[Action]:
         item_id = self._speech_item_id or self.ids("item")
         self._speech_item_id = None
+        if self.judge is not None:
+            self.judge.turn_ended()
         out: list[Action] = []
         if turn.forced:
             out.append(self.events.error(
@@ -441,6 +467,8 @@ class RealtimeSession:
 
     def _drop_speech(self) -> None:
         """The speech in progress will not become a turn (cleared, reconfigured, ending)."""
+        if self.judge is not None:
+            self.judge.turn_ended()
         if self._speech_item_id is not None:
             self._speech_item_id = None
             self.turns.speech_discarded()
@@ -472,15 +500,25 @@ class RealtimeSession:
 
     # -- speculation -----------------------------------------------------------------------
     def _paused(self, paused: TurnPaused, now: float) -> list[Action]:
+        """A pause in the turn (counted from the end of speech): the end-of-turn model judges
+        it (semantic_vad) and its transcription starts speculatively (both when both are on)."""
         item_id = self._speech_item_id
         if item_id is None or self._closing is not None or not paused.audio:
             return []  # no turn the client knows of (held as echo), or ending
-        guess = self.spec.paused(item_id, paused.speech_end_ms)
-        if guess is None:
-            return []
-        return [self._transcribe(item_id, paused.audio, speculative=guess.serial)]
+        out: list[Action] = []
+        if self.judge is not None:
+            serial = self.judge.paused(paused.speech_end_ms)
+            if serial is not None:
+                out.append(JudgeTurn(serial, paused.audio))
+        guess = self.spec.paused(item_id, paused.speech_end_ms) \
+            if self.config.speculating else None
+        if guess is not None:
+            out.append(self._transcribe(item_id, paused.audio, speculative=guess.serial))
+        return out
 
     def _resumed(self, resumed: TurnResumed, now: float) -> list[Action]:
+        if self.judge is not None:
+            self.judge.resumed()
         return self._discard_guess(resumed=True)
 
     def _discard_guess(self, *, resumed: bool = False) -> list[Action]:

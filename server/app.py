@@ -61,7 +61,8 @@ from study.report_routes import routes as report_routes
 
 from audio.formats import AudioFormat
 from dialogue.prompts import TUTOR_INSTRUCTIONS
-from providers import Providers
+from providers import Providers, smart_turn
+from providers.protocols import TurnModel
 from providers.openai import (OpenAIChatModel, OpenAIEmbedder, OpenAIModerator, OpenAISpeech,
                               OpenAITranscriber, make_client, warm_up)
 from realtime import SessionConfig, TurnDetection
@@ -84,8 +85,12 @@ SAMPLE_COURSE = Path(__file__).resolve().parent.parent / "rag" / "sample_course"
 SAMPLE_COURSE_NAME = "sample"
 
 
-def session_config(settings: Settings) -> SessionConfig:
+def session_config(settings: Settings, turn_model: bool = False) -> SessionConfig:
+    """The server's default session config; `turn_model`: an end-of-turn model is loaded
+    (semantic_vad, and the default turn detection `TUTOR_TURN_DETECTION` may be it)."""
     vad = TurnDetection(
+        type="semantic_vad" if turn_model and settings.turn_detection == "semantic_vad"
+        else "server_vad",
         threshold=settings.vad_threshold,
         prefix_padding_ms=settings.vad_prefix_padding_ms,
         silence_duration_ms=settings.vad_silence_ms,
@@ -110,6 +115,8 @@ def session_config(settings: Settings) -> SessionConfig:
         speculative_pause_ms=settings.speculative_pause_ms if settings.speculative else 0,
         speculative_max_per_turn=settings.speculative_max_per_turn,
         speculative_budget=settings.speculative_budget,
+        semantic_pause_ms=settings.semantic_pause_ms,
+        turn_model=turn_model,
         idle_timeout_s=settings.session_idle_timeout_s,
     )
 
@@ -152,7 +159,20 @@ def build_providers(settings: Settings) -> tuple[Providers, list]:
         missing.append("answers need OPENAI_API_KEY, or LLM_BASE_URL (+ LLM_API_KEY, LLM_MODEL) "
                        "for OpenRouter or a local OpenAI-compatible server")
     problem = ("No AI provider is configured: " + "; ".join(missing) + ".") if missing else None
-    return Providers(transcriber, chat, problem, speech, moderator_for(settings, clients)), clients
+    return Providers(transcriber, chat, problem, speech, moderator_for(settings, clients),
+                     turn_model_for(settings)), clients
+
+
+def turn_model_for(settings: Settings) -> TurnModel | None:
+    """The end-of-turn model (`TUTOR_TURN_MODEL`), loaded once per process; None when it is
+    off or not installed (semantic_vad then ends turns on silence, as its eagerness maps it)."""
+    if settings.turn_model == "off":
+        return None
+    model = smart_turn.load()
+    if model is None:
+        log.warning("semantic_vad has no end-of-turn model: the pipecat-ai wheel that ships "
+                    "smart-turn v3 is not installed (make installs it; see README)")
+    return model
 
 
 def moderator_for(settings: Settings, clients: list) -> OpenAIModerator | None:
@@ -192,6 +212,7 @@ async def healthz(request: Request) -> JSONResponse:
         "transcription": providers.transcriber is not None,
         "chat": providers.chat is not None,
         "moderation": providers.moderator is not None,
+        "turn_model": providers.turn_model.name if providers.turn_model is not None else None,
     })
 
 
@@ -435,7 +456,7 @@ async def open_services(settings: Settings, providers: Providers | None, link_se
 
     metrics = Metrics()
     return Services(
-        settings=settings, providers=providers, session_config=session_config(settings),
+        settings=settings, providers=providers, session_config=session_config(settings, providers.turn_model is not None),
         db=db, spool=spool, writer=writer, redis=redis_client, metrics=metrics,
         moderation=open_moderation(settings, providers, db, spool, metrics, stack),
         slots=SessionSlots(settings.max_sessions_per_address, settings.max_sessions_per_user),

@@ -13,6 +13,8 @@ One registry per app (tests run several apps in a process). What is recorded, by
   `tutor_endpoint_decision_seconds` (the chunks that ended a turn), timed by `server.session_runner`;
 - `tutor_provider_failures_total{provider,code}` (stt, llm, tts; voice, /api/ai/*);
 - `tutor_speculations_total{outcome}` and `tutor_speculative_calls_total{kind,result}`;
+- `tutor_turn_model_seconds` (one end-of-turn verdict, semantic_vad) and
+  `tutor_turn_verdicts_total{verdict}` (complete: probability ≥ 0.5, else incomplete);
 - prometheus-client's `process_*` (resident memory, open file descriptors, CPU; Linux), so
   growth of memory or descriptors shows (the soak benchmark samples the same figures).
 The frame path costs two clock reads per chunk; histograms are observed only on sampled chunks.
@@ -82,6 +84,17 @@ class Metrics:
         self.speculative_calls = Counter(
             "tutor_speculative_calls", "Provider calls started speculatively, by kind (stt, "
             "llm) and result (used, wasted)", ["kind", "result"], registry=r)
+
+        self.turn_model = Histogram(
+            "tutor_turn_model_seconds", "End-of-turn model calls (semantic_vad), queue included",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0), registry=r)
+        self.turn_verdicts = Counter(
+            "tutor_turn_verdicts", "End-of-turn verdicts, by verdict (complete: the model's "
+            "probability ≥ 0.5)", ["verdict"], registry=r)
+
+    def turn_verdict(self, seconds: float, probability: float) -> None:
+        self.turn_model.observe(seconds)
+        self.turn_verdicts.labels("complete" if probability >= 0.5 else "incomplete").inc()
 
     def observe_turn(self, kind: str, status: str, stages: dict[str, float]) -> None:
         self.turns.labels(kind, status).inc()

@@ -35,7 +35,8 @@ from billing.service import Billing, VoiceGrant
 from providers import ProviderError, Providers, ToolCallDelta, Truncated, Usage
 from rag.grounding import Grounding
 from realtime import (Abandon, Action, Adopt, Cancel, Charge, Close, Generate, RealtimeSession,
-                      Record, Release, ReportLimits, Send, SendBinary, Synthesize, Transcribe)
+                      JudgeTurn, Record, Release, ReportLimits, Send, SendBinary, Synthesize,
+                      Transcribe)
 from realtime.beta import client_text_to_ga, ga_to_client
 from realtime.moderation import AnswerGate, Check, GateAction, Pass, Ruling
 
@@ -150,6 +151,7 @@ class SessionRunner:
         self._carry_out: dict[type, Callable[[Any], None]] = {
             Send: self._send, SendBinary: self._send_binary,
             Transcribe: self._start_transcription, Generate: self._start_answer,
+            JudgeTurn: self._judge_turn,
             Cancel: self._cancel, Synthesize: self._synthesize,
             Adopt: self._adopt, Release: self._release, Abandon: self._abandon,
             Record: self._finished_turn, Charge: self._start_charge,
@@ -492,6 +494,27 @@ class SessionRunner:
                 self.queued_bytes = max(0, self.queued_bytes - len(message))
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client went away; the reader loop sees the disconnect
+
+    def _judge_turn(self, action: JudgeTurn) -> None:
+        self._spawn(self._judge(action))
+
+    async def _judge(self, job: JudgeTurn) -> None:
+        """The end-of-turn model's verdict, off the loop (the model runs in its thread pool). A
+        failure is logged and counted, not told: the turn then ends on silence."""
+        model = self.providers.turn_model
+        if model is None:
+            return
+        started = time.perf_counter()
+        try:
+            probability = await model.complete(job.pcm)
+        except ProviderError as exc:
+            log.warning("end-of-turn model failed: %s", exc.message)
+            if self.metrics is not None:
+                self.metrics.provider_failed("turn", exc.code)
+            return
+        if self.metrics is not None:
+            self.metrics.turn_verdict(time.perf_counter() - started, probability)
+        self.execute(self.session.turn_judged(job.serial, probability))
 
     async def _transcribe(self, job: Transcribe, clock: TurnClock) -> None:
         transcriber = self.providers.transcriber
