@@ -5,13 +5,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: run test bench bench-side clean debian-tools
+.PHONY: run test bench bench-side clean debian-tools turn-model
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(MAKE) turn-model
 	touch $@
+
+# The end-of-turn model behind semantic_vad (smart-turn v3, BSD-2) ships only inside Pipecat's
+# wheel: installed without its dependencies (numba, Pillow, aiohttp... we need none of them),
+# since we read its model file and never import pipecat (providers/smart_turn.py).
+PIPECAT_MODEL_WHEEL := pipecat-ai==1.14.0
+turn-model:
+	$(BIN)/python -m pip install --quiet --no-deps '$(PIPECAT_MODEL_WHEEL)'
 
 run: $(BIN)/.installed
 	$(BIN)/tutor serve

@@ -12,8 +12,11 @@ time, "high" answers as soon as it can; "auto" is "medium").
 The text refines the audio: a transcript ending on a word that cannot end an English sentence
 ("and", "the", "because", a filler such as "um") or on a comma or an ellipsis means not done,
 whatever the audio says; one ending on a question mark after a few words means done. A
-transcript with no such ending changes nothing. No verdict (no model, a failure, the student
-spoke again) leaves the silence the session was configured with.
+transcript with no such ending changes nothing. When the pause's transcript is on its way
+(speculation is on), a "done" from the audio waits for it: the answer cannot start before the
+transcript anyway, so waiting costs nothing and lets the words overrule the sound. No verdict
+(no model, a failure, the student spoke again) leaves the silence the session was configured
+with.
 
 It reads no clock and does no I/O: the session feeds it and carries out its answer.
 """
@@ -72,6 +75,7 @@ def text_verdict(text: str) -> bool | None:
 class _Pause:
     serial: int
     speech_end_ms: int
+    text_coming: bool = False  # a transcript of this pause is on its way (speculation)
     probability: float | None = None
     text: bool | None = None  # text_verdict of the pause's transcript
 
@@ -84,13 +88,13 @@ class Judge:
         self._serial = 0
         self.verdicts = 0  # how many pauses got a verdict (for the session's metrics)
 
-    def paused(self, speech_end_ms: int) -> int | None:
-        """A pause to judge: the serial its verdict comes back with, or None (this speech is
-        already being judged)."""
+    def paused(self, speech_end_ms: int, text_coming: bool = False) -> int | None:
+        """A pause to judge (`text_coming`: its transcript will follow): the serial its verdict
+        comes back with, or None (this speech is already being judged)."""
         if self.pause is not None and self.pause.speech_end_ms == speech_end_ms:
             return None
         self._serial += 1
-        self.pause = _Pause(self._serial, speech_end_ms)
+        self.pause = _Pause(self._serial, speech_end_ms, text_coming)
         return self._serial
 
     def resumed(self) -> None:
@@ -106,16 +110,14 @@ class Judge:
         self.verdicts += 1
         return self.silence_ms()
 
-    def transcribed(self, speech_end_ms: int, text: str) -> int | None:
-        """A speculative transcript of the speech up to `speech_end_ms`: the silence that now
-        ends the turn, or None when it changes nothing."""
+    def transcribed(self, speech_end_ms: int, text: str | None) -> int | None:
+        """The speculative transcript of the speech up to `speech_end_ms` (None: it failed):
+        the silence that now ends the turn, or None when nothing is decided."""
         pause = self.pause
         if pause is None or pause.speech_end_ms != speech_end_ms:
             return None
-        verdict = text_verdict(text)
-        if verdict is None:
-            return None
-        pause.text = verdict
+        pause.text_coming = False
+        pause.text = None if text is None else text_verdict(text)
         return self.silence_ms()
 
     def silence_ms(self) -> int | None:
@@ -131,7 +133,9 @@ class Judge:
             return e.complete_ms
         if pause.probability is None:
             return None
-        return e.complete_ms if pause.probability >= e.threshold else e.incomplete_ms
+        if pause.probability < e.threshold:
+            return e.incomplete_ms
+        return None if pause.text_coming else e.complete_ms
 
     def turn_ended(self) -> None:
         self.pause = None

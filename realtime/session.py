@@ -240,6 +240,9 @@ class RealtimeSession:
         if item_id is not None:
             return self.transcription_failed(item_id, code, message)
         self.spec.transcription_failed(serial)  # the turn will be transcribed afresh
+        guess = self.spec.guess
+        if self.judge is not None and guess is not None and guess.serial == serial:
+            return self._end_after(self.judge.transcribed(guess.speech_end_ms, None))
         return []
 
     def response_delta(self, response_id: str, delta: str) -> list[Action]:
@@ -506,14 +509,14 @@ class RealtimeSession:
         if item_id is None or self._closing is not None or not paused.audio:
             return []  # no turn the client knows of (held as echo), or ending
         out: list[Action] = []
-        if self.judge is not None:
-            serial = self.judge.paused(paused.speech_end_ms)
-            if serial is not None:
-                out.append(JudgeTurn(serial, paused.audio))
         guess = self.spec.paused(item_id, paused.speech_end_ms) \
             if self.config.speculating else None
         if guess is not None:
             out.append(self._transcribe(item_id, paused.audio, speculative=guess.serial))
+        if self.judge is not None:
+            serial = self.judge.paused(paused.speech_end_ms, text_coming=guess is not None)
+            if serial is not None:
+                out.append(JudgeTurn(serial, paused.audio))
         return out
 
     def _resumed(self, resumed: TurnResumed, now: float) -> list[Action]:
