@@ -127,14 +127,14 @@ class Settings(BaseSettings):
     before the turn is surely over, and use it if the pause becomes the end. Plans without the
     `speculative` feature, and sessions that turn it off, never speculate."""
     turn_model: Literal["smart-turn", "off"] = "smart-turn"
-    """The end-of-turn model behind `semantic_vad` (dialogue/endofturn.py, docs/protocol.md):
+    """The end-of-turn model behind `semantic_vad` (dialogue/endofturn.py, docs/protocol.md §5.4):
     `smart-turn` is Pipecat's smart-turn v3 (from the `pipecat-ai` wheel the Makefile
     installs; without it, or with `off`, `semantic_vad` ends turns on silence alone, as its
     eagerness maps it). Plans need the `semantic_turns` feature."""
     turn_detection: Literal["server_vad", "semantic_vad"] = "server_vad"
     """A session's turn detection before its client chooses: `semantic_vad` (eagerness `auto`)
     where the plan has `semantic_turns` and a turn model is loaded, else `server_vad`. Not
-    `semantic_vad` by default: smart-turn misjudges synthetic speech (docs/protocol.md §10)."""
+    `semantic_vad` by default: smart-turn misjudges synthetic speech (docs/protocol.md §5.4)."""
     semantic_pause_ms: int = 150
     """The pause, counted from where the speech really ended, at which the turn model judges
     whether the turn is complete (at most half of `vad_silence_ms`)."""

@@ -2,7 +2,7 @@
 providers.smart_turn, and a semantic_vad session through the real socket with it.
 
 How well it judges is a measurement (`python -m bench.turns`), not a test: on espeak's synthetic
-speech it is close to chance (docs/protocol.md §10)."""
+speech it is close to chance (docs/protocol.md §5.4)."""
 
 from __future__ import annotations
 
