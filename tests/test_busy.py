@@ -98,3 +98,24 @@ async def test_without_the_watch_there_is_no_lag_but_still_the_session_cpu(fake,
         metrics = await conv.until("tutor.response.metrics")
     assert "loop_lag_ms" not in metrics and metrics["session_cpu_ms"] > 0
     assert (await scrape(address))[(f"{LAG}_count", ())] == 0
+
+
+async def test_every_audio_chunk_is_timed_once(fake, start_server, monkeypatch):
+    """With a thread-CPU clock that advances one tick per read, a timed section adds exactly one
+    tick (a step inside another reads no clock): the session's CPU then counts its timed
+    sections, and streaming N chunks of silence adds N, and not twice N."""
+    ticks = iter(range(10**9))
+    monkeypatch.setattr(time, "thread_time", lambda: float(next(ticks)))
+    address = await start_server(make_settings(fake))
+    async with websockets.connect(f"ws://{address}/api/voice") as ws:
+        conv = Conversation(ws)
+        await ws.send(session_update(16000))
+        await conv.sync()
+        [runner] = start_server.apps[-1].state.services.runners
+        before = runner.cpu_s
+        n = 100  # 2 s of silence: no turn, no answer
+        await conv.stream(bytes(640 * n), 16000)
+        after = runner.cpu_s
+    # each chunk once; besides them only the sync's session.update and the voice charges (one
+    # per second of audio) are timed
+    assert n <= after - before <= n + 10
