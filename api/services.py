@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from realtime import SessionConfig
     from server.config import Settings
     from server.connections import SessionSlots
+    from server.loopwatch import LoopWatch
     from server.metrics import Metrics
     from server.moderation import Moderation
     from server.resume import ResumeStore
@@ -68,6 +69,7 @@ class Services:
     secret_box: SecretBox | None  # None: no TUTOR_SECRET_KEYS, refresh tokens are not kept
     oauth: OAuth | None  # None: Google sign-in is not configured
     moderation: Moderation | None = None  # None: off (no provider offers it, or turned off)
+    loopwatch: LoopWatch | None = None  # None: the event loop's lag is not measured
     runners: set[Any] = field(default_factory=set)  # the open voice sessions, drained on SIGTERM
     draining: bool = False  # set on SIGTERM: new sessions are refused, /readyz fails
 

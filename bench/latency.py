@@ -7,7 +7,10 @@ which talks to the loopback fake provider with set latencies. For every turn:
     server overhead = (first text delta received − last speech frame sent)
                       − silence threshold − fake STT latency − fake time to first token
 
-It also reports server CPU time and memory per session, and the cost of VAD per audio chunk.
+It also reports server CPU time and memory per session, and the cost of VAD per audio chunk;
+and how busy the server says it is, from its own `/metrics` over each level (`busy_figures`):
+server CPU ms per second of audio streamed (the whole process, and the sessions' own work on
+the event loop), and the event loop's lag p50/p99 (`tutor_event_loop_lag_seconds`).
 Writes bench/results/latency.json and .png (with `--speculative off`:
 latency-speculation-off.json and .png).
 
@@ -176,12 +179,14 @@ async def run_level(url: str, n: int, turns: int, proc: psutil.Process,
             await asyncio.sleep(0.25)
 
     sampler = asyncio.create_task(sample_memory())
+    busy0 = await scrape_busy(url)
     started = time.perf_counter()
     await asyncio.gather(*(
         session(url, [corpus[rng.choice(QUESTIONS)] for _ in range(turns)], rng.random(),
                 latencies, errors)
         for _ in range(n)))
     wall = time.perf_counter() - started
+    busy = busy_figures(busy0, await scrape_busy(url), [c for _, _, c in latencies])
     sampler.cancel()
     cpu1 = proc.cpu_times()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
@@ -219,7 +224,100 @@ async def run_level(url: str, n: int, turns: int, proc: psutil.Process,
         "server_cpu_utilisation": round(cpu / wall, 3),
         "server_rss_mb_per_session": round((peak - rss0) / n / 2**20, 3),
         "server_rss_mb_peak": round(peak / 2**20, 1),
+        **busy,
     }
+
+
+def metrics_url(ws_url: str) -> str:
+    """The server's `/metrics`, from the voice socket's URL."""
+    return "/".join(ws_url.replace("ws://", "http://", 1).split("/")[:3]) + "/metrics"
+
+
+async def scrape_busy(ws_url: str) -> dict[str, float]:
+    """The server's own figures of how busy it is, from its `/metrics` (counters: the
+    difference of two scrapes covers what happened in between)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(metrics_url(ws_url))).text
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "tutor_event_loop_lag_seconds_bucket":
+                out[f"lag_le_{s.labels['le']}"] = s.value
+            elif s.name in ("process_cpu_seconds_total", "tutor_session_cpu_seconds_total",
+                            "tutor_session_audio_seconds_total",
+                            "tutor_event_loop_lag_seconds_count",
+                            "tutor_event_loop_lag_seconds_sum"):
+                out[s.name] = s.value
+    return out
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """The q-quantile of a histogram's cumulative bucket counts {upper bound: count},
+    interpolated within its bucket as Prometheus' histogram_quantile does."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if bound == float("inf"):
+                return lower  # beyond the largest finite bucket: its bound, as Prometheus says
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return lower
+
+
+def busy_figures(before: dict[str, float], after: dict[str, float],
+                 metrics: list[dict]) -> dict:
+    """What the server said about its own load over one level: CPU ms per second of audio
+    (process, and the sessions' own work), the event loop's lag from its histogram, and the
+    lag and session CPU its `tutor.response.metrics` reported with each answer."""
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    audio_s = delta("tutor_session_audio_seconds_total")
+    buckets = {float(k[len("lag_le_"):]): after[k] - before.get(k, 0.0)
+               for k in after if k.startswith("lag_le_")}
+    lag_n = delta("tutor_event_loop_lag_seconds_count")
+
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000, 2)
+
+    def pct(values: list[float], p: float) -> float | None:
+        values = sorted(values)
+        return round(values[min(len(values) - 1, int(p / 100 * len(values)))], 2) \
+            if values else None
+
+    at_answer = [m["loop_lag_ms"] for m in metrics if "loop_lag_ms" in m]
+    return {
+        "audio_s_streamed": round(audio_s, 1),
+        # all of the server process's CPU (psutil's figure too, from /proc) per audio second
+        "server_cpu_ms_per_audio_s": round(delta("process_cpu_seconds_total") * 1000
+                                           / audio_s, 2) if audio_s else None,
+        # the part the sessions' own work took on the event loop (core, actions, events)
+        "session_cpu_ms_per_audio_s": round(delta("tutor_session_cpu_seconds_total") * 1000
+                                            / audio_s, 2) if audio_s else None,
+        "loop_lag_ms": {"p50": ms(histogram_quantile(0.5, buckets)),
+                        "p99": ms(histogram_quantile(0.99, buckets)),
+                        "mean": ms(delta("tutor_event_loop_lag_seconds_sum") / lag_n)
+                        if lag_n else None, "samples": int(lag_n)},
+        # the largest lag of the second before each answer's metrics (tutor.response.metrics)
+        "loop_lag_at_answer_ms": {"p50": pct(at_answer, 50), "p99": pct(at_answer, 99)},
+    }
+
+
+def print_busy(r: dict) -> None:
+    lag, at = r["loop_lag_ms"], r["loop_lag_at_answer_ms"]
+    print(f"        server says: cpu {r['server_cpu_ms_per_audio_s']} ms per audio s "
+          f"(sessions' own {r['session_cpu_ms_per_audio_s']}), loop lag p50={lag['p50']} ms "
+          f"p99={lag['p99']} ms mean={lag['mean']} ms ({lag['samples']} wakes; at answers "
+          f"p50={at['p50']} p99={at['p99']} ms), {r['audio_s_streamed']} s of audio",
+          flush=True)
 
 
 def vad_cost_us(rate: int = 16000) -> float:
@@ -304,6 +402,7 @@ async def main() -> None:
                   f"mem/session={r['server_rss_mb_per_session']} MB  "
                   f"transcript hidden={r['transcript_hidden_share']:.0%}  errors={len(r['errors'])}",
                   flush=True)
+            print_busy(r)
     finally:
         for p in (server, fake):
             p.terminate()

@@ -64,6 +64,7 @@ class RealtimeSession:
                                    metered=meter is not None, binary_audio=binary_audio,
                                    settle=self._then_maybe_close)
         self.input = InputAudio(config, self.responses.echo_window)
+        self.audio_ms = 0.0  # of audio heard (fed to the turn detection), for the shell's figures
         self._speech_item_id: str | None = None  # the user item of the speech in progress
         self.judge: Judge | None = None  # semantic_vad's end-of-turn verdicts (config setter)
         self.config = config
@@ -159,12 +160,14 @@ class RealtimeSession:
             turn_events = self.input.feed(pcm, now)
         except ClientError as exc:
             return [self.events.error(exc.code, exc.message, event_id=event_id)]
+        ms = self.config.input_format.ms(len(pcm))
+        self.audio_ms += ms
         out: list[Action] = []
         for turn_event in turn_events:
             out += self._on_turn[type(turn_event)](turn_event, now)
         meter = self.meter
         if meter is not None:
-            charge = meter.audio(self.config.input_format.ms(len(pcm)))
+            charge = meter.audio(ms)
             if charge:
                 out.append(Charge(charge))
             if meter.exhausted:
@@ -262,7 +265,8 @@ class RealtimeSession:
         return self.responses.failed(response_id, code, message)
 
     def response_metrics(self, response_id: str, metrics: dict[str, Any]) -> Send:
-        """`tutor.response.metrics`: stage latencies of a finished response, measured by the shell."""
+        """`tutor.response.metrics`: stage latencies of a finished response and how busy the
+        session and the process are, measured by the shell."""
         return self.events.send("tutor.response.metrics", response_id=response_id, **metrics)
 
     def speech_audio(self, response_id: str, index: int, pcm: bytes, now: float) -> list[Action]:

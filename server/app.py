@@ -71,6 +71,7 @@ from realtime.moderation import Policy
 from .chat import chat_endpoint
 from .logs import route_to_stdlib
 from .connections import SessionSlots
+from .loopwatch import LoopWatch
 from .metrics import Metrics, metrics_endpoint, readyz
 from .moderation import Moderation, routes as moderation_routes
 from .outage import OutageMiddleware
@@ -419,6 +420,17 @@ async def load_sample_course(retriever: Retriever, parser: Parser) -> None:
     await retriever.vectors.refresh(retriever.db, SAMPLE_COURSE_NAME)
 
 
+def open_loopwatch(settings: Settings, metrics: Metrics, stack: AsyncExitStack
+                   ) -> LoopWatch | None:
+    """The event loop's lag, measured for the app's lifetime (off with an interval of 0)."""
+    if settings.loop_watch_interval_ms <= 0:
+        return None
+    watch = LoopWatch(metrics.loop_lag, settings.loop_watch_interval_ms / 1000)
+    watch.start()
+    stack.push_async_callback(watch.stop)
+    return watch
+
+
 async def open_services(settings: Settings, providers: Providers | None, link_secret: str,
                         stack: AsyncExitStack) -> Services:
     """Everything the routes and sockets share, opened in order and closed by `stack` in
@@ -456,7 +468,9 @@ async def open_services(settings: Settings, providers: Providers | None, link_se
 
     metrics = Metrics()
     return Services(
-        settings=settings, providers=providers, session_config=session_config(settings, providers.turn_model is not None),
+        loopwatch=open_loopwatch(settings, metrics, stack),
+        settings=settings, providers=providers,
+        session_config=session_config(settings, providers.turn_model is not None),
         db=db, spool=spool, writer=writer, redis=redis_client, metrics=metrics,
         moderation=open_moderation(settings, providers, db, spool, metrics, stack),
         slots=SessionSlots(settings.max_sessions_per_address, settings.max_sessions_per_user),

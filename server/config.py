@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     """WebSocket pings (None: off)..."""
     ws_ping_timeout_s: float | None = 20.0
     """...and a peer that does not answer one in time is dropped (1011)."""
+    loop_watch_interval_ms: int = 100
+    """How often the event loop's lag is measured (`tutor_event_loop_lag_seconds`, and
+    `loop_lag_ms` in `tutor.response.metrics`); 0 turns the measurement off."""
     session_idle_timeout_s: float | None = 300.0
     """A voice session with no client message this long ends (`idle_timeout`, close 4408)."""
     max_sessions_per_address: int | None = 200

@@ -16,8 +16,16 @@ One registry per app (tests run several apps in a process). What is recorded, by
 - `tutor_turn_model_seconds` (one end-of-turn verdict, semantic_vad) and
   `tutor_turn_verdicts_total{verdict}` (complete: probability ≥ 0.5, else incomplete);
 - prometheus-client's `process_*` (resident memory, open file descriptors, CPU; Linux), so
-  growth of memory or descriptors shows (the soak benchmark samples the same figures).
-The frame path costs two clock reads per chunk; histograms are observed only on sampled chunks.
+  growth of memory or descriptors shows (the soak benchmark samples the same figures);
+- how busy the process is, said by itself (docs/operations.md, "How busy is a process"):
+  `tutor_event_loop_lag_seconds` (how late the event loop wakes, `server.loopwatch`),
+  `tutor_session_cpu_seconds_total` and `tutor_session_audio_seconds_total` (the CPU time the
+  voice sessions' own work took on the loop, and the audio they received: live sessions' figures
+  are read at scrape time, so the frame path observes nothing), and
+  `tutor_session_cpu_ms_per_audio_second` (one observation per session with at least a second of
+  audio, when it ends).
+The frame path costs two clock reads and two thread-CPU reads per chunk; histograms are observed
+only on sampled chunks.
 
 With several uvicorn workers each process has its own registry; scrape each process (or run one
 process per container), since prometheus-client's multiprocess mode is not set up.
@@ -48,6 +56,9 @@ STAGES = {"stt_ms": "transcription", "retrieval_ms": "retrieval",
 FRAME_BUCKETS = (0.000005, 0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
                  0.005, 0.01)
 SAMPLE_EVERY = 50  # one audio chunk in this many is timed for tutor_vad_frame_seconds
+LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CPU_PER_AUDIO_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
+MIN_AUDIO_S = 1.0  # a session with less audio than this is not observed per audio second
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -84,6 +95,25 @@ class Metrics:
         self.speculative_calls = Counter(
             "tutor_speculative_calls", "Provider calls started speculatively, by kind (stt, "
             "llm) and result (used, wasted)", ["kind", "result"], registry=r)
+        self.loop_lag = Histogram(
+            "tutor_event_loop_lag_seconds", "How late the event loop woke from a fixed sleep "
+            "(server.loopwatch): grows when the process has more work than one core does",
+            buckets=LAG_BUCKETS, registry=r)
+        self.session_cpu_per_audio = Histogram(
+            "tutor_session_cpu_ms_per_audio_second", "Per voice session, at its end: CPU ms "
+            "its own work took on the event loop per second of audio it received",
+            buckets=CPU_PER_AUDIO_BUCKETS, registry=r)
+        # of the sessions that ended; the live ones' are added at scrape time (metrics_endpoint)
+        self.ended_cpu_s = 0.0
+        self.ended_audio_s = 0.0
+
+    def session_ended(self, cpu_s: float, audio_s: float) -> None:
+        """A voice session ended: its CPU and audio join the totals (it leaves the live set
+        in the same step, so that the counters never go back)."""
+        self.ended_cpu_s += cpu_s
+        self.ended_audio_s += audio_s
+        if audio_s >= MIN_AUDIO_S:
+            self.session_cpu_per_audio.observe(cpu_s * 1000 / audio_s)
 
         self.turn_model = Histogram(
             "tutor_turn_model_seconds", "End-of-turn model calls (semantic_vad), queue included",
@@ -123,10 +153,11 @@ class _AtScrape:
     spool's rows (`store.spool`)."""
 
     def __init__(self, outbox: dict[str, int], quota_failures: int,
-                 spool: dict[str, int]) -> None:
+                 spool: dict[str, int], sessions: tuple[float, float] = (0.0, 0.0)) -> None:
         self.outbox = outbox
         self.quota_failures = quota_failures
         self.spool = spool
+        self.sessions = sessions  # (CPU seconds, audio seconds) of all voice sessions so far
 
     def collect(self):  # type: ignore[no-untyped-def]
         family = GaugeMetricFamily("tutor_email_outbox", "Email outbox messages by status",
@@ -143,6 +174,12 @@ class _AtScrape:
         yield GaugeMetricFamily("tutor_spool_dead_letters", "Rows the database refused for "
                                 "good, kept in the spool's dead letters (tutor dead-letters)",
                                 value=self.spool["dead_letters"])
+        cpu_s, audio_s = self.sessions
+        yield CounterMetricFamily("tutor_session_cpu_seconds", "CPU time the voice sessions' "
+                                  "own work took on the event loop (core, actions, events), "
+                                  "ended and live sessions", value=cpu_s)
+        yield CounterMetricFamily("tutor_session_audio_seconds", "Seconds of audio the voice "
+                                  "sessions received, ended and live sessions", value=audio_s)
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -159,7 +196,10 @@ async def metrics_endpoint(request: Request) -> Response:
     except Exception:  # the database is down: /readyz says so; metrics still answer
         counts = {}
     spool = await state.spool.counts()
-    registry.register(_AtScrape(counts, state.billing.store_failures, spool))  # type: ignore[arg-type]
+    # after the awaits: the live set and the ended totals are read in one step
+    sessions = (metrics.ended_cpu_s + sum(r.cpu_s for r in state.runners),
+                metrics.ended_audio_s + sum(r.audio_s for r in state.runners))
+    registry.register(_AtScrape(counts, state.billing.store_failures, spool, sessions))  # type: ignore[arg-type]
     body = generate_latest(metrics.registry) + generate_latest(registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 

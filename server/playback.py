@@ -82,8 +82,8 @@ class Playback:
             queue = self.queues.pop(index)
             while (item := await queue.get()) is not None:
                 if isinstance(item, ProviderError):
-                    runner.execute(runner.session.speech_failed(rid, index, item.code,
-                                                                item.message))
+                    runner.step(runner.session.speech_failed, rid, index, item.code,
+                                item.message)
                     while await queue.get() is not None:
                         pass
                     break
@@ -96,6 +96,6 @@ class Playback:
                     if ahead > 0:
                         await asyncio.sleep(ahead)
                 sent_s += bytes_to_seconds(len(item), SPEECH_RATE)
-                runner.execute(runner.session.speech_audio(rid, index, item, runner.loop.time()))
+                runner.step(runner.session.speech_audio, rid, index, item, runner.loop.time())
             else:
-                runner.execute(runner.session.speech_done(rid, index))
+                runner.step(runner.session.speech_done, rid, index)

@@ -14,7 +14,10 @@ sees any of it; a held answer is moderated before it is released, and cancelling
 cancels its pending checks. A finished turn is handed to the background writer;
 its `response.done` leaves once the turn is on local disk (the writer's spool, a few ms), so a
 client that got it has a turn that survives a crash of the server (docs/operations.md,
-"Durability of turns").
+"Durability of turns"). Every step of the core and the actions it returns run through `step`
+(or `_receive`, `_answered`), which add their thread CPU time to the session's `cpu_s`: read
+at scrape time for `tutor_session_cpu_seconds_total`, and sent in `tutor.response.metrics`
+with the event loop's lag (docs/operations.md, "How busy is a process").
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from realtime import (Abandon, Action, Adopt, Cancel, Charge, Close, Generate, R
 from realtime.beta import client_text_to_ga, ga_to_client
 from realtime.moderation import AnswerGate, Check, GateAction, Pass, Ruling
 
+from .loopwatch import LoopWatch
 from .metrics import SAMPLE_EVERY, Metrics
 from .moderation import Moderation, Turn
 from .playback import Playback
@@ -114,7 +118,8 @@ class SessionRunner:
                  grant: VoiceGrant | None = None, resume: ResumeStore | None = None,
                  resume_ttl_s: float = 120.0, metrics: Metrics | None = None,
                  beta: bool = False, outbox_max_bytes: int,
-                 moderation: Moderation | None = None) -> None:
+                 moderation: Moderation | None = None,
+                 loopwatch: LoopWatch | None = None) -> None:
         self.websocket = websocket
         self.session = session
         self.providers = providers
@@ -133,6 +138,11 @@ class SessionRunner:
         self.metrics = metrics
         self.beta = beta  # the client speaks the beta protocol: events translated both ways
         self.moderation = moderation  # None: nothing is checked
+        self.loopwatch = loopwatch  # the event loop's recent lag, for tutor.response.metrics
+        # thread CPU seconds of this session's own work on the loop: the core's steps and the
+        # actions carried out (`_receive`, `step`, `_answered`), each timed once, outermost
+        self.cpu_s = 0.0
+        self._timing = False
         self.resume_token = secrets.token_urlsafe(24)
         self.charges: set[asyncio.Task[None]] = set()  # never cancelled: billing must land
         self.playbacks: dict[str, Playback] = {}  # response id → its synthesis and playback
@@ -166,17 +176,17 @@ class SessionRunner:
         """`resume`: the state of the dropped session to continue (checked by the caller), or
         False when the client asked to resume and the token was refused."""
         writer = asyncio.create_task(self._write())
-        self.execute(self.session.open(self.loop.time()))
+        self.step(self.session.open, self.loop.time())
         if self.resume is not None:
             if resume is False:
-                self.execute([self.session.resume_refused()])
+                self.step(lambda: [self.session.resume_refused()])
             elif resume is not None:
-                self.execute(self.session.restore(resume))
-            self.execute([self.session.resumable(self.resume_token, self.resume_ttl_s)])
+                self.step(self.session.restore, resume)
+            self.step(lambda: [self.session.resumable(self.resume_token, self.resume_ttl_s)])
         timers: list[asyncio.TimerHandle] = []
         if self.grant is not None and self.grant.tier.max_session_minutes:
             timers.append(self.loop.call_later(self.grant.tier.max_session_minutes * 60,
-                                               lambda: self.execute(self.session.expire())))
+                                               lambda: self.step(self.session.expire)))
         if self.grant is not None and self.billing is not None:
             self._spawn(self._keep_alive())
         self._spawn(self._watch_idle())
@@ -209,9 +219,40 @@ class SessionRunner:
             await self._save_for_resume()
             await self._settle_charges()
 
+    @property
+    def audio_s(self) -> float:
+        """Seconds of audio this session has received (and the core heard)."""
+        return self.session.audio_ms / 1000
+
+    def step(self, fn: Callable[..., list[Action]], *args: Any) -> None:
+        """One step of the core, `fn(*args)`, and its actions carried out, its thread CPU time
+        counted as this session's (once: a step inside a timed one is already counted)."""
+        if self._timing:
+            self.execute(fn(*args))
+            return
+        self._timing = True
+        started = time.thread_time()
+        try:
+            self.execute(fn(*args))
+        finally:
+            self._timing = False
+            self.cpu_s += time.thread_time() - started
+
     def _receive(self, receive: Callable[[Any, float], list[Action]], data: Any, now: float
                  ) -> None:
-        """Hand a client message to the core, timing it for the VAD histograms: a chunk that
+        """Hand a client message to the core and carry out its actions, its thread CPU time
+        counted as this session's (`cpu_s`)."""
+        self._timing = True
+        cpu = time.thread_time()
+        try:
+            self._handle(receive, data, now)
+        finally:
+            self._timing = False
+            self.cpu_s += time.thread_time() - cpu
+
+    def _handle(self, receive: Callable[[Any, float], list[Action]], data: Any, now: float
+                ) -> None:
+        """A client message to the core, timing it for the VAD histograms: a chunk that
         ended a turn is an endpoint decision; one audio chunk in SAMPLE_EVERY gives the cost
         per 30 ms frame. Events are sent after the clock stops."""
         if self.metrics is None:
@@ -314,6 +355,7 @@ class SessionRunner:
         spoken = self._stop_speaking(action.response_id)  # finished, failed or cut
         answer = self._answers.pop(action.response_id, None)
         if spoken and answer and answer.metrics and action.status == "completed":
+            answer.metrics.update(self._load())
             event = self.session.response_metrics(action.response_id, answer.metrics)
             self._put(json.dumps(event.event))
         self._record(action, answer)
@@ -358,6 +400,14 @@ class SessionRunner:
         except Exception as exc:  # a blip of the store: the conversation is not resumable
             log.warning("could not save session %s for resume: %s", self.session.id, exc)
 
+    def _load(self) -> dict[str, float]:
+        """How busy the session and the process are, for `tutor.response.metrics`: this
+        session's CPU so far and the event loop's largest lag of the last second (ms)."""
+        out = {"session_cpu_ms": round(self.cpu_s * 1000, 3)}
+        if self.loopwatch is not None:
+            out["loop_lag_ms"] = self.loopwatch.recent_ms
+        return out
+
     def first_audio(self, response_id: str, at: float) -> None:
         """The first audio of an answer went out: how long after its first text delta."""
         answer = self._answers.get(response_id)
@@ -367,7 +417,7 @@ class SessionRunner:
 
     def drain(self) -> None:
         """The server is stopping (SIGTERM): finish the current answer, then close 1012."""
-        self.execute(self.session.drain())
+        self.step(self.session.drain)
 
     def _stop_speaking(self, response_id: str) -> bool:
         playback = self.playbacks.pop(response_id, None)
@@ -382,9 +432,9 @@ class SessionRunner:
                                                     self.grant.tier, ms)
         except Exception as exc:
             self.billing.store_failed("voice charge", exc)
-            self.execute(self.session.quota_charge_failed())
+            self.step(self.session.quota_charge_failed)
         else:
-            self.execute(self.session.quota_charged(usage))
+            self.step(self.session.quota_charged, usage)
 
     async def _settle_charges(self) -> None:
         """The socket is gone: wait for charges in flight, then charge what is left."""
@@ -408,7 +458,7 @@ class SessionRunner:
         it decide; ends when the session has none (no timeout, or closing)."""
         while (deadline := self.session.idle_deadline()) is not None:
             await asyncio.sleep(max(0.0, deadline - self.loop.time()))
-            self.execute(self.session.check_idle(self.loop.time()))
+            self.step(self.session.check_idle, self.loop.time())
 
     async def _keep_alive(self) -> None:
         """Keeps this session counted among the user's live ones (the count expires on a crash)."""
@@ -514,20 +564,20 @@ class SessionRunner:
             return
         if self.metrics is not None:
             self.metrics.turn_verdict(time.perf_counter() - started, probability)
-        self.execute(self.session.turn_judged(job.serial, probability))
+        self.step(self.session.turn_judged, job.serial, probability)
 
     async def _transcribe(self, job: Transcribe, clock: TurnClock) -> None:
         transcriber = self.providers.transcriber
         serial = job.speculative
 
-        def failed(code: str, message: str) -> list[Action]:
+        def failed(code: str, message: str) -> list[Action]:  # called through `step`
             if serial:
                 return self.session.speculative_transcription_failed(serial, code, message)
             return self.session.transcription_failed(job.item_id, code, message)
 
         if transcriber is None:
-            self.execute(failed("provider_not_configured",
-                                self.providers.problem or "no transcriber"))
+            self.step(failed, "provider_not_configured",
+                      self.providers.problem or "no transcriber")
             return
         try:
             clock.stt_start = time.perf_counter()
@@ -537,18 +587,19 @@ class SessionRunner:
         except ProviderError as exc:
             if self.metrics is not None:
                 self.metrics.provider_failed("stt", exc.code)
-            self.execute(failed(exc.code, exc.message))
+            self.step(failed, exc.code, exc.message)
         except Exception:
             log.exception("transcription of %s failed", job.item_id)
-            self.execute(failed("internal_error", "transcription failed on the server"))
+            self.step(failed, "internal_error", "transcription failed on the server")
         else:
             self._answering = clock  # an answer started by this transcript is timed from it
             try:
-                self.execute(
-                    self.session.speculative_transcribed(serial, result.text, result.seconds)
-                    if serial else
-                    self.session.transcription_completed(job.item_id, result.text,
-                                                         result.seconds))
+                if serial:
+                    self.step(self.session.speculative_transcribed, serial, result.text,
+                              result.seconds)
+                else:
+                    self.step(self.session.transcription_completed, job.item_id, result.text,
+                              result.seconds)
             finally:
                 self._answering = None
 
@@ -613,10 +664,23 @@ class SessionRunner:
 
     def _answered(self, rid: str, answer: Answer, output: Output) -> None:
         """An output of answer `rid`: held while the answer is, else to the core (a text delta
-        straight on, the rest through `_to_core`) and its actions carried out."""
+        straight on, the rest through `_to_core`) and its actions carried out, timed as the
+        session's CPU like every `step`."""
         if answer.held:
             answer.held_outputs.append(output)
             return
+        if self._timing:
+            self._to_the_core(rid, answer, output)
+            return
+        self._timing = True
+        started = time.thread_time()
+        try:
+            self._to_the_core(rid, answer, output)
+        finally:
+            self._timing = False
+            self.cpu_s += time.thread_time() - started
+
+    def _to_the_core(self, rid: str, answer: Answer, output: Output) -> None:
         if isinstance(output, str):
             actions = self.session.response_delta(rid, output)
             self.execute(actions)
@@ -640,6 +704,7 @@ class SessionRunner:
         extra: list[Action] = []
         if answer.first_token and answer.first_sent:
             answer.metrics.update(_metrics(answer))
+            answer.metrics.update(self._load())
             if not self.session.speaking(rid):  # a spoken answer reports when it ends
                 extra.append(self.session.response_metrics(rid, answer.metrics))
         return self.session.response_completed(rid, truncated=answer.truncated) + extra

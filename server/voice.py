@@ -123,7 +123,8 @@ async def _session(websocket: WebSocket, state: Services, user: Any, address: st
                                course=course,
                                knowledge=state.knowledge(course), billing=billing, grant=grant,
                                resume=state.resume, resume_ttl_s=state.settings.resume_ttl_s,
-                               metrics=state.metrics, moderation=state.moderation)
+                               metrics=state.metrics, moderation=state.moderation,
+                               loopwatch=state.loopwatch)
         state.metrics.sessions.inc()
         state.metrics.connected.inc()
         state.runners.add(runner)
@@ -133,6 +134,7 @@ async def _session(websocket: WebSocket, state: Services, user: Any, address: st
         try:
             await runner.run(resume=resumed)
         finally:
+            state.metrics.session_ended(runner.cpu_s, runner.audio_s)  # with the discard: one step
             state.runners.discard(runner)
             state.metrics.connected.dec()
             slog.info("session closed")

@@ -97,7 +97,9 @@ def test_the_dashboard_shows_what_the_issue_asks_for():
                  "tutor_stage_seconds_bucket", "tutor_vad_frame_seconds_bucket",
                  "tutor_endpoint_decision_seconds_bucket", "tutor_speculations_total",
                  "tutor_speculative_calls_total", "tutor_barge_ins_total", "tutor_errors_total",
-                 "tutor_quota_store_failures_total", "tutor_email_outbox"):
+                 "tutor_quota_store_failures_total", "tutor_email_outbox",
+                 "tutor_event_loop_lag_seconds_bucket", "tutor_session_cpu_seconds_total",
+                 "tutor_session_audio_seconds_total"):
         assert name in used, f"no panel shows {name}"
     exprs = [expr for _, expr in queries(load())]
     e2e = [e for e in exprs if 'stage="end_of_speech_to_first_delta"' in e
