@@ -103,6 +103,12 @@ class Metrics:
             "tutor_session_cpu_ms_per_audio_second", "Per voice session, at its end: CPU ms "
             "its own work took on the event loop per second of audio it received",
             buckets=CPU_PER_AUDIO_BUCKETS, registry=r)
+        self.turn_model = Histogram(
+            "tutor_turn_model_seconds", "End-of-turn model calls (semantic_vad), queue included",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0), registry=r)
+        self.turn_verdicts = Counter(
+            "tutor_turn_verdicts", "End-of-turn verdicts, by verdict (complete: the model's "
+            "probability ≥ 0.5)", ["verdict"], registry=r)
         # of the sessions that ended; the live ones' are added at scrape time (metrics_endpoint)
         self.ended_cpu_s = 0.0
         self.ended_audio_s = 0.0
@@ -114,13 +120,6 @@ class Metrics:
         self.ended_audio_s += audio_s
         if audio_s >= MIN_AUDIO_S:
             self.session_cpu_per_audio.observe(cpu_s * 1000 / audio_s)
-
-        self.turn_model = Histogram(
-            "tutor_turn_model_seconds", "End-of-turn model calls (semantic_vad), queue included",
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0), registry=r)
-        self.turn_verdicts = Counter(
-            "tutor_turn_verdicts", "End-of-turn verdicts, by verdict (complete: the model's "
-            "probability ≥ 0.5)", ["verdict"], registry=r)
 
     def turn_verdict(self, seconds: float, probability: float) -> None:
         self.turn_model.observe(seconds)
