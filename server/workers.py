@@ -131,6 +131,21 @@ def multiprocess_metrics(folder: Path) -> None:
     values.ValueClass = values.get_value_class()
 
 
+def _exit(code: int) -> None:
+    """Ends a forked child as multiprocessing ends its own: its finalizers run (semaphores of
+    the document reader's pool given back to the resource tracker), the parent's atexit
+    handlers do not."""
+    import multiprocessing.util
+
+    try:
+        multiprocessing.util._exit_function()
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def _run_once(work: Callable[[], None], what: str) -> None:
     """`work` in a short-lived child, so the parent forks its workers with no connection,
     thread or event loop of its own; raises SystemExit if it fails."""
@@ -143,8 +158,7 @@ def _run_once(work: Callable[[], None], what: str) -> None:
             log.exception("%s failed", what)
             code = 1
         finally:
-            logging.shutdown()
-            os._exit(code)
+            _exit(code)
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"tutor serve: {what} failed (see above); no worker started")
@@ -270,7 +284,6 @@ class Supervisor:
                     if other.ready_fd >= 0:
                         os.close(other.ready_fd)
                 multiprocess_metrics(self.metrics_dir)  # type: ignore[arg-type]
-                os.environ["TUTOR_WORKER_INDEX"] = str(w.index)
 
                 def started() -> None:
                     os.write(write_fd, b"1")
@@ -279,14 +292,13 @@ class Supervisor:
                 self.serve(self.settings, w.sock, w.index, started)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else 1
+            except KeyboardInterrupt:  # a second Ctrl-C, forwarded: stopped at once
+                code = 0
             except BaseException:  # noqa: BLE001
                 log.exception("worker %d failed", w.index)
                 code = 1
             finally:
-                logging.shutdown()
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+                _exit(code)
         os.close(write_fd)
         w.pid, w.started, w.ready_fd = pid, False, read_fd
 
