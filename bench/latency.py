@@ -33,6 +33,7 @@ import tempfile
 import time
 import wave
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -63,10 +64,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stack(env_extra: dict[str, str], fake_args: list[str]
+def start_stack(env_extra: dict[str, str], fake_args: list[str], server_workers: int = 1
                 ) -> tuple[subprocess.Popen, subprocess.Popen, int]:
     """The fake provider and one `tutor serve` (no OPENAI_/LLM_/TUTOR_ settings of the caller's
-    environment leak in); returns both processes and the server's port."""
+    environment leak in), with `--workers server_workers`; returns both processes and the
+    server's port."""
     fake_port, port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "LLM_", "TUTOR_"))}
     env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=f"http://127.0.0.1:{fake_port}/v1",
@@ -74,8 +76,39 @@ def start_stack(env_extra: dict[str, str], fake_args: list[str]
     fake = subprocess.Popen([sys.executable, "-m", "tests.fake_openai", "--port", str(fake_port),
                              *fake_args], cwd=ROOT, env=env)
     server = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port),
-                               "--log-level", "warning"], cwd=ROOT, env=env)
+                               "--log-level", "warning", "--workers", str(server_workers)],
+                              cwd=ROOT, env=env)
     return fake, server, port
+
+
+class ServerProcesses:
+    """`tutor serve` and its children (the workers of `--workers N`, a document reader), with
+    the two figures `run_level` reads of a psutil.Process: CPU times and RSS, summed."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = psutil.Process(pid)
+
+    def _all(self) -> list[psutil.Process]:
+        return [self.root, *self.root.children(recursive=True)]
+
+    def cpu_times(self):  # type: ignore[no-untyped-def]
+        user = system = 0.0
+        for p in self._all():
+            try:
+                t = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            user, system = user + t.user, system + t.system
+        return SimpleNamespace(user=user, system=system)
+
+    def memory_info(self):  # type: ignore[no-untyped-def]
+        rss = 0
+        for p in self._all():
+            try:
+                rss += p.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+        return SimpleNamespace(rss=rss)
 
 
 async def wait_healthy(port: int, server: subprocess.Popen, timeout_s: float = 20.0) -> None:
@@ -370,6 +403,11 @@ async def main() -> None:
                         help="speculative turn ends (the server's default: on)")
     parser.add_argument("--database-url", default=None,
                         help="TUTOR_DATABASE_URL for the server (default: SQLite in a temp dir)")
+    parser.add_argument("--server-workers", type=int, default=1,
+                        help="tutor serve --workers N (more than 1 needs --database-url "
+                        "PostgreSQL and --redis-url)")
+    parser.add_argument("--redis-url", default=None,
+                        help="TUTOR_REDIS_URL for the server (default: none, in-process)")
     args = parser.parse_args()
 
     env = dict(TUTOR_VAD_SILENCE_MS=str(SILENCE_MS),
@@ -379,11 +417,13 @@ async def main() -> None:
                TUTOR_DATA_DIR=tempfile.mkdtemp(prefix="tutor-bench-"))
     if args.database_url:
         env["TUTOR_DATABASE_URL"] = args.database_url
+    if args.redis_url:
+        env["TUTOR_REDIS_URL"] = args.redis_url
     fake, server, port = start_stack(env, ["--stt-latency", str(args.stt_latency),
-                                           "--ttft", str(args.ttft)])
+                                           "--ttft", str(args.ttft)], args.server_workers)
     try:
         await wait_healthy(port, server)
-        proc = psutil.Process(server.pid)
+        proc = ServerProcesses(server.pid)  # with --server-workers: every worker's CPU and RSS
         latency = (args.stt_latency * 1000, args.ttft * 1000)
         # warm-up (not reported): the first request opens the server's provider connections
         await run_level(f"ws://127.0.0.1:{port}/api/voice", 2, 1, proc, *latency)
@@ -414,6 +454,7 @@ async def main() -> None:
     report = {
         "command": "python -m bench.latency " + " ".join(sys.argv[1:]),
         "database": "postgresql" if args.database_url else "sqlite",
+        "redis": bool(args.redis_url), "server_workers": args.server_workers,
         "speculative": args.speculative == "on",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
@@ -426,6 +467,8 @@ async def main() -> None:
     }
     # speculation on (the server's default): latency.*; off: latency-speculation-off.*
     name = "latency" if args.speculative == "on" else "latency-speculation-off"
+    if args.server_workers > 1:  # not the one-process figures
+        name += f"-workers{args.server_workers}"
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(results, args.out / f"{name}.png")
     print(f"wrote {args.out / (name + '.json')} and {args.out / (name + '.png')}")

@@ -95,6 +95,7 @@ class Billing:
         self.guest_tier = guest_tier
         self.clock = clock
         self.store_failures = 0
+        self.on_store_failure: Callable[[], None] | None = None  # /metrics counts them too
         # (user id, tier, "day"|"month", used ms, limit ms, percent, at): queue a notice
         self.on_voice_threshold: Callable[..., Awaitable[None]] | None = None
         self.warning_percent = 80
@@ -344,6 +345,8 @@ class Billing:
 
     def store_failed(self, what: str, exc: BaseException) -> None:
         self.store_failures += 1
+        if self.on_store_failure is not None:
+            self.on_store_failure()
         log.warning("%s store unavailable (%s: %s); allowing the request", what,
                     exc.__class__.__name__, exc)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -207,13 +208,17 @@ def open_moderation(settings: Settings, providers: Providers, db: Database, spoo
 
 
 async def healthz(request: Request) -> JSONResponse:
-    providers = services(request).providers
+    state = services(request)
+    providers = state.providers
     return JSONResponse({
         "status": "ok",
         "transcription": providers.transcriber is not None,
         "chat": providers.chat is not None,
         "moderation": providers.moderator is not None,
         "turn_model": providers.turn_model.name if providers.turn_model is not None else None,
+        # which process answered (one of `tutor serve --workers N`'s), and its voice sessions
+        "pid": os.getpid(),
+        "sessions": len(state.runners),
     })
 
 
@@ -467,6 +472,7 @@ async def open_services(settings: Settings, providers: Providers | None, link_se
         return lookup
 
     metrics = Metrics()
+    billing.on_store_failure = metrics.quota_store_failures.inc
     return Services(
         loopwatch=open_loopwatch(settings, metrics, stack),
         settings=settings, providers=providers,

@@ -11,6 +11,7 @@ import sys
 from contextlib import AsyncExitStack
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Callable
 
 import uvicorn
 
@@ -27,11 +28,18 @@ class DrainingServer(uvicorn.Server):
     (service restart: reconnect, and resume, elsewhere), then the server stops, at the latest
     after `drain_s`. A second signal stops at once."""
 
-    def __init__(self, config: uvicorn.Config, drain_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, drain_s: float,
+                 on_started: Callable[[], None] | None = None) -> None:
         super().__init__(config)
         self.drain_s = drain_s
+        self.on_started = on_started  # told once the app has started and the socket listens
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+
+    async def startup(self, sockets=None) -> None:  # type: ignore[no-untyped-def,override]
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     async def serve(self, sockets=None) -> None:  # type: ignore[no-untyped-def,override]
         self._loop = asyncio.get_running_loop()
@@ -61,6 +69,45 @@ class DrainingServer(uvicorn.Server):
             logging.getLogger("tutor").warning("stopping with %d sessions still open after %.0f s",
                                                len(runners), self.drain_s)
         self.should_exit = True
+
+
+def serve_process(settings: Settings, log_level: str, sock=None, index: int = 0,  # type: ignore[no-untyped-def]
+                  on_started: Callable[[], None] | None = None) -> bool:
+    """One server process until it stops: the whole of `tutor serve`, or one worker of
+    `tutor serve --workers N` (`sock`: its listening socket; `index`: which spool file is its,
+    server.workers). Returns whether it started."""
+    if index:
+        from store.spool import worker_spool
+
+        settings.spool_file = worker_spool(settings.spool, index)
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            log_level=log_level, log_config=None,  # ours (server.logs)
+                            **uvicorn_options(settings))
+    server = DrainingServer(config, drain_s=settings.shutdown_drain_s, on_started=on_started)
+    server.run(sockets=[sock] if sock is not None else None)
+    return server.started
+
+
+def serve_command(settings: Settings, log_level: str, workers: int) -> int:
+    """`tutor serve [--workers N]`: one process, or N behind one port (server.workers)."""
+    from store.spool import adopt_orphans
+
+    from .workers import Supervisor, refusal
+
+    if workers == 1:
+        adopt_orphans(settings.spool, 1)  # left by an earlier `--workers N`
+        serve_process(settings, log_level)
+        return 0
+    problem = refusal(settings, workers)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+
+    def worker(settings: Settings, sock, index: int, started: Callable[[], None]) -> None:  # type: ignore[no-untyped-def]
+        if not serve_process(settings, log_level, sock, index, started):
+            raise SystemExit(3)  # uvicorn's status for a failed startup
+
+    return Supervisor(settings, workers, worker).run()
 
 
 def uvicorn_options(settings: Settings) -> dict:
@@ -225,27 +272,34 @@ def restore_command(settings: Settings, archive: Path, *, yes: bool, force: bool
 
 def dead_letters_command(settings: Settings, retry: bool, write_ids: list[str]) -> int:
     """Lists the spool's dead letters as JSON lines, or (--retry) writes them to the database
-    again. The spool file is local: run this where the server runs (docs/operations.md)."""
+    again: those of every worker's spool file too (`tutor serve --workers N`). The spool files
+    are local: run this where the server runs (docs/operations.md)."""
     from store.db import Database
-    from store.spool import dead_letters
+    from store.spool import dead_letters, worker_spools
     from store.writer import retry_dead_letters
 
-    path = settings.spool
-    if not path.exists():
-        print(f"no spool at {path}", file=sys.stderr)
+    paths = [p for p in worker_spools(settings.spool) if p.exists()]
+    if not paths:
+        print(f"no spool at {settings.spool}", file=sys.stderr)
         return 0
     if not retry:
-        letters = [d for d in dead_letters(path) if not write_ids or d["write_id"] in write_ids]
-        for letter in letters:
-            print(json.dumps(letter | {"failed_at": datetime.fromtimestamp(
-                letter["failed_at"], timezone.utc).isoformat()}, default=str))
-        print(f"{len(letters)} dead letters in {path}", file=sys.stderr)
+        for path in paths:
+            letters = [d for d in dead_letters(path)
+                       if not write_ids or d["write_id"] in write_ids]
+            for letter in letters:
+                print(json.dumps(letter | {"failed_at": datetime.fromtimestamp(
+                    letter["failed_at"], timezone.utc).isoformat()}, default=str))
+            print(f"{len(letters)} dead letters in {path}", file=sys.stderr)
         return 0
 
     async def run() -> tuple[int, int]:
         db = Database(settings.database)
+        written = refused = 0
         try:
-            return await retry_dead_letters(db, path, set(write_ids) or None)
+            for path in paths:
+                w, r = await retry_dead_letters(db, path, set(write_ids) or None)
+                written, refused = written + w, refused + r
+            return written, refused
         finally:
             await db.close()
 
@@ -333,6 +387,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--host", default=None, help="bind address (default TUTOR_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default TUTOR_PORT or 8000)")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--workers", default=None,
+                       help="server processes on the port: a number, or auto (one per usable "
+                       "CPU); more than 1 needs Redis and PostgreSQL (default TUTOR_WORKERS or 1)")
     serve.add_argument("--ssl-certfile", type=Path, default=None,
                        help="serve https:// and wss:// with this PEM certificate (chain) "
                        "(default TUTOR_SSL_CERTFILE)")
@@ -413,10 +470,14 @@ def main(argv: list[str] | None = None) -> None:
         settings.ssl_keyfile = args.ssl_keyfile or settings.ssl_keyfile
         if settings.ssl_keyfile and not settings.ssl_certfile:
             parser.error("--ssl-keyfile (TUTOR_SSL_KEYFILE) needs --ssl-certfile too")
-        config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                                log_level=args.log_level, log_config=None,  # ours (server.logs)
-                                **uvicorn_options(settings))
-        DrainingServer(config, drain_s=settings.shutdown_drain_s).run()
+        from .workers import worker_count
+
+        try:
+            workers = worker_count(args.workers if args.workers is not None
+                                   else settings.workers)
+        except ValueError as exc:
+            parser.error(str(exc))
+        raise SystemExit(serve_command(settings, args.log_level, workers))
     elif args.command == "ingest":
         raise SystemExit(asyncio.run(ingest_command(settings, args.paths, args.course)))
     elif args.command == "email-summaries":

@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     """Address to listen on (also `tutor serve --host`); off loopback, the dev guest is off."""
     port: int = 8000
     """Port to listen on (also `tutor serve --port`)."""
+    workers: str = "1"
+    """Server processes sharing the port (also `tutor serve --workers`): a number, or `auto`, one
+    per usable CPU. More than 1 needs `TUTOR_REDIS_URL` and PostgreSQL, like several machines
+    (docs/deploy.md, "Several processes on one machine")."""
     ssl_certfile: Path | None = None
     """PEM certificate chain: serve `https://` and `wss://` from uvicorn itself, no proxy needed
     (also `tutor serve --ssl-certfile`)."""

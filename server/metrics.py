@@ -27,13 +27,20 @@ One registry per app (tests run several apps in a process). What is recorded, by
 The frame path costs two clock reads and two thread-CPU reads per chunk; histograms are observed
 only on sampled chunks.
 
-With several uvicorn workers each process has its own registry; scrape each process (or run one
-process per container), since prometheus-client's multiprocess mode is not set up.
+With `tutor serve --workers N` (server.workers) every worker writes its metrics to files in
+prometheus-client's multiprocess folder (PROMETHEUS_MULTIPROC_DIR), and /metrics, whichever
+worker answers, shows all of them: counters and histograms summed, `tutor_sessions_connected`
+summed over the live workers, the spool figures over every worker's spool file, and the
+`process_*` figures summed over the live workers (their start time and descriptor limit: the
+smallest).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
@@ -71,7 +78,7 @@ class Metrics:
                                ["stage"], buckets=BUCKETS, registry=r)
         self.sessions = Counter("tutor_sessions", "Voice sessions opened", registry=r)
         self.connected = Gauge("tutor_sessions_connected", "Voice sessions open now",
-                               registry=r)
+                               registry=r, multiprocess_mode="livesum")
         self.turns = Counter("tutor_turns", "Answers finished", ["kind", "status"], registry=r)
         self.barge_ins = Counter("tutor_barge_ins", "Answers cut off by the student speaking",
                                  registry=r)
@@ -92,6 +99,9 @@ class Metrics:
             "tutor_speculations", "Speculative turn ends, by outcome: hit (the transcript "
             "started at the pause was used), miss (the student went on: work discarded)",
             ["outcome"], registry=r)
+        self.quota_store_failures = Counter(
+            "tutor_quota_store_failures", "Quota or rate-limit store unreachable (failed open)",
+            registry=r)
         self.speculative_calls = Counter(
             "tutor_speculative_calls", "Provider calls started speculatively, by kind (stt, "
             "llm) and result (used, wasted)", ["kind", "result"], registry=r)
@@ -112,12 +122,23 @@ class Metrics:
         # of the sessions that ended; the live ones' are added at scrape time (metrics_endpoint)
         self.ended_cpu_s = 0.0
         self.ended_audio_s = 0.0
+        # with several workers a scrape cannot read the other workers' live sessions: each
+        # worker counts its sessions as they end, in counters the multiprocess files sum
+        self.session_counters = (
+            Counter("tutor_session_cpu_seconds", "CPU time the voice sessions' own work took "
+                    "on the event loop, sessions that ended", registry=r),
+            Counter("tutor_session_audio_seconds", "Seconds of audio the voice sessions "
+                    "received, sessions that ended", registry=r),
+        ) if multiprocess_folder() is not None else None
 
     def session_ended(self, cpu_s: float, audio_s: float) -> None:
         """A voice session ended: its CPU and audio join the totals (it leaves the live set
         in the same step, so that the counters never go back)."""
         self.ended_cpu_s += cpu_s
         self.ended_audio_s += audio_s
+        if self.session_counters is not None:
+            self.session_counters[0].inc(cpu_s)
+            self.session_counters[1].inc(audio_s)
         if audio_s >= MIN_AUDIO_S:
             self.session_cpu_per_audio.observe(cpu_s * 1000 / audio_s)
 
@@ -147,16 +168,16 @@ class Metrics:
 
 
 class _AtScrape:
-    """Figures read when scraped: the email outbox by status, quota-store failures (counted
-    by `billing.Billing`, which fails open when Redis is unreachable), and the write-ahead
-    spool's rows (`store.spool`)."""
+    """Figures read when scraped: the email outbox by status and the write-ahead spool's rows
+    (`store.spool`)."""
 
-    def __init__(self, outbox: dict[str, int], quota_failures: int,
-                 spool: dict[str, int], sessions: tuple[float, float] = (0.0, 0.0)) -> None:
+    def __init__(self, outbox: dict[str, int], spool: dict[str, int],
+                 sessions: tuple[float, float] | None = None) -> None:
         self.outbox = outbox
-        self.quota_failures = quota_failures
         self.spool = spool
-        self.sessions = sessions  # (CPU seconds, audio seconds) of all voice sessions so far
+        # (CPU seconds, audio seconds) of all voice sessions so far; None: counted by
+        # Metrics.session_counters instead (several workers)
+        self.sessions = sessions
 
     def collect(self):  # type: ignore[no-untyped-def]
         family = GaugeMetricFamily("tutor_email_outbox", "Email outbox messages by status",
@@ -164,15 +185,14 @@ class _AtScrape:
         for status, n in sorted(self.outbox.items()):
             family.add_metric([status], n)
         yield family
-        yield CounterMetricFamily("tutor_quota_store_failures",
-                                  "Quota or rate-limit store unreachable (failed open)",
-                                  value=self.quota_failures)
         yield GaugeMetricFamily("tutor_spool_pending", "Accepted turns and usage rows in the "
                                 "local spool, not yet committed by the database",
                                 value=self.spool["pending"])
         yield GaugeMetricFamily("tutor_spool_dead_letters", "Rows the database refused for "
                                 "good, kept in the spool's dead letters (tutor dead-letters)",
                                 value=self.spool["dead_letters"])
+        if self.sessions is None:
+            return
         cpu_s, audio_s = self.sessions
         yield CounterMetricFamily("tutor_session_cpu_seconds", "CPU time the voice sessions' "
                                   "own work took on the event loop (core, actions, events), "
@@ -194,13 +214,62 @@ async def metrics_endpoint(request: Request) -> Response:
             counts = {status: n for status, n in rows}
     except Exception:  # the database is down: /readyz says so; metrics still answer
         counts = {}
-    spool = await state.spool.counts()
-    # after the awaits: the live set and the ended totals are read in one step
-    sessions = (metrics.ended_cpu_s + sum(r.cpu_s for r in state.runners),
-                metrics.ended_audio_s + sum(r.audio_s for r in state.runners))
-    registry.register(_AtScrape(counts, state.billing.store_failures, spool, sessions))  # type: ignore[arg-type]
-    body = generate_latest(metrics.registry) + generate_latest(registry)
+    folder = multiprocess_folder()
+    if folder is None:
+        spool = await state.spool.counts()
+        # after the awaits: the live set and the ended totals are read in one step
+        sessions = (metrics.ended_cpu_s + sum(r.cpu_s for r in state.runners),
+                    metrics.ended_audio_s + sum(r.audio_s for r in state.runners))
+        registry.register(_AtScrape(counts, spool, sessions))  # type: ignore[arg-type]
+        body = generate_latest(metrics.registry) + generate_latest(registry)
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+    # several workers (server.workers): everyone's figures, whichever worker answers
+    from prometheus_client.multiprocess import MultiProcessCollector
+    from store.spool import base_spool, counts_of, worker_spools
+
+    spool = await asyncio.to_thread(counts_of, worker_spools(base_spool(state.spool.path)))
+    registry.register(_AtScrape(counts, spool))  # type: ignore[arg-type]
+    MultiProcessCollector(registry, path=str(folder))
+    registry.register(_WorkersProcesses(folder))  # type: ignore[arg-type]
+    body = await asyncio.to_thread(generate_latest, registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def multiprocess_folder() -> Path | None:
+    """prometheus-client's multiprocess folder, when this process writes its metrics there."""
+    from prometheus_client import values
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(folder) if folder and values.ValueClass is not values.MutexValue else None
+
+
+class _WorkersProcesses:
+    """prometheus-client's `process_*` figures of every live worker, summed (multiprocess mode
+    has no process collector). The live workers are those whose live gauge file is in the
+    folder: the supervisor removes a worker's when it exits (`mark_process_dead`)."""
+
+    SMALLEST = {"process_start_time_seconds", "process_max_fds"}
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        pids = sorted({int(m.group(1)) for f in self.folder.glob("gauge_livesum_*.db")
+                       if (m := re.fullmatch(r"gauge_livesum_(\d+)\.db", f.name))})
+        families: dict[str, Any] = {}
+        for pid in pids:
+            if not Path(f"/proc/{pid}").exists():
+                continue
+            for family in ProcessCollector(pid=lambda pid=pid: pid, registry=None).collect():
+                kept = families.setdefault(family.name, family)
+                if kept is family:
+                    continue
+                for i, sample in enumerate(family.samples):
+                    old = kept.samples[i]
+                    value = (min(old.value, sample.value) if sample.name in self.SMALLEST
+                             else old.value + sample.value)
+                    kept.samples[i] = old._replace(value=value)
+        yield from families.values()
 
 
 async def readyz(request: Request) -> Response:

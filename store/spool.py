@@ -24,6 +24,7 @@ import asyncio
 import json
 import logging
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -218,3 +219,81 @@ def keep_dead_letter(path: Path, write_id: str, reason: str) -> None:
     with closing(connect(path)) as conn:
         conn.execute("UPDATE dead_letters SET reason = ?, failed_at = ? WHERE write_id = ?",
                      (reason, time.time(), write_id))
+
+
+# --- several server processes (`tutor serve --workers N`) -----------------------------------
+#
+# Each worker process has its own spool file, named by its index (not its pid), so a restarted
+# server with as many workers finds its files again: worker 0 uses the configured path itself,
+# worker i the file `spool.worker<i>.db` next to it. A server started with fewer workers than
+# before (or as one process) first moves the rows of the files no worker will open into the
+# configured one, where worker 0 replays them (`adopt_orphans`, run before any worker starts).
+
+def worker_spool(path: Path, index: int) -> Path:
+    """The spool file of worker `index` (0: the configured path)."""
+    return path if index == 0 else path.with_name(f"{path.stem}.worker{index}{path.suffix}")
+
+
+def base_spool(path: Path) -> Path:
+    """The configured spool path, from any worker's spool file."""
+    match = re.fullmatch(r"(.*)\.worker\d+", path.stem)
+    return path.with_name(match.group(1) + path.suffix) if match else path
+
+
+def _worker_index(path: Path, candidate: Path) -> int | None:
+    tail = candidate.name[len(path.stem) + len(".worker"):-len(path.suffix) or None]
+    return int(tail) if tail.isdigit() and int(tail) > 0 else None
+
+
+def worker_spools(path: Path) -> list[Path]:
+    """The configured spool and every worker's file next to it that exists, by index."""
+    found = {}
+    for candidate in path.parent.glob(f"{path.stem}.worker*{path.suffix}"):
+        index = _worker_index(path, candidate)
+        if index is not None and candidate.name == worker_spool(path, index).name:
+            found[index] = candidate
+    return [path] + [found[i] for i in sorted(found)]
+
+
+def adopt_orphans(path: Path, workers: int) -> int:
+    """Moves the pending rows and dead letters of the worker spools that no worker of a server
+    of `workers` processes opens (indexes >= workers) into `path`, and deletes those files.
+    Call it before the workers start (no process may hold the files). Returns the rows moved."""
+    orphans = [p for p in worker_spools(path)[1:] if (_worker_index(path, p) or 0) >= workers]
+    if not orphans:
+        return 0
+    moved = 0
+    with closing(connect(path)) as target:
+        for orphan in orphans:
+            with closing(connect(orphan)) as source:
+                pending = source.execute("SELECT write_id, tbl, row, accepted_at FROM pending"
+                                         ).fetchall()
+                dead = source.execute("SELECT write_id, tbl, row, reason, failed_at "
+                                      "FROM dead_letters").fetchall()
+            with target:  # one transaction per file: all its rows, or none
+                target.execute("BEGIN")
+                target.executemany("INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?)", pending)
+                target.executemany("INSERT OR IGNORE INTO dead_letters VALUES (?, ?, ?, ?, ?)",
+                                   dead)
+                target.execute("COMMIT")
+            moved += len(pending) + len(dead)
+            if pending or dead:
+                log.warning("%s: %d pending rows and %d dead letters moved to %s (fewer "
+                            "workers than before)", orphan, len(pending), len(dead), path)
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(orphan) + suffix).unlink(missing_ok=True)
+    return moved
+
+
+def counts_of(paths: list[Path]) -> dict[str, int]:
+    """Pending rows and dead letters summed over spool files (blocking: call from a thread);
+    what /metrics shows for a server of several workers, whichever worker answers."""
+    total = {"pending": 0, "dead_letters": 0}
+    for p in paths:
+        if not p.exists():
+            continue
+        with closing(sqlite3.connect(f"file:{p}?mode=ro", uri=True, timeout=5)) as conn:
+            total["pending"] += conn.execute("SELECT count(*) FROM pending").fetchone()[0]
+            total["dead_letters"] += conn.execute(
+                "SELECT count(*) FROM dead_letters").fetchone()[0]
+    return total

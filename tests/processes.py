@@ -96,7 +96,7 @@ class ServerProcess:
     """
 
     def __init__(self, name: str, env: dict[str, str], cwd: Path, *,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None, args: tuple[str, ...] = ()) -> None:
         self.name = name
         self.port = free_port()
         self.tls = tls
@@ -106,6 +106,7 @@ class ServerProcess:
         command = [tutor, "serve", "--port", str(self.port), "--log-level", "info"]
         if tls is not None:
             command += ["--ssl-certfile", str(tls[0]), "--ssl-keyfile", str(tls[1])]
+        command += list(args)  # e.g. ("--workers", "2")
         # cwd is the test's own directory, so no developer's .env is read.
         self.proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT)
@@ -136,8 +137,11 @@ class ServerProcess:
                 assert self.proc.poll() is None, f"{self.name} exited:\n{self.log()}"
                 try:
                     r = await client.get(f"{self.http_url}/healthz", timeout=1)
-                    assert r.json() == {"status": "ok", "transcription": True, "chat": True,
-                                        "moderation": False}
+                    health = r.json()
+                    assert {k: health[k] for k in ("status", "transcription", "chat",
+                                                   "moderation")} == {
+                        "status": "ok", "transcription": True, "chat": True,
+                        "moderation": False}
                     return
                 except httpx.TransportError:
                     assert time.monotonic() < deadline, f"{self.name} did not start:\n{self.log()}"

@@ -19,7 +19,10 @@ from tests.realtime_client import sse_events
 async def test_healthz_reports_providers(server):
     async with httpx.AsyncClient() as client:
         r = await client.get(f"http://{server}/healthz")
-    assert r.json() == {"status": "ok", "transcription": True, "chat": True, "moderation": False}
+    health = r.json()
+    assert health.pop("pid") > 0 and health.pop("sessions") == 0
+    assert health == {"status": "ok", "transcription": True, "chat": True, "moderation": False,
+                      "turn_model": "smart-turn-v3.2"}
 
 
 async def test_chat_streams_deltas_then_done(server, fake):
@@ -85,8 +88,9 @@ def test_tutor_serve_starts_without_any_key():
                 assert proc.poll() is None, proc.stdout.read().decode()
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.1)
-        assert r.json() == {"status": "ok", "transcription": False, "chat": False,
-                                    "moderation": False}
+        assert r.json() | {"pid": 0, "sessions": 0} == {
+            "status": "ok", "transcription": False, "chat": False, "moderation": False,
+            "turn_model": "smart-turn-v3.2", "pid": 0, "sessions": 0}
     finally:
         proc.terminate()
         proc.wait(10)

@@ -34,8 +34,9 @@ async def test_tutor_serve_with_a_certificate_answers_wss_and_https(fake, tmp_pa
         context = server.ssl_context()
         async with httpx.AsyncClient(verify=context) as client:
             health = await client.get(f"{server.http_url}/healthz")
-        assert health.json() == {"status": "ok", "transcription": True, "chat": True,
-                                 "moderation": False}
+        assert health.json() | {"pid": 0, "sessions": 0} == {
+            "status": "ok", "transcription": True, "chat": True, "moderation": False,
+            "turn_model": "smart-turn-v3.2", "pid": 0, "sessions": 0}
 
         event = await first_event(f"{server.ws_url}/v1/realtime?model=tutor", context)
         assert event["type"] == "session.created", event
