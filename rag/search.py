@@ -16,12 +16,13 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Coroutine, Literal, Protocol
 
 import numpy as np
-from sqlalchemy import Row, select
+from sqlalchemy import select
 
 from store.db import Database
 from store.models import Content
 
 from .fts import fts_search, memory_search
+from .mirror import CourseMirror
 from .vectors import VectorIndex, from_blob, pgvector_ready, pgvector_search, to_blob
 
 if TYPE_CHECKING:
@@ -153,11 +154,14 @@ class RedisQueryCache:
 
 class Retriever:
     """One per server. `embedder` None: full-text search only. `candidates`: how deep each
-    ranking goes before fusion (at least k)."""
+    ranking goes before fusion (at least k). `mirror`: the course passages and full-text index
+    in memory (`rag.mirror`), searched instead of the database; None: the database each time."""
 
     def __init__(self, db: Database, embedder: Embedder | None, *, vectors: VectorIndex,
-                 query_cache: QueryCache, candidates: int = 20) -> None:
+                 query_cache: QueryCache, candidates: int = 20,
+                 mirror: CourseMirror | None = None) -> None:
         self.db = db
+        self.mirror = mirror
         self.embedder = embedder
         self.vectors = vectors
         if embedder is not None:
@@ -170,6 +174,13 @@ class Retriever:
         self._pgvector: bool | None = None  # found out on first use
         self.embed_later_s = 0.5  # after a live turn's cache miss: once its answer has started
         self._background: set[asyncio.Task[None]] = set()
+
+    async def content_changed(self, course: str) -> None:
+        """This process changed `course`'s passages (an upload, a deletion): its vectors are
+        reread and the mirror rebuilt now, so the next turn finds the new text."""
+        await self.vectors.refresh(self.db, course)
+        if self.mirror is not None:
+            await self.mirror.refresh()
 
     async def search(self, query: str, *, course: str | None, k: int = 4,
                      mode: Mode = "hybrid", wait_for_embedding: bool = True) -> list[Hit]:
@@ -274,8 +285,11 @@ class Retriever:
     async def _fts(self, query: str, course: str | None, depth: int,
                    timings: Timings, rows: dict[int, Any]) -> list[int]:
         started = time.perf_counter()
-        async with self.db.session() as s:
-            found = await fts_search(s, query, course=course, limit=depth, with_rows=True)
+        if self.mirror is not None:
+            found: list[Any] = await self.mirror.fts(query, course=course, limit=depth)
+        else:
+            async with self.db.session() as s:
+                found = await fts_search(s, query, course=course, limit=depth, with_rows=True)
         rows.update((r.id, r) for r in found)
         timings.fts_ms = _ms(started)
         return [r.id for r in found]
@@ -330,9 +344,11 @@ class Retriever:
                 self._pgvector = await pgvector_ready(s)
         return self._pgvector
 
-    async def _chunks(self, ids: list[int], course: str | None) -> dict[int, Row[Any]]:
+    async def _chunks(self, ids: list[int], course: str | None) -> dict[int, Any]:
         if not ids:
             return {}
+        if self.mirror is not None:
+            return await self.mirror.rows(ids, course)
         query = select(Content.id, Content.course, Content.source, Content.heading_path,
                        Content.text).where(Content.id.in_(ids))
         if course is not None:

@@ -46,6 +46,7 @@ from notify.worker import OutboxWorker, WorkerConfig, utcnow
 from rag import routes as rag_routes
 from rag.grounding import Grounding, ground
 from rag.ingest import IngestError, ingest_paths
+from rag.mirror import CourseMirror
 from rag.search import MemoryQueryCache, RedisQueryCache, Retriever
 from rag.vectors import VectorIndex
 from rag.worker import Limits, Parser
@@ -381,10 +382,17 @@ def parser_for(settings: Settings, stack: AsyncExitStack) -> Parser:
 async def open_knowledge(settings: Settings, db: Database, redis_client,  # type: ignore[no-untyped-def]
                          parser: Parser, stack: AsyncExitStack) -> Retriever:
     cache = RedisQueryCache(redis_client) if redis_client is not None else MemoryQueryCache()
+    mirror = None
+    if settings.rag_course_mirror:
+        mirror = CourseMirror(db, check_s=settings.rag_course_check_s)
+        stack.push_async_callback(mirror.stop)
     retriever = Retriever(db, embedder_for(settings, stack), vectors=VectorIndex(),
-                          query_cache=cache)
+                          query_cache=cache, mirror=mirror)
     if settings.load_sample_course:
         await load_sample_course(retriever, parser)
+    if mirror is not None:
+        await mirror.refresh()  # built before the first turn, not by it
+        mirror.start()
     return retriever
 
 

@@ -282,6 +282,14 @@ class Settings(BaseSettings):
     """A live turn waits this long for its retrieval (passages and memory); what has not come by
     then is left out of that answer, and `tutor.response.metrics` says
     `"retrieval": "timed_out"`."""
+    rag_course_mirror: bool = True
+    """Search course passages in an in-memory copy of them and of their full-text index, so a
+    live turn makes no database round trip for the course (docs/rag.md); `false`: query the
+    database each time."""
+    rag_course_check_s: float = 2.0
+    """How often each server process checks whether another process (`tutor ingest`, another
+    server) changed the courses, and reloads its in-memory copy if so. Changes made through
+    this process's own routes are seen by the next turn at once. 0: never checked."""
     default_course: str | None = None
     """The course a session uses when it names none; default: every course."""
     load_sample_course: bool = True
