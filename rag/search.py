@@ -174,6 +174,7 @@ class Retriever:
         self._pgvector: bool | None = None  # found out on first use
         self.embed_later_s = 0.5  # after a live turn's cache miss: once its answer has started
         self._background: set[asyncio.Task[None]] = set()
+        self._embedding_later: set[str] = set()  # queries waiting for their background embedding
 
     async def content_changed(self, course: str) -> None:
         """This process changed `course`'s passages (an upload, a deletion): its vectors are
@@ -254,11 +255,18 @@ class Retriever:
     def _embed_later(self, query: str) -> None:
         """Embed (and cache) `query` once the turn that asked it is under way: the SDK call costs
         milliseconds of this event loop's time, and a hosted provider's round trip far more."""
+        text = normalise_query(query)
+        if text in self._embedding_later:
+            return  # the same question missed in another turn: one call embeds it for both
+        self._embedding_later.add(text)
+
         async def embed() -> None:
             try:
                 await self.embed_query(query)
             except Exception as error:  # only a cache warm-up: the turn is long answered
                 log.info("background query embedding failed: %r", error)
+            finally:
+                self._embedding_later.discard(text)
 
         def start() -> None:
             task = asyncio.ensure_future(embed())
