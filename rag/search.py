@@ -23,6 +23,7 @@ from store.models import Content
 
 from .fts import fts_search, memory_search
 from .mirror import CourseMirror
+from .reader import SqliteReader
 from .vectors import VectorIndex, from_blob, pgvector_ready, pgvector_search, to_blob
 
 if TYPE_CHECKING:
@@ -159,9 +160,11 @@ class Retriever:
 
     def __init__(self, db: Database, embedder: Embedder | None, *, vectors: VectorIndex,
                  query_cache: QueryCache, candidates: int = 20,
-                 mirror: CourseMirror | None = None) -> None:
+                 mirror: CourseMirror | None = None,
+                 reader: SqliteReader | None = None) -> None:
         self.db = db
         self.mirror = mirror
+        self.reader = reader  # SQLite: the memory lookup in one hop off the loop (rag.reader)
         self.embedder = embedder
         self.vectors = vectors
         if embedder is not None:
@@ -236,10 +239,13 @@ class Retriever:
         """The k of `user_id`'s own earlier turns that best match `query`; nobody else's."""
         if not user_id or k <= 0:
             return []
-        async with self.db.session() as s:
-            # One query: the user filter and the columns together, so the rows returned are
-            # exactly the ones the filter admitted.
-            found = await memory_search(s, query, user_id=user_id, limit=k, with_rows=True)
+        # One query: the user filter and the columns together, so the rows returned are
+        # exactly the ones the filter admitted.
+        if self.reader is not None:
+            found: list[Any] = await self.reader.memory(query, user_id=user_id, limit=k)
+        else:
+            async with self.db.session() as s:
+                found = await memory_search(s, query, user_id=user_id, limit=k, with_rows=True)
         return [MemoryHit(r.id, r.transcript, r.answer, _aware(_timestamp(r.created_at)),
                           float(r.score), r.kind) for r in found]
 

@@ -47,6 +47,7 @@ from rag import routes as rag_routes
 from rag.grounding import Grounding, ground
 from rag.ingest import IngestError, ingest_paths
 from rag.mirror import CourseMirror
+from rag.reader import SqliteReader
 from rag.search import MemoryQueryCache, RedisQueryCache, Retriever
 from rag.vectors import VectorIndex
 from rag.worker import Limits, Parser
@@ -386,8 +387,11 @@ async def open_knowledge(settings: Settings, db: Database, redis_client,  # type
     if settings.rag_course_mirror:
         mirror = CourseMirror(db, check_s=settings.rag_course_check_s)
         stack.push_async_callback(mirror.stop)
+    reader = SqliteReader.for_url(db.url)
+    if reader is not None:
+        stack.callback(reader.close)
     retriever = Retriever(db, embedder_for(settings, stack), vectors=VectorIndex(),
-                          query_cache=cache, mirror=mirror)
+                          query_cache=cache, mirror=mirror, reader=reader)
     if settings.load_sample_course:
         await load_sample_course(retriever, parser)
     if mirror is not None:

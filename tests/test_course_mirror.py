@@ -1,7 +1,8 @@
 """The in-memory course mirror (`rag.mirror`): a live turn's course retrieval touches no database
 (statements counted with a SQLAlchemy event listener), a change made through this process is
 seen by the very next search, one made by another process after the watcher's next check, and
-on SQLite the mirror ranks exactly as the database does. Runs on SQLite and PostgreSQL.
+on SQLite the mirror ranks exactly as the database does. Also the SQLite memory reader
+(`rag.reader`). Runs on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from typing import Iterator
 from sqlalchemy import delete, event
 
 from rag.mirror import CourseMirror
+from rag.reader import SqliteReader
 from rag.search import MemoryQueryCache, Retriever
 from rag.vectors import VectorIndex
 from store.db import Database
 from store.models import Content
 from tests.storage_fixtures import db  # noqa: F401  (fixture)
-from tests.test_rag_search import HashingEmbedder, add_chunk, add_embedded, fts
+from tests.test_rag_search import (HashingEmbedder, add_chunk, add_embedded, add_turn, fts,
+                                   make_user)
 
 TEXTS = ["Photosynthesis turns light into chemical energy in the chloroplasts.",
          "Fractions: to divide, multiply by the reciprocal of the second fraction.",
@@ -131,3 +134,35 @@ async def test_on_sqlite_the_mirror_ranks_as_the_database(db: Database) -> None:
             else:
                 assert found == await fts(db, query, course=course, limit=20), query
     await mirror.stop()
+
+
+async def test_the_sqlite_reader_finds_what_the_database_finds_and_only_the_users_own(
+        db: Database) -> None:
+    """The memory lookup in one hop (rag.reader): the same rows as the database path, the user
+    filter in its SQL, and no statement through the engine."""
+    reader = SqliteReader.for_url(db.url)
+    if not db.is_sqlite:
+        assert reader is None  # PostgreSQL keeps its own path
+        return
+    assert reader is not None
+    ada, bob = await make_user(db), await make_user(db)
+    for user, words in [(ada, "fractions are parts of a whole"), (ada, "the derivative of x"),
+                        (bob, "fractions of a cake"), (ada, "dividing fractions")]:
+        await add_turn(db, user, words, "an answer")
+    through_db = Retriever(db, None, vectors=VectorIndex(), query_cache=MemoryQueryCache())
+    through_reader = Retriever(db, None, vectors=VectorIndex(), query_cache=MemoryQueryCache(),
+                               reader=reader)
+    try:
+        for question in ["fractions", "what is a derivative", "cake", "?"]:
+            expected = await through_db.memory(question, user_id=ada, k=3)
+            with statements(db) as seen:
+                got = await through_reader.memory(question, user_id=ada, k=3)
+            assert seen == []
+            assert got == expected, question
+        assert [m.transcript for m in await through_reader.memory("cake fractions", user_id=ada,
+                                                                  k=5)] \
+            == [m.transcript for m in await through_db.memory("cake fractions", user_id=ada, k=5)]
+        assert all("cake" not in m.transcript
+                   for m in await through_reader.memory("cake", user_id=ada, k=5))
+    finally:
+        reader.close()
