@@ -92,8 +92,14 @@ class OpenAIChatModel:
         # compatible server (Ollama, LM Studio) honours. Never both: OpenAI refuses the pair.
         extra: dict[str, Any] = ({"max_completion_tokens": max_tokens} if max_tokens
                                  else {"max_tokens": self.max_tokens} if self.max_tokens else {})
+        # The conversation (and the tools) go as `extra_body`, which the SDK sends as given:
+        # passed as `messages=` it is first walked against the SDK's TypedDicts (looking for
+        # fields to rename or encode, which chat messages do not have), two thirds of the event
+        # loop's time per answer at a grounded prompt's size (bench/sdk_cost.py). The JSON sent
+        # is the same.
+        body: dict[str, Any] = {"messages": messages}
         if tools:  # tool_choice without tools is a 400 at OpenAI
-            extra["tools"] = tools
+            body["tools"] = tools
             if tool_choice is not None:
                 extra["tool_choice"] = tool_choice
         if self.stream_usage:
@@ -103,9 +109,10 @@ class OpenAIChatModel:
         try:
             # The SDK builds, sends (with its retries) and checks the request; the body is read
             # here, each event parsed once into plain dicts: the SDK's typed chunk objects cost
-            # ~10x more event-loop time per delta, which a burst of answers queues on (bench/).
+            # more event-loop time per delta than all the rest (bench/sdk_cost.py), which a
+            # burst of answers queues on.
             async with self.client.chat.completions.with_streaming_response.create(
-                model=model or self.model, messages=messages, stream=True, **extra  # type: ignore[arg-type]
+                model=model or self.model, messages=[], stream=True, extra_body=body, **extra
             ) as response:
                 streaming = True  # from here on a broken connection means a cut stream
                 async for chunk in _sse_json(response.http_response):
