@@ -15,7 +15,8 @@ Staying current (the version check): the mirror remembers the content table's ve
   calls `changed()`: the next search rebuilds first, so it sees the change.
 - A change made elsewhere (`tutor ingest`, another server process) is found by a watcher that
   reads the version every `check_s` seconds, off every turn's path, and rebuilds in the
-  background when it moved.
+  background when it moved (and calls `on_change`: the retriever then rereads the course
+  vectors on their next use, which before were reread only by the process that made a change).
 A search never reads the version itself: while the mirror is current it touches no database.
 
 A query runs on the event loop: a mirror query costs ~0.1 ms at course scale (less than handing
@@ -28,7 +29,7 @@ import asyncio
 import logging
 import sqlite3
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from sqlalchemy import text
 
@@ -58,6 +59,8 @@ class CourseMirror:
     def __init__(self, db: Database, *, check_s: float = 2.0) -> None:
         self.db = db
         self.check_s = check_s
+        # called after a rebuild for a change found by the watcher (made by another process)
+        self.on_change: Callable[[], None] | None = None
         self._conn: sqlite3.Connection | None = None  # None: not built yet
         self._version: tuple[Any, ...] | None = None  # of the content table it was built from
         self._stale = True
@@ -96,6 +99,8 @@ class CourseMirror:
                 if self._conn is not None and await self._read_version() != self._version:
                     log.info("course content changed elsewhere: reloading the course mirror")
                     await self.refresh()
+                    if self.on_change is not None:
+                        self.on_change()
             except asyncio.CancelledError:
                 raise
             except Exception as error:  # the database away for a moment: the mirror stays

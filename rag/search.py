@@ -164,6 +164,8 @@ class Retriever:
                  reader: SqliteReader | None = None) -> None:
         self.db = db
         self.mirror = mirror
+        if mirror is not None:  # another process changed the courses: reread the vectors too
+            mirror.on_change = vectors.forget_all
         self.reader = reader  # SQLite: the memory lookup in one hop off the loop (rag.reader)
         self.embedder = embedder
         self.vectors = vectors

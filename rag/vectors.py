@@ -108,6 +108,11 @@ class VectorIndex:
     def forget(self, course: str) -> None:
         self._courses.pop(course, None)
 
+    def forget_all(self) -> None:
+        """Every course is reread on its next search (the content changed elsewhere)."""
+        self._courses.clear()
+        self._all_loaded = False
+
     def search(self, query_vec: np.ndarray, course: str | None,
                limit: int) -> list[tuple[int, float]]:
         """(content id, cosine), best first, among the loaded vectors of `course` (None: all

@@ -354,14 +354,25 @@ def open_email(settings: Settings, db: Database, billing: Billing, link_secret: 
     return worker
 
 
-def embedder_for(settings: Settings, stack: AsyncExitStack) -> OpenAIEmbedder | None:
+def embedder_for(settings: Settings, stack: AsyncExitStack,
+                 clients: list | None = None) -> OpenAIEmbedder | None:
+    """`clients`: the providers' clients (`build_providers`); one with the same endpoint and
+    key is shared (one connection pool per provider, not one per capability)."""
     base_url = settings.embedding_base_url or settings.openai_base_url
     key = api_key(settings.embedding_api_key or settings.openai_api_key, base_url)
     if not key:
         return None  # retrieval is then full-text only
-    client = provider_client(settings, key, base_url)
-    stack.push_async_callback(client.close)
+    client = next((c for c in clients or () if _same_endpoint(c, key, base_url)), None)
+    if client is None:
+        client = provider_client(settings, key, base_url)
+        stack.push_async_callback(client.close)
     return OpenAIEmbedder(client, settings.embedding_model, settings.embedding_batch_size)
+
+
+def _same_endpoint(client, key: str, base_url: str | None) -> bool:  # type: ignore[no-untyped-def]
+    """Whether an SDK client talks to `base_url` (None: OpenAI's) with `key`."""
+    wanted = (base_url or "https://api.openai.com/v1").rstrip("/")
+    return client.api_key == key and str(client.base_url).rstrip("/") == wanted
 
 
 def parser_for(settings: Settings, stack: AsyncExitStack) -> Parser:
@@ -381,7 +392,8 @@ def parser_for(settings: Settings, stack: AsyncExitStack) -> Parser:
 
 
 async def open_knowledge(settings: Settings, db: Database, redis_client,  # type: ignore[no-untyped-def]
-                         parser: Parser, stack: AsyncExitStack) -> Retriever:
+                         parser: Parser, stack: AsyncExitStack,
+                         clients: list | None = None) -> Retriever:
     cache = RedisQueryCache(redis_client) if redis_client is not None else MemoryQueryCache()
     mirror = None
     if settings.rag_course_mirror:
@@ -390,7 +402,7 @@ async def open_knowledge(settings: Settings, db: Database, redis_client,  # type
     reader = SqliteReader.for_url(db.url)
     if reader is not None:
         stack.callback(reader.close)
-    retriever = Retriever(db, embedder_for(settings, stack), vectors=VectorIndex(),
+    retriever = Retriever(db, embedder_for(settings, stack, clients), vectors=VectorIndex(),
                           query_cache=cache, mirror=mirror, reader=reader)
     if settings.load_sample_course:
         await load_sample_course(retriever, parser)
@@ -414,6 +426,7 @@ async def open_services(settings: Settings, providers: Providers | None, link_se
                         stack: AsyncExitStack) -> Services:
     """Everything the routes and sockets share, opened in order and closed by `stack` in
     reverse: `providers` given (tests, the benchmark) or built from the settings."""
+    clients: list = []
     if providers is None:
         providers, clients = build_providers(settings)
         for client in clients:
@@ -435,7 +448,7 @@ async def open_services(settings: Settings, providers: Providers | None, link_se
     payments = open_payments(settings, billing, stack)
     email_worker = open_email(settings, db, billing, link_secret, stack)
     parser = parser_for(settings, stack)
-    retriever = await open_knowledge(settings, db, redis_client, parser, stack)
+    retriever = await open_knowledge(settings, db, redis_client, parser, stack, clients)
 
     def knowledge(course: str | None):  # type: ignore[no-untyped-def]
         async def lookup(question: str, user_id: str | None) -> Grounding:

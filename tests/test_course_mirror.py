@@ -166,3 +166,25 @@ async def test_the_sqlite_reader_finds_what_the_database_finds_and_only_the_user
                    for m in await through_reader.memory("cake", user_id=ada, k=5))
     finally:
         reader.close()
+
+
+async def test_vectors_are_reread_after_a_change_by_another_process(db: Database) -> None:
+    embedder = HashingEmbedder()
+    await add_embedded(db, embedder, TEXTS[0], course="science")
+    r = mirrored(db, embedder, check_s=0.05)
+    assert r.mirror is not None
+    await r.mirror.refresh()
+    r.mirror.start()
+    try:
+        await r.search("chloroplasts", course="science")  # waits for the embedding: vectors on
+        assert r.vectors.size("science") == 1
+        new = await add_embedded(db, embedder, TEXTS[3], course="science", source="b.md")
+        for _ in range(100):
+            if not r.vectors.loaded("science"):
+                break
+            await asyncio.sleep(0.02)
+        hits = await r.search("chlorophyll absorbs red and blue", course="science")
+        assert r.vectors.size("science") == 2
+        assert any(h.chunk_id == new and h.vector_rank is not None for h in hits)
+    finally:
+        await r.mirror.stop()
