@@ -221,7 +221,13 @@ class Retriever:
         if mode != "fts":
             runs["vector"] = self._vector(query, course, depth, timings, rows,
                                           degrade=mode == "hybrid", wait=wait_for_embedding)
-        ranked = await _concurrently(runs)
+        if self.mirror is not None:
+            # In memory, a ranking does not wait on anything once its course is loaded: run in
+            # turn, without a task each. Two tasks cost two passes of the event loop's queue,
+            # which is long when a class's turns end together (docs/benchmarks.md, "bursts").
+            ranked = await _in_turn(runs)
+        else:
+            ranked = await _concurrently(runs)
 
         fuse_started = time.perf_counter()
         fused = fuse(ranked)
@@ -320,7 +326,8 @@ class Retriever:
         # call (and its cost) altogether.
         # Shielded: a live turn that stops waiting (its retrieval budget) must not abort a
         # course's first load, or a large course would never get loaded by live turns.
-        if not use_pgvector and await asyncio.shield(self.vectors.ensure(self.db, course)) == 0:
+        if not use_pgvector and (self.vectors.size(course) if self.vectors.ready(course) else
+                                 await asyncio.shield(self.vectors.ensure(self.db, course))) == 0:
             timings.vector_ms = _ms(started)
             return []
         load_ms = _ms(started)
@@ -371,6 +378,19 @@ class Retriever:
             query = query.where(Content.course == course)
         async with self.db.session() as s:
             return {r.id: r for r in (await s.execute(query)).all()}
+
+
+async def _in_turn(runs: dict[str, Coroutine[Any, Any, list[int]]]) -> dict[str, list[int]]:
+    """Run the rankings one after the other; one failing closes the ones not started."""
+    ranked: dict[str, list[int]] = {}
+    try:
+        for name, run in runs.items():
+            ranked[name] = await run
+    finally:
+        for name, run in runs.items():
+            if name not in ranked:
+                run.close()  # never started (or failed): no "never awaited" warning
+    return ranked
 
 
 async def _concurrently(runs: dict[str, Coroutine[Any, Any, list[int]]]) -> dict[str, list[int]]:
