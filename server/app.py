@@ -200,7 +200,9 @@ async def healthz(request: Request) -> JSONResponse:
 async def open_storage(settings: Settings, stack: AsyncExitStack) -> Database:
     db = Database(settings.database, statement_timeout_s=settings.database_timeout_s,
                   connect_timeout_s=settings.database_connect_timeout_s,
-                  pool_timeout_s=settings.database_pool_timeout_s)
+                  pool_timeout_s=settings.database_pool_timeout_s,
+                  **({} if settings.database.startswith("sqlite")
+                     else {"pool_size": settings.database_pool_size}))
     stack.push_async_callback(db.close)
     if settings.auto_migrate:
         await asyncio.to_thread(migrate, db.url)  # Alembic is synchronous

@@ -199,6 +199,11 @@ class Settings(BaseSettings):
     """Opening a PostgreSQL connection."""
     database_pool_timeout_s: float = 5.0
     """Waiting for a free pooled connection (any database)."""
+    database_pool_size: int = 10
+    """PostgreSQL connections each server process keeps open; a burst beyond them opens up to 30
+    more, closed again after use. A class of 50 whose turns end together: 40 kept took the
+    student-memory lookups from 170-210 ms to 73-87 ms (docs/benchmarks.md, "bursts"). Mind the
+    database's connection limit times the number of processes. (SQLite: 10, fixed.)"""
     redis_timeout_s: float = 1.0
     """One Redis command (tickets, quotas, limits, resume, cache); no retry after a timeout."""
     redis_connect_timeout_s: float = 1.0
