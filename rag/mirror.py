@@ -11,8 +11,9 @@ matches may differ): see docs/rag.md.
 
 Staying current (the version check): the mirror remembers the content table's version
 (row count, highest id, newest `created_at`) it was built from.
-- A change made by this process (an upload or deletion through the routes, the sample course)
-  calls `changed()`: the next search rebuilds first, so it sees the change.
+- A change made by this process (any ingestion or deletion through `rag.ingest`: the routes,
+  the sample course) marks the mirror stale (`content_changed`): the next search rebuilds
+  first, so it sees the change; the routes rebuild at once, before they answer.
 - A change made elsewhere (`tutor ingest`, another server process) is found by a watcher that
   reads the version every `check_s` seconds, off every turn's path, and rebuilds in the
   background when it moved (and calls `on_change`: the retriever then rereads the course
@@ -29,6 +30,7 @@ import asyncio
 import logging
 import sqlite3
 import time
+import weakref
 from typing import Any, Callable, NamedTuple
 
 from sqlalchemy import text
@@ -55,8 +57,20 @@ _VERSION_SQL = "SELECT count(*), max(id), max(created_at) FROM content"
 _ROWS_SQL = "SELECT id, course, source, heading_path, text FROM content ORDER BY id"
 
 
+_mirrors: "weakref.WeakSet[CourseMirror]" = weakref.WeakSet()
+
+
+def content_changed(db: Database) -> None:
+    """`rag.ingest` changed the content table of `db` (any ingestion or deletion in this
+    process, whoever asked for it): every mirror of it rebuilds before its next search."""
+    for mirror in list(_mirrors):
+        if mirror.db is db:
+            mirror.changed()
+
+
 class CourseMirror:
     def __init__(self, db: Database, *, check_s: float = 2.0) -> None:
+        _mirrors.add(self)
         self.db = db
         self.check_s = check_s
         # called after a rebuild for a change found by the watcher (made by another process)

@@ -188,3 +188,22 @@ async def test_vectors_are_reread_after_a_change_by_another_process(db: Database
         assert any(h.chunk_id == new and h.vector_rank is not None for h in hits)
     finally:
         await r.mirror.stop()
+
+
+async def test_an_ingestion_in_this_process_is_seen_by_the_next_search(db: Database) -> None:
+    """Whoever calls rag.ingest in this process (a route, a script, the sample course), the
+    mirrors of that database see it on their next search, without waiting for the watcher."""
+    from rag.ingest import delete_document, ingest
+    from rag.worker import Limits, Parser
+
+    r = mirrored(db)  # no watcher
+    assert await r.search("mitochondria", course="bio") == []
+    parser = Parser(Limits())
+    try:
+        await ingest(db, None, parser, course="bio", source="cells.md", filename="cells.md",
+                     data=b"# Cells\n\nMitochondria release energy by respiration.\n")
+    finally:
+        parser.close()
+    assert [h.source for h in await r.search("mitochondria", course="bio")] == ["cells.md"]
+    assert await delete_document(db, "bio", "cells.md") == 1
+    assert await r.search("mitochondria", course="bio") == []
