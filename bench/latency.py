@@ -14,13 +14,21 @@ the event loop), and the event loop's lag p50/p99 (`tutor_event_loop_lag_seconds
 Writes bench/results/latency.json and .png (with `--speculative off`:
 latency-speculation-off.json and .png).
 
-    python -m bench.latency [--sessions 1 10 50 100] [--turns 3]
+    python -m bench.latency [--sessions 1 10 50 100] [--turns 3] [--together]
+
+`--together` (a class asked to speak at once): every session connects at the same moment and
+streams silence before each question, as much as it takes for every session's question to end
+at the same wall-clock moment (to the VAD's 30 ms frame); one burst per turn, 4 s apart plus the
+longest question. Before it, a warm-up at the same number of sessions (spread over a second, not
+reported) leaves the server's provider connections open, as a class's earlier turns would.
+Results: latency-together.json (-speculation-off).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -41,7 +49,7 @@ import psutil
 import soxr
 import websockets
 
-from audio.input import AudioInput, VadSettings
+from audio.input import AudioInput, TurnEnded, VadSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path(os.environ.get("TUTOR_SPEECH_CORPUS", ROOT.parent / "shared" / "audio"))
@@ -132,9 +140,27 @@ def load(name: str) -> bytes:
         return w.readframes(w.getnframes())
 
 
+@functools.cache
+def speech_end_s(pcm: bytes) -> float:
+    """Where the server's VAD (same settings as the server's) finds the end of the question's
+    speech in `pcm`, in seconds from its start: what `--together` aligns across sessions."""
+    ai = AudioInput(input_rate=16000, vad=VadSettings(silence_duration_ms=SILENCE_MS),
+                    max_turn_ms=30000)
+    for k in range(0, len(pcm) // CHUNK_BYTES):
+        for event in ai.feed(pcm[k * CHUNK_BYTES : (k + 1) * CHUNK_BYTES]):
+            if isinstance(event, TurnEnded):
+                return event.speech_end_ms / 1000
+    raise ValueError("no end of turn in the question's audio")
+
+
 async def session(url: str, files: list[bytes], start_delay: float,
-                  out: list[tuple[float, float, dict]], errors: list[str]) -> None:
+                  out: list[tuple[float, float, dict]], errors: list[str],
+                  ends_at: list[float] | None = None,
+                  speech_ends: list[tuple[int, float]] | None = None) -> None:
     """Stream the files one after another in real time, as one student asking in turn.
+
+    `ends_at` (`--together`): for each file, the perf_counter moment its speech must end;
+    the file is preceded by as much silence as that takes (none if the session is late).
 
     Which frame carried the last speech is known exactly from the server's own
     `speech_stopped.audio_end_ms`: the end was decided one silence threshold after the last
@@ -146,7 +172,7 @@ async def session(url: str, files: list[bytes], start_delay: float,
             "output_modalities": ["text"], "audio": {"input": {
             "format": {"type": "audio/pcm", "rate": 16000}}}}}))
         loop = asyncio.get_running_loop()
-        for pcm in files:
+        for turn, pcm in enumerate(files):
             first_delta: asyncio.Future[float] = loop.create_future()
             done: asyncio.Future[dict | None] = loop.create_future()
             audio_end_ms: list[int] = []
@@ -171,6 +197,11 @@ async def session(url: str, files: list[bytes], start_delay: float,
 
             read = asyncio.create_task(reader())
             t0 = time.perf_counter()
+            if ends_at is not None:
+                lead = ends_at[turn] - speech_end_s(pcm) - t0
+                if lead < 0:
+                    errors.append("late")  # its previous answer took longer than the gap
+                pcm = bytes(max(0, round(lead * 1000 / CHUNK_MS)) * CHUNK_BYTES) + pcm
             for k in range(0, len(pcm) // CHUNK_BYTES):
                 await asyncio.sleep(max(0.0, t0 + k * CHUNK_MS / 1000 - time.perf_counter()))
                 await ws.send(pcm[k * CHUNK_BYTES : (k + 1) * CHUNK_BYTES])
@@ -188,12 +219,14 @@ async def session(url: str, files: list[bytes], start_delay: float,
                 continue
             decided = -(-audio_end_ms[0] // CHUNK_MS) - 1  # chunk that completed the silence
             last_speech = -(-(audio_end_ms[0] - SILENCE_MS) // CHUNK_MS) - 1
+            if speech_ends is not None:
+                speech_ends.append((turn, sent_at[last_speech]))
             out.append(((first_delta.result() - sent_at[last_speech]) * 1000 - SILENCE_MS,
                         (first_delta.result() - sent_at[decided]) * 1000, metrics))
 
 
 async def run_level(url: str, n: int, turns: int, proc: psutil.Process,
-                    stt_ms: float, ttft_ms: float) -> dict:
+                    stt_ms: float, ttft_ms: float, together: bool = False) -> dict:
     provider_ms = stt_ms + ttft_ms
     rng = random.Random(n)
     corpus = {name: load(name) for name in QUESTIONS}
@@ -214,10 +247,23 @@ async def run_level(url: str, n: int, turns: int, proc: psutil.Process,
     sampler = asyncio.create_task(sample_memory())
     busy0 = await scrape_busy(url)
     started = time.perf_counter()
+    asked = [[corpus[rng.choice(QUESTIONS)] for _ in range(turns)] for _ in range(n)]
+    ends_at: list[float] | None = None
+    if together:
+        # 2 s for every session to connect, then one burst per turn: the longest question,
+        # plus 4 s for the answers (~1 s with the default fake) and the next question's start
+        longest = max(speech_end_s(pcm) for pcm in corpus.values())
+        ends_at = [started + 2.0 + longest + k * (longest + 4.0) for k in range(turns)]
+    speech_ends: list[tuple[int, float]] = []
     await asyncio.gather(*(
-        session(url, [corpus[rng.choice(QUESTIONS)] for _ in range(turns)], rng.random(),
-                latencies, errors)
-        for _ in range(n)))
+        session(url, files, 0.0 if together else rng.random(), latencies, errors, ends_at,
+                speech_ends)
+        for files in asked))
+    # how far apart the sessions' questions ended (the last speech frame sent), per turn
+    by_turn: dict[int, list[float]] = {}
+    for turn, at in speech_ends:
+        by_turn.setdefault(turn, []).append(at)
+    spread = max((max(v) - min(v) for v in by_turn.values()), default=0.0)
     wall = time.perf_counter() - started
     busy = busy_figures(busy0, await scrape_busy(url), [c for _, _, c in latencies])
     sampler.cancel()
@@ -234,6 +280,9 @@ async def run_level(url: str, n: int, turns: int, proc: psutil.Process,
 
     return {
         "sessions": n, "turns": len(latencies), "errors": errors, "wall_s": round(wall, 1),
+        "together": together,
+        # widest spread of one turn's question ends across the sessions (--together: ≤ ~60 ms)
+        "speech_end_spread_ms": round(spread * 1000, 1),
         # as the issue defines it: from the last speech frame sent, minus silence and provider
         "overhead_ms": summary([a - provider_ms for a, _, _ in latencies]),
         # the same, timed from the frame that completes the silence: excludes the client's own
@@ -401,6 +450,8 @@ async def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--speculative", choices=["on", "off"], default="on",
                         help="speculative turn ends (the server's default: on)")
+    parser.add_argument("--together", action="store_true",
+                        help="every session's question ends at the same moment (a burst)")
     parser.add_argument("--database-url", default=None,
                         help="TUTOR_DATABASE_URL for the server (default: SQLite in a temp dir)")
     parser.add_argument("--server-workers", type=int, default=1,
@@ -429,7 +480,10 @@ async def main() -> None:
         await run_level(f"ws://127.0.0.1:{port}/api/voice", 2, 1, proc, *latency)
         results = []
         for n in args.sessions:
-            r = await run_level(f"ws://127.0.0.1:{port}/api/voice", n, args.turns, proc, *latency)
+            if args.together:  # as many provider connections open as a class's earlier turns
+                await run_level(f"ws://127.0.0.1:{port}/api/voice", n, 1, proc, *latency)
+            r = await run_level(f"ws://127.0.0.1:{port}/api/voice", n, args.turns, proc, *latency,
+                                together=args.together)
             results.append(r)
             o = r["overhead_ms"]
             e = r["overhead_from_end_frame_ms"]
@@ -440,7 +494,9 @@ async def main() -> None:
                   f"p99={o['p99']} ms  (from end frame: p50={e['p50']} p99={e['p99']}; server internal: p50={i['p50']} p99={i['p99']}; stt call +{st['p50']}/+{st['p99']}; llm call +{ll['p50']}/+{ll['p99']}; retrieval {rt['p50']}/{rt['p99']})  cpu/session={r['server_cpu_s_per_session']} s  "
                   f"server cpu={r['server_cpu_utilisation']:.0%}  "
                   f"mem/session={r['server_rss_mb_per_session']} MB  "
-                  f"transcript hidden={r['transcript_hidden_share']:.0%}  errors={len(r['errors'])}",
+                  f"transcript hidden={r['transcript_hidden_share']:.0%}  errors={len(r['errors'])}"
+                  + (f"  speech ends within {r['speech_end_spread_ms']} ms" if args.together
+                     else ""),
                   flush=True)
             print_busy(r)
     finally:
@@ -456,6 +512,7 @@ async def main() -> None:
         "database": "postgresql" if args.database_url else "sqlite",
         "redis": bool(args.redis_url), "server_workers": args.server_workers,
         "speculative": args.speculative == "on",
+        "together": args.together,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
         "fake_provider": {"stt_latency_s": args.stt_latency, "ttft_s": args.ttft,
@@ -466,7 +523,8 @@ async def main() -> None:
         "levels": results,
     }
     # speculation on (the server's default): latency.*; off: latency-speculation-off.*
-    name = "latency" if args.speculative == "on" else "latency-speculation-off"
+    name = "latency" + ("-together" if args.together else "") + (
+        "" if args.speculative == "on" else "-speculation-off")
     if args.server_workers > 1:  # not the one-process figures
         name += f"-workers{args.server_workers}"
     (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")

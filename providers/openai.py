@@ -10,7 +10,9 @@ connections are pooled across them. SDK exceptions become `ProviderError`s throu
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import ssl
 import time
 import uuid
 from typing import Any, AsyncIterator
@@ -31,6 +33,9 @@ except ImportError:  # pragma: no cover
     import httpx as _http  # type: ignore[no-redef]
 
 log = logging.getLogger("tutor.providers")
+# what the SDK's own stream maps to APITimeoutError / APIConnectionError while reading a body
+_TIMEOUTS: tuple[type[BaseException], ...] = (_http.TimeoutException,)
+_TRANSPORT: tuple[type[BaseException], ...] = (_http.RequestError, ssl.SSLError)
 
 
 def make_client(*, api_key: str, base_url: str | None, timeout: float, connect_timeout: float,
@@ -87,8 +92,14 @@ class OpenAIChatModel:
         # compatible server (Ollama, LM Studio) honours. Never both: OpenAI refuses the pair.
         extra: dict[str, Any] = ({"max_completion_tokens": max_tokens} if max_tokens
                                  else {"max_tokens": self.max_tokens} if self.max_tokens else {})
+        # The conversation (and the tools) go as `extra_body`, which the SDK sends as given:
+        # passed as `messages=` it is first walked against the SDK's TypedDicts (looking for
+        # fields to rename or encode, which chat messages do not have), two thirds of the event
+        # loop's time per answer at a grounded prompt's size (bench/sdk_cost.py). The JSON sent
+        # is the same.
+        body: dict[str, Any] = {"messages": messages}
         if tools:  # tool_choice without tools is a 400 at OpenAI
-            extra["tools"] = tools
+            body["tools"] = tools
             if tool_choice is not None:
                 extra["tool_choice"] = tool_choice
         if self.stream_usage:
@@ -96,23 +107,30 @@ class OpenAIChatModel:
         calls = _ToolCalls()
         finished = streaming = False
         try:
-            stream = await self.client.chat.completions.create(
-                model=model or self.model, messages=messages, stream=True, **extra  # type: ignore[arg-type]
-            )
-            streaming = True  # from here on a broken connection means a cut stream
-            async with stream:
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                    for choice in chunk.choices:
-                        delta = choice.delta
-                        if delta.content:
-                            yield delta.content
-                        for call in delta.tool_calls or ():
+            # The SDK builds, sends (with its retries) and checks the request; the body is read
+            # here, each event parsed once into plain dicts: the SDK's typed chunk objects cost
+            # more event-loop time per delta than all the rest (bench/sdk_cost.py), which a
+            # burst of answers queues on.
+            async with self.client.chat.completions.with_streaming_response.create(
+                model=model or self.model, messages=[], stream=True, extra_body=body, **extra
+            ) as response:
+                streaming = True  # from here on a broken connection means a cut stream
+                async for chunk in _sse_json(response.http_response):
+                    usage = chunk.get("usage")
+                    if usage:
+                        yield Usage(usage.get("prompt_tokens") or 0,
+                                    usage.get("completion_tokens") or 0)
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        content = delta.get("content")
+                        if content:
+                            yield content
+                        for call in delta.get("tool_calls") or ():
                             yield calls.fragment(call)
-                        if choice.finish_reason:
+                        reason = choice.get("finish_reason")
+                        if reason:
                             finished = True
-                            if choice.finish_reason == "length":
+                            if reason == "length":
                                 yield Truncated()
         except ProviderError:
             raise
@@ -170,17 +188,60 @@ class _ToolCalls:
         self.by_id: dict[str, int] = {}
         self.by_index: dict[int, int] = {}  # the server's index -> ours
 
-    def fragment(self, call: Any) -> ToolCallDelta:
-        function = call.function
-        arguments = (function.arguments if function is not None else None) or ""
-        their_index = getattr(call, "index", None) or 0
-        known = self.by_id.get(call.id) if call.id else self.by_index.get(their_index)
+    def fragment(self, call: dict[str, Any]) -> ToolCallDelta:
+        """One `tool_calls` entry of a streamed delta, as the JSON gave it."""
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or ""
+        their_index = call.get("index") or 0
+        call_id = call.get("id")
+        known = self.by_id.get(call_id) if call_id else self.by_index.get(their_index)
         if known is not None:
             return ToolCallDelta(known, None, None, arguments)
-        call_id = call.id or f"call_{uuid.uuid4().hex[:24]}"
+        call_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
         index = self.by_id[call_id] = self.by_index[their_index] = len(self.by_id)
-        return ToolCallDelta(index, call_id, function.name if function is not None else None,
-                             arguments)
+        return ToolCallDelta(index, call_id, function.get("name"), arguments)
+
+
+async def _sse_json(response: Any) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of a server-sent-event stream (`data:` lines; several make one event),
+    up to `[DONE]`; the body is read to its end, so the connection can be reused. An event that
+    carries `error` raises `openai.APIError`, and the transport's errors become the SDK's, as
+    the SDK's own stream does, so `from_openai` maps them alike."""
+    data: list[str] = []
+    done = False
+    try:
+        async for line in response.aiter_lines():
+            if done:
+                continue
+            if line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+                continue
+            if line or not data:
+                continue  # a comment, `event:`/`id:` (unused by chat completions), keep-alive
+            payload, data = "\n".join(data), []
+            if payload.startswith("[DONE]"):
+                done = True
+                continue
+            yield _event(payload, response)
+        if data and not done and not data[0].startswith("[DONE]"):
+            yield _event("\n".join(data), response)  # a last event without its blank line
+    except _TIMEOUTS as err:
+        raise openai.APITimeoutError(request=response.request) from err
+    except _TRANSPORT as err:
+        raise openai.APIConnectionError(request=response.request) from err
+
+
+def _event(payload: str, response: Any) -> dict[str, Any]:
+    event = json.loads(payload)
+    if not isinstance(event, dict):
+        raise openai.APIError("malformed stream event", request=response.request, body=event)
+    if event.get("error"):
+        error = event["error"]
+        message = error.get("message") if isinstance(error, dict) else None
+        raise openai.APIError(message if isinstance(message, str) and message
+                              else "An error occurred during streaming",
+                              request=response.request, body=error)
+    return event
 
 
 async def warm_up() -> float:

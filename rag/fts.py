@@ -66,18 +66,29 @@ async def fts_search(session: AsyncSession, query: str, *, course: str | None,
         params["q"] = websearch_query(query)
         sql = (f"SELECT c.id, ts_rank_cd(c.search, q, 1) AS score{_CONTENT if with_rows else ''} "
                "FROM content c, websearch_to_tsquery('english', :q) q WHERE c.search @@ q")
+        if course is not None:
+            sql += " AND c.course = :course"
+            params["course"] = course
+        sql += " ORDER BY score DESC, c.id LIMIT :limit"
     else:
-        params["q"] = fts5_query(query)
-        # The join drops any index entry whose row is gone, should the index ever lag.
-        sql = (f"SELECT c.id, -bm25(fts_content) AS score{_CONTENT if with_rows else ''} "
-               "FROM fts_content JOIN content c ON c.id = fts_content.rowid "
-               "WHERE fts_content MATCH :q")
+        sql, params = sqlite_content_sql(query, course=course, limit=limit, with_rows=with_rows)
+    rows = (await session.execute(text(sql), params)).all()
+    return rows if with_rows else [(int(i), float(s)) for i, s, *_ in rows]
+
+
+def sqlite_content_sql(query: str, *, course: str | None, limit: int, with_rows: bool
+                       ) -> tuple[str, dict[str, object]]:
+    """SQLite's full-text query over `content` (named parameters): also what the in-memory
+    course mirror (`rag.mirror`) runs, so both rank alike."""
+    params: dict[str, object] = {"limit": limit, "q": fts5_query(query)}
+    # The join drops any index entry whose row is gone, should the index ever lag.
+    sql = (f"SELECT c.id, -bm25(fts_content) AS score{_CONTENT if with_rows else ''} "
+           "FROM fts_content JOIN content c ON c.id = fts_content.rowid "
+           "WHERE fts_content MATCH :q")
     if course is not None:
         sql += " AND c.course = :course"
         params["course"] = course
-    sql += " ORDER BY score DESC, c.id LIMIT :limit"
-    rows = (await session.execute(text(sql), params)).all()
-    return rows if with_rows else [(int(i), float(s)) for i, s, *_ in rows]
+    return sql + " ORDER BY score DESC, c.id LIMIT :limit", params
 
 
 async def memory_search(session: AsyncSession, query: str, *, user_id: str,
@@ -97,14 +108,24 @@ async def memory_search(session: AsyncSession, query: str, *, user_id: str,
         sql = (f"SELECT i.id, ts_rank_cd(i.search, q, 1) AS score{_TURN if with_rows else ''} "
                "FROM interactions i, websearch_to_tsquery('english', :q) q "
                "WHERE i.user_id = :user_id AND i.search @@ q")
+        sql += " ORDER BY score DESC, i.id DESC LIMIT :limit"  # ties: the more recent turn
     else:
-        params["q"] = fts5_query(query)
-        sql = (f"SELECT i.id, -bm25(fts_interactions) AS score{_TURN if with_rows else ''} "
-               "FROM fts_interactions JOIN interactions i ON i.id = fts_interactions.rowid "
-               "WHERE fts_interactions MATCH :q AND i.user_id = :user_id")
-    sql += " ORDER BY score DESC, i.id DESC LIMIT :limit"  # ties: the more recent turn
+        sql, params = sqlite_memory_sql(query, user_id=user_id, limit=limit, with_rows=with_rows)
     rows = (await session.execute(text(sql), params)).all()
     return rows if with_rows else [(int(i), float(s)) for i, s, *_ in rows]
+
+
+def sqlite_memory_sql(query: str, *, user_id: str, limit: int, with_rows: bool
+                      ) -> tuple[str, dict[str, object]]:
+    """SQLite's memory query (named parameters; the user filter in it): also what
+    `rag.reader.SqliteReader` runs in its thread."""
+    if not user_id:
+        raise ValueError("memory_search needs the user whose turns to search")
+    params: dict[str, object] = {"user_id": user_id, "limit": limit, "q": fts5_query(query)}
+    sql = (f"SELECT i.id, -bm25(fts_interactions) AS score{_TURN if with_rows else ''} "
+           "FROM fts_interactions JOIN interactions i ON i.id = fts_interactions.rowid "
+           "WHERE fts_interactions MATCH :q AND i.user_id = :user_id")
+    return sql + " ORDER BY score DESC, i.id DESC LIMIT :limit", params  # ties: the more recent
 
 
 def interactions_matching(session: AsyncSession, query: str) -> Any:

@@ -22,6 +22,7 @@ from store.db import Database
 from store.models import COURSE_CHARS, SOURCE_CHARS, Content, now
 
 from .extract import IngestError, file_type, is_supported
+from .mirror import content_changed
 from .vectors import to_blob
 from .worker import HEADING_SEPARATOR, Parser
 
@@ -81,6 +82,7 @@ async def ingest(db: Database, embedder: Embedder | None, parser: Parser, *, cou
             # Checked again under the lock: the same bytes may have been stored under another
             # name while we were embedding (raising here rolls the delete back).
             _refuse_duplicate(await _stored_versions(s, course, digest), source)
+        content_changed(db)  # this process's course mirrors (rag.mirror) rebuild
         return IngestResult("replaced" if replaced else "created", source, course, len(rows))
     except IngestError as error:
         error.source = source
@@ -158,6 +160,8 @@ async def delete_document(db: Database, course: str, source: str) -> int:
     async with db.session() as s, s.begin():
         result = await s.execute(delete(Content).where(Content.course == course,
                                                        Content.source == source))
+    if result.rowcount:
+        content_changed(db)
     return result.rowcount or 0
 
 

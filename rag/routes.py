@@ -2,7 +2,8 @@
 and single passages (anyone signed in: the browser client links citations to passages).
 
 Uploads are multipart (`file`, `course`); a document is replaced when its bytes change and left
-alone when they do not. After every change the course's vector matrix is reloaded.
+alone when they do not. After every change the course's vector matrix is reloaded and the
+in-memory course mirror (`rag.mirror`) rebuilt, before the response.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ async def upload_document(request: Request) -> Response:
     except ProviderError as exc:
         raise ApiError(502, exc.code, f"embedding failed, nothing changed: {exc.message}") from exc
     if result.status != "unchanged":
-        await state.retriever.vectors.refresh(state.db, result.course)
+        await state.retriever.content_changed(result.course)
     return JSONResponse({"status": result.status, "course": result.course,
                          "source": result.source, "chunks": result.chunks},
                         status_code=201 if result.status == "created" else 200)
@@ -75,7 +76,7 @@ async def remove_document(request: Request) -> Response:
     state = services(request)
     if not await delete_document(state.db, course, source):
         raise ApiError(404, "not_found", "no such document")
-    await state.retriever.vectors.refresh(state.db, course)
+    await state.retriever.content_changed(course)
     return Response(status_code=204)
 
 

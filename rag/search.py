@@ -16,12 +16,14 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Coroutine, Literal, Protocol
 
 import numpy as np
-from sqlalchemy import Row, select
+from sqlalchemy import select
 
 from store.db import Database
 from store.models import Content
 
 from .fts import fts_search, memory_search
+from .mirror import CourseMirror
+from .reader import SqliteReader
 from .vectors import VectorIndex, from_blob, pgvector_ready, pgvector_search, to_blob
 
 if TYPE_CHECKING:
@@ -153,11 +155,18 @@ class RedisQueryCache:
 
 class Retriever:
     """One per server. `embedder` None: full-text search only. `candidates`: how deep each
-    ranking goes before fusion (at least k)."""
+    ranking goes before fusion (at least k). `mirror`: the course passages and full-text index
+    in memory (`rag.mirror`), searched instead of the database; None: the database each time."""
 
     def __init__(self, db: Database, embedder: Embedder | None, *, vectors: VectorIndex,
-                 query_cache: QueryCache, candidates: int = 20) -> None:
+                 query_cache: QueryCache, candidates: int = 20,
+                 mirror: CourseMirror | None = None,
+                 reader: SqliteReader | None = None) -> None:
         self.db = db
+        self.mirror = mirror
+        if mirror is not None:  # another process changed the courses: reread the vectors too
+            mirror.on_change = vectors.forget_all
+        self.reader = reader  # SQLite: the memory lookup in one hop off the loop (rag.reader)
         self.embedder = embedder
         self.vectors = vectors
         if embedder is not None:
@@ -170,6 +179,14 @@ class Retriever:
         self._pgvector: bool | None = None  # found out on first use
         self.embed_later_s = 0.5  # after a live turn's cache miss: once its answer has started
         self._background: set[asyncio.Task[None]] = set()
+        self._embedding_later: set[str] = set()  # queries waiting for their background embedding
+
+    async def content_changed(self, course: str) -> None:
+        """This process changed `course`'s passages (an upload, a deletion): its vectors are
+        reread and the mirror rebuilt now, so the next turn finds the new text."""
+        await self.vectors.refresh(self.db, course)
+        if self.mirror is not None:
+            await self.mirror.refresh()
 
     async def search(self, query: str, *, course: str | None, k: int = 4,
                      mode: Mode = "hybrid", wait_for_embedding: bool = True) -> list[Hit]:
@@ -204,7 +221,13 @@ class Retriever:
         if mode != "fts":
             runs["vector"] = self._vector(query, course, depth, timings, rows,
                                           degrade=mode == "hybrid", wait=wait_for_embedding)
-        ranked = await _concurrently(runs)
+        if self.mirror is not None:
+            # In memory, a ranking does not wait on anything once its course is loaded: run in
+            # turn, without a task each. Two tasks cost two passes of the event loop's queue,
+            # which is long when a class's turns end together (docs/benchmarks.md, "bursts").
+            ranked = await _in_turn(runs)
+        else:
+            ranked = await _concurrently(runs)
 
         fuse_started = time.perf_counter()
         fused = fuse(ranked)
@@ -224,10 +247,13 @@ class Retriever:
         """The k of `user_id`'s own earlier turns that best match `query`; nobody else's."""
         if not user_id or k <= 0:
             return []
-        async with self.db.session() as s:
-            # One query: the user filter and the columns together, so the rows returned are
-            # exactly the ones the filter admitted.
-            found = await memory_search(s, query, user_id=user_id, limit=k, with_rows=True)
+        # One query: the user filter and the columns together, so the rows returned are
+        # exactly the ones the filter admitted.
+        if self.reader is not None:
+            found: list[Any] = await self.reader.memory(query, user_id=user_id, limit=k)
+        else:
+            async with self.db.session() as s:
+                found = await memory_search(s, query, user_id=user_id, limit=k, with_rows=True)
         return [MemoryHit(r.id, r.transcript, r.answer, _aware(_timestamp(r.created_at)),
                           float(r.score), r.kind) for r in found]
 
@@ -243,11 +269,18 @@ class Retriever:
     def _embed_later(self, query: str) -> None:
         """Embed (and cache) `query` once the turn that asked it is under way: the SDK call costs
         milliseconds of this event loop's time, and a hosted provider's round trip far more."""
+        text = normalise_query(query)
+        if text in self._embedding_later:
+            return  # the same question missed in another turn: one call embeds it for both
+        self._embedding_later.add(text)
+
         async def embed() -> None:
             try:
                 await self.embed_query(query)
             except Exception as error:  # only a cache warm-up: the turn is long answered
                 log.info("background query embedding failed: %r", error)
+            finally:
+                self._embedding_later.discard(text)
 
         def start() -> None:
             task = asyncio.ensure_future(embed())
@@ -274,8 +307,11 @@ class Retriever:
     async def _fts(self, query: str, course: str | None, depth: int,
                    timings: Timings, rows: dict[int, Any]) -> list[int]:
         started = time.perf_counter()
-        async with self.db.session() as s:
-            found = await fts_search(s, query, course=course, limit=depth, with_rows=True)
+        if self.mirror is not None:
+            found: list[Any] = await self.mirror.fts(query, course=course, limit=depth)
+        else:
+            async with self.db.session() as s:
+                found = await fts_search(s, query, course=course, limit=depth, with_rows=True)
         rows.update((r.id, r) for r in found)
         timings.fts_ms = _ms(started)
         return [r.id for r in found]
@@ -290,7 +326,8 @@ class Retriever:
         # call (and its cost) altogether.
         # Shielded: a live turn that stops waiting (its retrieval budget) must not abort a
         # course's first load, or a large course would never get loaded by live turns.
-        if not use_pgvector and await asyncio.shield(self.vectors.ensure(self.db, course)) == 0:
+        if not use_pgvector and (self.vectors.size(course) if self.vectors.ready(course) else
+                                 await asyncio.shield(self.vectors.ensure(self.db, course))) == 0:
             timings.vector_ms = _ms(started)
             return []
         load_ms = _ms(started)
@@ -330,15 +367,30 @@ class Retriever:
                 self._pgvector = await pgvector_ready(s)
         return self._pgvector
 
-    async def _chunks(self, ids: list[int], course: str | None) -> dict[int, Row[Any]]:
+    async def _chunks(self, ids: list[int], course: str | None) -> dict[int, Any]:
         if not ids:
             return {}
+        if self.mirror is not None:
+            return await self.mirror.rows(ids, course)
         query = select(Content.id, Content.course, Content.source, Content.heading_path,
                        Content.text).where(Content.id.in_(ids))
         if course is not None:
             query = query.where(Content.course == course)
         async with self.db.session() as s:
             return {r.id: r for r in (await s.execute(query)).all()}
+
+
+async def _in_turn(runs: dict[str, Coroutine[Any, Any, list[int]]]) -> dict[str, list[int]]:
+    """Run the rankings one after the other; one failing closes the ones not started."""
+    ranked: dict[str, list[int]] = {}
+    try:
+        for name, run in runs.items():
+            ranked[name] = await run
+    finally:
+        for name, run in runs.items():
+            if name not in ranked:
+                run.close()  # never started (or failed): no "never awaited" warning
+    return ranked
 
 
 async def _concurrently(runs: dict[str, Coroutine[Any, Any, list[int]]]) -> dict[str, list[int]]:

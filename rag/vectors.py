@@ -65,6 +65,10 @@ class VectorIndex:
     def loaded(self, course: str) -> bool:
         return course in self._courses
 
+    def ready(self, course: str | None) -> bool:
+        """Whether `ensure(course)` would return at once (nothing to read)."""
+        return self._all_loaded if course is None else course in self._courses
+
     def size(self, course: str | None = None) -> int:
         """Vectors held for `course` (None: all loaded courses)."""
         if course is not None:
@@ -107,6 +111,11 @@ class VectorIndex:
 
     def forget(self, course: str) -> None:
         self._courses.pop(course, None)
+
+    def forget_all(self) -> None:
+        """Every course is reread on its next search (the content changed elsewhere)."""
+        self._courses.clear()
+        self._all_loaded = False
 
     def search(self, query_vec: np.ndarray, course: str | None,
                limit: int) -> list[tuple[int, float]]:

@@ -47,6 +47,8 @@ from notify.worker import OutboxWorker, WorkerConfig, utcnow
 from rag import routes as rag_routes
 from rag.grounding import Grounding, ground
 from rag.ingest import IngestError, ingest_paths
+from rag.mirror import CourseMirror
+from rag.reader import SqliteReader
 from rag.search import MemoryQueryCache, RedisQueryCache, Retriever
 from rag.vectors import VectorIndex
 from rag.worker import Limits, Parser
@@ -225,7 +227,9 @@ async def healthz(request: Request) -> JSONResponse:
 async def open_storage(settings: Settings, stack: AsyncExitStack) -> Database:
     db = Database(settings.database, statement_timeout_s=settings.database_timeout_s,
                   connect_timeout_s=settings.database_connect_timeout_s,
-                  pool_timeout_s=settings.database_pool_timeout_s)
+                  pool_timeout_s=settings.database_pool_timeout_s,
+                  **({} if settings.database.startswith("sqlite")
+                     else {"pool_size": settings.database_pool_size}))
     stack.push_async_callback(db.close)
     if settings.auto_migrate:
         await asyncio.to_thread(migrate, db.url)  # Alembic is synchronous
@@ -379,14 +383,25 @@ def open_email(settings: Settings, db: Database, billing: Billing, link_secret: 
     return worker
 
 
-def embedder_for(settings: Settings, stack: AsyncExitStack) -> OpenAIEmbedder | None:
+def embedder_for(settings: Settings, stack: AsyncExitStack,
+                 clients: list | None = None) -> OpenAIEmbedder | None:
+    """`clients`: the providers' clients (`build_providers`); one with the same endpoint and
+    key is shared (one connection pool per provider, not one per capability)."""
     base_url = settings.embedding_base_url or settings.openai_base_url
     key = api_key(settings.embedding_api_key or settings.openai_api_key, base_url)
     if not key:
         return None  # retrieval is then full-text only
-    client = provider_client(settings, key, base_url)
-    stack.push_async_callback(client.close)
+    client = next((c for c in clients or () if _same_endpoint(c, key, base_url)), None)
+    if client is None:
+        client = provider_client(settings, key, base_url)
+        stack.push_async_callback(client.close)
     return OpenAIEmbedder(client, settings.embedding_model, settings.embedding_batch_size)
+
+
+def _same_endpoint(client, key: str, base_url: str | None) -> bool:  # type: ignore[no-untyped-def]
+    """Whether an SDK client talks to `base_url` (None: OpenAI's) with `key`."""
+    wanted = (base_url or "https://api.openai.com/v1").rstrip("/")
+    return client.api_key == key and str(client.base_url).rstrip("/") == wanted
 
 
 def parser_for(settings: Settings, stack: AsyncExitStack) -> Parser:
@@ -406,12 +421,23 @@ def parser_for(settings: Settings, stack: AsyncExitStack) -> Parser:
 
 
 async def open_knowledge(settings: Settings, db: Database, redis_client,  # type: ignore[no-untyped-def]
-                         parser: Parser, stack: AsyncExitStack) -> Retriever:
+                         parser: Parser, stack: AsyncExitStack,
+                         clients: list | None = None) -> Retriever:
     cache = RedisQueryCache(redis_client) if redis_client is not None else MemoryQueryCache()
-    retriever = Retriever(db, embedder_for(settings, stack), vectors=VectorIndex(),
-                          query_cache=cache)
+    mirror = None
+    if settings.rag_course_mirror:
+        mirror = CourseMirror(db, check_s=settings.rag_course_check_s)
+        stack.push_async_callback(mirror.stop)
+    reader = SqliteReader.for_url(db.url)
+    if reader is not None:
+        stack.callback(reader.close)
+    retriever = Retriever(db, embedder_for(settings, stack, clients), vectors=VectorIndex(),
+                          query_cache=cache, mirror=mirror, reader=reader)
     if settings.load_sample_course:
         await load_sample_course(retriever, parser)
+    if mirror is not None:
+        await mirror.refresh()  # built before the first turn, not by it
+        mirror.start()
     return retriever
 
 
@@ -440,6 +466,7 @@ async def open_services(settings: Settings, providers: Providers | None, link_se
                         stack: AsyncExitStack) -> Services:
     """Everything the routes and sockets share, opened in order and closed by `stack` in
     reverse: `providers` given (tests, the benchmark) or built from the settings."""
+    clients: list = []
     if providers is None:
         providers, clients = build_providers(settings)
         for client in clients:
@@ -461,7 +488,7 @@ async def open_services(settings: Settings, providers: Providers | None, link_se
     payments = open_payments(settings, billing, stack)
     email_worker = open_email(settings, db, billing, link_secret, stack)
     parser = parser_for(settings, stack)
-    retriever = await open_knowledge(settings, db, redis_client, parser, stack)
+    retriever = await open_knowledge(settings, db, redis_client, parser, stack, clients)
 
     def knowledge(course: str | None):  # type: ignore[no-untyped-def]
         async def lookup(question: str, user_id: str | None) -> Grounding:

@@ -218,6 +218,11 @@ class Settings(BaseSettings):
     """Opening a PostgreSQL connection."""
     database_pool_timeout_s: float = 5.0
     """Waiting for a free pooled connection (any database)."""
+    database_pool_size: int = 10
+    """PostgreSQL connections each server process keeps open; a burst beyond them opens up to 30
+    more, closed again after use. A class of 50 whose turns end together: 40 kept took the
+    student-memory lookups from 170-210 ms to 73-87 ms (docs/benchmarks.md, "bursts"). Mind the
+    database's connection limit times the number of processes. (SQLite: 10, fixed.)"""
     redis_timeout_s: float = 1.0
     """One Redis command (tickets, quotas, limits, resume, cache); no retry after a timeout."""
     redis_connect_timeout_s: float = 1.0
@@ -301,6 +306,14 @@ class Settings(BaseSettings):
     """A live turn waits this long for its retrieval (passages and memory); what has not come by
     then is left out of that answer, and `tutor.response.metrics` says
     `"retrieval": "timed_out"`."""
+    rag_course_mirror: bool = True
+    """Search course passages in an in-memory copy of them and of their full-text index, so a
+    live turn makes no database round trip for the course (docs/rag.md); `false`: query the
+    database each time."""
+    rag_course_check_s: float = 2.0
+    """How often each server process checks whether another process (`tutor ingest`, another
+    server) changed the courses, and reloads its in-memory copy if so. Changes made through
+    this process's own routes are seen by the next turn at once. 0: never checked."""
     default_course: str | None = None
     """The course a session uses when it names none; default: every course."""
     load_sample_course: bool = True

@@ -60,7 +60,12 @@ class Database:
         # Each live turn reads (retrieval, memory) while the writer writes: the default 5 (+10)
         # connections queue under a hundred sessions.
         engine_options.setdefault("pool_size", 10)
-        engine_options.setdefault("max_overflow", 30)
+        # SQLite: no overflow. Each aiosqlite connection is a thread of its own, and a burst of
+        # turns opened 30 more (each with its PRAGMAs), contending for the GIL with the event
+        # loop, then closed them: 50 lookups at once took 70-110 ms, 20-35 ms queued on 10
+        # connections (docs/benchmarks.md, "bursts"). A query here is ~1 ms; waiting for a
+        # connection is cheaper than a new one.
+        engine_options.setdefault("max_overflow", 0 if self.is_sqlite else 30)
         self.engine: AsyncEngine = create_async_engine(self.url, **engine_options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect",

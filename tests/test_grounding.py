@@ -60,6 +60,29 @@ async def test_a_new_question_is_ranked_by_words_now_and_embedded_for_next_time(
     assert [(p.fts_rank, p.vector_rank) for p in again.passages] == [(1, 1)]
 
 
+async def test_a_question_missed_by_many_turns_at_once_is_embedded_once(db: Database):
+    """A class asking the same new question together: one background embedding, not one each."""
+    embedder = SlowEmbedder()
+    await put(db, embedder)
+    retriever = Retriever(db, embedder, vectors=VectorIndex(), query_cache=MemoryQueryCache())
+    retriever.embed_later_s = 0.05
+    embedder.delay_s = 0.1
+    calls = embedder.calls
+    await asyncio.gather(*(ground(retriever, "why flip  the second fraction", course="maths",
+                                  user_id=None, k=3, memory_k=0, wait_for_embedding=False)
+                           for _ in range(10)))
+    await asyncio.sleep(0.4)
+    assert embedder.calls == calls + 1
+    again = await ground(retriever, "why flip the second fraction", course="maths",
+                         user_id=None, k=3, memory_k=0, wait_for_embedding=False)
+    assert [(p.fts_rank, p.vector_rank) for p in again.passages] == [(1, 1)]
+    # once embedded, a new miss of another question is embedded in its turn
+    await ground(retriever, "fractions again", course="maths", user_id=None, k=3, memory_k=0,
+                 wait_for_embedding=False)
+    await asyncio.sleep(0.4)
+    assert embedder.calls == calls + 2
+
+
 async def test_waiting_for_the_embedding_uses_both_rankings_at_once(db: Database):
     embedder = SlowEmbedder()
     await put(db, embedder)
