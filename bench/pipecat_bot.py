@@ -51,9 +51,11 @@ from pipecat.frames.frames import (
     InputAudioRawFrame,
     LLMFullResponseEndFrame,
     LLMTextFrame,
+    MetricsFrame,
     OutputTransportMessageFrame,
     OutputTransportMessageUrgentFrame,
 )
+from pipecat.metrics.metrics import TurnMetricsData
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.aggregators.llm_context import LLMContext
@@ -98,7 +100,10 @@ class BenchSerializer(FrameSerializer):
 
 
 class DeltaRelay(FrameProcessor):
-    """Sends every LLM text frame to the client at once, as ours sends its text deltas."""
+    """Sends every LLM text frame to the client at once, as ours sends its text deltas; and each
+    smart-turn verdict (the TurnMetricsData the turn stop strategy pushes whether or not metrics
+    are enabled) as {"type": "bench.turn_verdict", "is_complete", "probability",
+    "inference_ms"}, so the benchmark can count the model's live verdicts."""
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
@@ -108,6 +113,13 @@ class DeltaRelay(FrameProcessor):
         elif isinstance(frame, LLMFullResponseEndFrame):
             await self.push_frame(OutputTransportMessageUrgentFrame(
                 message={"type": "response.done"}))
+        elif isinstance(frame, MetricsFrame):
+            for d in frame.data:
+                if isinstance(d, TurnMetricsData):
+                    await self.push_frame(OutputTransportMessageUrgentFrame(message={
+                        "type": "bench.turn_verdict", "is_complete": d.is_complete,
+                        "probability": round(d.probability, 3),
+                        "inference_ms": round(d.e2e_processing_time_ms, 1)}))
         await self.push_frame(frame, direction)
 
 

@@ -1,13 +1,30 @@
-"""Side-by-side benchmark: our server (speculation off and on) against a Pipecat 1.x pipeline.
+"""Side-by-side benchmark: our server (speculation off and on) against Pipecat 1.x pipelines.
 
 Same machine, same run, same fake provider (one `tests.fake_openai` process, set latencies), same
-speech, same silence threshold, same client. For each level of concurrent real-time sessions
-(default 1, 10, 50, 100) it runs, one after the other, each with a fresh server process:
+speech, same client. For each level of concurrent real-time sessions (default 1, 10, 50, 100) it
+runs, one after the other, each with a fresh server process, the columns of CONFIGS (a table:
+name → server, the client's turn_detection, server env, bot arguments, silence):
 
-    ours-spec-off   `tutor serve`, TUTOR_SPECULATIVE=false
-    ours-spec-on    `tutor serve`, TUTOR_SPECULATIVE=true (pause TUTOR_SPECULATIVE_PAUSE_MS)
-    pipecat         bench/pipecat_bot.py (Pipecat 1.x, in its own venv bench/.venv-pipecat,
-                    created here from bench/pipecat-requirements.txt on first use)
+    ours-spec-off       `tutor serve`, TUTOR_SPECULATIVE=false, 600 ms of silence
+    ours-spec-on        `tutor serve`, TUTOR_SPECULATIVE=true (pause TUTOR_SPECULATIVE_PAUSE_MS)
+    pipecat             bench/pipecat_bot.py --turn vad: Silero VAD, the same 600 ms of silence
+                        (Pipecat 1.x, in its own venv bench/.venv-pipecat, created here from
+                        bench/pipecat-requirements.txt on first use)
+    pipecat-smart-turn  bench/pipecat_bot.py --turn smart-turn-v3: Pipecat's recommended
+                        turn-taking, Silero with stop_secs 0.2, then the smart-turn v3 model
+                        (LocalSmartTurnAnalyzerV3) judges whether the turn is complete
+
+The headline figure does not depend on any server's silence threshold:
+
+    true end → first delta = first text delta of the answer − the moment the utterance's speech
+                             really ended (− fake STT latency − fake time to first token)
+
+where the speech really ends is the manifest's `speech_ends_ms` for that file when the corpus
+manifest has it (a number, or a list with one per utterance), else found from the audio: the end
+of the last 10 ms window above max(the utterance's level (p95 of its windows) − 40 dB, the
+file's floor + 10 dB). The client places that point on its clock as a microphone delivers audio
+(chunk k, audio [20k, 20k + 20) ms, is sent once those 20 ms are over). After its last file the
+client goes on sending silence until the answer comes, as a live microphone would.
 
 Every session streams three corpus questions back to back in real time (20 ms binary frames,
 16 kHz PCM16) and records when each text delta arrives. End of speech is found offline, the same
@@ -44,6 +61,12 @@ minus half the STT latency, i.e. the STT call was not on the critical path.
 Writes bench/results/side_by_side.json and bench/results/side_by_side.png; prints markdown tables.
 
     python -m bench.side_by_side [--sessions 1 10 50 100] [--silence-ms 600] [--bisect]
+        [--configs ours-spec-on pipecat-smart-turn ...] [--corpus tests/audio] [--pad-ms 2000]
+
+--corpus: another speech corpus (WAVs + manifest.json); --questions: its one-utterance files.
+--pad-ms: silence appended to each question (the corpus leaves 2 s between questions, less than
+smart-turn's 3 s fallback after an "incomplete" verdict: without padding such a turn merges with
+the next question and counts as missing).
 
 --bisect adds levels for each configuration until "max sessions sustained with p99 ≤ 50 ms" (both
 overheads) is known to within 25 %: halfway between the largest passing and the smallest failing
@@ -400,6 +423,7 @@ class Turn:
 class SessionResult:
     turns: list[Turn] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)  # ours: tutor.response.metrics events
+    verdicts: list[dict] = field(default_factory=list)  # Pipecat smart-turn: bench.turn_verdict
     errors: list[str] = field(default_factory=list)
 
 
@@ -455,6 +479,8 @@ async def session(url: str, speeches: list[Speech], start_delay: float, silence_
                     in_answer = False
                 elif kind == "tutor.response.metrics":
                     res.metrics.append(event)
+                elif kind == "bench.turn_verdict":
+                    res.verdicts.append(event)
                 elif kind == "error":
                     res.errors.append(str((event.get("error") or {}).get("code")))
         except websockets.ConnectionClosed as e:
@@ -475,10 +501,17 @@ async def session(url: str, speeches: list[Speech], start_delay: float, silence_
                 await asyncio.sleep(delay)
             await ws.send(pcm[k * CHUNK_BYTES: (k + 1) * CHUNK_BYTES])
             sent_at[k] = time.perf_counter()
-        # the answer to the last utterance (the trailing silence may already have covered it)
+        # the answer to the last utterance (the trailing silence may already have covered it);
+        # meanwhile the microphone goes on sending silence, as a live one would (a turn detector
+        # that waits for more silence, e.g. smart-turn's 3 s fallback, gets it)
         deadline = sent_at[ends[-1]] + response_timeout
+        k, quiet = n_chunks, bytes(CHUNK_BYTES)
         while time.perf_counter() < deadline and not any(t > sent_at[ends[-1]] for t, _ in starts):
-            await asyncio.sleep(0.05)
+            delay = t0 + k * CHUNK_MS / 1000 - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await ws.send(quiet)
+            k += 1
         await asyncio.sleep(0.4)  # its metrics event follows response.done (ours)
     except Exception as e:  # noqa: BLE001
         res.errors.append(f"send:{type(e).__name__}")
@@ -713,6 +746,7 @@ async def run_level(config: str, setup: Setup, n: int, plan: list[list[Speech]],
         for e in r.errors:
             errors[e] = errors.get(e, 0) + 1
     metrics = [m for r in results for m in r.metrics]
+    verdicts = [v for r in results for v in r.verdicts]
     waits = [m["transcript_wait_ms"] for m in metrics if "transcript_wait_ms" in m]
     answered = [t for t in turns if t.e2e_ms is not None]
     # client-side: the STT call was not on the critical path after the VAD decision (see the
@@ -746,6 +780,12 @@ async def run_level(config: str, setup: Setup, n: int, plan: list[list[Speech]],
         "transcription_hidden_share_client": (
             round(len(client_hidden) / (len(after_vad) or len(answered)), 3) if answered else None),
         "server_metrics_events": len(metrics),
+        # Pipecat with smart-turn: the model's live verdicts (every VAD stop, also the short
+        # pauses inside an utterance) and its inference time
+        "turn_verdicts": None if not verdicts else {
+            "count": len(verdicts),
+            "complete": sum(bool(v.get("is_complete")) for v in verdicts),
+            "inference_ms": summary([float(v.get("inference_ms", 0)) for v in verdicts])},
     }
 
 
@@ -921,6 +961,11 @@ async def main() -> None:
                              "the manifest's speech_ends_ms, where present, gives the true ends)")
     parser.add_argument("--questions", nargs="+", default=QUESTIONS,
                         help="one-utterance files of the corpus the sessions ask")
+    parser.add_argument("--pad-ms", type=int, default=0,
+                        help="digital silence appended to every question file (the corpus has "
+                             "2 s between questions; smart-turn's fallback after an "
+                             "'incomplete' verdict is 3 s of silence: --pad-ms 2000 lets it "
+                             "answer before the next question)")
     parser.add_argument("--turns", type=int, default=3, help="questions per session")
     parser.add_argument("--silence-ms", type=int, default=600)
     parser.add_argument("--speculative-pause-ms", type=int, default=200)
@@ -958,6 +1003,8 @@ async def main() -> None:
 
     corpus_dir = args.corpus or CORPUS
     corpus = {name: load_speech(name, args.corpus) for name in args.questions}
+    for sp in corpus.values():
+        sp.pcm += bytes(args.pad_ms // CHUNK_MS * CHUNK_BYTES)
     conversation = (load_speech("conversation.wav", args.corpus)
                     if (corpus_dir / "conversation.wav").exists() else None)
     for s in [*corpus.values(), *([conversation] if conversation else [])]:
@@ -1001,6 +1048,7 @@ async def main() -> None:
     if conversation is not None:
         lag_book.ensure([("conversation.wav",)])
     lag = lag_book.summary()
+
     print(f"offline VAD decision lag beyond the silence threshold ({time.perf_counter() - t:.0f} s):"
           + "".join(f"  {k}: p50 {(v['all_ms'] or {}).get('p50')} ms, range by file "
                     f"{v['first_utterance_by_file_ms']}" for k, v in lag.items()), flush=True)
@@ -1020,7 +1068,10 @@ async def main() -> None:
               + f"  other processes={r['other_processes_cpu_cores']} cores"
               + (f"  hidden={r['transcription_hidden_share']}"
                  if r["transcription_hidden_share"] is not None else "")
-              + (f"  errors={r['errors']}" if r["errors"] else ""), flush=True)
+              + (f"  errors={r['errors']}" if r["errors"] else "")
+              + (f"  smart-turn verdicts={tv['complete']}/{tv['count']} complete, inference "
+                 f"p50 {tv['inference_ms']['p50']} ms" if (tv := r["turn_verdicts"]) else ""),
+              flush=True)
 
     try:
         async with httpx.AsyncClient() as client:
@@ -1079,6 +1130,7 @@ async def main() -> None:
         "fake_provider": {"stt_latency_s": args.stt_latency, "ttft_s": args.ttft,
                           "token_delay_s": args.token_delay},
         "silence_ms": args.silence_ms, "speculative_pause_ms": args.speculative_pause_ms,
+        "pad_ms": args.pad_ms,
         "chunk_ms": CHUNK_MS, "turns_per_session": args.turns,
         "response_timeout_s": args.response_timeout, "hidden_threshold_ms": args.hidden_ms,
         "end_of_speech": {
