@@ -760,6 +760,9 @@ async def run_level(config: str, setup: Setup, n: int, plan: list[list[Speech]],
         "missing": sum(t.e2e_ms is None for t in turns),
         "errors": errors, "server_alive": alive, "wall_s": round(wall, 1),
         "true_end_to_first_delta_less_provider_ms": summary(true_end),
+        # every answered turn's figure, sorted: with smart-turn the distribution has two modes
+        # (a "complete" verdict answers at once; an "incomplete" one waits 3 s of silence)
+        "true_end_answered_ms": sorted(round(v) for v in true_end if not math.isinf(v)),
         "end_of_speech_to_first_delta_ms": summary(e2e),
         "overhead_ms": summary(overhead),
         "overhead_after_vad_decision_ms": summary(after_vad) if after_vad else None,
