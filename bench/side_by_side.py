@@ -229,16 +229,28 @@ def read_wav(path: Path) -> bytes:
 
 
 def manifest_ends_ms(corpus: Path, name: str) -> list[float] | None:
-    """The manifest's `speech_ends_ms` for this file, if it has one: a number (one utterance) or
-    a list (one per utterance), in ms from the start of the file."""
+    """Where the manifest says each utterance's speech ends, in ms from the start of the file:
+    its `speech_ends_ms` (a number for one utterance, or a list with one per utterance), or else
+    from `speech_ms` ([start, end] of every voiced segment, as tests/speech/manifest.json has it):
+    each segment's end when there is one segment per utterance, the last one's when the file is
+    one utterance (a hesitation's pauses inside it). None: the manifest does not say."""
     try:
         entry = json.loads((corpus / "manifest.json").read_text())["files"][name]
     except (OSError, KeyError, ValueError, TypeError):
         return None
-    v = entry.get("speech_ends_ms") if isinstance(entry, dict) else None
-    if v is None:
+    if not isinstance(entry, dict):
         return None
-    return [float(x) for x in (v if isinstance(v, list) else [v])]
+    v = entry.get("speech_ends_ms")
+    if v is not None:
+        return [float(x) for x in (v if isinstance(v, list) else [v])]
+    spans, n = entry.get("speech_ms"), entry.get("utterances")
+    if not spans or not isinstance(spans, list):
+        return None
+    if n == len(spans):
+        return [float(span[1]) for span in spans]
+    if n == 1:
+        return [float(spans[-1][1])]
+    return None
 
 
 def load_speech(name: str, corpus: Path | None = None) -> Speech:

@@ -62,3 +62,13 @@ def test_manifest_speech_ends_ms_is_taken_as_a_number_or_a_list(tmp_path):
         "one.wav": {"speech_ends_ms": [700, 1490]}}}))
     one = load_speech("one.wav", tmp_path)
     assert one.true_ends_source == "audio" and abs(one.true_ends_ms[0] - 1500) <= 10
+
+
+def test_manifest_speech_ms_spans_give_the_end_of_each_utterance(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {
+        "hes.wav": {"utterances": 1, "speech_ms": [[500, 1913], [2313, 4329]]},
+        "two.wav": {"utterances": 2, "speech_ms": [[500, 1788], [2988, 4311]]},
+        "odd.wav": {"utterances": 2, "speech_ms": [[500, 900], [1200, 1800], [3000, 3500]]}}}))
+    assert manifest_ends_ms(tmp_path, "hes.wav") == [4329.0]
+    assert manifest_ends_ms(tmp_path, "two.wav") == [1788.0, 4311.0]
+    assert manifest_ends_ms(tmp_path, "odd.wav") is None  # which segment ends which: unknown
