@@ -1,13 +1,30 @@
-"""Side-by-side benchmark: our server (speculation off and on) against a Pipecat 1.x pipeline.
+"""Side-by-side benchmark: our server (speculation off and on) against Pipecat 1.x pipelines.
 
 Same machine, same run, same fake provider (one `tests.fake_openai` process, set latencies), same
-speech, same silence threshold, same client. For each level of concurrent real-time sessions
-(default 1, 10, 50, 100) it runs, one after the other, each with a fresh server process:
+speech, same client. For each level of concurrent real-time sessions (default 1, 10, 50, 100) it
+runs, one after the other, each with a fresh server process, the columns of CONFIGS (a table:
+name → server, the client's turn_detection, server env, bot arguments, silence):
 
-    ours-spec-off   `tutor serve`, TUTOR_SPECULATIVE=false
-    ours-spec-on    `tutor serve`, TUTOR_SPECULATIVE=true (pause TUTOR_SPECULATIVE_PAUSE_MS)
-    pipecat         bench/pipecat_bot.py (Pipecat 1.x, in its own venv bench/.venv-pipecat,
-                    created here from bench/pipecat-requirements.txt on first use)
+    ours-spec-off       `tutor serve`, TUTOR_SPECULATIVE=false, 600 ms of silence
+    ours-spec-on        `tutor serve`, TUTOR_SPECULATIVE=true (pause TUTOR_SPECULATIVE_PAUSE_MS)
+    pipecat             bench/pipecat_bot.py --turn vad: Silero VAD, the same 600 ms of silence
+                        (Pipecat 1.x, in its own venv bench/.venv-pipecat, created here from
+                        bench/pipecat-requirements.txt on first use)
+    pipecat-smart-turn  bench/pipecat_bot.py --turn smart-turn-v3: Pipecat's recommended
+                        turn-taking, Silero with stop_secs 0.2, then the smart-turn v3 model
+                        (LocalSmartTurnAnalyzerV3) judges whether the turn is complete
+
+The headline figure does not depend on any server's silence threshold:
+
+    true end → first delta = first text delta of the answer − the moment the utterance's speech
+                             really ended (− fake STT latency − fake time to first token)
+
+where the speech really ends is the manifest's `speech_ends_ms` for that file when the corpus
+manifest has it (a number, or a list with one per utterance), else found from the audio: the end
+of the last 10 ms window above max(the utterance's level (p95 of its windows) − 40 dB, the
+file's floor + 10 dB). The client places that point on its clock as a microphone delivers audio
+(chunk k, audio [20k, 20k + 20) ms, is sent once those 20 ms are over). After its last file the
+client goes on sending silence until the answer comes, as a live microphone would.
 
 Every session streams three corpus questions back to back in real time (20 ms binary frames,
 16 kHz PCM16) and records when each text delta arrives. End of speech is found offline, the same
@@ -44,6 +61,12 @@ minus half the STT latency, i.e. the STT call was not on the critical path.
 Writes bench/results/side_by_side.json and bench/results/side_by_side.png; prints markdown tables.
 
     python -m bench.side_by_side [--sessions 1 10 50 100] [--silence-ms 600] [--bisect]
+        [--configs ours-spec-on pipecat-smart-turn ...] [--corpus tests/audio] [--pad-ms 2000]
+
+--corpus: another speech corpus (WAVs + manifest.json); --questions: its one-utterance files.
+--pad-ms: silence appended to each question (the corpus leaves 2 s between questions, less than
+smart-turn's 3 s fallback after an "incomplete" verdict: without padding such a turn merges with
+the next question and counts as missing).
 
 --bisect adds levels for each configuration until "max sessions sustained with p99 ≤ 50 ms" (both
 overheads) is known to within 25 %: halfway between the largest passing and the smallest failing
@@ -76,15 +99,79 @@ import numpy as np
 import psutil
 import websockets
 
-from bench.latency import (BENCH_CAPS, CHUNK_BYTES, CHUNK_MS, QUESTIONS, RESULTS, ROOT, free_port,
-                           load)
+from bench.latency import (BENCH_CAPS, CHUNK_BYTES, CHUNK_MS, CORPUS, QUESTIONS, RESULTS, ROOT,
+                           free_port, load)
 
 PIPECAT_VENV = ROOT / "bench" / ".venv-pipecat"
 PIPECAT_REQUIREMENTS = ROOT / "bench" / "pipecat-requirements.txt"
 PIPECAT_BOT = ROOT / "bench" / "pipecat_bot.py"
-CONFIGS = ("ours-spec-off", "ours-spec-on", "pipecat")
 SPEECH_DBFS = -50.0
+TRUE_END_WINDOW_MS = 10  # the true end of speech: the last 10 ms window ...
+TRUE_END_REL_DB = 40.0  # ... above the utterance's level (p95 of its windows) minus 40 dB ...
+TRUE_END_FLOOR_DB = 10.0  # ... and above the file's noise floor (p10 of its windows) + 10 dB
 THRESHOLDS_MS = (50, 100, 200)  # "max sessions sustained with p99 overhead ≤ X"
+
+
+# -- configurations -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Config:
+    """One column of the comparison: which server, and how its turn-taking is set.
+
+    server          "ours" (`tutor serve`) or "pipecat" (bench/pipecat_bot.py)
+    turn_detection  ours: what the client sends as session.audio.input.turn_detection in its
+                    session.update (None: send nothing, the server's default from the env)
+    env             ours: extra server environment (TUTOR_*)
+    bot_args        pipecat: extra pipecat_bot.py arguments (--turn vad | smart-turn-v3)
+    silence_ms      the silence the turn-taking waits for before it decides (None: --silence-ms):
+                    subtracted in "overhead", and Silero's stop_secs for Pipecat. The true-end
+                    figure does not use it.
+    offline_vad     how to compute the VAD decision lag offline for "after the VAD decision":
+                    "ours" (audio.input.AudioInput), "silero" (Pipecat's SileroVADAnalyzer with
+                    stop_secs = silence_ms) or None (no such figure for this column)
+    """
+
+    server: str
+    label: str
+    turn_detection: dict[str, Any] | None = None
+    env: tuple[tuple[str, str], ...] = ()
+    bot_args: tuple[str, ...] = ()
+    silence_ms: int | None = None
+    offline_vad: str | None = None
+    colour: str = "tab:grey"
+
+
+# name → configuration; a new column is one more entry here (e.g. our semantic turn detection:
+#   "ours-semantic": Config("ours", "ours, semantic_vad",
+#       turn_detection={"type": "semantic_vad", "eagerness": "auto"},
+#       env=(("TUTOR_SPECULATIVE", "true"),), offline_vad=None, colour="tab:cyan"),
+# with silence_ms set to what that eagerness waits, if it is a fixed silence)
+CONFIGS: dict[str, Config] = {
+    "ours-spec-off": Config("ours", "ours, speculation off", env=(("TUTOR_SPECULATIVE", "false"),),
+                            offline_vad="ours", colour="tab:blue"),
+    "ours-spec-on": Config("ours", "ours, speculation on", env=(("TUTOR_SPECULATIVE", "true"),),
+                           offline_vad="ours", colour="tab:green"),
+    # Silero VAD ending turns after the same silence as ours, no smart-turn model
+    "pipecat": Config("pipecat", "Pipecat, Silero 600 ms", bot_args=("--turn", "vad"),
+                      offline_vad="silero", colour="tab:red"),
+    # Pipecat's recommended turn-taking: Silero with stop_secs 0.2, then the smart-turn v3 model
+    # (LocalSmartTurnAnalyzerV3, the bundled smart-turn-v3.2-cpu.onnx) decides whether the turn
+    # is over; if it says "incomplete", the turn ends after its own 3 s of silence
+    "pipecat-smart-turn": Config("pipecat", "Pipecat, Silero 200 ms + smart-turn v3",
+                                 bot_args=("--turn", "smart-turn-v3"), silence_ms=200,
+                                 offline_vad="silero", colour="tab:purple"),
+}
+
+
+def silence_of(config: str, default_ms: int) -> int:
+    c = CONFIGS[config]
+    return default_ms if c.silence_ms is None else c.silence_ms
+
+
+def lag_key(config: str, default_ms: int) -> str | None:
+    """The offline VAD decision lag this column uses: "<vad>@<silence ms>", or None."""
+    c = CONFIGS[config]
+    return None if c.offline_vad is None else f"{c.offline_vad}@{silence_of(config, default_ms)}"
 
 
 # -- speech ---------------------------------------------------------------------------------
@@ -94,6 +181,8 @@ class Speech:
     name: str
     pcm: bytes  # a whole number of 20 ms chunks
     speech_ends: list[int]  # index of the chunk holding the last speech of each utterance
+    true_ends_ms: list[float] = field(default_factory=list)  # where each utterance's speech ends
+    true_ends_source: str = "audio"  # "audio" (true_speech_ends_ms) or "manifest" (speech_ends_ms)
 
 
 def speech_ends(pcm: bytes, gap_chunks: int = 25) -> list[int]:
@@ -105,10 +194,81 @@ def speech_ends(pcm: bytes, gap_chunks: int = 25) -> list[int]:
             if i + 1 == len(voiced) or voiced[i + 1] - v > gap_chunks]
 
 
-def load_speech(name: str) -> Speech:
-    pcm = load(name)
+def true_speech_ends_ms(pcm: bytes, gap_ms: int = 500) -> list[float]:
+    """Where the speech of every utterance really ends, from the audio: utterances are runs of
+    10 ms windows above the file's floor + TRUE_END_FLOOR_DB, more than gap_ms apart; each ends
+    at the end of its last window above max(its level − TRUE_END_REL_DB, floor +
+    TRUE_END_FLOOR_DB), its level being the 95th percentile of its windows (dBFS)."""
+    n = 16000 * TRUE_END_WINDOW_MS // 1000
+    a = np.frombuffer(pcm, "<i2").astype(np.float64)
+    a = a[: len(a) // n * n].reshape(-1, n)
+    db = 20 * np.log10(np.sqrt((a ** 2).mean(axis=1)) / 32768 + 1e-12)
+    floor = float(np.percentile(db, 10))
+    active = np.flatnonzero(db > floor + TRUE_END_FLOOR_DB)
+    gap = gap_ms // TRUE_END_WINDOW_MS
+    groups: list[list[int]] = []
+    for i in active:
+        if groups and i - groups[-1][-1] <= gap:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    out = []
+    for g in groups:
+        level = float(np.percentile(db[g[0]: g[-1] + 1], 95))
+        threshold = max(level - TRUE_END_REL_DB, floor + TRUE_END_FLOOR_DB)
+        last = max(i for i in range(g[0], g[-1] + 1) if db[i] > threshold)
+        out.append(float((last + 1) * TRUE_END_WINDOW_MS))
+    return out
+
+
+def read_wav(path: Path) -> bytes:
+    import wave
+    with wave.open(str(path)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2), path
+        return w.readframes(w.getnframes())
+
+
+def manifest_ends_ms(corpus: Path, name: str) -> list[float] | None:
+    """Where the manifest says each utterance's speech ends, in ms from the start of the file:
+    its `speech_ends_ms` (a number for one utterance, or a list with one per utterance), or else
+    from `speech_ms` ([start, end] of every voiced segment, as tests/speech/manifest.json has it):
+    each segment's end when there is one segment per utterance, the last one's when the file is
+    one utterance (a hesitation's pauses inside it). None: the manifest does not say."""
+    try:
+        entry = json.loads((corpus / "manifest.json").read_text())["files"][name]
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    if not isinstance(entry, dict):
+        return None
+    v = entry.get("speech_ends_ms")
+    if v is not None:
+        return [float(x) for x in (v if isinstance(v, list) else [v])]
+    spans, n = entry.get("speech_ms"), entry.get("utterances")
+    if not spans or not isinstance(spans, list):
+        return None
+    if n == len(spans):
+        return [float(span[1]) for span in spans]
+    if n == 1:
+        return [float(spans[-1][1])]
+    return None
+
+
+def load_speech(name: str, corpus: Path | None = None) -> Speech:
+    pcm = read_wav((corpus or CORPUS) / name) if corpus is not None else load(name)
     pcm = pcm[: len(pcm) // CHUNK_BYTES * CHUNK_BYTES]
-    return Speech(name, pcm, speech_ends(pcm))
+    s = Speech(name, pcm, speech_ends(pcm))
+    listed = manifest_ends_ms(corpus or CORPUS, name)
+    if listed is not None and len(listed) == len(s.speech_ends):
+        s.true_ends_ms, s.true_ends_source = listed, "manifest"
+    else:
+        if listed is not None:
+            print(f"{name}: manifest speech_ends_ms {listed} does not match the "
+                  f"{len(s.speech_ends)} utterances found; using the audio", flush=True)
+        s.true_ends_ms = true_speech_ends_ms(pcm)
+        if len(s.true_ends_ms) != len(s.speech_ends):  # keep one true end per utterance
+            s.true_ends_ms = [float((e + 1) * CHUNK_MS) for e in s.speech_ends]
+            s.true_ends_source = "audio (20 ms chunks)"
+    return s
 
 
 Sequence = tuple[str, ...]  # the files one session streams back to back
@@ -184,25 +344,49 @@ def pipecat_vad_decisions_ms(python: Path, sequences: list[Sequence], speech: di
         return None
 
 
+def session_starts(sequence: Sequence, speech: dict[str, Speech], gap_chunks: int = 25
+                   ) -> list[int]:
+    """Start of each utterance's first speech chunk (as speech_ends finds utterances), in ms on
+    the session's own audio timeline."""
+    out, base = [], 0
+    for name in sequence:
+        pcm = speech[name].pcm
+        a = np.frombuffer(pcm, "<i2").astype(np.float64).reshape(-1, CHUNK_BYTES // 2)
+        voiced = np.flatnonzero(20 * np.log10(np.sqrt((a ** 2).mean(axis=1)) / 32768 + 1e-12)
+                                > SPEECH_DBFS)
+        out += [base + int(v) * CHUNK_MS for i, v in enumerate(voiced)
+                if i == 0 or v - voiced[i - 1] > gap_chunks]
+        base += len(pcm) // CHUNK_BYTES * CHUNK_MS
+    return out
+
+
 def vad_lags(decisions: dict[Sequence, list[int]] | None, speech: dict[str, Speech],
              silence_ms: int) -> dict[Sequence, list[float]]:
-    """VAD decision − end of speech − silence threshold, per sequence and utterance (sequences
-    where the VAD did not find exactly the utterances are left out)."""
+    """VAD decision − end of speech − silence threshold, per sequence and utterance. The
+    decision that ends an utterance is the VAD's last one between that utterance's start and the
+    next one's (a short stop, e.g. Silero at 200 ms, also stops inside utterances, at pauses
+    between words; with smart-turn the model judges those). Sequences where some utterance has
+    no decision are left out."""
     out: dict[Sequence, list[float]] = {}
     for seq, d in (decisions or {}).items():
-        ends = session_ends(seq, speech)
-        if len(d) == len(ends):
-            out[seq] = [t - e - silence_ms for t, e in zip(d, ends)]
+        ends, starts = session_ends(seq, speech), session_starts(seq, speech)
+        if len(starts) != len(ends):
+            continue
+        bounds = [*starts[1:], math.inf]
+        last = [max((t for t in d if s < t <= b), default=None) for s, b in zip(starts, bounds)]
+        if all(t is not None for t in last):
+            out[seq] = [t - e - silence_ms for t, e in zip(last, ends)]
     return out
 
 
 class LagBook:
-    """Offline VAD decision lags of both kinds of server, per session sequence, computed once."""
+    """Offline VAD decision lags, per "<vad>@<silence ms>" key (see lag_key) and session
+    sequence, computed once."""
 
-    def __init__(self, speech: dict[str, Speech], silence_ms: int,
+    def __init__(self, speech: dict[str, Speech], keys: list[str],
                  pipecat_python: Path | None) -> None:
-        self.speech, self.silence_ms, self.pipecat_python = speech, silence_ms, pipecat_python
-        self.lags: dict[str, dict[Sequence, list[float]]] = {"ours": {}, "pipecat": {}}
+        self.speech, self.pipecat_python = speech, pipecat_python
+        self.lags: dict[str, dict[Sequence, list[float]]] = {k: {} for k in keys}
         self.known: set[Sequence] = set()
 
     def ensure(self, sequences: list[Sequence]) -> None:
@@ -210,15 +394,19 @@ class LagBook:
         if not todo:
             return
         self.known.update(todo)
-        self.lags["ours"].update(vad_lags(
-            ours_vad_decisions_ms(todo, self.speech, self.silence_ms), self.speech, self.silence_ms))
-        if self.pipecat_python is not None:
-            self.lags["pipecat"].update(vad_lags(pipecat_vad_decisions_ms(
-                self.pipecat_python, todo, self.speech, self.silence_ms), self.speech,
-                self.silence_ms))
+        for key in self.lags:
+            vad, silence = key.split("@")
+            ms = int(silence)
+            if vad == "ours":
+                decisions = ours_vad_decisions_ms(todo, self.speech, ms)
+            elif self.pipecat_python is not None:
+                decisions = pipecat_vad_decisions_ms(self.pipecat_python, todo, self.speech, ms)
+            else:
+                continue
+            self.lags[key].update(vad_lags(decisions, self.speech, ms))
 
     def summary(self) -> dict[str, Any]:
-        """Per server kind: the lag of every utterance of every sequence, and its percentiles."""
+        """Per key: the lag of every utterance of every sequence, and its percentiles."""
         out: dict[str, Any] = {}
         for kind, by_seq in self.lags.items():
             values = [v for lags in by_seq.values() for v in lags]
@@ -239,26 +427,36 @@ class Turn:
     e2e_ms: float | None  # last speech chunk sent → first delta of the answer; None: no answer
     client_lag_ms: float  # how late the chunk completing the silence threshold was sent
     first_delta: str = ""
+    # true end of speech (Speech.true_ends_ms, on the client's clock) → first delta of the answer
+    true_e2e_ms: float | None = None
 
 
 @dataclass
 class SessionResult:
     turns: list[Turn] = field(default_factory=list)
     metrics: list[dict] = field(default_factory=list)  # ours: tutor.response.metrics events
+    verdicts: list[dict] = field(default_factory=list)  # Pipecat smart-turn: bench.turn_verdict
     errors: list[str] = field(default_factory=list)
 
 
 async def session(url: str, speeches: list[Speech], start_delay: float, silence_ms: int,
-                  response_timeout: float) -> SessionResult:
+                  response_timeout: float, turn_detection: dict[str, Any] | None = None
+                  ) -> SessionResult:
     """Stream the files back to back in real time (chunk k of the session at t0 + k × 20 ms),
-    as one student talking, and time the first text delta of each answer."""
+    as one student talking, and time the first text delta of each answer.
+
+    Chunk k carries the audio of [20k, 20k + 20) ms and is sent as a microphone would deliver
+    it, once that audio is over: so a point p ms into chunk k's audio happened at
+    sent_at[k] − (20(k + 1) − p) ms on the client's clock. That places the true end of speech."""
     res = SessionResult()
     await asyncio.sleep(start_delay)
     pcm = b"".join(s.pcm for s in speeches)
     ends: list[int] = []  # global chunk index of each utterance's last speech
+    true_ends: list[float] = []  # ms on the session's timeline where each utterance's speech ends
     base = 0
     for s in speeches:
         ends += [base + e for e in s.speech_ends]
+        true_ends += [base * CHUNK_MS + t for t in s.true_ends_ms]
         base += len(s.pcm) // CHUNK_BYTES
     n_chunks = len(pcm) // CHUNK_BYTES
     sent_at = [math.inf] * n_chunks
@@ -293,6 +491,8 @@ async def session(url: str, speeches: list[Speech], start_delay: float, silence_
                     in_answer = False
                 elif kind == "tutor.response.metrics":
                     res.metrics.append(event)
+                elif kind == "bench.turn_verdict":
+                    res.verdicts.append(event)
                 elif kind == "error":
                     res.errors.append(str((event.get("error") or {}).get("code")))
         except websockets.ConnectionClosed as e:
@@ -301,9 +501,11 @@ async def session(url: str, speeches: list[Speech], start_delay: float, silence_
 
     read = asyncio.create_task(reader())
     try:
+        audio_in: dict[str, Any] = {"format": {"type": "audio/pcm", "rate": 16000}}
+        if turn_detection is not None:
+            audio_in["turn_detection"] = turn_detection
         await ws.send(json.dumps({"type": "session.update", "session": {
-            "output_modalities": ["text"], "audio": {"input": {
-            "format": {"type": "audio/pcm", "rate": 16000}}}}}))
+            "output_modalities": ["text"], "audio": {"input": audio_in}}}))
         t0 = time.perf_counter()
         for k in range(n_chunks):
             delay = t0 + k * CHUNK_MS / 1000 - time.perf_counter()
@@ -311,10 +513,17 @@ async def session(url: str, speeches: list[Speech], start_delay: float, silence_
                 await asyncio.sleep(delay)
             await ws.send(pcm[k * CHUNK_BYTES: (k + 1) * CHUNK_BYTES])
             sent_at[k] = time.perf_counter()
-        # the answer to the last utterance (the trailing silence may already have covered it)
+        # the answer to the last utterance (the trailing silence may already have covered it);
+        # meanwhile the microphone goes on sending silence, as a live one would (a turn detector
+        # that waits for more silence, e.g. smart-turn's 3 s fallback, gets it)
         deadline = sent_at[ends[-1]] + response_timeout
+        k, quiet = n_chunks, bytes(CHUNK_BYTES)
         while time.perf_counter() < deadline and not any(t > sent_at[ends[-1]] for t, _ in starts):
-            await asyncio.sleep(0.05)
+            delay = t0 + k * CHUNK_MS / 1000 - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await ws.send(quiet)
+            k += 1
         await asyncio.sleep(0.4)  # its metrics event follows response.done (ours)
     except Exception as e:  # noqa: BLE001
         res.errors.append(f"send:{type(e).__name__}")
@@ -332,8 +541,13 @@ async def session(url: str, speeches: list[Speech], start_delay: float, silence_
             first = None
         done_k = min(e + silence_chunks, n_chunks - 1)
         lag = (sent_at[done_k] - (t0 + done_k * CHUNK_MS / 1000)) * 1000
+        true_e2e = None
+        if first is not None:
+            p = true_ends[i]
+            k = min(max(math.ceil(p / CHUNK_MS) - 1, 0), n_chunks - 1)  # the chunk holding p
+            true_e2e = (first[0] - (sent_at[k] - ((k + 1) * CHUNK_MS - p) / 1000)) * 1000
         res.turns.append(Turn(None if first is None else (first[0] - sent_at[e]) * 1000,
-                              round(lag, 2), "" if first is None else first[1]))
+                              round(lag, 2), "" if first is None else first[1], true_e2e))
         if first is None:
             res.errors.append("no_response")
     return res
@@ -402,18 +616,19 @@ class Server:
         self._data_dir: str | None = None
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("OPENAI_", "LLM_", "TUTOR_", "PIPECAT_"))}
-        if config == "pipecat":
+        cfg, silence = CONFIGS[config], silence_of(config, setup.silence_ms)
+        if cfg.server == "pipecat":
             cmd = [str(setup.pipecat_python), str(PIPECAT_BOT), "--port", str(self.port),
-                   "--base-url", setup.fake_url, "--silence-ms", str(setup.silence_ms)]
+                   "--base-url", setup.fake_url, "--silence-ms", str(silence), *cfg.bot_args]
             self.url = f"ws://127.0.0.1:{self.port}/ws"
         else:
             self._data_dir = tempfile.mkdtemp(prefix="tutor-side-")
             env.update(OPENAI_API_KEY="bench", OPENAI_BASE_URL=setup.fake_url,
-                       TUTOR_VAD_SILENCE_MS=str(setup.silence_ms),
-                       TUTOR_SPECULATIVE="true" if config == "ours-spec-on" else "false",
+                       TUTOR_VAD_SILENCE_MS=str(silence), TUTOR_SPECULATIVE="false",
                        TUTOR_SPECULATIVE_PAUSE_MS=str(setup.spec_pause_ms),
                        TUTOR_GUEST_TIER="unlimited", TUTOR_DATA_DIR=self._data_dir,
                        **BENCH_CAPS)
+            env.update(dict(cfg.env))
             cmd = [sys.executable, "-m", "server.cli", "serve", "--port", str(self.port),
                    "--log-level", "warning"]
             self.url = f"ws://127.0.0.1:{self.port}/api/voice"
@@ -482,14 +697,15 @@ def summary(values: list[float]) -> dict[str, float | None]:
 
 
 async def run_level(config: str, setup: Setup, n: int, plan: list[list[Speech]], tag: str,
-                    provider_ms: float, response_timeout: float, hidden_ms: float,
-                    stt_ms: float, ttft_ms: float, lag_book: LagBook) -> dict[str, Any]:
+                    response_timeout: float, hidden_ms: float, stt_ms: float, ttft_ms: float,
+                    lag_book: LagBook, warm: Speech) -> dict[str, Any]:
+    cfg, silence = CONFIGS[config], silence_of(config, setup.silence_ms)
+    provider_ms = silence + stt_ms + ttft_ms
     server = Server(config, setup, tag)
     try:
         await server.ready()
         # warm-up, not reported: imports, first provider connections, model files in the cache
-        warm = load_speech("q_french.wav")
-        await session(server.url, [warm], 0.0, setup.silence_ms, response_timeout)
+        await session(server.url, [warm], 0.0, silence, response_timeout, cfg.turn_detection)
         await asyncio.sleep(0.5)
         cpu0, rss0 = server.usage()
         bench_pids = [server.proc.pid, os.getpid(), setup.fake_pid]
@@ -508,7 +724,8 @@ async def run_level(config: str, setup: Setup, n: int, plan: list[list[Speech]],
         started = time.perf_counter()
         try:
             results = await asyncio.wait_for(asyncio.gather(*(
-                session(server.url, speeches, rng.random(), setup.silence_ms, response_timeout)
+                session(server.url, speeches, rng.random(), silence, response_timeout,
+                        cfg.turn_detection)
                 for speeches in plan)), audio_s + response_timeout + 60)
         finally:
             sampler.cancel()
@@ -522,9 +739,14 @@ async def run_level(config: str, setup: Setup, n: int, plan: list[list[Speech]],
     turns = [t for r in results for t in r.turns]
     e2e = [math.inf if t.e2e_ms is None else t.e2e_ms for t in turns]
     overhead = [v - provider_ms for v in e2e]
+    # the headline: true end of speech → first delta, less the fake provider's STT and time to
+    # first token (no silence threshold subtracted: waiting for silence is part of the figure)
+    true_end = [math.inf if t.true_e2e_ms is None else t.true_e2e_ms - stt_ms - ttft_ms
+                for t in turns]
     # the same, less this server's VAD decision lag on that utterance (offline figure): what the
     # server adds after its VAD has decided the turn is over
-    lags = lag_book.lags["pipecat" if config == "pipecat" else "ours"]
+    key = lag_key(config, setup.silence_ms)
+    lags = lag_book.lags.get(key, {}) if key else {}
     after_vad: list[float] = []
     for r, speeches in zip(results, plan):
         lag = lags.get(tuple(s.name for s in speeches))
@@ -536,17 +758,23 @@ async def run_level(config: str, setup: Setup, n: int, plan: list[list[Speech]],
         for e in r.errors:
             errors[e] = errors.get(e, 0) + 1
     metrics = [m for r in results for m in r.metrics]
+    verdicts = [v for r in results for v in r.verdicts]
     waits = [m["transcript_wait_ms"] for m in metrics if "transcript_wait_ms" in m]
     answered = [t for t in turns if t.e2e_ms is not None]
     # client-side: the STT call was not on the critical path after the VAD decision (see the
     # module docstring); without the offline VAD figures, from the end of speech instead
     client_hidden = ([v for v in after_vad if v < -stt_ms / 2] if after_vad else
-                     [t for t in answered if t.e2e_ms - setup.silence_ms - ttft_ms < stt_ms / 2])
+                     [t for t in answered if t.e2e_ms - silence - ttft_ms < stt_ms / 2])
     cpu = cpu1 - cpu0
     return {
         "config": config, "sessions": n, "turns": len(turns),
+        "silence_ms": silence, "turn_detection": cfg.turn_detection,
         "missing": sum(t.e2e_ms is None for t in turns),
         "errors": errors, "server_alive": alive, "wall_s": round(wall, 1),
+        "true_end_to_first_delta_less_provider_ms": summary(true_end),
+        # every answered turn's figure, sorted: with smart-turn the distribution has two modes
+        # (a "complete" verdict answers at once; an "incomplete" one waits 3 s of silence)
+        "true_end_answered_ms": sorted(round(v) for v in true_end if not math.isinf(v)),
         "end_of_speech_to_first_delta_ms": summary(e2e),
         "overhead_ms": summary(overhead),
         "overhead_after_vad_decision_ms": summary(after_vad) if after_vad else None,
@@ -567,6 +795,12 @@ async def run_level(config: str, setup: Setup, n: int, plan: list[list[Speech]],
         "transcription_hidden_share_client": (
             round(len(client_hidden) / (len(after_vad) or len(answered)), 3) if answered else None),
         "server_metrics_events": len(metrics),
+        # Pipecat with smart-turn: the model's live verdicts (every VAD stop, also the short
+        # pauses inside an utterance) and its inference time
+        "turn_verdicts": None if not verdicts else {
+            "count": len(verdicts),
+            "complete": sum(bool(v.get("is_complete")) for v in verdicts),
+            "inference_ms": summary([float(v.get("inference_ms", 0)) for v in verdicts])},
     }
 
 
@@ -598,15 +832,42 @@ def fmt(v: float | None) -> str:
     return "timeout" if v is None else f"{v:.0f}"
 
 
+def true_end_table(report: dict) -> str:
+    """The headline, one column per configuration: true end of speech → first delta − STT −
+    TTFT, p50 / p95 (and turns never answered), one row per level."""
+    configs = report["configs"]
+    rows = ["| sessions | " + " | ".join(CONFIGS[c].label if c in CONFIGS else c for c in configs)
+            + " |", "| ---: | " + " | ".join("---:" for _ in configs) + " |"]
+    runs = [*report["levels"], *report["conversation"]]
+    for level in dict.fromkeys(
+            ("conversation" if r in report["conversation"] else r["sessions"]) for r in runs):
+        cells = []
+        for c in configs:
+            r = next((r for r in runs if r["config"] == c and (
+                "conversation" if r in report["conversation"] else r["sessions"]) == level), None)
+            if r is None:
+                cells.append("")
+                continue
+            te = r["true_end_to_first_delta_less_provider_ms"]
+            cells.append(f"{fmt(te['p50'])} / {fmt(te['p95'])} ms"
+                         + (f" ({r['missing']} missing)" if r["missing"] else ""))
+        rows.append(f"| {level} | " + " | ".join(cells) + " |")
+    return ("True end of speech → first text delta − fake STT − fake TTFT, p50 / p95:\n\n"
+            + "\n".join(rows))
+
+
 def level_table(levels: list[dict]) -> str:
-    rows = ["| server | sessions | turns | missing | end of speech → first delta p50 / p95 / p99 "
+    rows = ["| server | sessions | turns | missing | true end of speech → first delta − STT − "
+            "TTFT p50 / p95 | end of speech → first delta p50 / p95 / p99 "
             "| overhead p50 / p95 / p99 | overhead after the VAD decision p50 / p99 "
             "| CPU per session | server CPU | memory per session |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in levels:
         e, o = r["end_of_speech_to_first_delta_ms"], r["overhead_ms"]
         a = r["overhead_after_vad_decision_ms"] or {"p50": None, "p99": None}
+        te = r["true_end_to_first_delta_less_provider_ms"]
         rows.append(f"| {r['config']} | {r['sessions']} | {r['turns']} | {r['missing']} | "
+                    f"**{fmt(te['p50'])}** / {fmt(te['p95'])} ms | "
                     f"{fmt(e['p50'])} / {fmt(e['p95'])} / {fmt(e['p99'])} ms | "
                     f"{fmt(o['p50'])} / {fmt(o['p95'])} / {fmt(o['p99'])} ms | "
                     f"{fmt(a['p50'])} / {fmt(a['p99'])} ms | "
@@ -630,17 +891,20 @@ def capacity_table(report: dict) -> str:
 
 
 def conversation_table(conv: list[dict]) -> str:
-    rows = ["| server | sessions | turns | missing | end of speech → first delta p50 / p99 | "
+    rows = ["| server | sessions | turns | missing | true end → first delta − STT − TTFT p50 / "
+            "p95 | end of speech → first delta p50 / p99 | "
             "overhead p50 / p99 | transcription hidden (server's transcript_wait_ms) | "
             "hidden (client estimate) |",
-            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in conv:
         e, o = r["end_of_speech_to_first_delta_ms"], r["overhead_ms"]
+        te = r["true_end_to_first_delta_less_provider_ms"]
         h = r["transcription_hidden_share"]
         rows.append(f"| {r['config']} | {r['sessions']} | {r['turns']} | {r['missing']} | "
+                    f"{fmt(te['p50'])} / {fmt(te['p95'])} ms | "
                     f"{fmt(e['p50'])} / {fmt(e['p99'])} ms | {fmt(o['p50'])} / {fmt(o['p99'])} ms | "
                     f"{'not reported' if h is None else f'{h:.0%}'} | "
-                    f"{r['transcription_hidden_share_client']:.0%} |")
+                    f"{(r['transcription_hidden_share_client'] or 0):.0%} |")
     return "\n".join(rows)
 
 
@@ -648,22 +912,32 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colours = {"ours-spec-off": "tab:blue", "ours-spec-on": "tab:green", "pipecat": "tab:red"}
-    fig, (ax, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.5))
+    colours = {name: c.colour for name, c in CONFIGS.items()}
+    fig, (ax0, ax, ax2, ax3) = plt.subplots(1, 4, figsize=(20, 4.5))
     for c in report["configs"]:
         levels = [r for r in report["levels"] if r["config"] == c]
         ns = [r["sessions"] for r in levels]
+        for key, style in (("p50", "-"), ("p95", "--")):
+            ys = [(r.get("true_end_to_first_delta_less_provider_ms") or {}).get(key)
+                  for r in levels]
+            ax0.plot([n for n, y in zip(ns, ys) if y is not None],
+                     [y for y in ys if y is not None], style, marker="o",
+                     color=colours.get(c, "tab:grey"), label=f"{c} {key}")
         for metric, key, style, label in (
                 ("overhead_ms", "p50", "-", "p50"), ("overhead_ms", "p99", "--", "p99"),
                 ("overhead_after_vad_decision_ms", "p99", ":", "p99 after VAD decision")):
             ys = [(r[metric] or {}).get(key) for r in levels]
             ax.plot([n for n, y in zip(ns, ys) if y is not None],
-                    [y for y in ys if y is not None], style, marker="o", color=colours[c],
-                    label=f"{c} {label}")
+                    [y for y in ys if y is not None], style, marker="o",
+                    color=colours.get(c, "tab:grey"), label=f"{c} {label}")
         ax2.plot(ns, [r["server_cpu_s_per_session"] for r in levels], marker="o",
-                 color=colours[c], label=c)
+                 color=colours.get(c, "tab:grey"), label=c)
         ax3.plot(ns, [r["server_rss_mb_per_session"] for r in levels], marker="o",
-                 color=colours[c], label=c)
+                 color=colours.get(c, "tab:grey"), label=c)
+    ax0.set_ylabel("ms")
+    ax0.set_title("True end of speech → first delta − STT − TTFT\n"
+                  "(includes waiting for the silence; a missing answer stops the line)",
+                  fontsize=9)
     ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
     ax.set_yscale("symlog", linthresh=100)
     ax.set_ylabel("overhead (ms, symlog)")
@@ -673,16 +947,17 @@ def plot(report: dict, path: Path) -> None:
     ax2.set_title("CPU per session (3 questions, ~15 s of audio)", fontsize=9)
     ax3.set_ylabel("server RSS growth per session (MB)")
     ax3.set_title("Memory per session", fontsize=9)
-    for a in (ax, ax2, ax3):
+    for a in (ax0, ax, ax2, ax3):
         a.set_xscale("log")
         ns = [n for n in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
               if any(r["sessions"] >= n for r in report["levels"])]
         a.set_xticks(ns, [str(n) for n in ns])
         a.set_xlabel("concurrent sessions")
         a.grid(True, alpha=0.3)
-        a.legend(fontsize=6 if a is ax else 7, loc="upper left" if a is ax else "best")
+        a.legend(fontsize=6 if a in (ax, ax0) else 7,
+                 loc="upper left" if a in (ax, ax0) else "best")
     fig.suptitle(f"Ours vs Pipecat {report['pipecat_version']} on {report['machine']['cpus']} "
-                 f"cores, silence {report['silence_ms']} ms, fake STT "
+                 f"cores, silence {report['silence_ms']} ms (smart-turn: Silero 200 ms), fake STT "
                  f"{report['fake_provider']['stt_latency_s'] * 1000:.0f} ms + TTFT "
                  f"{report['fake_provider']['ttft_s'] * 1000:.0f} ms")
     fig.tight_layout()
@@ -694,7 +969,18 @@ def plot(report: dict, path: Path) -> None:
 async def main() -> None:
     parser = argparse.ArgumentParser(description="ours vs Pipecat 1.x, side by side")
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 10, 50, 100])
-    parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
+                        help="the columns (bench.side_by_side.CONFIGS)")
+    parser.add_argument("--corpus", type=Path, default=None,
+                        help=f"directory of 16 kHz PCM16 WAVs and manifest.json (default {CORPUS}; "
+                             "the manifest's speech_ends_ms, where present, gives the true ends)")
+    parser.add_argument("--questions", nargs="+", default=QUESTIONS,
+                        help="one-utterance files of the corpus the sessions ask")
+    parser.add_argument("--pad-ms", type=int, default=0,
+                        help="digital silence appended to every question file (the corpus has "
+                             "2 s between questions; smart-turn's fallback after an "
+                             "'incomplete' verdict is 3 s of silence: --pad-ms 2000 lets it "
+                             "answer before the next question)")
     parser.add_argument("--turns", type=int, default=3, help="questions per session")
     parser.add_argument("--silence-ms", type=int, default=600)
     parser.add_argument("--speculative-pause-ms", type=int, default=200)
@@ -724,19 +1010,27 @@ async def main() -> None:
         return
     started = time.perf_counter()
 
-    pipecat_python = ensure_pipecat_venv(args.pipecat_python) if "pipecat" in args.configs else None
+    uses_pipecat = any(CONFIGS[c].server == "pipecat" for c in args.configs)
+    pipecat_python = ensure_pipecat_venv(args.pipecat_python) if uses_pipecat else None
     pipecat_version = (subprocess.run(
         [str(pipecat_python), "-c", "import importlib.metadata as m; print(m.version('pipecat-ai'))"],
         capture_output=True, text=True, check=True).stdout.strip() if pipecat_python else None)
 
-    corpus = {name: load_speech(name) for name in QUESTIONS}
-    conversation = load_speech("conversation.wav")
-    for s in [*corpus.values(), conversation]:
+    corpus_dir = args.corpus or CORPUS
+    corpus = {name: load_speech(name, args.corpus) for name in args.questions}
+    for sp in corpus.values():
+        sp.pcm += bytes(args.pad_ms // CHUNK_MS * CHUNK_BYTES)
+    conversation = (load_speech("conversation.wav", args.corpus)
+                    if (corpus_dir / "conversation.wav").exists() else None)
+    for s in [*corpus.values(), *([conversation] if conversation else [])]:
         assert s.speech_ends, f"no speech found in {s.name}"
-    assert len(conversation.speech_ends) == 3, conversation.speech_ends
-    all_speech = [*corpus.values(), conversation]
-    lag_book = LagBook({s.name: s for s in all_speech}, args.silence_ms,
-                       pipecat_python if "pipecat" in args.configs else None)
+    if conversation is None and args.conversation_sessions:
+        print(f"no conversation.wav in {corpus_dir}: no conversation run", flush=True)
+        args.conversation_sessions = 0
+    all_speech = [*corpus.values(), *([conversation] if conversation else [])]
+    lag_book = LagBook({s.name: s for s in all_speech},
+                       sorted({k for c in args.configs if (k := lag_key(c, args.silence_ms))}),
+                       pipecat_python)
 
     fake_port = free_port()
     fake_url = f"http://127.0.0.1:{fake_port}/v1"
@@ -750,23 +1044,26 @@ async def main() -> None:
     setup = Setup(fake_url, args.silence_ms, args.speculative_pause_ms,
                   pipecat_python or Path(sys.executable), logs, fake.pid)
     stt_ms, ttft_ms = args.stt_latency * 1000, args.ttft * 1000
-    provider_ms = args.silence_ms + stt_ms + ttft_ms
-    common = dict(provider_ms=provider_ms, response_timeout=args.response_timeout,
-                  hidden_ms=args.hidden_ms, stt_ms=stt_ms, ttft_ms=ttft_ms, lag_book=lag_book)
+    common = dict(response_timeout=args.response_timeout, hidden_ms=args.hidden_ms,
+                  stt_ms=stt_ms, ttft_ms=ttft_ms, lag_book=lag_book,
+                  warm=corpus[args.questions[0]])
     levels: list[dict] = []
     conv: list[dict] = []
 
     def questions(n: int) -> list[list[Speech]]:
         rng = random.Random(n)  # the same speech for every configuration at this level
-        plan = [[corpus[rng.choice(QUESTIONS)] for _ in range(args.turns)] for _ in range(n)]
+        plan = [[corpus[rng.choice(args.questions)] for _ in range(args.turns)]
+                for _ in range(n)]
         lag_book.ensure([tuple(s.name for s in speeches) for speeches in plan])
         return plan
 
     t = time.perf_counter()
     for n in args.sessions:
         questions(n)
-    lag_book.ensure([("conversation.wav",)])
+    if conversation is not None:
+        lag_book.ensure([("conversation.wav",)])
     lag = lag_book.summary()
+
     print(f"offline VAD decision lag beyond the silence threshold ({time.perf_counter() - t:.0f} s):"
           + "".join(f"  {k}: p50 {(v['all_ms'] or {}).get('p50')} ms, range by file "
                     f"{v['first_utterance_by_file_ms']}" for k, v in lag.items()), flush=True)
@@ -775,8 +1072,10 @@ async def main() -> None:
         e, o = r["end_of_speech_to_first_delta_ms"], r["overhead_ms"]
         lag = r["client_send_lag_ms"]
         a = r["overhead_after_vad_decision_ms"] or {"p50": None, "p99": None}
-        print(f"{r['config']:14s} N={r['sessions']:4d} turns={r['turns']:4d} "
-              f"missing={r['missing']:3d}  e2e p50/p95/p99 = {fmt(e['p50'])}/{fmt(e['p95'])}/"
+        te = r["true_end_to_first_delta_less_provider_ms"]
+        print(f"{r['config']:18s} N={r['sessions']:4d} turns={r['turns']:4d} "
+              f"missing={r['missing']:3d}  true end p50/p95 = {fmt(te['p50'])}/{fmt(te['p95'])} ms"
+              f"  e2e p50/p95/p99 = {fmt(e['p50'])}/{fmt(e['p95'])}/"
               f"{fmt(e['p99'])} ms  overhead = {fmt(o['p50'])}/{fmt(o['p95'])}/{fmt(o['p99'])} ms  "
               f"after VAD = {fmt(a['p50'])}/{fmt(a['p99'])} ms  "
               f"cpu/session={r['server_cpu_s_per_session']} s ({r['server_cpu_utilisation']:.0%})  "
@@ -784,7 +1083,10 @@ async def main() -> None:
               + f"  other processes={r['other_processes_cpu_cores']} cores"
               + (f"  hidden={r['transcription_hidden_share']}"
                  if r["transcription_hidden_share"] is not None else "")
-              + (f"  errors={r['errors']}" if r["errors"] else ""), flush=True)
+              + (f"  errors={r['errors']}" if r["errors"] else "")
+              + (f"  smart-turn verdicts={tv['complete']}/{tv['count']} complete, inference "
+                 f"p50 {tv['inference_ms']['p50']} ms" if (tv := r["turn_verdicts"]) else ""),
+              flush=True)
 
     try:
         async with httpx.AsyncClient() as client:
@@ -833,18 +1135,35 @@ async def main() -> None:
                     "platform": platform.platform()},
         "pipecat_version": pipecat_version,
         "configs": args.configs,
+        "config_table": {c: {"server": CONFIGS[c].server, "label": CONFIGS[c].label,
+                             "turn_detection": CONFIGS[c].turn_detection,
+                             "env": dict(CONFIGS[c].env), "bot_args": list(CONFIGS[c].bot_args),
+                             "silence_ms": silence_of(c, args.silence_ms),
+                             "offline_vad": lag_key(c, args.silence_ms)}
+                         for c in args.configs},
+        "corpus": str(corpus_dir), "questions": args.questions,
         "fake_provider": {"stt_latency_s": args.stt_latency, "ttft_s": args.ttft,
                           "token_delay_s": args.token_delay},
         "silence_ms": args.silence_ms, "speculative_pause_ms": args.speculative_pause_ms,
+        "pad_ms": args.pad_ms,
         "chunk_ms": CHUNK_MS, "turns_per_session": args.turns,
         "response_timeout_s": args.response_timeout, "hidden_threshold_ms": args.hidden_ms,
         "end_of_speech": {
             "method": f"last 20 ms chunk above {SPEECH_DBFS} dBFS of each utterance",
             "files": {s.name: [(e + 1) * CHUNK_MS for e in s.speech_ends] for s in all_speech},
+            "true_end_method": (
+                "the manifest's speech_ends_ms where it has one; else from the audio: the end of "
+                f"the last {TRUE_END_WINDOW_MS} ms window above max(utterance level (p95 of its "
+                f"windows) − {TRUE_END_REL_DB:g} dB, file floor (p10) + {TRUE_END_FLOOR_DB:g} dB)"
+                "; placed on the client's clock as a microphone delivers it (chunk k sent when "
+                "its 20 ms are over)"),
+            "true_ends_ms": {s.name: {"ms": s.true_ends_ms, "source": s.true_ends_source}
+                             for s in all_speech},
             "vad_decision_lag_method": (
-                "offline, each session's audio fed in the client's 20 ms chunks: ours = "
-                "audio.input.AudioInput (TurnEnded), pipecat = SileroVADAnalyzer back to QUIET "
-                "(VADUserStoppedSpeakingFrame); lag = decision − end of speech − silence"),
+                "offline, each session's audio fed in the client's 20 ms chunks: ours@silence = "
+                "audio.input.AudioInput (TurnEnded), silero@stop = Pipecat's SileroVADAnalyzer "
+                "with that stop_secs back to QUIET (VADUserStoppedSpeakingFrame; with smart-turn "
+                "the model's verdict comes after it); lag = decision − end of speech − silence"),
             "vad_decision_lag": lag_book.summary()},
         "levels": levels,
         "conversation": conv,
@@ -889,10 +1208,27 @@ async def main() -> None:
     goals["ours-spec-on_vs_pipecat_smallest_ratio"] = min(ratios) if ratios else None
     goals["goal_10x_pipecat_sessions_per_core_at_equal_p99"] = (
         None if not ratios else min(ratios) >= 10)
+    # the headline: true end of speech → first delta − STT − TTFT, p50 / p95, per level and
+    # column, and each of our columns against Pipecat with smart-turn v3 (ours − theirs, p50)
+    true_end: dict[str, dict[str, Any]] = {}
+    for r in [*levels, *conv]:
+        level = "conversation" if r in conv else str(r["sessions"])
+        te = r["true_end_to_first_delta_less_provider_ms"]
+        true_end.setdefault(level, {})[r["config"]] = {"p50": te["p50"], "p95": te["p95"],
+                                                       "missing": r["missing"]}
+    goals["true_end_to_first_delta_less_provider_ms"] = true_end
+    for level, by_config in true_end.items():
+        theirs = (by_config.get("pipecat-smart-turn") or {}).get("p50")
+        for c, v in by_config.items():
+            if CONFIGS[c].server == "ours" and theirs is not None and v["p50"] is not None:
+                goals.setdefault(f"{c}_minus_pipecat-smart-turn_true_end_p50_ms", {})[level] = \
+                    round(v["p50"] - theirs, 1)
     report["goals"] = goals
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "side_by_side.json").write_text(json.dumps(report, indent=2) + "\n")
     plot(report, args.out / "side_by_side.png")
+    print()
+    print(true_end_table(report))
     print()
     print(level_table(levels))
     print()
