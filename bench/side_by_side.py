@@ -13,6 +13,8 @@ name → server, the client's turn_detection, server env, bot arguments, silence
     pipecat-smart-turn  bench/pipecat_bot.py --turn smart-turn-v3: Pipecat's recommended
                         turn-taking, Silero with stop_secs 0.2, then the smart-turn v3 model
                         (LocalSmartTurnAnalyzerV3) judges whether the turn is complete
+    ours-semantic       `tutor serve`, the client asks for semantic_vad (eagerness auto), the
+                        same smart-turn v3 model, speculation on
 
 The headline figure does not depend on any server's silence threshold:
 
@@ -141,11 +143,7 @@ class Config:
     colour: str = "tab:grey"
 
 
-# name → configuration; a new column is one more entry here (e.g. our semantic turn detection:
-#   "ours-semantic": Config("ours", "ours, semantic_vad",
-#       turn_detection={"type": "semantic_vad", "eagerness": "auto"},
-#       env=(("TUTOR_SPECULATIVE", "true"),), offline_vad=None, colour="tab:cyan"),
-# with silence_ms set to what that eagerness waits, if it is a fixed silence)
+# name → configuration; a new column is one more entry here
 CONFIGS: dict[str, Config] = {
     "ours-spec-off": Config("ours", "ours, speculation off", env=(("TUTOR_SPECULATIVE", "false"),),
                             offline_vad="ours", colour="tab:blue"),
@@ -160,6 +158,11 @@ CONFIGS: dict[str, Config] = {
     "pipecat-smart-turn": Config("pipecat", "Pipecat, Silero 200 ms + smart-turn v3",
                                  bot_args=("--turn", "smart-turn-v3"), silence_ms=200,
                                  offline_vad="silero", colour="tab:purple"),
+    # ours with semantic_vad (smart-turn v3 judging each 150 ms pause, the words of the pause's
+    # speculative transcript refining it): no fixed silence, so only the true-end figure counts
+    "ours-semantic": Config("ours", "ours, semantic_vad auto (speculation on)",
+                            turn_detection={"type": "semantic_vad", "eagerness": "auto"},
+                            env=(("TUTOR_SPECULATIVE", "true"),), colour="tab:cyan"),
 }
 
 
