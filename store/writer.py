@@ -39,7 +39,7 @@ log = logging.getLogger("tutor.store.writer")
 class InteractionWriter:
     def __init__(self, db: Database, *, model: type[Base] = Interaction, batch_size: int = 200,
                  retry_initial_s: float = 0.1, retry_max_s: float = 5.0,
-                 spool: Spool | None = None) -> None:
+                 spool: Spool | None = None, gather_s: float = 0.0) -> None:
         self.db = db
         self.model = model
         self.table = model.__tablename__
@@ -47,6 +47,9 @@ class InteractionWriter:
         self.batch_size = batch_size
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        # after a quiet spell, wait this long for more rows before writing: rows that trickle
+        # in (the ledger's voice charges, one a second per session) go as one INSERT
+        self.gather_s = gather_s
         self._queue: deque[dict[str, Any]] = deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -111,6 +114,8 @@ class InteractionWriter:
                 self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                if self.gather_s and len(self._queue) < self.batch_size:
+                    await asyncio.sleep(self.gather_s)
                 continue
             batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
             try:
