@@ -10,6 +10,7 @@ connections are pooled across them. SDK exceptions become `ProviderError`s throu
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -96,23 +97,29 @@ class OpenAIChatModel:
         calls = _ToolCalls()
         finished = streaming = False
         try:
-            stream = await self.client.chat.completions.create(
+            # The SDK makes the request (its parameters, headers, retries, status errors); the
+            # SSE body is read here as plain JSON: building the SDK's pydantic chunk objects
+            # cost ~0.1 ms per token, most of an answer's CPU (docs/benchmarks.md).
+            async with self.client.chat.completions.with_streaming_response.create(
                 model=model or self.model, messages=messages, stream=True, **extra  # type: ignore[arg-type]
-            )
-            streaming = True  # from here on a broken connection means a cut stream
-            async with stream:
-                async for chunk in stream:
-                    if chunk.usage is not None:
-                        yield Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                    for choice in chunk.choices:
-                        delta = choice.delta
-                        if delta.content:
-                            yield delta.content
-                        for call in delta.tool_calls or ():
+            ) as response:
+                streaming = True  # from here on a broken connection means a cut stream
+                async for chunk in _sse_json(response.http_response):
+                    usage = chunk.get("usage")
+                    if usage is not None:
+                        yield Usage(usage.get("prompt_tokens") or 0,
+                                    usage.get("completion_tokens") or 0)
+                    for choice in chunk.get("choices") or ():
+                        delta = choice.get("delta") or {}
+                        content = delta.get("content")
+                        if content:
+                            yield content
+                        for call in delta.get("tool_calls") or ():
                             yield calls.fragment(call)
-                        if choice.finish_reason:
+                        reason = choice.get("finish_reason")
+                        if reason:
                             finished = True
-                            if choice.finish_reason == "length":
+                            if reason == "length":
                                 yield Truncated()
         except ProviderError:
             raise
@@ -170,17 +177,66 @@ class _ToolCalls:
         self.by_id: dict[str, int] = {}
         self.by_index: dict[int, int] = {}  # the server's index -> ours
 
-    def fragment(self, call: Any) -> ToolCallDelta:
-        function = call.function
-        arguments = (function.arguments if function is not None else None) or ""
-        their_index = getattr(call, "index", None) or 0
-        known = self.by_id.get(call.id) if call.id else self.by_index.get(their_index)
+    def fragment(self, call: dict[str, Any]) -> ToolCallDelta:
+        """One `delta.tool_calls[]` entry of a streamed chunk, as JSON."""
+        function = call.get("function") or None
+        arguments = (function.get("arguments") if function is not None else None) or ""
+        their_index = call.get("index") or 0
+        call_id = call.get("id")
+        known = self.by_id.get(call_id) if call_id else self.by_index.get(their_index)
         if known is not None:
             return ToolCallDelta(known, None, None, arguments)
-        call_id = call.id or f"call_{uuid.uuid4().hex[:24]}"
+        call_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
         index = self.by_id[call_id] = self.by_index[their_index] = len(self.by_id)
-        return ToolCallDelta(index, call_id, function.name if function is not None else None,
+        return ToolCallDelta(index, call_id, function.get("name") if function is not None else None,
                              arguments)
+
+
+async def _lines(response: Any) -> AsyncIterator[str]:
+    try:
+        async for line in response.aiter_lines():
+            yield line
+    except _http.TimeoutException as exc:
+        raise openai.APITimeoutError(request=response.request) from exc
+    except _http.RequestError as exc:
+        raise openai.APIConnectionError(request=response.request) from exc
+
+
+async def _sse_json(response: Any) -> AsyncIterator[dict[str, Any]]:
+    """The JSON events of a chat completion's server-sent events, as the SDK's `AsyncStream`
+    reads them: `data:` lines (several joined by newlines) make an event at a blank line, up to
+    `[DONE]` (the rest of the body is read, so the connection goes back to the pool); an event
+    with an `error` raises `openai.APIError` with its message; a read timeout raises
+    `openai.APITimeoutError` and a broken connection `openai.APIConnectionError`, as there."""
+    data: list[str] = []
+    done = False
+    async for line in _lines(response):
+        if line:
+            if line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+            continue  # event:, id:, retry: and comments say nothing a chat stream uses
+        if not data or done:
+            data.clear()
+            continue
+        text = "\n".join(data)
+        data.clear()
+        if text.startswith("[DONE]"):
+            done = True
+            continue
+        event = json.loads(text)
+        if isinstance(event, dict) and event.get("error"):
+            error = event["error"]
+            message = error.get("message") if isinstance(error, dict) else None
+            raise openai.APIError(message if isinstance(message, str) and message
+                                  else "An error occurred during streaming",
+                                  request=response.request, body=error)
+        yield event
+    if data and not done:  # a last event without its blank line
+        text = "\n".join(data)
+        if not text.startswith("[DONE]"):
+            event = json.loads(text)
+            if isinstance(event, dict) and not event.get("error"):
+                yield event
 
 
 async def warm_up() -> float:
