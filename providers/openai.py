@@ -5,6 +5,10 @@ Any OpenAI-compatible server works (OpenAI, OpenRouter, Ollama, vLLM): only the 
 and model differ. A client (`make_client`) is made once and shared by every session, so its HTTP
 connections are pooled across them. SDK exceptions become `ProviderError`s through
 `providers.errors.from_openai` only.
+
+The chat stream is requested through the SDK but its server-sent events are read as plain JSON
+(`_sse_json`), and its messages go as `extra_body`: the SDK's per-token pydantic objects and its
+per-message type-directed copy were most of a turn's CPU (docs/benchmarks.md, issue 16).
 """
 
 from __future__ import annotations

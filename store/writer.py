@@ -7,7 +7,9 @@ ledger (`InteractionWriter(db, model=UsageEntry)`).
 for the write-ahead spool on local disk (durable a few ms later, from the spool's thread), so the
 voice loop never waits on the database or the disk. Each row gets its `write_id` (a unique id in
 the database, migration 0007) and its `created_at` when accepted. A single task writes batches
-with INSERT ... ON CONFLICT (write_id) DO NOTHING, and tells the spool once they are committed;
+with INSERT ... ON CONFLICT (write_id) DO NOTHING (with `gather_s`, as the usage ledger's writer
+has, after a quiet spell it first waits that long for more rows: rows that trickle in go as one
+INSERT), and tells the spool once they are committed;
 when the database is unreachable it keeps the batch and retries with exponential backoff. Rows a
 crash left in the spool are written first at the next start: written already or not, each is
 stored exactly once. A row the database refuses for good (its user was deleted meanwhile, a value
