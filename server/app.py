@@ -282,10 +282,13 @@ async def open_accounts(settings: Settings, db: Database, redis_client,  # type:
                          session_max_age_s=settings.session_max_age_s)
 
 
+LEDGER_GATHER_S = 1.0  # the usage ledger's writer collects rows this long before an INSERT
+
+
 def open_writer(db: Database, spool: Spool, stack: AsyncExitStack,
-                model: type[Base] = Interaction) -> InteractionWriter:
+                model: type[Base] = Interaction, gather_s: float = 0.0) -> InteractionWriter:
     """A background writer through the spool; stopped (flushed) before the spool closes."""
-    writer = InteractionWriter(db, model=model, spool=spool)
+    writer = InteractionWriter(db, model=model, spool=spool, gather_s=gather_s)
     writer.start()
     stack.push_async_callback(writer.stop)
     return writer
@@ -295,7 +298,9 @@ def open_billing(settings: Settings, db: Database, redis_client,  # type: ignore
                  spool: Spool, stack: AsyncExitStack) -> tuple[Billing, InteractionWriter]:
     """The billing service, and the background writer of its usage ledger."""
     catalog = TierCatalog.load(settings.tiers_file, settings.stripe_prices)
-    ledger = open_writer(db, spool, stack, UsageEntry)
+    # the voice charges (one a second per session) reach the database in batches: each row
+    # is durable in the spool at once, and the ledger is read later (usage, invoices)
+    ledger = open_writer(db, spool, stack, UsageEntry, gather_s=LEDGER_GATHER_S)
     quotas = RedisQuotas(redis_client) if redis_client is not None else MemoryQuotas()
     limiter = RequestLimiter(storage_for(settings.redis_url, **redis_options(settings)))
     billing = Billing(db, catalog, quotas, limiter,

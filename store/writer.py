@@ -7,7 +7,9 @@ ledger (`InteractionWriter(db, model=UsageEntry)`).
 for the write-ahead spool on local disk (durable a few ms later, from the spool's thread), so the
 voice loop never waits on the database or the disk. Each row gets its `write_id` (a unique id in
 the database, migration 0007) and its `created_at` when accepted. A single task writes batches
-with INSERT ... ON CONFLICT (write_id) DO NOTHING, and tells the spool once they are committed;
+with INSERT ... ON CONFLICT (write_id) DO NOTHING (with `gather_s`, as the usage ledger's writer
+has, after a quiet spell it first waits that long for more rows: rows that trickle in go as one
+INSERT), and tells the spool once they are committed;
 when the database is unreachable it keeps the batch and retries with exponential backoff. Rows a
 crash left in the spool are written first at the next start: written already or not, each is
 stored exactly once. A row the database refuses for good (its user was deleted meanwhile, a value
@@ -39,7 +41,7 @@ log = logging.getLogger("tutor.store.writer")
 class InteractionWriter:
     def __init__(self, db: Database, *, model: type[Base] = Interaction, batch_size: int = 200,
                  retry_initial_s: float = 0.1, retry_max_s: float = 5.0,
-                 spool: Spool | None = None) -> None:
+                 spool: Spool | None = None, gather_s: float = 0.0) -> None:
         self.db = db
         self.model = model
         self.table = model.__tablename__
@@ -47,6 +49,9 @@ class InteractionWriter:
         self.batch_size = batch_size
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        # after a quiet spell, wait this long for more rows before writing: rows that trickle
+        # in (the ledger's voice charges, one a second per session) go as one INSERT
+        self.gather_s = gather_s
         self._queue: deque[dict[str, Any]] = deque()
         self._wakeup = asyncio.Event()
         self._idle = asyncio.Event()
@@ -111,6 +116,8 @@ class InteractionWriter:
                 self._idle.set()
                 self._wakeup.clear()
                 await self._wakeup.wait()
+                if self.gather_s and len(self._queue) < self.batch_size:
+                    await asyncio.sleep(self.gather_s)
                 continue
             batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
             try:

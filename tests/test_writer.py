@@ -193,6 +193,22 @@ async def test_nothing_is_lost_while_the_database_is_unavailable(db: Database,
     assert writer.written == 35 and writer.dropped == 0 and writer.pending == 0
 
 
+async def test_rows_trickling_in_are_gathered_into_one_insert(db: Database) -> None:
+    """With `gather_s` (the usage ledger's writer), rows that arrive one by one within the
+    window go to the database as one INSERT, and flush still waits for all of them."""
+    batches = record_insert_batches(db)
+    writer = InteractionWriter(db, gather_s=0.5, **FAST)
+    writer.start()
+    await asyncio.sleep(0.05)  # the writer waits for rows (gathering follows a quiet spell)
+    for i in range(5):
+        writer.submit(turn(i))
+        await asyncio.sleep(0.01)  # the writer's task runs between them
+    assert await writer.flush(timeout=10)
+    await writer.stop()
+    assert sorted(await response_ids(db)) == [f"t-{i}" for i in range(5)]
+    assert batches == [5]
+
+
 async def test_a_refused_row_is_dropped_and_the_rest_of_its_batch_written(db: Database) -> None:
     async with db.session() as s, s.begin():
         user = await q.upsert_user(s, provider="google", subject="s", email=None, name=None)
