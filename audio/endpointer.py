@@ -177,11 +177,6 @@ class Endpointer:
         self._after = max(1, silence_frames)
         return self._end(forced=False) if self._quiet_run >= self._after else None
 
-    @property
-    def silent_frames(self) -> int:
-        """Frames since the speech of the turn in progress really ended (0 while speaking)."""
-        return self._quiet_run if self.speaking else 0
-
     def end_now(self) -> SpeechEnded | None:
         """End the current turn here (a client commit while speech is still going on)."""
         return self._end(forced=False) if self.speaking else None

@@ -142,11 +142,6 @@ class AudioInput:
             self._drop_before(ep.position * SAMPLE_WIDTH - self._keep_idle)
         return events
 
-    @property
-    def silent_ms(self) -> int:
-        """How long the student has been silent in the turn in progress (0 while speaking)."""
-        return 0 if self._endpointer is None else self._endpointer.silent_frames * FRAME_MS
-
     def end_after(self, silence_ms: int) -> TurnEnded | None:
         """The turn in progress ends once its pause lasts `silence_ms` (from the end of the
         speech), instead of the configured silence: the turn, if that is already so."""

@@ -4,8 +4,8 @@ each eagerness with the real end-of-turn model (smart-turn v3). Figures, not ass
 
 Both corpora are replayed through the protocol core (`realtime.RealtimeSession`, 20 ms chunks):
 tests/speech (espeak-ng with known pauses: where each stretch of speech ends is in its manifest)
-and ../shared/audio (where a single question really ends is taken from the audio: its last
-10 ms above -45 dBFS). Each end-of-turn check is answered by the model at once (inference is
+and ../shared/audio (where a single question really ends is taken from the audio, as
+bench.side_by_side finds it). Each end-of-turn check is answered by the model at once (inference is
 timed apart, per call), so what is measured is the decision, not this machine's load. With
 `--text`, each pause's speculative transcript is the corpus text spoken so far (what a real
 transcriber returns; the loopback fake's placeholder text carries no words). Writes
@@ -25,8 +25,7 @@ import time
 import wave
 from pathlib import Path
 
-import numpy as np
-
+from bench.side_by_side import true_speech_ends_ms
 from providers import smart_turn
 from realtime import JudgeTurn, RealtimeSession, Send, SessionConfig, Transcribe, TurnDetection
 
@@ -42,11 +41,10 @@ def read(path: Path) -> bytes:
         return w.readframes(w.getnframes()) + b"\0\0" * (16 * TAIL_MS)
 
 
-def energy_end(pcm: bytes) -> int:
-    a = np.frombuffer(pcm, np.int16).astype(np.float32)
-    windows = a[: len(a) // 160 * 160].reshape(-1, 160)
-    loud = np.where(np.sqrt((windows ** 2).mean(axis=1)) > 32768 * 10 ** (-45 / 20))[0]
-    return int((loud[-1] + 1) * 10)
+def true_end(pcm: bytes) -> int:
+    """Where the last speech of `pcm` (a file with TAIL_MS of silence appended) really ends,
+    found from the audio as bench.side_by_side does."""
+    return int(true_speech_ends_ms(pcm[: len(pcm) - 32 * TAIL_MS])[-1])
 
 
 def corpus() -> list[dict]:
@@ -65,8 +63,8 @@ def corpus() -> list[dict]:
             kind = "hesitation" if "pause" in f.get("note", "") else \
                 "complete" if f["utterances"] else "silence"
             files.append({"name": "shared/" + name, "pcm": pcm, "turns": f["utterances"],
-                          "kind": kind, "end": energy_end(pcm) if single else None,
-                          "segments": [(energy_end(pcm), " ".join(f["texts"]))] if single
+                          "kind": kind, "end": true_end(pcm) if single else None,
+                          "segments": [(true_end(pcm), " ".join(f["texts"]))] if single
                           else []})
     return files
 

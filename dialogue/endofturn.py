@@ -32,15 +32,18 @@ class Eagerness:
     threshold: float  # a probability this high means the turn is complete
     complete_ms: int  # silence (from the end of speech) that ends a complete turn
     incomplete_ms: int  # ... and one that is not
+    # the silence that ends a turn when no verdict is had (no model on this server, a failed
+    # call; counted as `silence_duration_ms` is); None: the session's default
+    fallback_ms: int | None = None
 
 
 # The check itself comes at the speculative pause (~150 ms after the end of speech) and the model
 # answers ~50 ms later: a `complete_ms` shorter than that ends the turn as the verdict arrives.
 EAGERNESS = {
-    "high": Eagerness(0.35, 150, 800),
+    "high": Eagerness(0.35, 150, 800, fallback_ms=400),
     "medium": Eagerness(0.5, 300, 1500),
     "auto": Eagerness(0.5, 300, 1500),
-    "low": Eagerness(0.65, 500, 3000),
+    "low": Eagerness(0.65, 500, 3000, fallback_ms=1000),
 }
 
 # Words after which an English sentence is not over (articles, conjunctions, prepositions,

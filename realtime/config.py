@@ -12,17 +12,13 @@ from typing import Any
 
 from audio.formats import DEFAULT_FORMAT, AudioFormat, parse
 from audio.pcm import AudioFormatError
+from dialogue.endofturn import EAGERNESS
 
 from .errors import ClientError, collect
 
 VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer",
           "verse", "marin", "cedar")
 
-
-# semantic_vad's eagerness → how long a silence ends the turn when no end-of-turn verdict is
-# had (no model on this server, a failed call); with one, dialogue.endofturn.EAGERNESS decides.
-# "auto" and "medium" keep the session's default.
-EAGERNESS_SILENCE_MS = {"low": 1000, "high": 400}
 
 
 @dataclass(frozen=True)
@@ -361,8 +357,8 @@ def sub_object(parent: dict[str, Any], key: str, param: str) -> dict[str, Any]:
 
 def _turn_detection(value: Any, current: TurnDetection, default: TurnDetection
                     ) -> TurnDetection | None:
-    """`server_vad` with its settings, or `semantic_vad` with an eagerness (mapped onto the
-    silence threshold: EAGERNESS_SILENCE_MS)."""
+    """`server_vad` with its settings, or `semantic_vad` with an eagerness (its silence without
+    a verdict: dialogue.endofturn.EAGERNESS)."""
     param = "session.audio.input.turn_detection"
     if value is None:
         return None
@@ -374,12 +370,13 @@ def _turn_detection(value: Any, current: TurnDetection, default: TurnDetection
     fields: dict[str, Any] = {"type": kind}
     if kind == "semantic_vad":
         eagerness = value.get("eagerness") or "auto"
-        if eagerness not in ("low", "medium", "high", "auto"):
+        if not isinstance(eagerness, str) or eagerness not in EAGERNESS:
             raise ClientError("invalid_value", "eagerness must be low, medium, high or auto",
                               f"{param}.eagerness")
         fields["eagerness"] = eagerness
-        fields["silence_duration_ms"] = EAGERNESS_SILENCE_MS.get(
-            eagerness, default.silence_duration_ms)
+        fallback = EAGERNESS[eagerness].fallback_ms
+        fields["silence_duration_ms"] = default.silence_duration_ms if fallback is None \
+            else fallback
         fields["threshold"], fields["prefix_padding_ms"] = default.threshold, \
             default.prefix_padding_ms
     else:

@@ -11,7 +11,8 @@ One registry per app (tests run several apps in a process). What is recorded, by
   committed yet) and `tutor_spool_dead_letters` (rows it refused for good) (read at scrape time);
 - `tutor_vad_frame_seconds` (one audio chunk in SAMPLE_EVERY timed, per 30 ms frame) and
   `tutor_endpoint_decision_seconds` (the chunks that ended a turn), timed by `server.session_runner`;
-- `tutor_provider_failures_total{provider,code}` (stt, llm, tts; voice, /api/ai/*);
+- `tutor_provider_failures_total{provider,code}` (stt, llm, tts, moderation, turn: the
+  end-of-turn model; voice, /api/ai/*);
 - `tutor_speculations_total{outcome}` and `tutor_speculative_calls_total{kind,result}`;
 - `tutor_turn_model_seconds` (one end-of-turn verdict, semantic_vad) and
   `tutor_turn_verdicts_total{verdict}` (complete: probability ≥ 0.5, else incomplete);

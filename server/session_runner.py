@@ -225,30 +225,29 @@ class SessionRunner:
         return self.session.audio_ms / 1000
 
     def step(self, fn: Callable[..., list[Action]], *args: Any) -> None:
-        """One step of the core, `fn(*args)`, and its actions carried out, its thread CPU time
-        counted as this session's (once: a step inside a timed one is already counted)."""
+        """One step of the core, `fn(*args)`, and its actions carried out, timed as this
+        session's CPU (`_timed`)."""
+        self._timed(lambda: self.execute(fn(*args)))
+
+    def _timed(self, fn: Callable[..., None], *args: Any) -> None:
+        """`fn(*args)`, its thread CPU time added to this session's (`cpu_s`): once, since a
+        call inside a timed one is already counted."""
         if self._timing:
-            self.execute(fn(*args))
+            fn(*args)
             return
         self._timing = True
         started = time.thread_time()
         try:
-            self.execute(fn(*args))
+            fn(*args)
         finally:
             self._timing = False
             self.cpu_s += time.thread_time() - started
 
     def _receive(self, receive: Callable[[Any, float], list[Action]], data: Any, now: float
                  ) -> None:
-        """Hand a client message to the core and carry out its actions, its thread CPU time
-        counted as this session's (`cpu_s`)."""
-        self._timing = True
-        cpu = time.thread_time()
-        try:
-            self._handle(receive, data, now)
-        finally:
-            self._timing = False
-            self.cpu_s += time.thread_time() - cpu
+        """Hand a client message to the core and carry out its actions, timed as this
+        session's CPU."""
+        self._timed(self._handle, receive, data, now)
 
     def _handle(self, receive: Callable[[Any, float], list[Action]], data: Any, now: float
                 ) -> None:
@@ -669,16 +668,7 @@ class SessionRunner:
         if answer.held:
             answer.held_outputs.append(output)
             return
-        if self._timing:
-            self._to_the_core(rid, answer, output)
-            return
-        self._timing = True
-        started = time.thread_time()
-        try:
-            self._to_the_core(rid, answer, output)
-        finally:
-            self._timing = False
-            self.cpu_s += time.thread_time() - started
+        self._timed(self._to_the_core, rid, answer, output)
 
     def _to_the_core(self, rid: str, answer: Answer, output: Output) -> None:
         if isinstance(output, str):
